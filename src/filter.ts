@@ -1,0 +1,228 @@
+/**
+ * The public filter API: a filter is an object of async callbacks mirroring libmilter's `xxfi_*`, each
+ * receiving a context whose capabilities follow the stage (modifications exist only on `EomContext`).
+ *
+ * Negotiation is derived from the filter automatically, as libmilter does: an absent callback is a
+ * skipped protocol step (SMFIP_NO*), a callback listed in `noReply` gets SMFIP_NR_*; `negotiate` overrides.
+ */
+import type { Logger } from 'pino';
+import type { AddressFamily, MacroLists } from './protocol/types.js';
+
+/** Final word of a callback. `continue` is the default when a callback returns nothing. */
+export type DecisionKind = 'continue' | 'accept' | 'reject' | 'tempfail' | 'discard' | 'skip';
+
+/**
+ * A custom SMTP reply, like `smfi_setreply`/`smfi_setmlreply`. `code` must be 4xx for tempfail and 5xx for
+ * reject; `xcode` (`4.7.1`) must be of the same class; `text` is one line or up to 32 lines, no CR/LF
+ * inside a line. `%` is escaped for you.
+ */
+export interface SmtpReply {
+  code: number | string;
+  xcode?: string;
+  text?: string | readonly string[];
+}
+
+/** What a callback returns. A bare kind, or a kind with a custom reply (reject/tempfail only). */
+export type Decision = DecisionKind | { kind: DecisionKind; reply?: SmtpReply };
+
+/** Decision helpers, so filters read like English: `return Decision.reject({ code: 550, text: 'no' })`. */
+export const Decision = {
+  continue: 'continue' as const,
+  accept: 'accept' as const,
+  discard: 'discard' as const,
+  skip: 'skip' as const,
+  reject(reply?: SmtpReply): Decision {
+    return reply ? { kind: 'reject', reply } : 'reject';
+  },
+  tempfail(reply?: SmtpReply): Decision {
+    return reply ? { kind: 'tempfail', reply } : 'tempfail';
+  },
+  /**
+   * End the SMTP session now with a 421 reply (TEMPFAIL + `421` reply code): the portable way that both
+   * Postfix and Sendmail honour at every stage without losing an already accepted message.
+   */
+  shutdown(text = 'Closing connection', xcode = '4.7.0'): Decision {
+    return { kind: 'tempfail', reply: { code: 421, xcode, text } };
+  },
+};
+
+/** A callback result: a decision, or nothing (= continue), possibly async. */
+export type CallbackResult = Decision | void | undefined | Promise<Decision | void | undefined>;
+
+/** Stages a filter can decline to reply to (SMFIP_NR_*). */
+export type NoReplyStage =
+  'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'unknown' | 'header' | 'eoh' | 'body';
+
+/** EOM actions a filter may ask for (SMFIF_*). */
+export type ActionName =
+  | 'addHeader' // SMFIF_ADDHDRS (add and insert)
+  | 'changeHeader' // SMFIF_CHGHDRS (change and delete)
+  | 'replaceBody' // SMFIF_CHGBODY
+  | 'addRecipient' // SMFIF_ADDRCPT
+  | 'addRecipientWithArgs' // SMFIF_ADDRCPT_PAR
+  | 'deleteRecipient' // SMFIF_DELRCPT
+  | 'quarantine' // SMFIF_QUARANTINE
+  | 'changeFrom'; // SMFIF_CHGFROM
+
+/** Macro stages by name (SMFIM_*). */
+export type MacroStage = 'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'eom' | 'eoh';
+
+/** Who the SMTP client is, from SMFIC_CONNECT. */
+export interface ConnectionInfo {
+  hostname: string;
+  family: AddressFamily;
+  /** 0 when unknown or for Unix sockets. */
+  port: number;
+  /** IP text without any `IPv6:` tag (compressed or expanded as the MTA sent it); '' when unknown. */
+  address: string;
+}
+
+/** The MTA's OPTNEG offer. */
+export interface NegotiationOffer {
+  version: number;
+  actions: number;
+  protocol: number;
+}
+
+/** What was agreed, as seen by callbacks. */
+export interface NegotiatedOptions {
+  version: number;
+  /** SMFIF_* bits the filter may use at EOM. */
+  actions: number;
+  /** SMFIP_* bits sent to the MTA. */
+  protocol: number;
+  /** Largest payload either side may send. */
+  maxDataSize: number;
+}
+
+/** Result of an explicit `negotiate` callback (libmilter's xxfi_negotiate with SMFIS_CONTINUE). */
+export interface NegotiateResult {
+  /** SMFIF_* bits requested; must be a subset of the offer. */
+  actions: number;
+  /** SMFIP_* bits requested (NO, NR, EXT); NR bits the MTA lacks are emulated. */
+  protocol: number;
+  /** Macro lists per stage (sent in the OPTNEG reply). */
+  macros?: Partial<Record<MacroStage, readonly string[]>>;
+}
+
+/** Context available in every callback, from negotiation to close. */
+export interface BaseContext<P> {
+  /** Process-unique id of this milter connection (also in every log line). */
+  readonly id: string;
+  /** Per-connection child logger (`{ conn, peer }` bound; `{ txn }` inside a transaction). */
+  readonly logger: Logger;
+  /** What was negotiated; undefined before negotiation finished. */
+  readonly negotiated: NegotiatedOptions | undefined;
+  /** The SMTP client; undefined before SMFIC_CONNECT (or when the MTA skipped it). */
+  readonly connection: ConnectionInfo | undefined;
+  /**
+   * Per-connection private data (`smfi_setpriv`). Undefined until your code sets it, and it may be
+   * undefined in any callback — notably in `close`, which can arrive before `connect`.
+   */
+  priv: P | undefined;
+  /**
+   * Look up a macro with libmilter's visibility rules: `i` also finds `{i}` and vice versa; multi-character
+   * names are matched with or without braces (`client_addr` finds `{client_addr}`).
+   */
+  macro(name: string): string | undefined;
+  /** Every macro visible now, latest stage first shadowing earlier ones. */
+  macros(): Record<string, string>;
+}
+
+/** Context of the stage callbacks (connect … unknown, abort). */
+export interface StageContext<P> extends BaseContext<P> {
+  /**
+   * Store a custom reply for the next reject/tempfail of this callback (`smfi_setreply`/`setmlreply`).
+   * Throws ERR_MILTER_INVALID_REPLY when the reply is malformed.
+   */
+  setReply(code: number | string, xcode?: string, ...lines: string[]): void;
+  /**
+   * Tell the MTA we are still working. Sent only while handling EOM (Sendmail treats progress anywhere
+   * else as a fatal bogus reply); elsewhere it is ignored with a debug log.
+   */
+  progress(): void;
+  /** HELO argument of the latest HELO/EHLO, if any. */
+  readonly helo: string | undefined;
+  /** The current transaction's envelope; undefined outside a transaction. */
+  readonly envelope: Envelope | undefined;
+}
+
+/** Envelope of the current transaction as seen so far. */
+export interface Envelope {
+  sender: string;
+  senderArgs: readonly string[];
+  /** Recipients in RCPT order (each as received, with brackets). Includes recipients later rejected. */
+  recipients: ReadonlyArray<{ address: string; args: readonly string[] }>;
+}
+
+/** Body replacement source: a Buffer, or any stream/iterable of Buffers (read fully, then sent in chunks). */
+export type BodySource =
+  Buffer | Uint8Array | AsyncIterable<Buffer | Uint8Array> | Iterable<Buffer | Uint8Array>;
+
+/**
+ * The EOM context: the only one with message modifications. Each call validates at once (throws
+ * ERR_MILTER_ACTION_NOT_NEGOTIATED if its SMFIF_* flag was not negotiated, ERR_MILTER_INVALID_ARGUMENT on
+ * bad input); modifications are sent in call order before the final decision, body replacement last.
+ */
+export interface EomContext<P> extends StageContext<P> {
+  addHeader(name: string, value: string): void;
+  /** Insert at a 0-based position in the whole header list (0 = top). */
+  insertHeader(index: number, name: string, value: string): void;
+  /** Change the `index`-th (1-based) header called `name`; `null` or '' deletes it. */
+  changeHeader(name: string, index: number, value: string | null): void;
+  /** Delete the `index`-th (1-based) header called `name`. */
+  deleteHeader(name: string, index: number): void;
+  /** Add a recipient; with `args` (ESMTP parameters) it uses SMFIR_ADDRCPT_PAR. */
+  addRecipient(recipient: string, args?: string): void;
+  /** Delete a recipient exactly as it was received in RCPT. */
+  deleteRecipient(recipient: string): void;
+  changeFrom(sender: string, args?: string): void;
+  quarantine(reason: string): void;
+  /** Replace the body (CRLF line ends). Await it when passing a stream. */
+  replaceBody(body: BodySource): Promise<void>;
+}
+
+/** Context of `close`: the connection is going away; `priv` may well be undefined. */
+export type CloseContext<P> = BaseContext<P>;
+
+/** Context of `negotiate`. */
+export type NegotiateContext<P> = BaseContext<P>;
+
+/**
+ * A milter. Every callback is optional; absent ones are negotiated away (the MTA skips that step).
+ * Callbacks for one connection are called one at a time, in protocol order.
+ */
+export interface Filter<P = unknown> {
+  /** Used in logs. */
+  name?: string;
+  /** EOM actions to request. Default: every action the MTA offers, when `eom` is defined; none otherwise. */
+  actions?: readonly ActionName[];
+  /** Macros to request per stage (sent in the OPTNEG reply when the MTA offers SMFIF_SETSYMLIST). */
+  macros?: Partial<Record<MacroStage, readonly string[]>>;
+  /** Callbacks that never decide anything: negotiated as SMFIP_NR_* (no reply travels). */
+  noReply?: readonly NoReplyStage[];
+  /** Ask for header values with their leading space (SMFIP_HDR_LEADSPC), if offered. */
+  headerLeadingSpace?: boolean;
+  /** Ask the MTA to send recipients it rejected itself too (SMFIP_RCPT_REJ), if offered. */
+  rejectedRecipients?: boolean;
+  /** Override negotiation. Throw (or return undefined) to refuse the MTA; the connection then closes. */
+  negotiate?(ctx: NegotiateContext<P>, offer: NegotiationOffer): NegotiateResult | Promise<NegotiateResult>;
+  connect?(ctx: StageContext<P>, info: ConnectionInfo): CallbackResult;
+  helo?(ctx: StageContext<P>, hostname: string): CallbackResult;
+  envfrom?(ctx: StageContext<P>, sender: string, args: readonly string[]): CallbackResult;
+  envrcpt?(ctx: StageContext<P>, recipient: string, args: readonly string[]): CallbackResult;
+  data?(ctx: StageContext<P>): CallbackResult;
+  unknown?(ctx: StageContext<P>, line: string): CallbackResult;
+  header?(ctx: StageContext<P>, name: string, value: string): CallbackResult;
+  eoh?(ctx: StageContext<P>): CallbackResult;
+  /** `chunk` is valid only during the call: copy it to keep it. */
+  body?(ctx: StageContext<P>, chunk: Buffer): CallbackResult;
+  eom?(ctx: EomContext<P>): CallbackResult;
+  /** The current message was aborted (its return value is ignored). */
+  abort?(ctx: StageContext<P>): void | Promise<void>;
+  /** Called exactly once per milter connection (and once more per SMFIC_QUIT_NC session). */
+  close?(ctx: CloseContext<P>): void | Promise<void>;
+}
+
+/** Re-exported for filters that build OPTNEG macro lists by number. */
+export type { MacroLists };

@@ -1,0 +1,38 @@
+/**
+ * Observation points for metrics and tracing. Every method is optional and called synchronously on the
+ * hot path, so implementations must be cheap (increment a counter, push to a histogram) and never throw.
+ */
+import type { MilterCommandKind } from './protocol/types.js';
+import type { DecisionKind } from './filter.js';
+import type { MilterErrorCode } from './errors.js';
+
+/** The stage a decision was taken at (callback names). */
+export type DecisionStage =
+  | 'negotiate'
+  | 'connect'
+  | 'helo'
+  | 'envfrom'
+  | 'envrcpt'
+  | 'data'
+  | 'unknown'
+  | 'header'
+  | 'eoh'
+  | 'body'
+  | 'eom';
+
+export interface MilterObserver {
+  /** A milter connection was accepted. */
+  connectionOpened?(): void;
+  /** A milter connection ended (for any reason). */
+  connectionClosed?(): void;
+  /** A connection was refused because the server is at its connection limit. */
+  connectionRefused?(): void;
+  /** A command frame was decoded; `bytes` is its full size on the wire (length prefix included). */
+  command?(kind: MilterCommandKind, bytes: number): void;
+  /** Bytes written to the MTA. */
+  bytesWritten?(bytes: number): void;
+  /** A callback finished with `decision` after `seconds`. */
+  decision?(stage: DecisionStage, decision: DecisionKind | 'noreply', seconds: number): void;
+  /** A protocol error closed a connection, or a filter error was mapped to the failure decision. */
+  error?(code: MilterErrorCode): void;
+}
