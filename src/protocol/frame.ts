@@ -1,0 +1,117 @@
+/**
+ * Stream framing: arbitrary socket chunks in, complete `{ command, payload }` frames out
+ * (milter-protocol.md §1.2). Pure: no I/O, throws only MilterProtocolError.
+ */
+import { MilterProtocolError } from '../errors.js';
+import { MILTER_LEN_BYTES, MILTER_MDS_64K } from './constants.js';
+import type { Frame } from './types.js';
+
+const EMPTY = Buffer.alloc(0);
+/** First size of the owned accumulator: one default-size frame fits without regrowing. */
+const INITIAL_CAPACITY = 64 * 1024 + 8;
+
+/**
+ * Cuts a milter byte stream into frames.
+ *
+ * Buffering follows pg-protocol's `mergeBuffer`: when nothing is pending the pushed chunk is used as is
+ * (zero copy, frames are views into it); only a partial frame makes the decoder copy into one owned,
+ * growable accumulator, which is compacted in place instead of concatenated per chunk. A borrowed chunk
+ * is never written to, because callers may push views of a buffer they still use.
+ *
+ * Errors (thrown from `next()`, and again on every later call: the stream is unusable afterwards):
+ * `ERR_MILTER_FRAME_EMPTY` for a length field of 0, `ERR_MILTER_FRAME_TOO_LARGE` as soon as a length
+ * field announces a payload above `maxDataSize`, before any of that payload is buffered.
+ */
+export class FrameDecoder {
+  /** Largest accepted payload (`len - 1`); may be raised after MDS negotiation. */
+  maxDataSize: number;
+  private buf: Buffer = EMPTY;
+  private start = 0;
+  private end = 0;
+  /** True when `buf` is our own accumulator (writable), false when it is a borrowed pushed chunk. */
+  private owned = false;
+  /** The owned accumulator, kept between borrow phases so it is allocated once per connection. */
+  private acc: Buffer = EMPTY;
+
+  /** @param maxDataSize payload limit (`len - 1`), default MILTER_MDS_64K (65535). */
+  constructor(maxDataSize: number = MILTER_MDS_64K) {
+    this.maxDataSize = maxDataSize;
+  }
+
+  /** Bytes held and not yet returned as frames. */
+  get bufferedBytes(): number {
+    return this.end - this.start;
+  }
+
+  /**
+   * Append socket bytes. Invalidates every payload view returned by earlier `next()` calls. The chunk is
+   * not modified, but it may be referenced until its frames have been read: do not reuse it for writing.
+   */
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    const pending = this.end - this.start;
+    if (pending === 0) {
+      this.buf = chunk;
+      this.start = 0;
+      this.end = chunk.length;
+      this.owned = false;
+      return;
+    }
+    const needed = pending + chunk.length;
+    if (this.owned && this.buf.length - this.end >= chunk.length) {
+      // Room after the pending bytes: append in place.
+    } else if (this.acc.length >= needed) {
+      // Compact: move the pending bytes to the front of the accumulator (copy handles overlap).
+      this.buf.copy(this.acc, 0, this.start, this.end);
+      this.adopt(this.acc, pending);
+    } else {
+      let size = Math.max(this.acc.length * 2, INITIAL_CAPACITY);
+      while (size < needed) size *= 2; // bounded: doubles until it covers `needed`
+      const next = Buffer.allocUnsafe(size);
+      this.buf.copy(next, 0, this.start, this.end);
+      this.acc = next;
+      this.adopt(next, pending);
+    }
+    chunk.copy(this.buf, this.end);
+    this.end += chunk.length;
+  }
+
+  /**
+   * The next complete frame, or undefined when more bytes are needed. `payload` is a view into the
+   * decoder's memory, valid until the next `push()`; copy it (`Buffer.from`) to keep it longer.
+   */
+  next(): Frame | undefined {
+    const avail = this.end - this.start;
+    if (avail < MILTER_LEN_BYTES) return undefined;
+    const len = this.buf.readUInt32BE(this.start);
+    if (len === 0) {
+      throw new MilterProtocolError('ERR_MILTER_FRAME_EMPTY', 'frame length 0 (no command byte)');
+    }
+    if (len - 1 > this.maxDataSize) {
+      throw new MilterProtocolError(
+        'ERR_MILTER_FRAME_TOO_LARGE',
+        `frame payload of ${len - 1} bytes exceeds the limit of ${this.maxDataSize}`,
+      );
+    }
+    const frameEnd = this.start + MILTER_LEN_BYTES + len;
+    if (frameEnd > this.end) return undefined;
+    const command = this.buf[this.start + MILTER_LEN_BYTES] as number;
+    const payload = this.buf.subarray(this.start + MILTER_LEN_BYTES + 1, frameEnd);
+    if (frameEnd === this.end) {
+      // Fully drained: forget a borrowed chunk so it can be garbage collected; reuse the accumulator.
+      this.start = 0;
+      this.end = 0;
+      if (!this.owned) this.buf = EMPTY;
+    } else {
+      this.start = frameEnd;
+    }
+    return { command, payload };
+  }
+
+  private adopt(buf: Buffer, pending: number): void {
+    this.buf = buf;
+    this.owned = true;
+    this.start = 0;
+    this.end = pending;
+  }
+}

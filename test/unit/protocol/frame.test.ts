@@ -1,0 +1,162 @@
+/** FrameDecoder: any chunking yields the same frames; coded errors for empty and oversize frames. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { FrameDecoder } from '../../../src/protocol/frame.js';
+import { encodeCommands } from '../../../src/protocol/encode.js';
+import { isMilterError } from '../../../src/errors.js';
+import type { MilterCommand } from '../../../src/protocol/types.js';
+
+const stream = encodeCommands([
+  { kind: 'optneg', version: 6, actions: 0x1ff, protocol: 0x1fffff },
+  { kind: 'macro', stage: 'C', macros: [['j', 'mx.example.net']] },
+  { kind: 'connect', hostname: 'h', family: 'inet', port: 25, address: '192.0.2.7' },
+  { kind: 'data' },
+  { kind: 'body', chunk: Buffer.alloc(300, 0x41) },
+  { kind: 'header', name: 'Subject', value: '' },
+  { kind: 'eom', chunk: Buffer.alloc(0) },
+] satisfies MilterCommand[]);
+
+interface Copied {
+  command: number;
+  payload: Buffer;
+}
+
+/** Feed `chunks` and collect copies of every frame (payload views die at the next push). */
+function drain(chunks: Buffer[], max = 65535): { frames: Copied[]; left: number } {
+  const d = new FrameDecoder(max);
+  const frames: Copied[] = [];
+  for (const chunk of chunks) {
+    d.push(chunk);
+    for (let f = d.next(); f !== undefined; f = d.next()) {
+      frames.push({ command: f.command, payload: Buffer.from(f.payload) });
+    }
+  }
+  return { frames, left: d.bufferedBytes };
+}
+
+const expected = drain([stream]).frames;
+
+test('whole stream gives seven frames', () => {
+  assert.equal(expected.length, 7);
+  assert.deepEqual(
+    expected.map((f) => String.fromCharCode(f.command)),
+    ['O', 'D', 'C', 'T', 'B', 'L', 'E'],
+  );
+  assert.equal(expected[4]?.payload.length, 300);
+});
+
+test('identical frames for every single split point', () => {
+  for (let i = 0; i <= stream.length; i++) {
+    const { frames, left } = drain([stream.subarray(0, i), stream.subarray(i)]);
+    assert.deepEqual(frames, expected, `split at ${i}`);
+    assert.equal(left, 0);
+  }
+});
+
+test('identical frames for byte-by-byte feeding', () => {
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < stream.length; i++) chunks.push(stream.subarray(i, i + 1));
+  assert.deepEqual(drain(chunks).frames, expected);
+});
+
+/** mulberry32: small deterministic PRNG so failures reproduce. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+test('identical frames for 500 seeded random chunkings, and the pushed buffers are never modified', () => {
+  const rand = prng(0x5eed);
+  const pristine = Buffer.from(stream);
+  for (let run = 0; run < 500; run++) {
+    const chunks: Buffer[] = [];
+    let pos = 0;
+    while (pos < stream.length) {
+      const n = 1 + Math.floor(rand() * 64);
+      chunks.push(stream.subarray(pos, pos + n));
+      pos += n;
+    }
+    assert.deepEqual(drain(chunks).frames, expected, `run ${run}`);
+  }
+  assert.deepEqual(stream, pristine);
+});
+
+test('bufferedBytes counts held bytes; a partial frame waits', () => {
+  const d = new FrameDecoder(65535);
+  d.push(stream.subarray(0, 3));
+  assert.equal(d.next(), undefined);
+  assert.equal(d.bufferedBytes, 3);
+  d.push(stream.subarray(3, 10));
+  assert.equal(d.next(), undefined);
+  assert.equal(d.bufferedBytes, 10);
+  d.push(stream.subarray(10, 17));
+  assert.equal(d.next()?.command, 0x4f);
+  assert.equal(d.bufferedBytes, 0);
+});
+
+function errCode(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    return isMilterError(err) ? err.code : 'not a MilterError';
+  }
+  return undefined;
+}
+
+test('length 0 is ERR_MILTER_FRAME_EMPTY', () => {
+  const d = new FrameDecoder(65535);
+  d.push(Buffer.from('0000000163' + '00000000', 'hex'));
+  assert.equal(d.next()?.command, 0x63);
+  assert.equal(
+    errCode(() => d.next()),
+    'ERR_MILTER_FRAME_EMPTY',
+  );
+  assert.equal(
+    errCode(() => d.next()),
+    'ERR_MILTER_FRAME_EMPTY',
+    'stays failed',
+  );
+});
+
+test('oversize payload is refused as soon as the length is known', () => {
+  const d = new FrameDecoder(10);
+  d.push(Buffer.from('0000000b42', 'hex')); // payload 10: allowed
+  assert.equal(d.next(), undefined);
+  const e = new FrameDecoder(10);
+  e.push(Buffer.from('0000000c', 'hex')); // payload 11, none of it buffered yet
+  assert.equal(
+    errCode(() => e.next()),
+    'ERR_MILTER_FRAME_TOO_LARGE',
+  );
+});
+
+test('maxDataSize is settable (MDS negotiation)', () => {
+  const big = encodeCommands([{ kind: 'body', chunk: Buffer.alloc(1000) }]);
+  const d = new FrameDecoder(100);
+  d.push(big);
+  assert.equal(
+    errCode(() => d.next()),
+    'ERR_MILTER_FRAME_TOO_LARGE',
+  );
+  d.maxDataSize = 1000;
+  assert.equal(d.next()?.payload.length, 1000);
+});
+
+test('a frame larger than the initial accumulator grows it', () => {
+  const body = Buffer.alloc(200_000, 7);
+  const wire = Buffer.alloc(5 + body.length);
+  wire.writeUInt32BE(body.length + 1, 0);
+  wire[4] = 0x42;
+  body.copy(wire, 5);
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < wire.length; i += 16384) chunks.push(wire.subarray(i, i + 16384));
+  const { frames } = drain(chunks, 1 << 20);
+  assert.equal(frames.length, 1);
+  assert.deepEqual(frames[0]?.payload, body);
+});
