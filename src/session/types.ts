@@ -10,13 +10,16 @@ import type { MilterObserver } from '../observer.js';
 
 /** What the session answers to one command. */
 export interface HandleResult {
-  /** Responses to write in this order, in one write (EOM: modifications, then the decision). May be empty. */
-  responses: MilterResponse[];
+  /**
+   * Responses to write in this order, in one write (EOM: modifications, then the decision). May be empty.
+   * Read-only: the session reuses frozen results for the common answers.
+   */
+  readonly responses: readonly MilterResponse[];
   /**
    * 'quit': the MTA said SMFIC_QUIT (close was called): write the responses (none), then close the socket.
    * 'fatal': the session cannot go on (negotiation refused, protocol violation): close the socket.
    */
-  end?: 'quit' | 'fatal';
+  readonly end?: 'quit' | 'fatal';
 }
 
 /** How the session reaches the socket out of band (progress packets while a callback runs). */

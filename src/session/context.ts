@@ -1,0 +1,350 @@
+/**
+ * Callback contexts (src/filter.ts). One `ConnectionContext` per milter connection serves every stage
+ * callback (transaction state is reset in place); one `MessageEomContext` per message serves `eom`, so a
+ * timed-out EOM callback that keeps running can never touch a later message: its context is closed.
+ */
+import type { Logger } from 'pino';
+import type {
+  BodySource,
+  ConnectionInfo,
+  EomContext,
+  Envelope,
+  NegotiatedOptions,
+  StageContext,
+} from '../filter.js';
+import type { MilterResponse, ModificationResponse, ReplaceBodyResponse } from '../protocol/types.js';
+import type { HandleResult, SessionIO } from './types.js';
+import { isThenable } from './decision.js';
+import type { MacroStore } from './macros.js';
+import { MilterFilterError } from '../errors.js';
+import {
+  MILTER_CHUNK_SIZE,
+  SMFIF_ADDHDRS,
+  SMFIF_ADDRCPT,
+  SMFIF_ADDRCPT_PAR,
+  SMFIF_CHGBODY,
+  SMFIF_CHGFROM,
+  SMFIF_CHGHDRS,
+  SMFIF_DELRCPT,
+  SMFIF_QUARANTINE,
+} from '../protocol/constants.js';
+import { formatReply, replyDecisionOf, type ReplyDecision } from './reply.js';
+
+/** A reply stored by `setReply`, already formatted. */
+export interface StoredReply {
+  text: string;
+  decision: ReplyDecision;
+}
+
+/** Mutable envelope kept by the session; exposed read-only. */
+export interface MutableEnvelope extends Envelope {
+  recipients: Array<{ address: string; args: readonly string[] }>;
+}
+
+const MAX_U32 = 0xffffffff;
+const PROGRESS = Object.freeze({ kind: 'progress' as const });
+
+function badArg(message: string): MilterFilterError {
+  return new MilterFilterError('ERR_MILTER_INVALID_ARGUMENT', message);
+}
+
+/** Strings sent as C strings must not carry NUL; names additionally no CR/LF/colon/whitespace. */
+function checkString(what: string, v: unknown, allowEmpty: boolean): string {
+  if (typeof v !== 'string') throw badArg(`${what} must be a string`);
+  if (!allowEmpty && v.length === 0) throw badArg(`${what} must not be empty`);
+  if (v.includes('\0')) throw badArg(`${what} must not contain NUL`);
+  return v;
+}
+
+function checkHeaderName(name: unknown): string {
+  const n = checkString('header name', name, false);
+  if (/[\r\n:\s]/.test(n)) throw badArg('header name must not contain CR, LF, colon or whitespace');
+  return n;
+}
+
+function checkIndex(index: unknown): number {
+  if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index > MAX_U32) {
+    throw badArg('header index must be an integer from 0 to 2^32-1');
+  }
+  return index;
+}
+
+function isIterable(v: object): v is Iterable<Buffer | Uint8Array> {
+  return typeof (v as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function';
+}
+function isAsyncIterable(v: object): v is AsyncIterable<Buffer | Uint8Array> {
+  return typeof (v as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator] === 'function';
+}
+function toBuffer(piece: unknown): Buffer {
+  if (Buffer.isBuffer(piece)) return piece;
+  if (piece instanceof Uint8Array) return Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
+  throw badArg('body pieces must be Buffer or Uint8Array');
+}
+
+/** Split a body into ≤ 65535-byte REPLBODY packets; an empty body is one empty packet (= empty body). */
+function chunkBody(body: Buffer): ReplaceBodyResponse[] {
+  if (body.length === 0) return [{ kind: 'replaceBody', chunk: body }];
+  const out: ReplaceBodyResponse[] = [];
+  for (let off = 0; off < body.length; off += MILTER_CHUNK_SIZE) {
+    out.push({ kind: 'replaceBody', chunk: body.subarray(off, off + MILTER_CHUNK_SIZE) });
+  }
+  return out;
+}
+
+/** Context of every stage callback of one connection. Internal fields are session-owned. */
+export class ConnectionContext implements StageContext<unknown> {
+  priv: unknown = undefined;
+  negotiated: NegotiatedOptions | undefined = undefined;
+  connection: ConnectionInfo | undefined = undefined;
+  helo: string | undefined = undefined;
+  /** Current transaction's envelope (undefined outside a transaction). */
+  envelopeState: MutableEnvelope | undefined = undefined;
+  /** Reply stored by setReply, consumed (and cleared) by the next decision. */
+  storedReply: StoredReply | undefined = undefined;
+
+  private txnSeq = 0;
+  private txnLogger: Logger | undefined = undefined;
+  private txnLoggerKey: string | undefined = undefined;
+
+  constructor(
+    readonly id: string,
+    private readonly baseLogger: Logger,
+    private readonly store: MacroStore,
+  ) {}
+
+  /** The connection logger, or inside a transaction a child bound to `{ txn }` (queue id once known). */
+  get logger(): Logger {
+    if (this.envelopeState === undefined) return this.baseLogger;
+    // Postfix assigns the queue id only after the first accepted RCPT: re-check until it appears.
+    const key = this.store.get('i') ?? `#${this.txnSeq}`;
+    if (this.txnLogger === undefined || this.txnLoggerKey !== key) {
+      this.txnLogger = this.baseLogger.child({ txn: key });
+      this.txnLoggerKey = key;
+    }
+    return this.txnLogger;
+  }
+
+  get envelope(): Envelope | undefined {
+    return this.envelopeState;
+  }
+
+  macro(name: string): string | undefined {
+    return this.store.get(name);
+  }
+
+  macros(): Record<string, string> {
+    return this.store.all();
+  }
+
+  /** Start a transaction (MAIL, or the first transaction command when MAIL was negotiated away). */
+  beginTransaction(sender: string, args: readonly string[]): void {
+    this.txnSeq++;
+    this.txnLogger = undefined;
+    this.envelopeState = { sender, senderArgs: args, recipients: [] };
+  }
+
+  /** The single reset of transaction state, used at every message boundary. */
+  resetTransaction(): void {
+    this.envelopeState = undefined;
+    this.txnLogger = undefined;
+    this.storedReply = undefined;
+  }
+
+  /** Reset everything connection-level (QUIT_NC); negotiated options survive. */
+  resetConnection(): void {
+    this.resetTransaction();
+    this.priv = undefined;
+    this.connection = undefined;
+    this.helo = undefined;
+  }
+
+  setReply(code: number | string, xcode?: string, ...lines: string[]): void {
+    const decision = replyDecisionOf(code);
+    const text = lines.length === 0 ? undefined : lines.length === 1 ? lines[0] : lines;
+    const reply = xcode === undefined ? { code, text } : { code, xcode, text };
+    this.storedReply = { text: formatReply(reply, decision), decision };
+  }
+
+  progress(): void {
+    // Sendmail treats progress outside EOM as a fatal bogus reply, so it is never sent from here.
+    if (this.baseLogger.isLevelEnabled('debug')) this.baseLogger.debug('progress() outside eom ignored');
+  }
+}
+
+/** Context of one message's `eom` callback: the only place modifications exist. */
+export class MessageEomContext implements EomContext<unknown> {
+  /** True while the EOM callback (and its replaceBody reads) run; closed afterwards for good. */
+  open = true;
+  /** Modifications in call order. */
+  readonly modifications: ModificationResponse[] = [];
+  /** Body replacement (last call wins), sent after the other modifications. */
+  bodyReplacement: ReplaceBodyResponse[] | undefined = undefined;
+  /** replaceBody reads still running (streams). */
+  readonly pending: Array<Promise<void>> = [];
+
+  constructor(
+    private readonly conn: ConnectionContext,
+    private readonly io: SessionIO,
+  ) {}
+
+  get id(): string {
+    return this.conn.id;
+  }
+  get logger(): Logger {
+    return this.conn.logger;
+  }
+  get negotiated(): NegotiatedOptions | undefined {
+    return this.conn.negotiated;
+  }
+  get connection(): ConnectionInfo | undefined {
+    return this.conn.connection;
+  }
+  get priv(): unknown {
+    return this.conn.priv;
+  }
+  set priv(value: unknown) {
+    this.conn.priv = value;
+  }
+  get helo(): string | undefined {
+    return this.conn.helo;
+  }
+  get envelope(): Envelope | undefined {
+    return this.conn.envelope;
+  }
+  macro(name: string): string | undefined {
+    return this.conn.macro(name);
+  }
+  macros(): Record<string, string> {
+    return this.conn.macros();
+  }
+  setReply(code: number | string, xcode?: string, ...lines: string[]): void {
+    if (!this.open) throw new MilterFilterError('ERR_MILTER_WRONG_STAGE', 'setReply after eom returned');
+    this.conn.setReply(code, xcode, ...lines);
+  }
+
+  progress(): void {
+    if (this.open) this.io.sendNow(PROGRESS);
+    else this.conn.progress();
+  }
+
+  /** The EOM callback's return value, delayed until replaceBody streams it did not await are read. */
+  settle(r: unknown): unknown {
+    if (!isThenable(r) && this.pending.length === 0) return r;
+    return Promise.resolve(r).then((v) =>
+      this.pending.length ? Promise.all(this.pending).then(() => v) : v,
+    );
+  }
+
+  /** The EOM answer (§10.10): modifications in call order, then the body replacement, then `decision`. */
+  result(decision: MilterResponse): HandleResult {
+    const body = this.bodyReplacement;
+    if (this.modifications.length === 0 && body === undefined) return { responses: [decision] };
+    const responses: MilterResponse[] = this.modifications.slice();
+    if (body) for (const piece of body) responses.push(piece);
+    responses.push(decision);
+    return { responses };
+  }
+
+  private require(flag: number, what: string): void {
+    if (!this.open) {
+      throw new MilterFilterError('ERR_MILTER_WRONG_STAGE', `${what} called after the eom callback returned`);
+    }
+    if (((this.conn.negotiated?.actions ?? 0) & flag) === 0) {
+      throw new MilterFilterError('ERR_MILTER_ACTION_NOT_NEGOTIATED', `${what} was not negotiated`);
+    }
+  }
+
+  addHeader(name: string, value: string): void {
+    this.require(SMFIF_ADDHDRS, 'addHeader');
+    const n = checkHeaderName(name);
+    this.modifications.push({ kind: 'addHeader', name: n, value: checkString('header value', value, true) });
+  }
+
+  insertHeader(index: number, name: string, value: string): void {
+    this.require(SMFIF_ADDHDRS, 'insertHeader');
+    const i = checkIndex(index);
+    const n = checkHeaderName(name);
+    const v = checkString('header value', value, true);
+    this.modifications.push({ kind: 'insertHeader', index: i, name: n, value: v });
+  }
+
+  changeHeader(name: string, index: number, value: string | null): void {
+    this.require(SMFIF_CHGHDRS, 'changeHeader');
+    const n = checkHeaderName(name);
+    const i = checkIndex(index);
+    const v = value === null ? '' : checkString('header value', value, true);
+    this.modifications.push({ kind: 'changeHeader', index: i, name: n, value: v });
+  }
+
+  deleteHeader(name: string, index: number): void {
+    this.changeHeader(name, index, '');
+  }
+
+  addRecipient(recipient: string, args?: string): void {
+    if (args === undefined) {
+      this.require(SMFIF_ADDRCPT, 'addRecipient');
+      this.modifications.push({
+        kind: 'addRecipient',
+        recipient: checkString('recipient', recipient, false),
+      });
+      return;
+    }
+    this.require(SMFIF_ADDRCPT_PAR, 'addRecipient with args');
+    const r = checkString('recipient', recipient, false);
+    this.modifications.push({
+      kind: 'addRecipientWithArgs',
+      recipient: r,
+      args: checkString('args', args, true),
+    });
+  }
+
+  deleteRecipient(recipient: string): void {
+    this.require(SMFIF_DELRCPT, 'deleteRecipient');
+    this.modifications.push({
+      kind: 'deleteRecipient',
+      recipient: checkString('recipient', recipient, false),
+    });
+  }
+
+  changeFrom(sender: string, args?: string): void {
+    this.require(SMFIF_CHGFROM, 'changeFrom');
+    const s = checkString('sender', sender, false);
+    if (args === undefined) this.modifications.push({ kind: 'changeFrom', sender: s });
+    else this.modifications.push({ kind: 'changeFrom', sender: s, args: checkString('args', args, true) });
+  }
+
+  quarantine(reason: string): void {
+    this.require(SMFIF_QUARANTINE, 'quarantine');
+    const r = checkString('quarantine reason', reason, false);
+    if (/[\r\n]/.test(r)) throw badArg('quarantine reason must not contain CR or LF');
+    this.modifications.push({ kind: 'quarantine', reason: r });
+  }
+
+  replaceBody(body: BodySource): Promise<void> {
+    this.require(SMFIF_CHGBODY, 'replaceBody');
+    if (body === null || typeof body !== 'object')
+      throw badArg('body must be a Buffer, Uint8Array or iterable');
+    if (body instanceof Uint8Array) {
+      // Fast path: no copy; the session encodes the chunks before the callback's caller regains control.
+      this.bodyReplacement = chunkBody(toBuffer(body));
+      return Promise.resolve();
+    }
+    if (isIterable(body)) {
+      const pieces: Buffer[] = [];
+      for (const piece of body) pieces.push(toBuffer(piece));
+      this.bodyReplacement = chunkBody(Buffer.concat(pieces));
+      return Promise.resolve();
+    }
+    if (!isAsyncIterable(body)) throw badArg('body must be a Buffer, Uint8Array or iterable');
+    const read = (async (): Promise<void> => {
+      const pieces: Buffer[] = [];
+      for await (const piece of body) pieces.push(toBuffer(piece));
+      // A timed-out or finished EOM must not pick up a late body.
+      if (this.open) this.bodyReplacement = chunkBody(Buffer.concat(pieces));
+    })();
+    // The session awaits it; this branch only keeps an unawaited failure from being "unhandled".
+    read.catch(() => undefined);
+    this.pending.push(read);
+    return read;
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * Macro storage with libmilter's visibility rules (protocol doc §6.2/§6.3): one slot per stage, a new
+ * `D` packet replaces its stage's slot, later stages are cleared when an earlier stage command arrives,
+ * and lookups search the latest stage first.
+ */
+
+/** Slot order = libmilter's lookup order reversed: CONNECT, HELO, MAIL, RCPT, DATA, EOH, EOM. */
+const SLOT_OF: Readonly<Record<string, number>> = { C: 0, H: 1, M: 2, R: 3, T: 4, N: 5, E: 6 };
+const SLOT_COUNT = 7;
+
+/** Per-connection macro store. */
+export class MacroStore {
+  private readonly slots: Array<Map<string, string> | undefined> = new Array<undefined>(SLOT_COUNT);
+
+  /**
+   * Store the pairs of one `D` packet. Stage letters without a slot (Postfix's `L`, `B`, `U`) and packets
+   * without pairs are ignored, exactly like libmilter (§3.2).
+   */
+  define(stage: string, pairs: ReadonlyArray<readonly [string, string]>): void {
+    const slot = SLOT_OF[stage];
+    if (slot === undefined || pairs.length === 0) return;
+    const map = new Map<string, string>();
+    for (const [name, value] of pairs) map.set(name, value);
+    this.slots[slot] = map;
+  }
+
+  /**
+   * Clear the slots that a command of `stage` invalidates (§6.2): `C` clears HELO onwards, `H` MAIL
+   * onwards, `M` RCPT onwards, `R` DATA onwards. Other letters clear nothing.
+   */
+  clearAfter(stage: 'C' | 'H' | 'M' | 'R'): void {
+    const from = (SLOT_OF[stage] as number) + 1;
+    for (let i = from; i < SLOT_COUNT; i++) this.slots[i] = undefined;
+  }
+
+  /** Forget everything (OPTNEG, QUIT, QUIT_NC). */
+  clear(): void {
+    this.slots.fill(undefined);
+  }
+
+  /**
+   * Look up `name`, latest stage first. A one-character name also matches its braced form and vice
+   * versa (libmilter); a bare multi-character name also finds its braced form (`client_addr`).
+   */
+  get(name: string): string | undefined {
+    let alt: string | undefined;
+    if (name.length === 1) alt = `{${name}}`;
+    else if (name.length === 3 && name[0] === '{' && name[2] === '}') alt = name[1];
+    else if (name.length > 1 && name[0] !== '{') alt = `{${name}}`;
+    for (let i = SLOT_COUNT - 1; i >= 0; i--) {
+      const map = this.slots[i];
+      if (map === undefined) continue;
+      const v = map.get(name);
+      if (v !== undefined) return v;
+      if (alt !== undefined) {
+        const w = map.get(alt);
+        if (w !== undefined) return w;
+      }
+    }
+    return undefined;
+  }
+
+  /** Every visible macro, later stages shadowing earlier ones. */
+  all(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (let i = 0; i < SLOT_COUNT; i++) {
+      const map = this.slots[i];
+      if (map === undefined) continue;
+      // An MTA-supplied name must never reach the prototype.
+      for (const [k, v] of map) if (k !== '__proto__') out[k] = v;
+    }
+    return out;
+  }
+}

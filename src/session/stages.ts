@@ -1,0 +1,190 @@
+/**
+ * libmilter's session state machine (protocol doc §7.2) as a table: states, the commands each state
+ * allows next, stages the filter opted out of (skippable), and the stage metadata the dispatcher needs.
+ */
+import {
+  SMFIP_NOBODY,
+  SMFIP_NOCONNECT,
+  SMFIP_NODATA,
+  SMFIP_NOEOH,
+  SMFIP_NOHDRS,
+  SMFIP_NOHELO,
+  SMFIP_NOMAIL,
+  SMFIP_NORCPT,
+  SMFIP_NR_BODY,
+  SMFIP_NR_CONN,
+  SMFIP_NR_DATA,
+  SMFIP_NR_EOH,
+  SMFIP_NR_HDR,
+  SMFIP_NR_HELO,
+  SMFIP_NR_MAIL,
+  SMFIP_NR_RCPT,
+  SMFIP_NR_UNKN,
+} from '../protocol/constants.js';
+import type { CallbackResult, ConnectionInfo, Filter, StageContext } from '../filter.js';
+import type { MilterCommand } from '../protocol/types.js';
+
+/**
+ * Session states, numbered in libmilter's order: the skip rule relies on MAIL…BODY being consecutive.
+ * INIT = before OPTNEG, OPTS = negotiated, ENDM = after EOM, ABRT = after ABORT, UNKN = after UNKNOWN,
+ * Q_NC = after QUIT_NC (waiting for a new CONNECT).
+ */
+export const State = {
+  INIT: 0,
+  OPTS: 1,
+  CONN: 2,
+  HELO: 3,
+  MAIL: 4,
+  RCPT: 5,
+  DATA: 6,
+  HDRS: 7,
+  EOHS: 8,
+  BODY: 9,
+  ENDM: 10,
+  QUIT: 11,
+  ABRT: 12,
+  UNKN: 13,
+  Q_NC: 14,
+} as const;
+export type State = (typeof State)[keyof typeof State];
+
+const bit = (s: State): number => 1 << s;
+
+/** Commands allowed next from each state (bit masks of target states), libmilter's `next_states`. */
+const NEXT: readonly number[] = [
+  /* INIT */ bit(State.OPTS),
+  /* OPTS */ bit(State.CONN) | bit(State.UNKN),
+  /* CONN */ bit(State.HELO) | bit(State.MAIL) | bit(State.UNKN),
+  /* HELO */ bit(State.HELO) | bit(State.MAIL) | bit(State.UNKN),
+  /* MAIL */ bit(State.RCPT) | bit(State.ABRT) | bit(State.UNKN),
+  /* RCPT */ bit(State.RCPT) |
+    bit(State.DATA) |
+    bit(State.HDRS) |
+    bit(State.EOHS) |
+    bit(State.BODY) |
+    bit(State.ENDM) |
+    bit(State.ABRT) |
+    bit(State.UNKN),
+  /* DATA */ bit(State.HDRS) | bit(State.EOHS) | bit(State.ABRT),
+  /* HDRS */ bit(State.HDRS) | bit(State.EOHS) | bit(State.ABRT),
+  /* EOHS */ bit(State.BODY) | bit(State.ENDM) | bit(State.ABRT),
+  /* BODY */ bit(State.BODY) | bit(State.ENDM) | bit(State.ABRT),
+  /* ENDM */ bit(State.QUIT) | bit(State.MAIL) | bit(State.UNKN) | bit(State.Q_NC),
+  /* QUIT */ 0,
+  /* ABRT */ 0,
+  /* UNKN */ bit(State.HELO) |
+    bit(State.MAIL) |
+    bit(State.RCPT) |
+    bit(State.DATA) |
+    bit(State.BODY) |
+    bit(State.UNKN) |
+    bit(State.ABRT) |
+    bit(State.QUIT) |
+    bit(State.Q_NC),
+  /* Q_NC */ bit(State.CONN) | bit(State.UNKN),
+];
+
+/** NO-bit → the state it makes skippable (libmilter's `fix_stm`). */
+const SKIP_BY_FLAG: ReadonlyArray<readonly [number, State]> = [
+  [SMFIP_NOCONNECT, State.CONN],
+  [SMFIP_NOHELO, State.HELO],
+  [SMFIP_NOMAIL, State.MAIL],
+  [SMFIP_NORCPT, State.RCPT],
+  [SMFIP_NODATA, State.DATA],
+  [SMFIP_NOHDRS, State.HDRS],
+  [SMFIP_NOEOH, State.EOHS],
+  [SMFIP_NOBODY, State.BODY],
+];
+
+/** Bit mask of skippable states for the negotiated (requested) protocol flags. */
+export function skippableStates(protocol: number): number {
+  let mask = 0;
+  for (const [flag, state] of SKIP_BY_FLAG) if ((protocol & flag) !== 0) mask |= bit(state);
+  return mask;
+}
+
+/**
+ * May the session go from `from` to `to`? Like libmilter's `trans_ok`: if not allowed directly, hop over
+ * the following states as long as the filter opted out of them.
+ */
+export function transitionAllowed(from: State, to: State, skippable: number): boolean {
+  let s: number = from;
+  for (;;) {
+    const next = NEXT[s];
+    if (next === undefined) return false;
+    if ((next & (1 << to)) !== 0) return true;
+    const n = s + 1;
+    if (n >= NEXT.length || (skippable & (1 << n)) === 0) return false;
+    s = n;
+  }
+}
+
+/** Callback stages that take a decision (observer names = callback names). */
+export type CallbackStage =
+  'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'header' | 'eoh' | 'body' | 'eom' | 'unknown';
+
+/** Static facts about one decision stage. */
+export interface StageInfo {
+  readonly stage: CallbackStage;
+  /** State entered when the command is accepted. */
+  readonly state: State;
+  /** SMFIP_NR_* bit of the stage (0 for EOM, which is always replied to). */
+  readonly noReplyBit: number;
+  /** REJECT/TEMPFAIL/DISCARD keep the state (RCPT, UNKNOWN) instead of resetting to HELO. */
+  readonly keepsStateOnReject: boolean;
+  /** DISCARD is undefined here (CONNECT/HELO): Postfix ignores it, so we send continue. */
+  readonly discardIllegal: boolean;
+}
+
+const info = (
+  stage: CallbackStage,
+  state: State,
+  noReplyBit: number,
+  keepsStateOnReject = false,
+  discardIllegal = false,
+): StageInfo => Object.freeze({ stage, state, noReplyBit, keepsStateOnReject, discardIllegal });
+
+/** Stage table, keyed by command kind. */
+export const STAGES = {
+  connect: info('connect', State.CONN, SMFIP_NR_CONN, false, true),
+  helo: info('helo', State.HELO, SMFIP_NR_HELO, false, true),
+  mail: info('envfrom', State.MAIL, SMFIP_NR_MAIL),
+  rcpt: info('envrcpt', State.RCPT, SMFIP_NR_RCPT, true),
+  data: info('data', State.DATA, SMFIP_NR_DATA),
+  header: info('header', State.HDRS, SMFIP_NR_HDR),
+  eoh: info('eoh', State.EOHS, SMFIP_NR_EOH),
+  body: info('body', State.BODY, SMFIP_NR_BODY),
+  eom: info('eom', State.ENDM, 0),
+  unknown: info('unknown', State.UNKN, SMFIP_NR_UNKN, true),
+} as const satisfies Record<string, StageInfo>;
+
+/** Commands that run one decision callback. */
+export type StageCommand = Extract<
+  MilterCommand,
+  { kind: 'connect' | 'helo' | 'mail' | 'rcpt' | 'data' | 'header' | 'eoh' | 'body' | 'unknown' }
+>;
+
+/** Call the filter's callback for `cmd` (a typed dispatch on the command kind). */
+export function callStage(f: Filter<unknown>, ctx: StageContext<unknown>, cmd: StageCommand): CallbackResult {
+  switch (cmd.kind) {
+    case 'connect':
+      // The session has just set ctx.connection from this very command.
+      return f.connect?.(ctx, ctx.connection as ConnectionInfo);
+    case 'helo':
+      return f.helo?.(ctx, cmd.hostname);
+    case 'mail':
+      return f.envfrom?.(ctx, cmd.sender, cmd.args);
+    case 'rcpt':
+      return f.envrcpt?.(ctx, cmd.recipient, cmd.args);
+    case 'data':
+      return f.data?.(ctx);
+    case 'header':
+      return f.header?.(ctx, cmd.name, cmd.value);
+    case 'eoh':
+      return f.eoh?.(ctx);
+    case 'body':
+      return f.body?.(ctx, cmd.chunk);
+    case 'unknown':
+      return f.unknown?.(ctx, cmd.line);
+  }
+}
