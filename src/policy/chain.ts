@@ -1,0 +1,311 @@
+/**
+ * The should-shutdown hook chain (Momentum's `smtp_should_session_shutdown`, brought to the inbound side).
+ *
+ * Chain semantics:
+ * - Hooks run one after the other in chain order: `registerFirst` puts a hook at the front (the latest
+ *   registered first), `registerLast` at the back. Rules compiled from a policy file are registered with
+ *   `registerLast` when the policy is built, so they sit after later `registerFirst` hooks and before
+ *   later `registerLast` hooks.
+ * - The first hook that asks for a shutdown wins and names the reason; the rest are not called.
+ * - A dry-run hook (or any hook under a global dry-run) that asks for a shutdown is logged and emitted as
+ *   a `dry-run` decision. With a per-hook dry-run the chain goes on (a rule being tried out must not hide
+ *   the enforced ones); with the global dry-run the first such hook ends the chain, as it would have won.
+ * - A hook that throws, rejects or exceeds its time budget is logged with ERR_MILTER_HOOK_FAILED /
+ *   ERR_MILTER_HOOK_TIMEOUT and counts as "no shutdown": a broken policy must never cut mail. (This is
+ *   deliberately not the session's failure decision of style rule 6: the safe default here is to do
+ *   nothing.) An answer that arrives after the timeout is ignored and logged at debug level.
+ */
+import type { Logger } from 'pino';
+import { MilterConfigError, MilterFilterError } from '../errors.js';
+import { MemoryPolicyStore, type PolicyStore } from './store.js';
+import type {
+  DeliveryRecord,
+  HookOptions,
+  HookResult,
+  PolicyDecisionEvent,
+  PolicyEventMap,
+  ShouldShutdownHook,
+} from './types.js';
+
+/** Reply text used when neither the verdict nor the hook names one. */
+export const DEFAULT_SHUTDOWN_TEXT = 'Too much activity in this session, closing connection';
+
+/** Options of a ShutdownPolicy. The policy never mutates them. */
+export interface ShutdownPolicyOptions {
+  /** Default time budget of one hook (ms). Default 1000; keep it well below the MTA's reply timeout. 0 = none. */
+  hookTimeoutMs?: number;
+  /** Global dry-run: decisions are logged and emitted, nothing is ever armed. */
+  dryRun?: boolean;
+  /** Default text of the `421 4.7.0` reply. */
+  replyText?: string;
+  /** The policy clock (ms). Default `Date.now`. Session age and client windows use it. */
+  now?: () => number;
+  /** Cross-session store. Default: a new MemoryPolicyStore. */
+  store?: PolicyStore;
+  /**
+   * Count header and body bytes. This makes the wrapped filter receive headers and body (without
+   * replying to them when the user's filter had no such callbacks). Default true.
+   */
+  trackBytes?: boolean;
+  /** Shortcut for `on('decision', …)`. */
+  onDecision?: (event: PolicyDecisionEvent) => void;
+  /** Used when an evaluation is not given a connection logger. Default: none (silent). */
+  logger?: Logger;
+}
+
+/** The winning verdict of an enforcing evaluation. */
+export interface EnforcedShutdown {
+  readonly hook: string;
+  readonly reason: string;
+  readonly text: string;
+}
+
+interface HookEntry {
+  readonly name: string;
+  readonly hook: ShouldShutdownHook;
+  readonly timeoutMs: number | undefined;
+  readonly dryRun: boolean;
+  readonly text: string | undefined;
+}
+
+type Listener<K extends keyof PolicyEventMap> = (event: PolicyEventMap[K]) => void;
+
+const TIMEOUT = Symbol('timeout');
+const MAX_TEXT = 900;
+
+/**
+ * A session-shutdown policy: the hook chain, its options and the cross-session store. One instance is
+ * shared by every connection of a server; wrap a filter with `withShutdownPolicy(filter, policy)`.
+ */
+export class ShutdownPolicy {
+  readonly hookTimeoutMs: number;
+  readonly dryRun: boolean;
+  readonly replyText: string;
+  readonly now: () => number;
+  readonly store: PolicyStore;
+  readonly trackBytes: boolean;
+  readonly #logger: Logger | undefined;
+  #chain: HookEntry[] = [];
+  readonly #windows = new Set<number>();
+  readonly #listeners: { [K in keyof PolicyEventMap]: Set<Listener<K>> } = {
+    decision: new Set(),
+    fired: new Set(),
+    hookError: new Set(),
+  };
+
+  constructor(options: ShutdownPolicyOptions = {}) {
+    const timeout = options.hookTimeoutMs ?? 1000;
+    if (!Number.isFinite(timeout) || timeout < 0) {
+      throw new MilterConfigError('hookTimeoutMs must be a finite number >= 0', { field: 'hookTimeoutMs' });
+    }
+    this.hookTimeoutMs = timeout;
+    this.dryRun = options.dryRun ?? false;
+    this.replyText = sanitizeText(options.replyText) ?? DEFAULT_SHUTDOWN_TEXT;
+    this.now = options.now ?? Date.now;
+    this.store = options.store ?? new MemoryPolicyStore();
+    this.trackBytes = options.trackBytes ?? true;
+    this.#logger = options.logger;
+    if (options.onDecision) this.on('decision', options.onDecision);
+  }
+
+  /**
+   * Put a hook at the front of the chain. Throws ERR_MILTER_HOOK_INVALID for an empty or duplicate name,
+   * a non-function hook or a bad timeout.
+   */
+  registerFirst(name: string, hook: ShouldShutdownHook, options: HookOptions = {}): this {
+    this.#chain = [this.#entry(name, hook, options), ...this.#chain];
+    return this;
+  }
+
+  /** Put a hook at the back of the chain. Same validation as `registerFirst`. */
+  registerLast(name: string, hook: ShouldShutdownHook, options: HookOptions = {}): this {
+    this.#chain = [...this.#chain, this.#entry(name, hook, options)];
+    return this;
+  }
+
+  /** Remove a hook by name; false when there was none. An evaluation already running keeps its chain. */
+  remove(name: string): boolean {
+    const before = this.#chain.length;
+    this.#chain = this.#chain.filter((e) => e.name !== name);
+    return this.#chain.length !== before;
+  }
+
+  /** With a name: is that hook registered? Without: is any hook registered? */
+  has(name?: string): boolean {
+    return name === undefined ? this.#chain.length > 0 : this.#chain.some((e) => e.name === name);
+  }
+
+  /** Hook names in chain order. */
+  list(): string[] {
+    return this.#chain.map((e) => e.name);
+  }
+
+  /**
+   * Ask the store for per-client message counts over windows of `windowMs` (rules of kind
+   * `max-messages-per-client` do this); they then appear in `record.clientStats.messagesInWindow`.
+   */
+  trackClientWindow(windowMs: number): void {
+    if (!Number.isInteger(windowMs) || windowMs <= 0) {
+      throw new MilterConfigError('window must be a positive number of ms', { field: 'window' });
+    }
+    this.#windows.add(windowMs);
+  }
+
+  /** Window lengths tracked per client (ms). */
+  get clientWindows(): readonly number[] {
+    return [...this.#windows];
+  }
+
+  /** Subscribe to decisions, fired shutdowns or hook errors. Returns the unsubscribe function. */
+  on<K extends keyof PolicyEventMap>(event: K, listener: Listener<K>): () => void {
+    const set = this.#listeners[event] as Set<Listener<K>>;
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+
+  /**
+   * Emit an event to listeners. Used by the wrapper; a listener that throws is logged and ignored
+   * (metrics must never break a session).
+   */
+  emit<K extends keyof PolicyEventMap>(event: K, payload: PolicyEventMap[K], logger?: Logger): void {
+    for (const listener of this.#listeners[event] as Set<Listener<K>>) {
+      try {
+        listener(payload);
+      } catch (err) {
+        (logger ?? this.#logger)?.warn({ err, event }, 'shutdown policy listener threw');
+      }
+    }
+  }
+
+  /**
+   * Run the chain over `record`. Logs one line and emits one `decision` event per verdict (enforced or
+   * dry-run). Returns the enforced winner, or undefined. Never throws, never rejects.
+   */
+  async evaluate(
+    record: DeliveryRecord,
+    options: { logger?: Logger; firesAt?: PolicyDecisionEvent['firesAt'] } = {},
+  ): Promise<EnforcedShutdown | undefined> {
+    const logger = options.logger ?? this.#logger;
+    for (const entry of this.#chain) {
+      const result = await this.#run(entry, record, logger);
+      const verdict = toVerdict(result);
+      if (verdict === undefined) continue;
+      const reason = sanitizeText(verdict.reason) ?? entry.name;
+      const text = sanitizeText(verdict.text) ?? entry.text ?? this.replyText;
+      const dryRun = this.dryRun || entry.dryRun;
+      const event: PolicyDecisionEvent = {
+        connectionId: record.connectionId,
+        hook: entry.name,
+        reason,
+        mode: dryRun ? 'dry-run' : 'enforce',
+        event: record.event,
+        firesAt: options.firesAt ?? 'next-command',
+        text,
+        clientAddress: record.client?.address,
+        ageMs: record.ageMs,
+        counters: record.counters,
+      };
+      logger?.info(
+        { policy: event },
+        dryRun ? 'shutdown policy decision (dry-run)' : 'shutdown policy decision',
+      );
+      this.emit('decision', event, logger);
+      if (!dryRun) return { hook: entry.name, reason, text };
+      if (this.dryRun) return undefined;
+    }
+    return undefined;
+  }
+
+  async #run(entry: HookEntry, record: DeliveryRecord, logger: Logger | undefined): Promise<HookResult> {
+    let pending: HookResult | Promise<HookResult>;
+    try {
+      pending = entry.hook(record);
+    } catch (err) {
+      this.#hookFailed(entry, record, logger, 'ERR_MILTER_HOOK_FAILED', err);
+      return undefined;
+    }
+    if (!isPromiseLike(pending)) return pending;
+    const budget = entry.timeoutMs ?? this.hookTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout =
+      budget > 0
+        ? new Promise<typeof TIMEOUT>((resolve) => {
+            timer = setTimeout(resolve, budget, TIMEOUT);
+          })
+        : undefined;
+    try {
+      const result = await (timeout ? Promise.race([pending, timeout]) : pending);
+      if (result !== TIMEOUT) return result;
+      this.#hookFailed(entry, record, logger, 'ERR_MILTER_HOOK_TIMEOUT', undefined, budget);
+      // The chain has moved on: whatever the hook says now is only worth a debug line.
+      pending.then(
+        (late) =>
+          logger?.debug(
+            { hook: entry.name, late: toVerdict(late) !== undefined },
+            'late hook answer ignored',
+          ),
+        (err: unknown) => logger?.debug({ hook: entry.name, err }, 'late hook failure ignored'),
+      );
+      return undefined;
+    } catch (err) {
+      this.#hookFailed(entry, record, logger, 'ERR_MILTER_HOOK_FAILED', err);
+      return undefined;
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+    }
+  }
+
+  #hookFailed(
+    entry: HookEntry,
+    record: DeliveryRecord,
+    logger: Logger | undefined,
+    code: 'ERR_MILTER_HOOK_FAILED' | 'ERR_MILTER_HOOK_TIMEOUT',
+    cause: unknown,
+    budget?: number,
+  ): void {
+    const message =
+      code === 'ERR_MILTER_HOOK_TIMEOUT'
+        ? `shutdown hook "${entry.name}" did not answer within ${budget} ms`
+        : `shutdown hook "${entry.name}" failed`;
+    const error = new MilterFilterError(code, message, cause === undefined ? undefined : { cause });
+    logger?.warn({ err: error, hook: entry.name }, 'shutdown policy hook failed; counted as no shutdown');
+    this.emit('hookError', { connectionId: record.connectionId, hook: entry.name, error }, logger);
+  }
+
+  #entry(name: string, hook: ShouldShutdownHook, options: HookOptions): HookEntry {
+    const invalid = (message: string): MilterConfigError =>
+      new MilterConfigError(message, { field: String(name) }, { code: 'ERR_MILTER_HOOK_INVALID' });
+    if (typeof name !== 'string' || name.trim() === '') throw invalid('hook name must be a non-empty string');
+    if (typeof hook !== 'function') throw invalid(`hook "${name}" is not a function`);
+    if (this.#chain.some((e) => e.name === name))
+      throw invalid(`a hook named "${name}" is already registered`);
+    const { timeoutMs } = options;
+    if (timeoutMs !== undefined && (!Number.isFinite(timeoutMs) || timeoutMs < 0)) {
+      throw invalid(`hook "${name}": timeoutMs must be a finite number >= 0`);
+    }
+    return { name, hook, timeoutMs, dryRun: options.dryRun ?? false, text: sanitizeText(options.text) };
+  }
+}
+
+function isPromiseLike<T>(value: T | Promise<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown } | null | undefined)?.then === 'function';
+}
+
+/** A verdict object, or undefined for every "no shutdown" answer (falsy, or anything malformed). */
+function toVerdict(result: unknown): { reason?: unknown; text?: unknown } | undefined {
+  if (result === true) return {};
+  if (typeof result === 'object' && result !== null && (result as { shutdown?: unknown }).shutdown === true) {
+    return result as { reason?: unknown; text?: unknown };
+  }
+  return undefined;
+}
+
+/**
+ * Make a string fit one SMTP reply line: CR/LF become spaces (a reply line cannot hold them), trimmed,
+ * at most 900 characters (libmilter allows 980 bytes per line including the code). Undefined when empty.
+ */
+export function sanitizeText(text: unknown): string | undefined {
+  if (typeof text !== 'string') return undefined;
+  const clean = text.replace(/[\r\n\0]+/g, ' ').trim();
+  return clean === '' ? undefined : clean.slice(0, MAX_TEXT);
+}

@@ -1,0 +1,25 @@
+/**
+ * The session-shutdown policy engine: a should-shutdown hook chain, declarative rules from a YAML file,
+ * cross-session limits, and `withShutdownPolicy` to run any filter under a policy. See docs/policy.md.
+ */
+export { ShutdownPolicy, DEFAULT_SHUTDOWN_TEXT, sanitizeText } from './chain.js';
+export type { ShutdownPolicyOptions, EnforcedShutdown } from './chain.js';
+export { withShutdownPolicy } from './wrapper.js';
+export type { WithShutdownPolicyOptions } from './wrapper.js';
+export { MemoryPolicyStore } from './store.js';
+export type { PolicyStore, MemoryPolicyStoreOptions } from './store.js';
+export {
+  createShutdownPolicy,
+  compileRule,
+  compileConditions,
+  limitReached,
+  registerRules,
+  LIMIT_KINDS,
+  DEFAULT_RULE_TEXT,
+} from './rules.js';
+export type { PolicyConfig, PolicyRule, RuleLimit, RuleConditions } from './rules.js';
+export { parsePolicy, loadPolicyFile } from './load.js';
+export { DEFAULT_POLICY_YAML, defaultPolicyConfig } from './default-policy.js';
+export { parseDuration, parseSize, parseCidr, NetworkSet } from './values.js';
+export type { Cidr } from './values.js';
+export type * from './types.js';

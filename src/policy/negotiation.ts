@@ -1,0 +1,171 @@
+/**
+ * What the policy wrapper negotiates instead of the user's filter, and what the user asked for (so the
+ * wrapper calls the user's callbacks exactly where libmilter would have).
+ */
+import type { Filter, MacroStage, NegotiateResult, NegotiationOffer, NoReplyStage } from '../filter.js';
+import {
+  SMFIP_NOBODY,
+  SMFIP_NOCONNECT,
+  SMFIP_NODATA,
+  SMFIP_NOEOH,
+  SMFIP_NOHDRS,
+  SMFIP_NOHELO,
+  SMFIP_NOMAIL,
+  SMFIP_NORCPT,
+  SMFIP_NOUNKNOWN,
+  SMFIP_NR_BODY,
+  SMFIP_NR_CONN,
+  SMFIP_NR_DATA,
+  SMFIP_NR_EOH,
+  SMFIP_NR_HDR,
+  SMFIP_NR_HELO,
+  SMFIP_NR_MAIL,
+  SMFIP_NR_RCPT,
+  SMFIP_NR_UNKN,
+  SMFIP_RCPT_REJ,
+} from '../protocol/constants.js';
+
+/** Stages the wrapper may or may not forward to the user. */
+export type WantStage = NoReplyStage | 'eom' | 'abort';
+
+/** Per stage: is the user's callback called, and is its decision used (false = the user declared NR). */
+export type StageWants = Record<WantStage, { call: boolean; reply: boolean }> & {
+  rejectedRecipients: boolean;
+};
+
+/** Stages where an armed shutdown may fire: the policy needs them sent and replied to. */
+export const FIRING_STAGES = [
+  'helo',
+  'envfrom',
+  'envrcpt',
+  'data',
+  'unknown',
+] as const satisfies NoReplyStage[];
+
+const NO_BIT: Readonly<Record<NoReplyStage, number>> = {
+  connect: SMFIP_NOCONNECT,
+  helo: SMFIP_NOHELO,
+  envfrom: SMFIP_NOMAIL,
+  envrcpt: SMFIP_NORCPT,
+  data: SMFIP_NODATA,
+  unknown: SMFIP_NOUNKNOWN,
+  header: SMFIP_NOHDRS,
+  eoh: SMFIP_NOEOH,
+  body: SMFIP_NOBODY,
+};
+const NR_BIT: Readonly<Record<NoReplyStage, number>> = {
+  connect: SMFIP_NR_CONN,
+  helo: SMFIP_NR_HELO,
+  envfrom: SMFIP_NR_MAIL,
+  envrcpt: SMFIP_NR_RCPT,
+  data: SMFIP_NR_DATA,
+  unknown: SMFIP_NR_UNKN,
+  header: SMFIP_NR_HDR,
+  eoh: SMFIP_NR_EOH,
+  body: SMFIP_NR_BODY,
+};
+const STAGES = Object.keys(NO_BIT) as NoReplyStage[];
+
+/** Macros the policy reads, added to a user's explicit list for that stage (never creating a list). */
+const POLICY_MACROS: Partial<Record<MacroStage, readonly string[]>> = {
+  envfrom: ['{auth_authen}'],
+  envrcpt: ['{rcpt_mailer}'],
+};
+
+/** What the user's filter asks for, from its callbacks and `noReply` (no negotiate callback). */
+export function staticWants<P>(user: Filter<P>): StageWants {
+  const noReply = new Set<string>(user.noReply ?? []);
+  const wants = { rejectedRecipients: user.rejectedRecipients === true } as StageWants;
+  for (const stage of STAGES)
+    wants[stage] = { call: typeof user[stage] === 'function', reply: !noReply.has(stage) };
+  wants.eom = { call: typeof user.eom === 'function', reply: true };
+  wants.abort = { call: typeof user.abort === 'function', reply: true };
+  return wants;
+}
+
+/**
+ * Merge the policy's macros into the lists the user requested. A stage the user left alone keeps the
+ * MTA's default list (a list replaces the default, and both MTAs' defaults already carry what we need).
+ */
+export function mergeMacros(
+  macros: Partial<Record<MacroStage, readonly string[]>> | undefined,
+): Partial<Record<MacroStage, readonly string[]>> | undefined {
+  if (macros === undefined) return undefined;
+  const out: Partial<Record<MacroStage, readonly string[]>> = { ...macros };
+  for (const [stage, names] of Object.entries(POLICY_MACROS) as Array<[MacroStage, readonly string[]]>) {
+    const list = out[stage];
+    // An empty list means "no macros" in Sendmail but "the default list" in Postfix: leave it alone.
+    if (list === undefined || list.length === 0) continue;
+    out[stage] = [...list, ...names.filter((n) => !list.includes(n))];
+  }
+  return out;
+}
+
+/** Static negotiation fields of the wrapped filter, and which content callbacks it must define. */
+export function wrappedFilterShape<P>(
+  user: Filter<P>,
+  trackBytes: boolean,
+): {
+  fields: Pick<
+    Filter<P>,
+    'name' | 'actions' | 'macros' | 'noReply' | 'headerLeadingSpace' | 'rejectedRecipients'
+  >;
+  header: boolean;
+  body: boolean;
+} {
+  const header = typeof user.header === 'function' || trackBytes;
+  const body = typeof user.body === 'function' || trackBytes;
+  const noReply = new Set<NoReplyStage>(user.noReply ?? []);
+  for (const stage of FIRING_STAGES) noReply.delete(stage);
+  // Stages the wrapper adds only to watch: the MTA need not wait for a reply.
+  if (typeof user.connect !== 'function') noReply.add('connect');
+  if (typeof user.header !== 'function' && header) noReply.add('header');
+  if (typeof user.body !== 'function' && body) noReply.add('body');
+  const fields: Pick<
+    Filter<P>,
+    'name' | 'actions' | 'macros' | 'noReply' | 'headerLeadingSpace' | 'rejectedRecipients'
+  > = {
+    name: user.name,
+    // The wrapper always defines eom; without this, "eom defined" would request every offered action.
+    actions: user.actions ?? (typeof user.eom === 'function' ? undefined : []),
+    macros: mergeMacros(user.macros),
+    noReply: [...noReply],
+    headerLeadingSpace: user.headerLeadingSpace,
+    rejectedRecipients: true,
+  };
+  return { fields, header, body };
+}
+
+/**
+ * Rewrite the result of the user's own `negotiate`: the firing stages are sent and replied to, CONNECT is
+ * sent, headers/body are sent when bytes are tracked (NR when the user skipped them), RCPT_REJ is
+ * requested when offered. Returns what the user asked for, to route callbacks.
+ */
+export function adjustNegotiation<P>(
+  user: Filter<P>,
+  result: NegotiateResult,
+  offer: NegotiationOffer,
+  trackBytes: boolean,
+): { wants: StageWants; adjusted: NegotiateResult } {
+  const asked = result.protocol;
+  const wants = { rejectedRecipients: (asked & SMFIP_RCPT_REJ) !== 0 } as StageWants;
+  for (const stage of STAGES) {
+    wants[stage] = {
+      call: typeof user[stage] === 'function' && (asked & NO_BIT[stage]) === 0,
+      reply: (asked & NR_BIT[stage]) === 0,
+    };
+  }
+  wants.eom = { call: typeof user.eom === 'function', reply: true };
+  wants.abort = { call: typeof user.abort === 'function', reply: true };
+
+  let p = asked;
+  for (const stage of FIRING_STAGES) p &= ~(NO_BIT[stage] | NR_BIT[stage]);
+  if ((asked & SMFIP_NOCONNECT) !== 0) p = (p & ~SMFIP_NOCONNECT) | SMFIP_NR_CONN;
+  if (trackBytes && (asked & SMFIP_NOHDRS) !== 0) p = (p & ~SMFIP_NOHDRS) | SMFIP_NR_HDR;
+  if (trackBytes && (asked & SMFIP_NOBODY) !== 0) p = (p & ~SMFIP_NOBODY) | SMFIP_NR_BODY;
+  if ((offer.protocol & SMFIP_RCPT_REJ) !== 0) p |= SMFIP_RCPT_REJ;
+  const adjusted: NegotiateResult = { ...result, protocol: p >>> 0 };
+  const macros = mergeMacros(result.macros);
+  if (macros !== undefined) adjusted.macros = macros;
+  return { wants, adjusted };
+}
