@@ -52,6 +52,8 @@ class MilterSession implements Session {
   /** `close` has not run yet for the current (QUIT_NC-delimited) SMTP session. */
   private closeOwed = true;
   private neg: NegotiationOutcome | undefined;
+  /** The command being handled asynchronously, if any. */
+  private inFlight: Promise<HandleResult> | undefined;
   private skippable = 0;
   private noReply = 0;
   private emulatedNoReply = 0;
@@ -89,6 +91,19 @@ class MilterSession implements Session {
   }
 
   handle(cmd: MilterCommand): HandleResult | Promise<HandleResult> {
+    const result = this.dispatch(cmd);
+    if (result instanceof Promise) {
+      // Remembered so terminate() can wait for it: callbacks never overlap, and abort/eom stay exclusive.
+      this.inFlight = result;
+      const settled = (): void => {
+        if (this.inFlight === result) this.inFlight = undefined;
+      };
+      result.then(settled, settled);
+    }
+    return result;
+  }
+
+  private dispatch(cmd: MilterCommand): HandleResult | Promise<HandleResult> {
     if (this.ended) return RESULT_NONE;
     switch (cmd.kind) {
       case 'macro':
@@ -129,7 +144,11 @@ class MilterSession implements Session {
     if (this.ended) return Promise.resolve();
     this.ended = true;
     if (this.log.isLevelEnabled('debug')) this.log.debug({ reason }, 'session terminated');
-    return Promise.resolve(this.finish()).catch(() => undefined);
+    const end = (): Promise<void> => Promise.resolve(this.finish()).catch(() => undefined);
+    // A callback still running (bounded by callbackTimeoutMs) finishes first, as in libmilter, which only
+    // notices the EOF after the callback returned.
+    const running = this.inFlight;
+    return running ? running.then(end, end) : end();
   }
 
   // ---- state machine ----

@@ -288,3 +288,26 @@ test('RCPT_REJ and header leading space are negotiated and values pass through a
   await h.send(C.header('Subject', '  two'));
   assert.deepEqual(got, ['1:error', 'Subject=[  two]']);
 });
+
+test('terminate during a running EOM callback waits for it: no overlap, no abort after eom, close last', async () => {
+  let release: () => void = () => undefined;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const h = harness((calls) =>
+    recordingFilter(calls, {
+      eom: async () => {
+        await gate;
+        calls.push('eom:end');
+      },
+    }),
+  );
+  await open(h);
+  const eom = h.session.handle(C.eom());
+  assert.ok(eom instanceof Promise, 'an async eom callback gives an async result');
+  const ended = h.session.terminate('eof');
+  // Let every microtask and timer turn run: neither abort nor close may start while eom is running.
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(h.calls.slice(-1), ['eom']);
+  release();
+  await Promise.all([eom, ended]);
+  assert.deepEqual(h.calls.slice(-3), ['eom', 'eom:end', 'close']);
+});
