@@ -1,0 +1,412 @@
+/**
+ * One milter connection: socket glue between the byte stream and one Session.
+ *
+ * Reading is pull-mode (a 'readable' handler looping over `socket.read()` while not paused, as undici's
+ * client-h1 `readMore` does). Frames go to the session one command at a time: while a command is in
+ * flight, later socket chunks wait in `pending` instead of the decoder, because pushing would invalidate
+ * the payload views the running callback may still hold. Past a byte budget we stop calling `read()`,
+ * so the kernel buffers fill and TCP flow control slows the MTA down.
+ */
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import { isMilterError, MilterProtocolError } from '../errors.js';
+import type { Filter } from '../filter.js';
+import type { MilterObserver } from '../observer.js';
+import { decodeCommand } from '../protocol/decode.js';
+import { encodeResponse, encodeResponses } from '../protocol/encode.js';
+import { FrameDecoder } from '../protocol/frame.js';
+import type { Frame, MilterCommand, MilterResponse } from '../protocol/types.js';
+import { createSession } from '../session/session.js';
+import type { FailureDecision, HandleResult, Session, TerminationReason } from '../session/types.js';
+
+/** Length prefix + command byte: added to a payload's size to get its size on the wire. */
+const FRAME_OVERHEAD = 5;
+const EMPTY = Buffer.alloc(0);
+
+/** Everything a connection needs; built by the server for each accepted socket. */
+export interface ConnectionOptions {
+  /** Process-unique connection id (also bound in the logger). */
+  id: string;
+  socket: net.Socket;
+  /** The connection's child logger (`{ conn, peer }` bound). */
+  logger: Logger;
+  filter: Filter<unknown>;
+  observer: MilterObserver | undefined;
+  failureDecision: FailureDecision | undefined;
+  maxDataSize: number;
+  /** Time allowed from accept to the OPTNEG command; 0 = none. */
+  negotiateTimeoutMs: number;
+  /** Time allowed waiting for the next command; 0 = none. */
+  idleTimeoutMs: number;
+  /** Per-callback budget, passed to the session. */
+  callbackTimeoutMs: number;
+  /** Bytes of queued socket chunks above which reading pauses. */
+  readBudgetBytes: number;
+}
+
+/**
+ * Read-side counters shared by every connection of the process. Diagnostics only (tests use them to
+ * prove that backpressure engages); plain increments, so cheap enough to keep on.
+ * @internal
+ */
+export const connectionDebugStats = {
+  /** Times a connection stopped reading because its pending chunks passed the budget. */
+  pauses: 0,
+  /** Largest number of pending (not yet decoded) bytes any connection held. */
+  maxPendingBytes: 0,
+  /** Times a connection waited for 'drain' before dispatching its next command. */
+  drainWaits: 0,
+};
+
+/** Reset {@link connectionDebugStats} (tests). @internal */
+export function resetConnectionDebugStats(): void {
+  connectionDebugStats.pauses = 0;
+  connectionDebugStats.maxPendingBytes = 0;
+  connectionDebugStats.drainWaits = 0;
+}
+
+/**
+ * Owns one accepted socket and its session. `closed` resolves once the socket is closed and the
+ * session's termination (abort/close callbacks) has finished; it never rejects.
+ */
+export class MilterConnection {
+  readonly id: string;
+  readonly logger: Logger;
+  /** Resolves when the socket is closed and the session is finished. */
+  readonly closed: Promise<void>;
+  /** Resolves when the socket is closed (the session may still be finishing a running callback). */
+  readonly socketClosed: Promise<void>;
+
+  private readonly socket: net.Socket;
+  private readonly session: Session;
+  private readonly decoder: FrameDecoder;
+  private readonly observer: MilterObserver | undefined;
+  private readonly options: ConnectionOptions;
+
+  /** Socket chunks read while a command was in flight, oldest first from `pendingHead`. */
+  private pending: Buffer[] = [];
+  private pendingHead = 0;
+  private pendingBytes = 0;
+  private paused = false;
+  private inFlight = false;
+  private waitingDrain = false;
+  /** No more reading or dispatching: the connection is ending. */
+  private dead = false;
+  private eofSeen = false;
+  private socketError = false;
+  private quitSeen = false;
+  private draining = false;
+  private terminating: Promise<void> | undefined;
+  private negotiateTimer: NodeJS.Timeout | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private resolveClosed!: () => void;
+  private resolveSocketClosed!: () => void;
+
+  constructor(options: ConnectionOptions) {
+    this.options = options;
+    this.id = options.id;
+    this.socket = options.socket;
+    this.logger = options.logger;
+    this.observer = options.observer;
+    this.decoder = new FrameDecoder(options.maxDataSize);
+    this.closed = new Promise<void>((resolve) => {
+      this.resolveClosed = resolve;
+    });
+    this.socketClosed = new Promise<void>((resolve) => {
+      this.resolveSocketClosed = resolve;
+    });
+    this.session = createSession(
+      {
+        id: options.id,
+        filter: options.filter,
+        logger: options.logger,
+        callbackTimeoutMs: options.callbackTimeoutMs,
+        ...(options.failureDecision === undefined ? {} : { failureDecision: options.failureDecision }),
+        ...(options.observer === undefined ? {} : { observer: options.observer }),
+        maxDataSize: options.maxDataSize,
+      },
+      { sendNow: (response: MilterResponse) => this.sendNow(response) },
+    );
+    this.decoder.maxDataSize = this.session.maxDataSize;
+  }
+
+  /** Attach the socket handlers and start reading. Called once, right after construction. */
+  start(): void {
+    const socket = this.socket;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true);
+    socket.on('readable', this.onReadable);
+    socket.on('end', this.onEnd);
+    socket.on('error', this.onError);
+    socket.on('close', this.onClose);
+    if (this.options.negotiateTimeoutMs > 0) {
+      this.negotiateTimer = setTimeout(this.onNegotiateTimeout, this.options.negotiateTimeoutMs);
+      this.negotiateTimer.unref();
+    }
+  }
+
+  /** True when ending this connection now loses nothing: no command running, session between QUIT_NC and CONNECT. */
+  get atSafePoint(): boolean {
+    return !this.inFlight && this.session.idle;
+  }
+
+  /**
+   * Graceful shutdown started: close now if at a safe point, otherwise when the session reaches one
+   * (it normally ends at SMFIC_QUIT anyway).
+   */
+  drain(): void {
+    this.draining = true;
+    if (!this.dead && this.atSafePoint) this.endAfterFlush();
+  }
+
+  /** Shutdown deadline passed: terminate the session ('shutdown') and destroy the socket. */
+  forceClose(): void {
+    if (this.socket.destroyed) return;
+    this.logger.warn('shutdown deadline passed; closing the connection');
+    this.abort('shutdown');
+  }
+
+  private readonly onReadable = (): void => {
+    this.readMore();
+  };
+
+  private readMore(): void {
+    while (!this.paused && !this.dead) {
+      const chunk = this.socket.read() as Buffer | null;
+      if (chunk === null) return;
+      this.onChunk(chunk);
+    }
+  }
+
+  private onChunk(chunk: Buffer): void {
+    this.idleTimer?.refresh();
+    if (this.inFlight || this.waitingDrain) {
+      this.pending.push(chunk);
+      this.pendingBytes += chunk.length;
+      if (this.pendingBytes > connectionDebugStats.maxPendingBytes) {
+        connectionDebugStats.maxPendingBytes = this.pendingBytes;
+      }
+      if (this.pendingBytes >= this.options.readBudgetBytes && !this.paused) {
+        this.paused = true;
+        connectionDebugStats.pauses++;
+      }
+      return;
+    }
+    this.decoder.push(chunk);
+    this.pump();
+  }
+
+  /**
+   * Dispatch every complete frame, one command at a time. Synchronous results continue in this loop
+   * (no microtask per command); an async one stops it until the promise settles.
+   */
+  private pump(): void {
+    while (!this.dead && !this.inFlight && !this.waitingDrain) {
+      let frame: Frame | undefined;
+      try {
+        frame = this.decoder.next();
+      } catch (err) {
+        this.fail(err);
+        return;
+      }
+      if (frame === undefined) {
+        if (this.pendingHead === this.pending.length) break;
+        const chunk = this.pending[this.pendingHead] as Buffer;
+        this.pending[this.pendingHead++] = EMPTY;
+        if (this.pendingHead === this.pending.length) {
+          this.pending = [];
+          this.pendingHead = 0;
+        }
+        this.pendingBytes -= chunk.length;
+        this.decoder.push(chunk);
+        continue;
+      }
+      if (!this.dispatch(frame)) return;
+    }
+    if (this.dead || this.inFlight || this.waitingDrain) return;
+    if (this.eofSeen) {
+      // The MTA closed its side and every complete frame was handled: end like libmilter at EOF.
+      this.terminate('eof');
+      this.endAfterFlush();
+      return;
+    }
+    if (this.paused) {
+      this.paused = false;
+      this.readMore();
+    }
+  }
+
+  /** Decode and hand one frame to the session. Returns true when the loop may go on synchronously. */
+  private dispatch(frame: Frame): boolean {
+    let result: HandleResult | Promise<HandleResult>;
+    try {
+      const command: MilterCommand = decodeCommand(frame);
+      this.observer?.command?.(command.kind, frame.payload.length + FRAME_OVERHEAD);
+      if (this.negotiateTimer !== undefined) {
+        clearTimeout(this.negotiateTimer);
+        this.negotiateTimer = undefined;
+      }
+      result = this.session.handle(command);
+    } catch (err) {
+      this.fail(err);
+      return false;
+    }
+    if (result instanceof Promise) {
+      this.inFlight = true;
+      result.then(this.onAsyncResult, this.onAsyncError);
+      return false;
+    }
+    return this.complete(result);
+  }
+
+  private readonly onAsyncResult = (result: HandleResult): void => {
+    this.inFlight = false;
+    // A late result after a timeout, shutdown or EOF: the session already terminated; drop it.
+    if (this.dead) return;
+    if (this.complete(result)) this.pump();
+  };
+
+  private readonly onAsyncError = (err: unknown): void => {
+    this.inFlight = false;
+    this.fail(err);
+  };
+
+  /** Write the command's responses in one write and decide whether to go on. */
+  private complete(result: HandleResult): boolean {
+    let flushed = true;
+    try {
+      this.decoder.maxDataSize = this.session.maxDataSize;
+      if (result.responses.length > 0) flushed = this.write(encodeResponses(result.responses));
+    } catch (err) {
+      this.fail(err);
+      return false;
+    }
+    if (result.end !== undefined) {
+      if (result.end === 'quit') this.quitSeen = true;
+      else this.terminate('protocol');
+      this.endAfterFlush();
+      return false;
+    }
+    if (this.draining && this.session.idle) {
+      this.endAfterFlush();
+      return false;
+    }
+    this.armIdleTimer();
+    if (!flushed) {
+      this.waitingDrain = true;
+      connectionDebugStats.drainWaits++;
+      this.socket.once('drain', this.onDrain);
+      return false;
+    }
+    return true;
+  }
+
+  private readonly onDrain = (): void => {
+    this.waitingDrain = false;
+    if (!this.dead && !this.inFlight) this.pump();
+  };
+
+  private write(buf: Buffer): boolean {
+    const ok = this.socket.write(buf);
+    this.observer?.bytesWritten?.(buf.length);
+    return ok;
+  }
+
+  /** SessionIO.sendNow: progress packets go out at once, ahead of the running command's replies. */
+  private sendNow(response: MilterResponse): void {
+    if (this.dead || this.socket.destroyed) return;
+    this.write(encodeResponse(response));
+  }
+
+  private armIdleTimer(): void {
+    if (this.options.idleTimeoutMs <= 0) return;
+    if (this.idleTimer === undefined) {
+      this.idleTimer = setTimeout(this.onIdleTimeout, this.options.idleTimeoutMs);
+      this.idleTimer.unref();
+    } else this.idleTimer.refresh();
+  }
+
+  private readonly onNegotiateTimeout = (): void => {
+    this.negotiateTimer = undefined;
+    if (this.dead) return;
+    this.logger.warn(
+      { timeoutMs: this.options.negotiateTimeoutMs },
+      'no option negotiation in time; closing',
+    );
+    this.observer?.error?.('ERR_MILTER_TIMEOUT');
+    this.abort('timeout');
+  };
+
+  private readonly onIdleTimeout = (): void => {
+    // A callback still running is the session's business (callbackTimeoutMs); completion re-arms us.
+    if (this.dead || this.inFlight) return;
+    this.logger.warn({ timeoutMs: this.options.idleTimeoutMs }, 'MTA idle for too long; closing');
+    this.observer?.error?.('ERR_MILTER_TIMEOUT');
+    this.abort('timeout');
+  };
+
+  /** A protocol error (or an internal bug) ends this connection only: log, count, no reply, destroy. */
+  private fail(err: unknown): void {
+    if (this.dead) return;
+    if (err instanceof MilterProtocolError) {
+      this.logger.error({ err, code: err.code }, 'protocol error; closing the connection without a reply');
+      this.observer?.error?.(err.code);
+      this.abort('protocol');
+      return;
+    }
+    const code = isMilterError(err) ? err.code : undefined;
+    this.logger.error({ err, code }, 'internal error; closing the connection');
+    if (code !== undefined) this.observer?.error?.(code);
+    this.abort('error');
+  }
+
+  private terminate(reason: TerminationReason): void {
+    if (this.terminating !== undefined) return;
+    this.terminating = this.session.terminate(reason).catch((err: unknown) => {
+      this.logger.error({ err }, 'session termination failed');
+    });
+  }
+
+  /** End abruptly: terminate the session first (so 'close' does not pick another reason), then destroy. */
+  private abort(reason: TerminationReason): void {
+    this.stop();
+    this.terminate(reason);
+    this.socket.destroy();
+  }
+
+  /** End politely: stop reading, let queued writes flush, send FIN, then release the socket. */
+  private endAfterFlush(): void {
+    this.stop();
+    this.socket.end(() => this.socket.destroy());
+  }
+
+  private stop(): void {
+    this.dead = true;
+    this.pending = [];
+    this.pendingHead = 0;
+    this.pendingBytes = 0;
+    if (this.negotiateTimer !== undefined) clearTimeout(this.negotiateTimer);
+    if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    this.negotiateTimer = undefined;
+  }
+
+  private readonly onEnd = (): void => {
+    this.eofSeen = true;
+    if (!this.dead && !this.inFlight && !this.waitingDrain) this.pump();
+  };
+
+  private readonly onError = (err: Error): void => {
+    this.socketError = true;
+    // Resets and broken pipes are routine when an MTA gives up; 'close' follows and ends the session.
+    this.logger.debug({ err }, 'socket error');
+  };
+
+  private readonly onClose = (): void => {
+    this.stop();
+    this.logger.debug({ quit: this.quitSeen, error: this.socketError }, 'connection closed');
+    if (!this.quitSeen) this.terminate(this.socketError ? 'error' : 'eof');
+    this.resolveSocketClosed();
+    const done = this.terminating ?? Promise.resolve();
+    void done.then(() => this.resolveClosed());
+  };
+}

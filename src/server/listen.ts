@@ -1,0 +1,198 @@
+/**
+ * Listening socket set-up: TCP (v4/v6) and Unix sockets with libmilter's stale-socket rule
+ * (smfi_opensocket(true): remove an existing path only if it is a socket nobody listens on), optional
+ * mode and group, and removal of our own socket file on close.
+ */
+import { promises as fs } from 'node:fs';
+import net from 'node:net';
+import { MilterConfigError, MilterError } from '../errors.js';
+import { formatSocketSpec, type SocketSpec } from '../socket-spec.js';
+
+/** Where a server listens, as reported by `MilterServer.addresses`. */
+export interface ListenAddress {
+  /** Canonical spec with the real port (`inet:40211@127.0.0.1`, `unix:/run/milter.sock`). */
+  spec: string;
+  kind: 'inet' | 'unix';
+  host?: string;
+  port?: number;
+  path?: string;
+}
+
+/** Unix socket options (ignored for TCP). */
+export interface UnixSocketOptions {
+  /** chmod applied right after bind (e.g. 0o660). */
+  socketMode?: number;
+  /** Group (name or gid) the socket file is chowned to, so the MTA's group may connect. */
+  socketGroup?: string | number;
+}
+
+/** A bound listener and how to release it. */
+export interface BoundListener {
+  server: net.Server;
+  address: ListenAddress;
+  /** Stop accepting and remove our socket file; resolves when the listening socket is closed. */
+  close(): Promise<void>;
+}
+
+/**
+ * Bind `server` to `spec`. Unix: a stale socket file (nobody accepts on it) is removed first; a live one,
+ * or a path that is not a socket, fails with ERR_MILTER_SOCKET_IN_USE. TCP: EADDRINUSE maps to the same
+ * code. A bad `socketGroup` fails with ERR_MILTER_CONFIG (the socket is closed again before throwing).
+ */
+export async function bindListener(
+  server: net.Server,
+  spec: SocketSpec,
+  options: UnixSocketOptions = {},
+): Promise<BoundListener> {
+  if (spec.kind === 'inet') {
+    await listenOn(server, { host: spec.host, port: spec.port }, formatSocketSpec(spec));
+    const bound = server.address() as net.AddressInfo;
+    const real: SocketSpec = { ...spec, port: bound.port };
+    return {
+      server,
+      address: { spec: formatSocketSpec(real), kind: 'inet', host: spec.host, port: bound.port },
+      close: () => closeServer(server),
+    };
+  }
+  const path = spec.path;
+  await removeStaleSocket(path);
+  await listenOn(server, { path }, formatSocketSpec(spec));
+  let ino: number;
+  try {
+    if (options.socketMode !== undefined) await fs.chmod(path, options.socketMode);
+    if (options.socketGroup !== undefined) {
+      // uid -1 leaves the owner unchanged (chown(2) semantics).
+      await fs.chown(path, -1, await resolveGroup(options.socketGroup));
+    }
+    ino = (await fs.stat(path)).ino;
+  } catch (err) {
+    await closeServer(server);
+    await unlinkIfOurs(path, undefined);
+    throw err;
+  }
+  return {
+    server,
+    address: { spec: formatSocketSpec(spec), kind: 'unix', path },
+    close: async () => {
+      await closeServer(server);
+      await unlinkIfOurs(path, ino);
+    },
+  };
+}
+
+/** Wait until an externally created server listens, then describe its address. */
+export async function adoptServer(server: net.Server): Promise<BoundListener> {
+  if (!server.listening) {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void => {
+        server.off('listening', onListening);
+        reject(err);
+      };
+      const onListening = (): void => {
+        server.off('error', onError);
+        resolve();
+      };
+      server.once('error', onError);
+      server.once('listening', onListening);
+    });
+  }
+  const bound = server.address();
+  let address: ListenAddress;
+  if (typeof bound === 'string') address = { spec: `unix:${bound}`, kind: 'unix', path: bound };
+  else if (bound === null) address = { spec: 'unknown', kind: 'unix' };
+  else {
+    const family = bound.family === 'IPv6' ? 6 : 4;
+    const spec = formatSocketSpec({ kind: 'inet', host: bound.address, port: bound.port, family });
+    address = { spec, kind: 'inet', host: bound.address, port: bound.port };
+  }
+  return { server, address, close: () => closeServer(server) };
+}
+
+function listenOn(server: net.Server, options: net.ListenOptions, spec: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      server.off('listening', onListening);
+      if (err.code === 'EADDRINUSE') {
+        reject(
+          new MilterError('ERR_MILTER_SOCKET_IN_USE', `${spec}: address already in use`, { cause: err }),
+        );
+      } else reject(err);
+    };
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    server.listen(options);
+  });
+}
+
+async function closeServer(server: net.Server): Promise<void> {
+  // net.Server.close() calls back only once every accepted socket is gone; the caller tracks its own
+  // connections, so "no longer accepting" is enough here, and that happens synchronously.
+  if (server.listening) server.close(() => undefined);
+}
+
+/**
+ * libmilter's rule: a non-socket at the path is an error (never delete a user's file); a socket is
+ * removed only when connecting to it fails with ECONNREFUSED (no process behind it). libmilter itself
+ * unlinks any socket; probing first keeps a second milterd from stealing a running one's address.
+ */
+async function removeStaleSocket(path: string): Promise<void> {
+  let stat;
+  try {
+    stat = await fs.lstat(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!stat.isSocket()) {
+    throw new MilterError(
+      'ERR_MILTER_SOCKET_IN_USE',
+      `${path} exists and is not a socket; refusing to remove it`,
+    );
+  }
+  const probe = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+    const socket = net.connect({ path });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(undefined);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve(err));
+  });
+  if (probe === undefined) {
+    throw new MilterError('ERR_MILTER_SOCKET_IN_USE', `${path}: another process is listening on this socket`);
+  }
+  if (probe.code === 'ENOENT') return; // removed meanwhile
+  if (probe.code !== 'ECONNREFUSED') {
+    // EACCES and the like: we cannot tell whether it is alive, so we must not remove it.
+    throw new MilterError('ERR_MILTER_SOCKET_IN_USE', `${path}: cannot probe the existing socket`, {
+      cause: probe,
+    });
+  }
+  await fs.rm(path, { force: true });
+}
+
+/** Remove the socket file unless someone replaced it since we bound (inode changed). */
+async function unlinkIfOurs(path: string, ino: number | undefined): Promise<void> {
+  try {
+    const stat = await fs.lstat(path);
+    if (!stat.isSocket() || (ino !== undefined && stat.ino !== ino)) return;
+    await fs.rm(path, { force: true });
+  } catch {
+    // Already gone (libuv unlinks a pipe it bound when it closes it): nothing to do.
+  }
+}
+
+/** Resolve a group name through /etc/group (Node has no getgrnam); numbers are used as they are. */
+export async function resolveGroup(group: string | number): Promise<number> {
+  if (typeof group === 'number') return group;
+  if (/^\d+$/.test(group)) return Number(group);
+  const text = await fs.readFile('/etc/group', 'utf8').catch(() => '');
+  for (const line of text.split('\n')) {
+    const [name, , gid] = line.split(':');
+    if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new MilterConfigError(`unknown group "${group}" for the socket`, { field: 'socketGroup' });
+}

@@ -1,0 +1,266 @@
+/**
+ * The milter server: owns listeners and the set of live connections, enforces the connection limit and
+ * implements graceful shutdown. Everything protocol-related lives in the session; everything per-socket
+ * in MilterConnection.
+ */
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { MilterConfigError, MilterError } from '../errors.js';
+import type { Filter } from '../filter.js';
+import { silentLogger } from '../logging/logger.js';
+import type { MilterObserver } from '../observer.js';
+import { MILTER_MDS_1M, MILTER_MDS_64K } from '../protocol/constants.js';
+import type { FailureDecision } from '../session/types.js';
+import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
+import { MilterConnection } from './connection.js';
+import { adoptServer, bindListener, type BoundListener, type ListenAddress } from './listen.js';
+
+export type { ListenAddress } from './listen.js';
+
+/** Timeouts in milliseconds; 0 disables one. */
+export interface MilterServerTimeouts {
+  /** From accept to the MTA's OPTNEG. Default 30 s (MTAs send OPTNEG at once). */
+  negotiateMs?: number;
+  /** Waiting for the MTA's next command. Default 7210 s, libmilter's I/O timeout (§11.1). */
+  idleMs?: number;
+  /** One filter callback; on expiry the failure decision is sent. Default 300 s (Sendmail's E:5m). */
+  callbackMs?: number;
+}
+
+/** Options of {@link createMilterServer}. Validated at once; the object is never modified. */
+export interface MilterServerOptions<P> {
+  filter: Filter<P>;
+  /** Root pino logger; each connection gets a child `{ conn, peer }`. Default: silent. */
+  logger?: Logger;
+  /** Live connections allowed; beyond it new ones are accepted and closed at once. Default 1000. */
+  maxConnections?: number;
+  timeouts?: MilterServerTimeouts;
+  /** Decision sent when a callback throws or times out. Default 'tempfail'. */
+  failureDecision?: FailureDecision;
+  /** Largest payload accepted before MDS negotiation. Default 1 MiB - 1 (Postfix sends big headers). */
+  maxDataSize?: number;
+  observer?: MilterObserver;
+  /** chmod for Unix sockets (e.g. 0o660). */
+  socketMode?: number;
+  /** Group (name or gid) for Unix sockets. */
+  socketGroup?: string | number;
+  /** Queued socket bytes per connection above which reading pauses. Default 256 KiB. */
+  readBudgetBytes?: number;
+}
+
+/** A running milter server. */
+export interface MilterServer {
+  /**
+   * Start listening on `inet:PORT@HOST`, `inet6:PORT@HOST`, `unix:/path` / `local:/path`, a parsed spec,
+   * or an existing net.Server (which the milter server then owns and closes). May be called several
+   * times. Rejects with ERR_MILTER_LISTEN_SPEC (bad spec), ERR_MILTER_SOCKET_IN_USE (address taken, a
+   * live or non-socket file at a Unix path), ERR_MILTER_SERVER_CLOSED (after close()).
+   */
+  listen(spec: string | SocketSpec | net.Server): Promise<ListenAddress>;
+  /** Every address listened on, with real ports. */
+  readonly addresses: ListenAddress[];
+  /** Live connections. */
+  readonly connectionCount: number;
+  /** True once close() was called. */
+  readonly draining: boolean;
+  /**
+   * Stop accepting at once, let sessions end at SMFIC_QUIT (or close at once those idle after
+   * SMFIC_QUIT_NC), and after `deadlineMs` (default 10 s, on an unref'ed timer) destroy the sockets of the
+   * others and terminate their sessions with 'shutdown'. Resolves once every listener and connection is
+   * closed and, before the deadline, every session finished (close callbacks ran); past the deadline it
+   * does not wait for a callback still running. Idempotent: every call returns the same promise.
+   */
+  close(options?: { deadlineMs?: number }): Promise<void>;
+}
+
+const DEFAULTS = {
+  maxConnections: 1000,
+  negotiateMs: 30_000,
+  idleMs: 7_210_000,
+  callbackMs: 300_000,
+  maxDataSize: MILTER_MDS_1M,
+  readBudgetBytes: 256 * 1024,
+  deadlineMs: 10_000,
+};
+
+/** Connection ids are unique in the process, across servers. */
+let connectionSeq = 0;
+
+/** Create a milter server; throws MilterConfigError (ERR_MILTER_CONFIG) for invalid options. */
+export function createMilterServer<P>(options: MilterServerOptions<P>): MilterServer {
+  return new Server(options as MilterServerOptions<unknown>);
+}
+
+function checkCount(value: number | undefined, field: string, min: number): void {
+  if (value === undefined) return;
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new MilterConfigError(`${field} must be an integer >= ${min}, got ${String(value)}`, { field });
+  }
+}
+
+class Server implements MilterServer {
+  private readonly filter: Filter<unknown>;
+  private readonly logger: Logger;
+  private readonly observer: MilterObserver | undefined;
+  private readonly failureDecision: FailureDecision | undefined;
+  private readonly maxConnections: number;
+  private readonly timeouts: Required<MilterServerTimeouts>;
+  private readonly maxDataSize: number;
+  private readonly readBudgetBytes: number;
+  private readonly socketMode: number | undefined;
+  private readonly socketGroup: string | number | undefined;
+  private readonly listeners: BoundListener[] = [];
+  private readonly connections = new Set<MilterConnection>();
+  private closing: Promise<void> | undefined;
+
+  constructor(options: MilterServerOptions<unknown>) {
+    if (typeof options.filter !== 'object' || options.filter === null) {
+      throw new MilterConfigError('filter must be an object of callbacks', { field: 'filter' });
+    }
+    checkCount(options.maxConnections, 'maxConnections', 1);
+    checkCount(options.timeouts?.negotiateMs, 'timeouts.negotiateMs', 0);
+    checkCount(options.timeouts?.idleMs, 'timeouts.idleMs', 0);
+    checkCount(options.timeouts?.callbackMs, 'timeouts.callbackMs', 0);
+    checkCount(options.maxDataSize, 'maxDataSize', MILTER_MDS_64K);
+    checkCount(options.readBudgetBytes, 'readBudgetBytes', 1);
+    checkCount(options.socketMode, 'socketMode', 0);
+    this.filter = options.filter;
+    this.logger = options.logger ?? silentLogger;
+    this.observer = options.observer;
+    this.failureDecision = options.failureDecision;
+    this.maxConnections = options.maxConnections ?? DEFAULTS.maxConnections;
+    this.timeouts = {
+      negotiateMs: options.timeouts?.negotiateMs ?? DEFAULTS.negotiateMs,
+      idleMs: options.timeouts?.idleMs ?? DEFAULTS.idleMs,
+      callbackMs: options.timeouts?.callbackMs ?? DEFAULTS.callbackMs,
+    };
+    this.maxDataSize = options.maxDataSize ?? DEFAULTS.maxDataSize;
+    this.readBudgetBytes = options.readBudgetBytes ?? DEFAULTS.readBudgetBytes;
+    this.socketMode = options.socketMode;
+    this.socketGroup = options.socketGroup;
+  }
+
+  get addresses(): ListenAddress[] {
+    return this.listeners.map((l) => ({ ...l.address }));
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  get draining(): boolean {
+    return this.closing !== undefined;
+  }
+
+  async listen(spec: string | SocketSpec | net.Server): Promise<ListenAddress> {
+    if (this.closing) throw new MilterError('ERR_MILTER_SERVER_CLOSED', 'the milter server is closed');
+    let bound: BoundListener;
+    if (spec instanceof net.Server) {
+      bound = await adoptServer(spec);
+    } else {
+      const parsed = typeof spec === 'string' ? parseSocketSpec(spec) : spec;
+      // allowHalfOpen: an MTA may send its last frames and FIN together; we still handle those frames.
+      const server = net.createServer({ allowHalfOpen: true });
+      bound = await bindListener(server, parsed, {
+        ...(this.socketMode === undefined ? {} : { socketMode: this.socketMode }),
+        ...(this.socketGroup === undefined ? {} : { socketGroup: this.socketGroup }),
+      });
+    }
+    if (this.closing) {
+      await bound.close();
+      throw new MilterError('ERR_MILTER_SERVER_CLOSED', 'the milter server was closed while binding');
+    }
+    const address = bound.address;
+    bound.server.on('connection', (socket: net.Socket) => this.accept(socket, address));
+    // Accept failures (EMFILE…) are emitted on the server; without a handler they would crash the process.
+    bound.server.on('error', (err: Error) =>
+      this.logger.error({ err, listen: address.spec }, 'listener error'),
+    );
+    this.listeners.push(bound);
+    this.logger.info({ listen: address.spec }, 'listening');
+    return { ...address };
+  }
+
+  private accept(socket: net.Socket, address: ListenAddress): void {
+    const peer =
+      socket.remoteAddress === undefined
+        ? `unix:${address.path ?? ''}`
+        : socket.remoteFamily === 'IPv6'
+          ? `[${socket.remoteAddress}]:${socket.remotePort ?? 0}`
+          : `${socket.remoteAddress}:${socket.remotePort ?? 0}`;
+    if (this.closing !== undefined || this.connections.size >= this.maxConnections) {
+      // Fail fast: the MTA sees EOF at once and applies its default action instead of waiting.
+      socket.on('error', () => undefined);
+      socket.destroy();
+      if (this.closing === undefined) {
+        this.logger.warn({ peer, limit: this.maxConnections }, 'connection limit reached; refusing');
+        this.observer?.connectionRefused?.();
+      }
+      return;
+    }
+    const id = String(++connectionSeq);
+    let connection: MilterConnection;
+    try {
+      connection = new MilterConnection({
+        id,
+        socket,
+        logger: this.logger.child({ conn: id, peer }),
+        filter: this.filter,
+        observer: this.observer,
+        failureDecision: this.failureDecision,
+        maxDataSize: this.maxDataSize,
+        negotiateTimeoutMs: this.timeouts.negotiateMs,
+        idleTimeoutMs: this.timeouts.idleMs,
+        callbackTimeoutMs: this.timeouts.callbackMs,
+        readBudgetBytes: this.readBudgetBytes,
+      });
+    } catch (err) {
+      // Setting up one connection must never take the listener (or the process) down.
+      this.logger.error({ err, conn: id, peer }, 'could not set up the connection');
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
+    this.connections.add(connection);
+    this.observer?.connectionOpened?.();
+    void connection.closed.then(() => {
+      this.connections.delete(connection);
+      this.observer?.connectionClosed?.();
+    });
+    connection.logger.debug('connection accepted');
+    connection.start();
+  }
+
+  close(options: { deadlineMs?: number } = {}): Promise<void> {
+    this.closing ??= this.shutdown(options.deadlineMs ?? DEFAULTS.deadlineMs);
+    return this.closing;
+  }
+
+  private async shutdown(deadlineMs: number): Promise<void> {
+    this.logger.info({ connections: this.connections.size, deadlineMs }, 'closing');
+    const listenersClosed = Promise.all(this.listeners.map((l) => l.close()));
+    const connections = [...this.connections]; // no new ones are accepted from here on
+    for (const connection of connections) connection.drain();
+    let timer: NodeJS.Timeout | undefined;
+    // unref: a pending deadline alone must not keep the process alive once every socket is gone.
+    const forced = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        for (const connection of connections) connection.forceClose();
+        resolve();
+      }, deadlineMs);
+      timer.unref();
+    });
+    try {
+      await listenersClosed;
+      // Normally every session finishes (QUIT, close callback). Past the deadline, closed sockets are
+      // enough: a callback still running is bounded by callbackMs, and close() must not outwait it.
+      await Promise.race([
+        Promise.all(connections.map((c) => c.closed)),
+        forced.then(() => Promise.all(connections.map((c) => c.socketClosed))),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+    this.logger.info('closed');
+  }
+}
