@@ -1,0 +1,276 @@
+/**
+ * The daemon's settings, one table: command-line flag, environment variable, config-file field,
+ * default, and parser. `milterd serve --help`, the config file reader and the README are all driven by it.
+ * Precedence is command line > environment > config file > default.
+ */
+import path from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import type { FailureDecision } from '../session/types.js';
+import {
+  FAILURE_DECISIONS,
+  LOG_LEVELS,
+  parseAdmin,
+  parseBoolean,
+  parseDuration,
+  parseFailureDecision,
+  parseGroup,
+  parseInteger,
+  parseListenList,
+  parseLogLevel,
+  parseSocketMode,
+  type LogLevel,
+} from './values.js';
+
+/** Where the shutdown policy comes from. */
+export type PolicySetting =
+  | { kind: 'default' }
+  | { kind: 'file'; path: string }
+  | {
+      kind: 'inline';
+      value: unknown;
+      file: string;
+      line: number | undefined;
+      /** The config file text with everything but the policy blanked out, so policy errors keep their lines. */
+      source: string;
+    };
+
+/** Everything `milterd serve` needs, fully resolved. Durations are in milliseconds. */
+export interface DaemonSettings {
+  listen: string[];
+  socketMode: number | undefined;
+  socketGroup: string | number | undefined;
+  logLevel: LogLevel;
+  logPretty: boolean;
+  maxConnections: number;
+  timeoutNegotiate: number;
+  timeoutIdle: number;
+  timeoutCallback: number;
+  failureDecision: FailureDecision;
+  drainTimeout: number;
+  /** Admin endpoint spec, or `off`. */
+  admin: string;
+  policy: PolicySetting;
+}
+
+/** Where one resolved value came from. */
+export type SettingSource = 'cli' | 'env' | 'file' | 'default';
+
+/** One row of the settings table. */
+export interface SettingDef<T> {
+  /** Commander flags. */
+  flags: string;
+  /** Environment variable (read through commander's `Option.env`). */
+  env: string;
+  /** Path of the field in the YAML config file. */
+  path: readonly string[];
+  /** Help text without the default. */
+  description: string;
+  /** The default value and how `--help` shows it. */
+  defaultValue: T;
+  defaultText: string;
+  /** Parse a command-line or environment value; `previous` is set for repeated flags. */
+  fromText(text: string, previous: T | undefined): T;
+  /** Parse a config-file value; `where` locates it (inline policies keep it for their own errors). */
+  fromFile(value: unknown, where: { file: string; line: number | undefined }): T;
+}
+
+type SettingsTable = { [K in keyof DaemonSettings]: SettingDef<DaemonSettings[K]> };
+
+/** Default listen spec: loopback only; containers pass `inet:8890@0.0.0.0`. */
+export const DEFAULT_LISTEN = 'inet:8890@127.0.0.1';
+
+const same =
+  <T>(parse: (v: unknown) => T) =>
+  (text: string): T =>
+    parse(text);
+
+/** The table. Keys are commander's attribute names and the settings' names. */
+export const SETTINGS: SettingsTable = {
+  listen: {
+    flags: '-l, --listen <spec>',
+    env: 'MILTERD_LISTEN',
+    path: ['listen'],
+    description:
+      'socket to listen on: inet:PORT@HOST, inet6:PORT@[HOST] or unix:/path; repeat for several ' +
+      '(env: comma-separated)',
+    defaultValue: [DEFAULT_LISTEN],
+    defaultText: DEFAULT_LISTEN,
+    fromText: (text, previous) => [...(previous ?? []), ...parseListenList(text)],
+    fromFile: (value) => parseListenList(value),
+  },
+  socketMode: {
+    flags: '--socket-mode <octal>',
+    env: 'MILTERD_SOCKET_MODE',
+    path: ['socketMode'],
+    description: 'file mode of unix sockets, e.g. 0660',
+    defaultValue: undefined,
+    defaultText: 'umask',
+    fromText: same(parseSocketMode),
+    fromFile: parseSocketMode,
+  },
+  socketGroup: {
+    flags: '--socket-group <group>',
+    env: 'MILTERD_SOCKET_GROUP',
+    path: ['socketGroup'],
+    description: 'group (name or gid) of unix sockets, e.g. postfix',
+    defaultValue: undefined,
+    defaultText: "the process's group",
+    fromText: same(parseGroup),
+    fromFile: parseGroup,
+  },
+  logLevel: {
+    flags: '--log-level <level>',
+    env: 'MILTERD_LOG_LEVEL',
+    path: ['logLevel'],
+    description: `log level: ${LOG_LEVELS.join(', ')}`,
+    defaultValue: 'info',
+    defaultText: 'info',
+    fromText: same(parseLogLevel),
+    fromFile: parseLogLevel,
+  },
+  logPretty: {
+    flags: '--log-pretty [bool]',
+    env: 'MILTERD_LOG_PRETTY',
+    path: ['logPretty'],
+    description: 'human-readable log lines instead of JSON',
+    defaultValue: false,
+    defaultText: 'false',
+    fromText: same(parseBoolean),
+    fromFile: parseBoolean,
+  },
+  maxConnections: {
+    flags: '--max-connections <n>',
+    env: 'MILTERD_MAX_CONNECTIONS',
+    path: ['maxConnections'],
+    description: 'milter connections served at once; more are closed at accept',
+    defaultValue: 1000,
+    defaultText: '1000',
+    fromText: same((v) => parseInteger(v, 1)),
+    fromFile: (v) => parseInteger(v, 1),
+  },
+  timeoutNegotiate: {
+    flags: '--timeout-negotiate <duration>',
+    env: 'MILTERD_TIMEOUT_NEGOTIATE',
+    path: ['timeouts', 'negotiate'],
+    description: 'time the MTA has to send its option negotiation after connecting',
+    defaultValue: 10_000,
+    defaultText: '10s',
+    fromText: same(parseDuration),
+    fromFile: parseDuration,
+  },
+  timeoutIdle: {
+    flags: '--timeout-idle <duration>',
+    env: 'MILTERD_TIMEOUT_IDLE',
+    path: ['timeouts', 'idle'],
+    description: 'longest silence between two MTA commands before the connection is dropped (0: none)',
+    defaultValue: 600_000,
+    defaultText: '10m',
+    fromText: same(parseDuration),
+    fromFile: parseDuration,
+  },
+  timeoutCallback: {
+    flags: '--timeout-callback <duration>',
+    env: 'MILTERD_TIMEOUT_CALLBACK',
+    path: ['timeouts', 'callback'],
+    description: 'time budget of one filter callback before the failure decision is sent (0: none)',
+    defaultValue: 30_000,
+    defaultText: '30s',
+    fromText: same(parseDuration),
+    fromFile: parseDuration,
+  },
+  failureDecision: {
+    flags: '--failure-decision <kind>',
+    env: 'MILTERD_FAILURE_DECISION',
+    path: ['failureDecision'],
+    description: `decision sent when the filter fails: ${FAILURE_DECISIONS.join(', ')}`,
+    defaultValue: 'tempfail',
+    defaultText: 'tempfail',
+    fromText: same(parseFailureDecision),
+    fromFile: parseFailureDecision,
+  },
+  drainTimeout: {
+    flags: '--drain-timeout <duration>',
+    env: 'MILTERD_DRAIN_TIMEOUT',
+    path: ['drainTimeout'],
+    description: 'on SIGTERM/SIGINT, how long open sessions may run to QUIT before they are closed',
+    defaultValue: 30_000,
+    defaultText: '30s',
+    fromText: same(parseDuration),
+    fromFile: parseDuration,
+  },
+  admin: {
+    flags: '--admin <spec>',
+    env: 'MILTERD_ADMIN',
+    path: ['admin'],
+    description: 'HTTP admin endpoint (/healthz, /readyz, /metrics), e.g. inet:9900@127.0.0.1; off disables',
+    defaultValue: 'off',
+    defaultText: 'off',
+    fromText: same(parseAdmin),
+    fromFile: parseAdmin,
+  },
+  policy: {
+    flags: '--policy <file>',
+    env: 'MILTERD_POLICY',
+    path: ['policy'],
+    description: 'shutdown-policy file (YAML); config file: a path or an inline policy',
+    defaultValue: { kind: 'default' },
+    defaultText: 'the embedded default policy',
+    fromText: (text) => {
+      if (text.trim() === '') throw new Error('expected a file name');
+      return text === 'default' ? { kind: 'default' } : { kind: 'file', path: text };
+    },
+    fromFile: (value, where) => {
+      if (value === 'default' || value === null) return { kind: 'default' };
+      if (typeof value === 'string' && value !== '') return { kind: 'file', path: value };
+      if (typeof value === 'object' && !Array.isArray(value)) {
+        // `source` is filled in by the config reader, which has the file text.
+        return { kind: 'inline', value, file: where.file, line: where.line, source: '' };
+      }
+      throw new Error('expected a policy file name or an inline policy mapping');
+    },
+  },
+};
+
+/** The settings' keys, in table order. */
+export const SETTING_KEYS = Object.keys(SETTINGS) as Array<keyof DaemonSettings>;
+
+/** Every default, as a settings object. */
+export function defaultSettings(): DaemonSettings {
+  const out: Partial<Record<keyof DaemonSettings, unknown>> = {};
+  for (const key of SETTING_KEYS) out[key] = structuredClone(SETTINGS[key].defaultValue);
+  return out as DaemonSettings;
+}
+
+/** Make relative policy paths from the config file absolute. */
+export function anchorPolicyPath(policy: PolicySetting, configFile: string): PolicySetting {
+  return policy.kind === 'file'
+    ? { kind: 'file', path: path.resolve(path.dirname(configFile), policy.path) }
+    : policy;
+}
+
+/**
+ * Add every setting as a commander option with its environment variable and a help line that states
+ * the default and the config-file field. Commander defaults are deliberately not set: a value's source
+ * (`cli`/`env`) is what lets the config file sit between the environment and the defaults.
+ */
+export function addSettingOptions(cmd: Command): Command {
+  cmd.addOption(
+    new Option('-c, --config <file>', 'YAML configuration file (see check-config)').env('MILTERD_CONFIG'),
+  );
+  for (const key of SETTING_KEYS) {
+    const def = SETTINGS[key];
+    const option = new Option(
+      def.flags,
+      `${def.description} (default: ${def.defaultText}) (config: ${def.path.join('.')})`,
+    ).env(def.env);
+    option.argParser((text: string, previous: unknown) => {
+      try {
+        return (def.fromText as (t: string, p: unknown) => unknown)(text, previous);
+      } catch (err) {
+        throw new InvalidArgumentError(err instanceof Error ? err.message : String(err));
+      }
+    });
+    cmd.addOption(option);
+  }
+  return cmd;
+}

@@ -1,0 +1,253 @@
+/**
+ * `milterd serve`: the daemon. Owns the process globals the library never touches: signal handlers
+ * (SIGTERM/SIGINT drain, SIGHUP reload) and the exit code.
+ */
+import type { Logger } from 'pino';
+import { DaemonMetrics } from '../admin/observer.js';
+import { startAdminServer, type AdminServer } from '../admin/server.js';
+import { isMilterError, MilterConfigError } from '../errors.js';
+import { createDaemonFilter } from '../filters/default.js';
+import type { ShutdownPolicy } from '../policy/index.js';
+import { createMilterServer, type MilterServer } from '../server/server.js';
+import {
+  formatConfigProblem,
+  mergeSettings,
+  readConfigFile,
+  type ResolvedSettings,
+  type SettingOverrides,
+} from './config.js';
+import { EXIT, type ExitCode } from './exit-codes.js';
+import { createDaemonLogger } from './log-output.js';
+import type { DaemonSettings } from './options.js';
+import { buildPolicy, describePolicy, loadPolicySetting } from './policy-source.js';
+import { ReloadableFilter } from './reloadable-filter.js';
+
+/** What `serve` is started with. */
+export interface ServeOptions {
+  version: string;
+  /** Settings from the command line and the environment (they win over the file). */
+  overrides: SettingOverrides;
+  /** `--config` / MILTERD_CONFIG. */
+  configFile: string | undefined;
+  /** Write a line to stderr (config problems before the logger exists). */
+  stderr: (line: string) => void;
+}
+
+/** Settings a reload cannot change: a restart is needed. */
+const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
+  'listen',
+  'socketMode',
+  'socketGroup',
+  'logPretty',
+  'maxConnections',
+  'timeoutNegotiate',
+  'timeoutIdle',
+  'timeoutCallback',
+  'failureDecision',
+  'drainTimeout',
+  'admin',
+];
+
+async function resolve(options: ServeOptions): Promise<ResolvedSettings> {
+  const file = options.configFile === undefined ? undefined : await readConfigFile(options.configFile);
+  const first = file?.problems[0];
+  if (file !== undefined && first !== undefined) {
+    throw new MilterConfigError(file.problems.map(formatConfigProblem).join('\n'), {
+      file: first.file,
+      ...(first.line === undefined ? {} : { line: first.line }),
+      ...(first.field === undefined ? {} : { field: first.field }),
+    });
+  }
+  return mergeSettings(options.overrides, file);
+}
+
+/** The running daemon's mutable state. */
+class Daemon {
+  private stopping: Promise<ExitCode> | undefined;
+  private reloading: Promise<void> = Promise.resolve();
+  admin: AdminServer | undefined;
+
+  constructor(
+    private settings: DaemonSettings,
+    private policy: ShutdownPolicy,
+    private readonly options: ServeOptions,
+    readonly logger: Logger,
+    readonly metrics: DaemonMetrics,
+    readonly filter: ReloadableFilter,
+    readonly server: MilterServer,
+  ) {}
+
+  get draining(): boolean {
+    return this.stopping !== undefined;
+  }
+
+  readiness(): { listening: boolean; draining: boolean; connections: number; maxConnections: number } {
+    return {
+      listening: this.server.addresses.length >= this.settings.listen.length,
+      draining: this.draining || this.server.draining,
+      connections: this.server.connectionCount,
+      maxConnections: this.settings.maxConnections,
+    };
+  }
+
+  /** SIGTERM/SIGINT: stop accepting, wait for sessions to QUIT (forced after the drain timeout). */
+  stop(signal: string): Promise<ExitCode> {
+    this.stopping ??= (async () => {
+      this.metrics.draining.set(1);
+      this.logger.info(
+        { signal, connections: this.server.connectionCount, drainTimeoutMs: this.settings.drainTimeout },
+        'draining: no new connections, waiting for open sessions to finish',
+      );
+      await this.server.close({ deadlineMs: this.settings.drainTimeout });
+      await this.admin?.close();
+      this.logger.info({ signal }, 'milterd stopped');
+      return EXIT.OK;
+    })();
+    return this.stopping;
+  }
+
+  /** SIGHUP: re-read the config file and the policy; keep the old ones when anything is invalid. */
+  reload(): Promise<void> {
+    this.reloading = this.reloading.then(() => this.reloadNow());
+    return this.reloading;
+  }
+
+  private async reloadNow(): Promise<void> {
+    if (this.draining) return;
+    let next: ResolvedSettings;
+    try {
+      next = await resolve(this.options);
+      const config = await loadPolicySetting(next.settings.policy);
+      const policy = buildPolicy(config, {
+        logger: this.logger,
+        metrics: this.metrics,
+        store: this.policy.store,
+      });
+      this.filter.replace(
+        createDaemonFilter(policy, {
+          header: `milterd ${this.options.version}`,
+          failureDecision: this.settings.failureDecision,
+        }),
+      );
+      this.policy = policy;
+    } catch (err) {
+      this.metrics.reloads.inc({ result: 'error' });
+      const where =
+        err instanceof MilterConfigError ? { file: err.file, line: err.line, field: err.field } : {};
+      this.logger.error({ err, ...where }, 'reload refused: the previous configuration stays in force');
+      return;
+    }
+    const changed = RESTART_ONLY.filter(
+      (k) => JSON.stringify(next.settings[k]) !== JSON.stringify(this.settings[k]),
+    );
+    if (changed.length > 0) {
+      this.logger.warn({ settings: changed }, 'reload: these settings only take effect after a restart');
+    }
+    this.logger.level = next.settings.logLevel;
+    const kept: Partial<DaemonSettings> = {};
+    for (const k of RESTART_ONLY) (kept as Record<string, unknown>)[k] = this.settings[k];
+    this.settings = { ...next.settings, ...kept };
+    this.metrics.reloads.inc({ result: 'ok' });
+    this.logger.info(
+      {
+        policy: describePolicy(next.settings.policy),
+        rules: this.policy.list(),
+        logLevel: this.settings.logLevel,
+      },
+      'configuration reloaded',
+    );
+  }
+}
+
+/**
+ * Run the daemon until SIGTERM/SIGINT. Resolves with the exit code. Configuration problems found before
+ * the logger exists are thrown as MilterConfigError (main prints them, exit 3).
+ */
+export async function serve(options: ServeOptions): Promise<ExitCode> {
+  const { settings } = await resolve(options);
+  const policyConfig = await loadPolicySetting(settings.policy);
+  const logger = createDaemonLogger({ level: settings.logLevel, pretty: settings.logPretty });
+  const metrics = new DaemonMetrics({ version: options.version });
+  const policy = buildPolicy(policyConfig, { logger, metrics });
+  const filter = new ReloadableFilter(
+    createDaemonFilter(policy, {
+      header: `milterd ${options.version}`,
+      failureDecision: settings.failureDecision,
+    }),
+  );
+  const server = createMilterServer({
+    filter: filter.filter,
+    logger,
+    observer: metrics.observer,
+    maxConnections: settings.maxConnections,
+    failureDecision: settings.failureDecision,
+    timeouts: {
+      negotiateMs: settings.timeoutNegotiate,
+      idleMs: settings.timeoutIdle,
+      callbackMs: settings.timeoutCallback,
+    },
+    ...(settings.socketMode === undefined ? {} : { socketMode: settings.socketMode }),
+    ...(settings.socketGroup === undefined ? {} : { socketGroup: settings.socketGroup }),
+  });
+  const daemon = new Daemon(settings, policy, options, logger, metrics, filter, server);
+
+  const fatal = (err: unknown, code: ExitCode, msg: string): ExitCode => {
+    logger.fatal({ err }, msg);
+    return code;
+  };
+  // Handlers go in before anything listens: a stop signal during start-up must drain, not kill.
+  let resolveExit: (code: ExitCode) => void = () => undefined;
+  const exited = new Promise<ExitCode>((resolve) => (resolveExit = resolve));
+  const finish = (code: ExitCode): void => {
+    process.off('SIGTERM', onStop).off('SIGINT', onStop).off('SIGHUP', onHup);
+    process.off('uncaughtException', onCrash).off('unhandledRejection', onCrash);
+    resolveExit(code);
+  };
+  const onStop = (signal: NodeJS.Signals): void => {
+    if (daemon.draining) {
+      logger.warn({ signal }, 'second stop signal: exiting now');
+      finish(EXIT.RUNTIME);
+      return;
+    }
+    void daemon.stop(signal).then(finish, (err: unknown) => finish(fatal(err, EXIT.RUNTIME, 'drain failed')));
+  };
+  const onHup = (): void => {
+    logger.info('SIGHUP: reloading configuration');
+    void daemon.reload();
+  };
+  const onCrash = (err: unknown): void => finish(fatal(err, EXIT.RUNTIME, 'uncaught error'));
+  process.on('SIGTERM', onStop).on('SIGINT', onStop).on('SIGHUP', onHup);
+  process.on('uncaughtException', onCrash).on('unhandledRejection', onCrash);
+
+  try {
+    for (const spec of settings.listen) await server.listen(spec);
+    if (settings.admin !== 'off') {
+      daemon.admin = await startAdminServer({
+        listen: settings.admin,
+        logger,
+        readiness: () => daemon.readiness(),
+        metrics: () => metrics.render(),
+      });
+      logger.info({ admin: daemon.admin.address }, 'admin endpoint listening');
+    }
+  } catch (err) {
+    // Stopped while starting: the drain in progress decides the exit code.
+    if (daemon.draining) return exited;
+    await server.close({ deadlineMs: 0 });
+    const code =
+      isMilterError(err) || (err as NodeJS.ErrnoException).code !== undefined ? EXIT.LISTEN : EXIT.RUNTIME;
+    options.stderr(`milterd: cannot listen: ${err instanceof Error ? err.message : String(err)}\n`);
+    finish(fatal(err, code, 'cannot listen'));
+    return exited;
+  }
+  logger.info(
+    {
+      version: options.version,
+      listen: server.addresses.map((a) => a.spec),
+      policy: describePolicy(settings.policy),
+      rules: policy.list(),
+    },
+    'milterd started',
+  );
+  return exited;
+}

@@ -1,0 +1,255 @@
+/**
+ * `milterd test`: push a message file with an envelope through any milter (ours, or any libmilter
+ * filter) as an MTA would, and report every reply and modification. A modern miltertest.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { MilterClient, playMessage, type ClientReply, type MessageResult } from '../client/index.js';
+import type { ConnectionInfo, MacroStage } from '../filter.js';
+import { MilterConfigError, MilterError, isMilterError } from '../errors.js';
+import { SMFIP_HDR_LEADSPC } from '../protocol/constants.js';
+import { parseEml } from './eml.js';
+import { EXIT, type ExitCode } from './exit-codes.js';
+import { buildReport, formatReportText, type TestStep } from './test-report.js';
+import { parseDuration, parseInteger, parseListenSpec } from './values.js';
+
+/** Options of `milterd test`, as commander hands them over. */
+export interface TestCommandOptions {
+  milter: string;
+  from?: string;
+  rcpt?: string[];
+  connectAddr: string;
+  connectPort: number;
+  connectName?: string;
+  helo: string;
+  queueId?: string;
+  macro?: Array<[MacroStage, string, string]>;
+  timeout: number;
+  json?: boolean;
+}
+
+const MACRO_STAGES: readonly MacroStage[] = ['connect', 'helo', 'envfrom', 'envrcpt', 'data', 'eoh', 'eom'];
+
+const bracket = (a: string): string => (a.startsWith('<') ? a : `<${a}>`);
+
+/** Addresses in an address-list header value (`"A" <a@x>, b@y`), bracketed. */
+function addressesIn(value: string | undefined): string[] {
+  if (value === undefined) return [];
+  // Commas inside quoted display names do not separate addresses.
+  const items = value.replace(/"[^"]*"/g, '""').split(',');
+  const out: string[] = [];
+  for (const item of items) {
+    const angle = /<([^<>]*)>/.exec(item);
+    const bare = /[^\s<>"]+@[^\s<>"]+/.exec(item);
+    const found = angle?.[1] ?? bare?.[0];
+    if (found !== undefined && found !== '') out.push(bracket(found));
+  }
+  return out;
+}
+
+/** Add the `test` command (options only; `main` attaches the action that calls {@link runTest}). */
+export function addTestCommand(program: Command): Command {
+  const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
+  return program
+    .command('test')
+    .description(
+      'push a message file through any milter as an MTA would, and print its reply at each step and ' +
+        'every modification it asked for',
+    )
+    .argument('<file>', 'message file (.eml, RFC 5322; "-" reads stdin)')
+    .addOption(
+      new Option('-m, --milter <spec>', 'milter to test: inet:PORT@HOST, inet6:PORT@HOST or unix:/path')
+        .default('inet:8890@127.0.0.1')
+        .env('MILTERD_TEST_MILTER')
+        .argParser((v) => wrap(() => parseListenSpec(v))),
+    )
+    .option('-f, --from <address>', 'envelope sender (default: the From: header, else <>)')
+    .option('-r, --rcpt <address>', 'envelope recipient, repeatable (default: To: and Cc: headers)', collect)
+    .option('--connect-addr <ip>', 'SMTP client IP address sent in SMFIC_CONNECT', '127.0.0.1')
+    .addOption(
+      new Option('--connect-port <port>', 'SMTP client port')
+        .default(54321)
+        .argParser((v) => wrap(() => parseInteger(v, 0))),
+    )
+    .option(
+      '--connect-name <hostname>',
+      'SMTP client host name (default: "[ADDR]", as for an unresolved client)',
+    )
+    .option('--helo <hostname>', 'HELO/EHLO argument', 'localhost')
+    .option('--queue-id <id>', 'queue id sent as macro i (default: random, Postfix-style)')
+    .addOption(
+      new Option(
+        '--macro <stage:name=value>',
+        `extra macro, repeatable; stage: ${MACRO_STAGES.join(', ')}`,
+      ).argParser((v: string, prev: Array<[MacroStage, string, string]> | undefined) => {
+        const m = /^([a-z]+):([^=]+)=(.*)$/.exec(v);
+        const stage = MACRO_STAGES.find((s) => s === m?.[1]);
+        if (m === null || stage === undefined) throw new InvalidArgumentError('expected stage:name=value');
+        const entry: [MacroStage, string, string] = [stage, m[2] as string, m[3] as string];
+        return [...(prev ?? []), entry];
+      }),
+    )
+    .addOption(
+      new Option('--timeout <duration>', 'time to wait for each reply')
+        .default(10_000, '10s')
+        .argParser((v) => wrap(() => parseDuration(v))),
+    )
+    .option('--json', 'print a JSON report instead of text');
+}
+
+function wrap<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw new InvalidArgumentError(err instanceof Error ? err.message : String(err));
+  }
+}
+
+/** The macros Postfix would send at each stage, plus `--macro` extras. */
+function macrosFor(
+  o: TestCommandOptions,
+  conn: ConnectionInfo,
+  queueId: string,
+): Partial<Record<MacroStage, Record<string, string>>> {
+  const out: Partial<Record<MacroStage, Record<string, string>>> = {
+    connect: {
+      j: 'milterd-test.localdomain',
+      '{daemon_name}': 'milterd-test',
+      '{daemon_addr}': '127.0.0.1',
+      '{client_addr}': conn.address,
+      '{client_port}': String(conn.port),
+      '{client_name}': conn.hostname,
+      _: `${conn.hostname} [${conn.address}]`,
+      v: 'milterd test',
+    },
+    helo: {},
+    envfrom: { i: queueId, '{mail_mailer}': 'smtp', '{mail_host}': 'milterd-test.localdomain' },
+    envrcpt: { '{rcpt_mailer}': 'smtp' },
+    data: { i: queueId },
+    eoh: { i: queueId },
+    eom: { i: queueId },
+  };
+  for (const [stage, name, value] of o.macro ?? []) (out[stage] ??= {})[name] = value;
+  return out;
+}
+
+function stepsOf(
+  r: MessageResult,
+  env: { from: string; rcpts: string[]; helo: string; conn: ConnectionInfo },
+  headers: Array<[string, string]>,
+  bodyBytes: number,
+): TestStep[] {
+  const steps: TestStep[] = [];
+  const add = (stage: string, sent: string, reply: ClientReply | undefined): void => {
+    if (reply !== undefined) steps.push({ stage, sent, reply });
+  };
+  const client = `[${env.conn.address}]:${env.conn.port}`;
+  add(
+    'connect',
+    env.conn.hostname === `[${env.conn.address}]` ? client : `${env.conn.hostname} ${client}`,
+    r.connect,
+  );
+  add('helo', env.helo, r.helo);
+  add('mail', `FROM:${env.from}`, r.mail);
+  r.rcpt.forEach((reply, i) => add('rcpt', `TO:${env.rcpts[i] ?? ''}`, reply));
+  add('data', 'DATA', r.data);
+  r.headers.forEach((reply, i) => {
+    const h = headers[i];
+    add('header', h === undefined ? '' : `${h[0]}: ${h[1].replace(/\n/g, '\\n')}`, reply);
+  });
+  add('eoh', '(end of headers)', r.eoh);
+  add('body', `${bodyBytes} bytes`, r.body);
+  add('eom', '(end of message)', r.eom?.reply);
+  return steps;
+}
+
+/**
+ * Run `milterd test FILE` with parsed options and print the report with `write`. Resolves with 0 once the
+ * conversation ran (whatever the milter decided). Rejects with MilterConfigError for bad input (file,
+ * envelope) and with a MilterError (ERR_MILTER_TIMEOUT, ERR_MILTER_CONNECTION_CLOSED, a protocol code…)
+ * when the milter cannot be reached or breaks the protocol.
+ */
+export async function runTest(
+  file: string,
+  o: TestCommandOptions,
+  write: (text: string) => void,
+): Promise<ExitCode> {
+  let data: Buffer;
+  try {
+    data = file === '-' ? await readStdin() : await readFile(file);
+  } catch (err) {
+    throw new MilterConfigError(
+      `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      { file },
+    );
+  }
+  let message: ReturnType<typeof parseEml>;
+  try {
+    message = parseEml(data);
+  } catch (err) {
+    throw new MilterConfigError(`${file}: ${(err as Error).message}`, { file });
+  }
+  const header = (name: string): string | undefined =>
+    message.headers
+      .filter(([n]) => n.toLowerCase() === name)
+      .map(([, v]) => v)
+      .join(', ') || undefined;
+  const from = o.from !== undefined ? bracket(o.from) : (addressesIn(header('from'))[0] ?? '<>');
+  const rcpts = o.rcpt?.map(bracket) ?? [...addressesIn(header('to')), ...addressesIn(header('cc'))];
+  if (rcpts.length === 0)
+    throw new MilterConfigError('no recipient: give --rcpt or a To: header', { field: 'rcpt' });
+  const family = isIP(o.connectAddr);
+  if (family === 0)
+    throw new MilterConfigError(`--connect-addr: not an IP address: ${o.connectAddr}`, {
+      field: 'connect-addr',
+    });
+  const conn: ConnectionInfo = {
+    hostname: o.connectName ?? `[${o.connectAddr}]`,
+    family: family === 6 ? 'inet6' : 'inet',
+    port: o.connectPort,
+    address: o.connectAddr,
+  };
+  const queueId = o.queueId ?? randomBytes(5).toString('hex').toUpperCase();
+
+  let client: MilterClient;
+  try {
+    client = await MilterClient.connect(o.milter, { timeoutMs: o.timeout });
+  } catch (err) {
+    if (!isMilterError(err) || err instanceof MilterConfigError) throw err;
+    throw new MilterError(err.code, `cannot negotiate with ${o.milter}: ${err.message}`, { cause: err });
+  }
+  try {
+    const leadSpace = (client.negotiated.protocol & SMFIP_HDR_LEADSPC) !== 0;
+    const headers = message.headers.map(([n, v]): [string, string] => [n, leadSpace ? ' ' + v : v]);
+    const result = await playMessage(client, {
+      macros: macrosFor(o, conn, queueId),
+      connect: conn,
+      helo: o.helo,
+      sender: from,
+      recipients: rcpts,
+      headers,
+      body: message.body,
+    });
+    const report = buildReport(
+      o.milter,
+      client.negotiated,
+      stepsOf(result, { from, rcpts, helo: o.helo, conn }, message.headers, message.body.length),
+      result,
+    );
+    write(o.json === true ? JSON.stringify(report, null, 2) + '\n' : formatReportText(report));
+    await client.quit();
+    return EXIT.OK;
+  } catch (err) {
+    client.close();
+    if (!isMilterError(err)) throw err;
+    throw new MilterError(err.code, `conversation with ${o.milter} failed: ${err.message}`, { cause: err });
+  }
+}
+
+async function readStdin(): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}

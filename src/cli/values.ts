@@ -1,0 +1,129 @@
+/**
+ * Value parsers shared by the command line, the environment and the config file. Each takes the raw
+ * value (a string from argv/env, or any YAML value from the file) and returns the typed value, or throws
+ * a plain `Error` whose message says what is wrong; callers turn it into a usage error (CLI/env) or a
+ * located MilterConfigError (file).
+ */
+import { formatSocketSpec, parseSocketSpec } from '../socket-spec.js';
+import type { FailureDecision } from '../session/types.js';
+
+/** Log levels, most to least severe; `silent` turns logging off. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+/** One of {@link LOG_LEVELS}. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Failure decisions accepted by `--failure-decision`. */
+export const FAILURE_DECISIONS: readonly FailureDecision[] = ['tempfail', 'reject', 'accept', 'continue'];
+
+/** Validate one socket spec and return its canonical text (`inet:8890@127.0.0.1`). */
+export function parseListenSpec(value: unknown): string {
+  if (typeof value !== 'string' || value.trim() === '') throw new Error('expected a socket spec string');
+  try {
+    return formatSocketSpec(parseSocketSpec(value));
+  } catch (err) {
+    throw new Error(err instanceof Error ? err.message : String(err), { cause: err });
+  }
+}
+
+/** A list of socket specs: a YAML list, or one string with specs separated by commas or spaces. */
+export function parseListenList(value: unknown): string[] {
+  const items = Array.isArray(value)
+    ? (value as unknown[])
+    : typeof value === 'string'
+      ? value.split(/[\s,]+/).filter((s) => s !== '')
+      : undefined;
+  if (items === undefined || items.length === 0) throw new Error('expected one or more socket specs');
+  return items.map(parseListenSpec);
+}
+
+/** `--admin`: a TCP socket spec, or `off` (also `false`, null, '') to disable the admin endpoint. */
+export function parseAdmin(value: unknown): string {
+  if (value === null || value === false || value === 'off' || value === 'false' || value === '') {
+    return 'off';
+  }
+  const spec = parseListenSpec(value);
+  if (!spec.startsWith('inet')) throw new Error('the admin endpoint needs an inet: or inet6: spec');
+  return spec;
+}
+
+/**
+ * A Unix file mode in octal: `"0660"`, `"660"`, `"0o660"`. A YAML number like `660` is read as its
+ * octal digits too (YAML 1.2 reads `0660` as decimal 660, which would otherwise surprise).
+ */
+export function parseSocketMode(value: unknown): number {
+  const text = typeof value === 'number' && Number.isInteger(value) ? String(value) : value;
+  if (typeof text !== 'string' || !/^(0o?)?[0-7]{1,4}$/i.test(text.trim())) {
+    throw new Error('expected an octal file mode such as 0660');
+  }
+  return parseInt(text.trim().replace(/^0o/i, ''), 8);
+}
+
+/** Render a mode as `0660`. */
+export function formatSocketMode(mode: number): string {
+  return '0' + mode.toString(8).padStart(3, '0');
+}
+
+/** A group name or numeric gid. */
+export function parseGroup(value: unknown): string | number {
+  if (typeof value === 'number' && Number.isInteger(value) && value >= 0) return value;
+  if (typeof value === 'string' && /^\d+$/.test(value)) return Number(value);
+  if (typeof value === 'string' && /^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(value)) return value;
+  throw new Error('expected a group name or a numeric gid');
+}
+
+/** One of {@link LOG_LEVELS}. */
+export function parseLogLevel(value: unknown): LogLevel {
+  const found = LOG_LEVELS.find((l) => l === value);
+  if (found === undefined) throw new Error(`expected one of ${LOG_LEVELS.join(', ')}`);
+  return found;
+}
+
+/** One of {@link FAILURE_DECISIONS}. */
+export function parseFailureDecision(value: unknown): FailureDecision {
+  const found = FAILURE_DECISIONS.find((l) => l === value);
+  if (found === undefined) throw new Error(`expected one of ${FAILURE_DECISIONS.join(', ')}`);
+  return found;
+}
+
+/** A boolean: YAML true/false, or `1/0`, `true/false`, `yes/no`, `on/off` as text. */
+export function parseBoolean(value: unknown): boolean {
+  if (typeof value === 'boolean') return value;
+  if (typeof value === 'string') {
+    const t = value.trim().toLowerCase();
+    if (['1', 'true', 'yes', 'on'].includes(t)) return true;
+    if (['0', 'false', 'no', 'off', ''].includes(t)) return false;
+  }
+  throw new Error('expected true or false');
+}
+
+/** A whole number >= `min`. */
+export function parseInteger(value: unknown, min = 1): number {
+  const n = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < min) {
+    throw new Error(`expected a whole number >= ${min}`);
+  }
+  return n;
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/**
+ * A duration, returned in milliseconds: `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds (as
+ * Postfix reads its time parameters). `0` means "no limit" where the option says so.
+ */
+export function parseDuration(value: unknown): number {
+  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return Math.round(value * 1000);
+  if (typeof value === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value);
+    if (m) return Math.round(Number(m[1]) * (DURATION_UNITS[m[2] ?? 's'] as number));
+  }
+  throw new Error('expected a duration such as 500ms, 30s, 5m or a number of seconds');
+}
+
+/** Render milliseconds as the shortest exact duration text (`30s`, `1500ms`). */
+export function formatDuration(ms: number): string {
+  if (ms % 3_600_000 === 0 && ms !== 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0 && ms !== 0) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}

@@ -1,0 +1,178 @@
+/**
+ * In-process tests of the daemon's building blocks: metrics registry and exposition, value parsers,
+ * config file reading with positions, the .eml splitter, the pretty log formatter, the reloadable filter.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Registry } from '../../src/admin/metrics.js';
+import { DaemonMetrics } from '../../src/admin/observer.js';
+import { mergeSettings, parseConfigText, settingsToConfigObject } from '../../src/cli/config.js';
+import { parseEml } from '../../src/cli/eml.js';
+import { formatPrettyLine } from '../../src/cli/log-output.js';
+import { ReloadableFilter } from '../../src/cli/reloadable-filter.js';
+import { formatDuration, parseDuration, parseListenList, parseSocketMode } from '../../src/cli/values.js';
+import type { Filter, StageContext } from '../../src/filter.js';
+import { parsePrometheus, sampleValue } from './helpers.js';
+
+test('registry: exposition with HELP/TYPE, escaped labels and cumulative histogram buckets', () => {
+  const r = new Registry();
+  const c = r.counter({ name: 'x_total', help: 'a "counter"\nwith a line feed \\', labelNames: ['v'] });
+  c.inc({ v: 'quote " backslash \\ newline \n end' });
+  c.inc({ v: 'plain' }, 2);
+  const g = r.gauge({ name: 'y', help: 'g' });
+  g.set(-1.5);
+  const h = r.histogram({ name: 'z_seconds', help: 'h', labelNames: ['stage'], buckets: [0.1, 1] });
+  h.observe(0.05, { stage: 'eom' });
+  h.observe(0.5, { stage: 'eom' });
+  h.observe(5, { stage: 'eom' });
+  const text = r.render();
+  assert.ok(text.includes('# HELP x_total a "counter"\\nwith a line feed \\\\\n'));
+  assert.ok(text.includes('x_total{v="quote \\" backslash \\\\ newline \\n end"} 1\n'));
+  assert.ok(text.includes('z_seconds_bucket{stage="eom",le="0.1"} 1\n'));
+  assert.ok(text.includes('z_seconds_bucket{stage="eom",le="1"} 2\n'));
+  assert.ok(text.includes('z_seconds_bucket{stage="eom",le="+Inf"} 3\n'));
+  assert.ok(text.includes('z_seconds_count{stage="eom"} 3\n'));
+  const parsed = parsePrometheus(text);
+  assert.equal(sampleValue(parsed, 'x_total', { v: 'quote " backslash \\ newline \n end' }), 1);
+  assert.equal(sampleValue(parsed, 'y'), -1.5);
+  assert.equal(sampleValue(parsed, 'z_seconds_sum', { stage: 'eom' }), 5.55);
+});
+
+test('registry: invalid names, labels, and decreasing counters are refused', () => {
+  const r = new Registry();
+  assert.throws(() => r.counter({ name: 'bad-name', help: '' }), TypeError);
+  assert.throws(() => r.counter({ name: 'ok', help: '', labelNames: ['le'] }), TypeError);
+  const c = r.counter({ name: 'c_total', help: '', labelNames: ['a'] });
+  assert.throws(() => c.inc({ a: 'x' }, -1), RangeError);
+  assert.throws(() => c.inc({}), TypeError);
+  assert.throws(() => c.inc({ a: 'x', b: 'y' }), TypeError);
+  assert.throws(() => r.counter({ name: 'c_total', help: '' }), TypeError);
+});
+
+test('daemon metrics: the observer feeds the series', () => {
+  const m = new DaemonMetrics({ version: '1.2.3' });
+  const o = m.observer;
+  o.connectionOpened?.();
+  o.command?.('optneg', 17);
+  o.decision?.('eom', 'accept', 0.002);
+  o.bytesWritten?.(30);
+  o.error?.('ERR_MILTER_FRAME_EMPTY');
+  m.policyFired('max-messages');
+  const e = parsePrometheus(m.render());
+  assert.equal(sampleValue(e, 'milterd_sessions_open'), 1);
+  assert.equal(sampleValue(e, 'milterd_commands_total', { command: 'optneg' }), 1);
+  assert.equal(sampleValue(e, 'milterd_received_bytes_total'), 17);
+  assert.equal(sampleValue(e, 'milterd_sent_bytes_total'), 30);
+  assert.equal(sampleValue(e, 'milterd_decisions_total', { stage: 'eom', decision: 'accept' }), 1);
+  assert.equal(sampleValue(e, 'milterd_callback_duration_seconds_bucket', { stage: 'eom', le: '0.0025' }), 1);
+  assert.equal(sampleValue(e, 'milterd_errors_total', { code: 'ERR_MILTER_FRAME_EMPTY' }), 1);
+  assert.equal(sampleValue(e, 'milterd_policy_shutdowns_total', { reason: 'max-messages' }), 1);
+  assert.equal(sampleValue(e, 'milterd_build_info', { version: '1.2.3' }), 1);
+});
+
+test('value parsers', () => {
+  assert.equal(parseDuration('500ms'), 500);
+  assert.equal(parseDuration('30'), 30_000);
+  assert.equal(parseDuration(2), 2000);
+  assert.equal(parseDuration('1.5m'), 90_000);
+  assert.throws(() => parseDuration('soon'));
+  assert.equal(formatDuration(90_000), '90s');
+  assert.equal(formatDuration(120_000), '2m');
+  assert.equal(formatDuration(1500), '1500ms');
+  assert.equal(parseSocketMode('0660'), 0o660);
+  assert.equal(parseSocketMode(660), 0o660);
+  assert.throws(() => parseSocketMode('0999'));
+  assert.deepEqual(parseListenList('inet:1@127.0.0.1, unix:/x.sock'), ['inet:1@127.0.0.1', 'unix:/x.sock']);
+  assert.throws(() => parseListenList('tcp:1'));
+});
+
+test('config text: positions of bad values, unknown fields and nested groups', () => {
+  const text = [
+    'logLevel: info',
+    'timeouts:',
+    '  idle: 5m',
+    '  callback: x',
+    'extra: 1',
+    'admin: unix:/a',
+    '',
+  ].join('\n');
+  const r = parseConfigText(text, '/etc/m.yaml');
+  const got = r.problems.map((p) => [p.line, p.field]);
+  assert.deepEqual(got, [
+    [5, 'extra'],
+    [4, 'timeouts.callback'],
+    [6, 'admin'],
+  ]);
+  assert.ok(r.problems.every((p) => p.file === '/etc/m.yaml' && p.code === 'ERR_MILTER_CONFIG'));
+  assert.equal(r.values.timeoutIdle, 300_000);
+});
+
+test('config merge: cli > env > file > default, and relative policy paths follow the config file', () => {
+  const file = parseConfigText(
+    'maxConnections: 5\nlogLevel: debug\npolicy: p.yaml\ndrainTimeout: 1m\n',
+    '/etc/milterd/m.yaml',
+  );
+  assert.deepEqual(file.problems, []);
+  const r = mergeSettings(
+    { maxConnections: { value: 7, source: 'cli' }, logLevel: { value: 'warn', source: 'env' } },
+    file,
+  );
+  assert.equal(r.settings.maxConnections, 7);
+  assert.equal(r.settings.logLevel, 'warn');
+  assert.equal(r.settings.drainTimeout, 60_000);
+  assert.deepEqual(r.settings.policy, { kind: 'file', path: '/etc/milterd/p.yaml' });
+  assert.equal(r.sources.timeoutIdle, 'default');
+  assert.equal(settingsToConfigObject(r.settings).drainTimeout, '1m');
+});
+
+test('eml: headers unfolded with LF, body with CRLF line ends, 8-bit bytes kept', () => {
+  const m = parseEml(Buffer.from('Subject: a\n  b\nX-Empty:\nTo: x@y\n\nline 1\nline \xe9\n', 'latin1'));
+  assert.deepEqual(m.headers, [
+    ['Subject', 'a\n  b'],
+    ['X-Empty', ''],
+    ['To', 'x@y'],
+  ]);
+  assert.deepEqual(m.body, Buffer.from('line 1\r\nline \xe9\r\n', 'latin1'));
+  assert.throws(() => parseEml(Buffer.from('no headers here\n')));
+});
+
+test('pretty log lines', () => {
+  const line = formatPrettyLine(
+    JSON.stringify({
+      level: 40,
+      time: 0,
+      pid: 1,
+      name: 'milterd',
+      conn: '3',
+      peer: '1.2.3.4:5',
+      msg: 'hi',
+      n: 2,
+      s: 'a b',
+    }),
+  );
+  assert.equal(line, '1970-01-01T00:00:00.000Z WARN  [conn=3 peer=1.2.3.4:5] hi n=2 s="a b"\n');
+  assert.equal(formatPrettyLine('not json'), 'not json\n');
+});
+
+test('reloadable filter: connections keep the filter they started with, new ones get the new one', async () => {
+  const calls: string[] = [];
+  const make = (tag: string): Filter<unknown> => ({
+    actions: [],
+    helo: () => void calls.push(`${tag}:helo`),
+    close: () => void calls.push(`${tag}:close`),
+  });
+  const r = new ReloadableFilter(make('A'));
+  const f = r.filter;
+  const ctx = (id: string): StageContext<unknown> => ({ id }) as unknown as StageContext<unknown>;
+  assert.equal(typeof f.helo, 'function');
+  assert.equal(f.eom, undefined, 'absent callbacks stay absent (negotiated away)');
+  await f.helo?.(ctx('1'), 'x');
+  r.replace({ ...make('B'), eom: () => undefined });
+  assert.equal(typeof f.eom, 'function');
+  await f.helo?.(ctx('1'), 'x');
+  await f.helo?.(ctx('2'), 'x');
+  await f.close?.(ctx('1'));
+  await f.close?.(ctx('2'));
+  assert.deepEqual(calls, ['A:helo', 'A:helo', 'B:helo', 'A:close', 'B:close']);
+  assert.equal(r.pinnedCount, 0);
+});
