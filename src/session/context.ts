@@ -106,19 +106,31 @@ export class ConnectionContext implements StageContext<unknown> {
   private txnLogger: Logger | undefined = undefined;
   private txnLoggerKey: string | undefined = undefined;
 
+  /** The connection logger, bound to `{ client }` once SMFIC_CONNECT told who the SMTP client is. */
+  private connLogger: Logger;
+
   constructor(
     readonly id: string,
     private readonly baseLogger: Logger,
     private readonly store: MacroStore,
-  ) {}
+  ) {
+    this.connLogger = baseLogger;
+  }
+
+  /** SMFIC_CONNECT: remember the SMTP client and put its address on every later log line. */
+  bindClient(info: ConnectionInfo): void {
+    this.connection = info;
+    this.connLogger = this.baseLogger.child({ client: info.address === '' ? info.hostname : info.address });
+    this.txnLogger = undefined;
+  }
 
   /** The connection logger, or inside a transaction a child bound to `{ txn }` (queue id once known). */
   get logger(): Logger {
-    if (this.envelopeState === undefined) return this.baseLogger;
+    if (this.envelopeState === undefined) return this.connLogger;
     // Postfix assigns the queue id only after the first accepted RCPT: re-check until it appears.
     const key = this.store.get('i') ?? `#${this.txnSeq}`;
     if (this.txnLogger === undefined || this.txnLoggerKey !== key) {
-      this.txnLogger = this.baseLogger.child({ txn: key });
+      this.txnLogger = this.connLogger.child({ txn: key });
       this.txnLoggerKey = key;
     }
     return this.txnLogger;
@@ -155,6 +167,8 @@ export class ConnectionContext implements StageContext<unknown> {
     this.resetTransaction();
     this.priv = undefined;
     this.connection = undefined;
+    this.connLogger = this.baseLogger;
+    this.txnLogger = undefined;
     this.helo = undefined;
   }
 

@@ -243,11 +243,16 @@ export function resolveDecision(s: Settled, rules: ResolveRules, failureKind: De
  */
 export class CallbackRunner {
   constructor(
-    private readonly log: Logger,
+    /** Where logs go: the connection context, whose logger carries `client` and `txn` once known. */
+    private readonly logSource: { readonly logger: Logger },
     private readonly observer: MilterObserver | undefined,
     private readonly timeoutMs: number,
     private readonly failureKind: DecisionKind,
   ) {}
+
+  private get log(): Logger {
+    return this.logSource.logger;
+  }
 
   /** Late results after a timeout are ignored, but said so. */
   private readonly onLate = (stage: string, late: Settled): void => {

@@ -71,15 +71,15 @@ class MilterSession implements Session {
   ) {
     this.filter = options.filter;
     this.log = options.logger;
+    this.ctx = new ConnectionContext(options.id, options.logger, this.store);
     this.runner = new CallbackRunner(
-      options.logger,
+      this.ctx,
       options.observer,
       options.callbackTimeoutMs,
       options.failureDecision ?? 'tempfail',
     );
     this.observer = options.observer;
     this.floor = options.maxDataSize ?? MILTER_MDS_1M;
-    this.ctx = new ConnectionContext(options.id, options.logger, this.store);
   }
 
   get maxDataSize(): number {
@@ -194,7 +194,7 @@ class MilterSession implements Session {
     switch (cmd.kind) {
       case 'connect':
         this.store.clearAfter('C');
-        ctx.connection = { hostname: cmd.hostname, family: cmd.family, port: cmd.port, address: cmd.address };
+        ctx.bindClient({ hostname: cmd.hostname, family: cmd.family, port: cmd.port, address: cmd.address });
         ctx.helo = undefined;
         break;
       case 'helo':

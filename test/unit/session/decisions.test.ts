@@ -311,3 +311,23 @@ test('terminate during a running EOM callback waits for it: no overlap, no abort
   await Promise.all([eom, ended]);
   assert.deepEqual(h.calls.slice(-3), ['eom', 'eom:end', 'close']);
 });
+
+test('log lines of a connection carry the client address, and inside a transaction the queue id', async () => {
+  const h = harness((calls) =>
+    recordingFilter(calls, {
+      envrcpt: () => {
+        throw new Error('lookup failed');
+      },
+    }),
+  );
+  await h.send(C.optneg());
+  await h.send(C.connect());
+  await h.send(C.macro('M', ['i', 'ABC123']));
+  await h.send(C.mail());
+  assert.deepEqual(await h.send(C.rcpt()), ['t']);
+  const failure = h.lines.find((l) => l['stage'] === 'envrcpt' && l['level'] === 50);
+  assert.ok(failure, 'the failure is logged at error level');
+  assert.equal(failure['client'], '192.0.2.7');
+  assert.equal(failure['txn'], 'ABC123');
+  assert.equal((failure['err'] as { code?: string } | undefined)?.code, 'ERR_MILTER_CALLBACK_FAILED');
+});
