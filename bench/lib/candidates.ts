@@ -1,0 +1,166 @@
+/**
+ * Starting and stopping candidate servers. Each measurement gets a fresh process (so VmHWM is the peak
+ * of that measurement alone), listening on one socket: TCP 127.0.0.1 on a free port, or a Unix socket
+ * under the OS temp directory. The process is started through `bash -c 'ulimit -n HARD; exec …'`, which
+ * raises the fd limit for the server only.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { descendants } from './proc.js';
+
+export type SocketKind = 'tcp' | 'unix';
+
+export interface CandidateDef {
+  name: string;
+  /** One line for the docs and the table. */
+  description: string;
+  command(spec: string): { cmd: string; args: string[]; env?: NodeJS.ProcessEnv };
+}
+
+export interface RunningServer {
+  name: string;
+  spec: string;
+  pid: number;
+  /** The server's own pid plus its workers (cluster mode). */
+  pids(): number[];
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen({ host: '127.0.0.1', port: 0 }, () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+let seq = 0;
+
+export async function makeSpec(kind: SocketKind, name: string): Promise<string> {
+  if (kind === 'tcp') return `inet:${await freePort()}@127.0.0.1`;
+  const p = path.join(os.tmpdir(), `milterd-bench-${process.pid}-${name}-${seq++}.sock`);
+  rmSync(p, { force: true });
+  return `unix:${p}`;
+}
+
+function canConnect(spec: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = spec.startsWith('unix:')
+      ? net.createConnection({ path: spec.slice(5) })
+      : net.createConnection({ host: '127.0.0.1', port: Number(spec.slice(5, spec.indexOf('@'))) });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * Start `def` on `kind` and wait until it prints READY and accepts a connection (the probe connection is
+ * closed at once, before negotiation). Output goes to `logFile`.
+ */
+export async function startServer(
+  def: CandidateDef,
+  kind: SocketKind,
+  logFile: string,
+  fdLimit: number,
+): Promise<RunningServer> {
+  const spec = await makeSpec(kind, def.name);
+  const { cmd, args, env } = def.command(spec);
+  const log = createWriteStream(logFile, { flags: 'a' });
+  log.write(`\n=== ${new Date().toISOString()} ${def.name} ${spec}: ${cmd} ${args.join(' ')}\n`);
+  const child: ChildProcess = spawn(
+    'bash',
+    ['-c', `ulimit -n ${fdLimit} 2>/dev/null; exec "$0" "$@"`, cmd, ...args],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    },
+  );
+  const pid = child.pid;
+  if (pid === undefined) throw new Error(`${def.name}: spawn failed`);
+  let exited = false;
+  child.once('exit', () => {
+    exited = true;
+  });
+  child.stderr?.pipe(log, { end: false });
+  const workerPids: number[] = [];
+  const ready = new Promise<void>((resolve, reject) => {
+    let buf = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      log.write(d);
+      buf += d.toString('utf8');
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line.startsWith('PIDS ')) workerPids.push(...line.slice(5).split(',').map(Number));
+        if (line.startsWith('READY')) resolve();
+      }
+    });
+    child.once('exit', (code, signal) =>
+      reject(new Error(`${def.name} exited early (${String(code ?? signal)}); see ${logFile}`)),
+    );
+  });
+  const stop = async (): Promise<void> => {
+    const all = [pid, ...workerPids, ...descendants(pid)];
+    if (!exited) {
+      const gone = new Promise<void>((r) => child.once('exit', () => r()));
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        // already gone
+      }
+      const timer = setTimeout(() => {
+        for (const p of all) {
+          try {
+            process.kill(p, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+      }, 1500);
+      await gone;
+      clearTimeout(timer);
+    }
+    for (const p of workerPids) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    if (spec.startsWith('unix:')) rmSync(spec.slice(5), { force: true });
+    log.end();
+  };
+  try {
+    await Promise.race([
+      ready,
+      new Promise((_, reject) =>
+        setTimeout(() => reject(new Error(`${def.name}: not ready after 15 s`)), 15000),
+      ),
+    ]);
+    let ok = false;
+    for (let i = 0; i < 100 && !ok; i++) {
+      ok = await canConnect(spec);
+      if (!ok) await new Promise((r) => setTimeout(r, 50));
+    }
+    if (!ok) throw new Error(`${def.name}: ${spec} does not accept connections`);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return {
+    name: def.name,
+    spec,
+    pid,
+    pids: () => (workerPids.length > 0 ? [pid, ...workerPids] : [pid]),
+    stop,
+  };
+}

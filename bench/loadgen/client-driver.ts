@@ -1,0 +1,180 @@
+/**
+ * The generic load driver: the public `MilterClient` (src/client/client.ts), one async loop per
+ * connection slot. Same conversation and checks as the lean driver, through the typed client API; use
+ * `--driver client` to compare the two (the lean driver is the default because the generic client costs
+ * more CPU per command in the load generator, which shares the machine with the server).
+ */
+import { performance } from 'node:perf_hooks';
+import { MilterClient, type ClientReply } from '../../src/client/client.js';
+import { MILTER_CHUNK_SIZE, SMFIF_ADDHDRS } from '../../src/protocol/constants.js';
+import { Histogram } from '../lib/histogram.js';
+import type { Driver, DriverHooks } from './lean-driver.js';
+import {
+  makeBody,
+  OFFER_ACTIONS,
+  OFFER_PROTOCOL,
+  OFFER_VERSION,
+  STAT_INDEX,
+  STAT_NAMES,
+  type StatName,
+} from './script.js';
+import type { LoadConfig, WorkerStats } from './types.js';
+
+class ClientDriver implements Driver {
+  private readonly latency = STAT_NAMES.map(() => new Histogram());
+  private messages = 0;
+  private errors = 0;
+  private warmupErrors = 0;
+  private marked = false;
+  private readonly errorSamples: string[] = [];
+  private started = 0;
+  private stopping = false;
+  private connectionsOpened = 0;
+  private held = 0;
+  private readonly loops: Promise<void>[] = [];
+  private readonly clients = new Set<MilterClient>();
+  private readonly body: Buffer;
+
+  constructor(
+    private readonly config: LoadConfig,
+    private readonly hooks: DriverHooks,
+  ) {
+    this.body = makeBody(config.bodySize);
+  }
+
+  start(): void {
+    const n = this.config.connections;
+    const step = n > 1 ? this.config.rampMs / n : 0;
+    for (let i = 0; i < n; i++) {
+      this.loops.push(new Promise((r) => setTimeout(r, Math.floor(i * step))).then(() => this.slot()));
+    }
+    void Promise.all(this.loops).then(() => {
+      if (!this.stopping) this.hooks.onLimit();
+    });
+  }
+
+  mark(): void {
+    this.marked = true;
+    this.messages = 0;
+    this.errors = 0;
+    for (const h of this.latency) h.reset();
+  }
+
+  async stop(): Promise<WorkerStats> {
+    this.stopping = true;
+    const stats: WorkerStats = {
+      messages: this.messages,
+      errors: this.errors,
+      warmupErrors: this.warmupErrors,
+      errorSamples: this.errorSamples.slice(),
+      latency: this.latency.map((h) => h.toData()),
+      connectionsOpened: this.connectionsOpened,
+      connectRetries: 0,
+      held: this.held,
+    };
+    await Promise.race([Promise.all(this.loops), new Promise((r) => setTimeout(r, 2000))]);
+    for (const c of this.clients) c.close();
+    return stats;
+  }
+
+  private error(what: string): void {
+    if (this.marked) this.errors++;
+    else this.warmupErrors++;
+    if (this.errorSamples.length < 20) this.errorSamples.push(what);
+  }
+
+  private async timed(stat: StatName, call: () => Promise<ClientReply>): Promise<void> {
+    const t0 = performance.now();
+    const reply = await call();
+    if (reply.kind === 'noreply' || reply.kind === 'skipped') return;
+    if (reply.kind !== 'continue') throw new Error(`${stat} answered ${reply.kind}`);
+    this.latency[STAT_INDEX[stat]]!.record((performance.now() - t0) * 1e6);
+  }
+
+  private async slot(): Promise<void> {
+    const unix = this.config.spec.startsWith('unix:') || this.config.spec.startsWith('/');
+    while (!this.stopping && this.started < this.config.maxMessages) {
+      let client: MilterClient | undefined;
+      let inMessage = false;
+      try {
+        const t0 = performance.now();
+        client = await MilterClient.connect(this.config.spec, {
+          version: OFFER_VERSION,
+          actions: OFFER_ACTIONS,
+          protocol: OFFER_PROTOCOL,
+          timeoutMs: this.config.timeoutMs,
+        });
+        this.connectionsOpened++;
+        this.clients.add(client);
+        this.latency[STAT_INDEX.optneg]!.record((performance.now() - t0) * 1e6);
+        if ((client.negotiated.actions & SMFIF_ADDHDRS) === 0)
+          throw new Error('filter did not ask for ADDHDRS');
+        const c = client;
+        c.macro('C', { j: 'mx.example.net', '{daemon_name}': 'mx.example.net', v: 'Postfix 3.7.11' });
+        await this.timed('connect', () =>
+          c.connect(
+            unix
+              ? { hostname: 'localhost', family: 'unix', port: 0, address: '/var/run/bench.sock' }
+              : { hostname: 'client.example.org', family: 'inet', port: 41234, address: '192.0.2.10' },
+          ),
+        );
+        await this.timed('helo', () => c.helo('client.example.org'));
+        if (this.config.idle) {
+          this.held++;
+          this.hooks.onHeld(this.held, this.errors + this.warmupErrors);
+          while (!this.stopping) await new Promise((r) => setTimeout(r, 100));
+          break;
+        }
+        for (let m = 0; m < this.config.messagesPerConnection; m++) {
+          if (this.stopping || this.started >= this.config.maxMessages) break;
+          this.started++;
+          inMessage = true;
+          c.macro('M', { i: 'QUEUEID', '{mail_addr}': 'sender@example.org' });
+          await this.timed('mail', () =>
+            c.mail('<sender@example.org>', ['SIZE=' + String(this.config.bodySize)]),
+          );
+          for (let r = 0; r < this.config.recipients; r++) {
+            c.macro('R', { '{rcpt_addr}': `rcpt${r}@example.net` });
+            await this.timed('rcpt', () => c.rcpt(`<rcpt${r}@example.net>`));
+          }
+          c.macro('T', { i: 'QUEUEID' });
+          await this.timed('data', () => c.data());
+          for (let h = 0; h < this.config.headers; h++) {
+            await this.timed('header', () => c.header(`X-Bench-${h}`, ` value of header ${h}`));
+          }
+          await this.timed('eoh', () => c.eoh());
+          for (let o = 0; o < this.body.length; o += MILTER_CHUNK_SIZE) {
+            const chunk = this.body.subarray(o, Math.min(o + MILTER_CHUNK_SIZE, this.body.length));
+            await this.timed('body', () => c.body(chunk));
+          }
+          c.macro('E', { i: 'QUEUEID' });
+          const t0e = performance.now();
+          const eom = await c.eom();
+          if (eom.reply.kind !== 'continue') throw new Error(`EOM answered ${eom.reply.kind}`);
+          const mods = eom.modifications;
+          const first = mods[0];
+          if (mods.length !== 1 || first?.kind !== 'addHeader' || first.name !== 'X-Bench') {
+            throw new Error('EOM: expected exactly one ADDHEADER X-Bench');
+          }
+          this.latency[STAT_INDEX.eom]!.record((performance.now() - t0e) * 1e6);
+          this.messages++;
+          inMessage = false;
+          c.abort();
+        }
+        await c.quit();
+      } catch (err) {
+        if (!this.stopping || inMessage) this.error(err instanceof Error ? err.message : String(err));
+        await new Promise((r) => setTimeout(r, 50));
+      } finally {
+        if (client) {
+          this.clients.delete(client);
+          client.close();
+        }
+      }
+    }
+  }
+}
+
+export function createClientDriver(config: LoadConfig, hooks: DriverHooks): Driver {
+  return new ClientDriver(config, hooks);
+}
