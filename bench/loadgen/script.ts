@@ -13,26 +13,7 @@
  * its own protocol version (6), not from the version the filter answers (go-milter answers 2), so DATA is
  * sent to every candidate.
  */
-import {
-  MILTER_CHUNK_SIZE,
-  SMFI_CURR_ACTS,
-  SMFIP_NOBODY,
-  SMFIP_NOCONNECT,
-  SMFIP_NODATA,
-  SMFIP_NOEOH,
-  SMFIP_NOHDRS,
-  SMFIP_NOHELO,
-  SMFIP_NOMAIL,
-  SMFIP_NORCPT,
-  SMFIP_NR_BODY,
-  SMFIP_NR_CONN,
-  SMFIP_NR_DATA,
-  SMFIP_NR_EOH,
-  SMFIP_NR_HDR,
-  SMFIP_NR_HELO,
-  SMFIP_NR_MAIL,
-  SMFIP_NR_RCPT,
-} from '../../src/protocol/constants.js';
+import { MILTER_CHUNK_SIZE, SMFI_CURR_ACTS, STAGE_BITS } from '../../src/protocol/constants.js';
 import { encodeCommand, encodeCommands } from '../../src/protocol/encode.js';
 import type { MilterCommand } from '../../src/protocol/types.js';
 
@@ -114,8 +95,8 @@ function rawSession(unix: boolean): RawStep[] {
   return [
     {
       stat: 'connect',
-      no: SMFIP_NOCONNECT,
-      nr: SMFIP_NR_CONN,
+      no: STAGE_BITS.connect.no,
+      nr: STAGE_BITS.connect.nr,
       commands: [
         {
           kind: 'macro',
@@ -134,8 +115,8 @@ function rawSession(unix: boolean): RawStep[] {
     },
     {
       stat: 'helo',
-      no: SMFIP_NOHELO,
-      nr: SMFIP_NR_HELO,
+      no: STAGE_BITS.helo.no,
+      nr: STAGE_BITS.helo.nr,
       commands: [{ kind: 'helo', hostname: 'client.example.org' }],
     },
   ];
@@ -146,8 +127,8 @@ function rawMessage(shape: MessageShape, seq: number): RawStep[] {
   const steps: RawStep[] = [
     {
       stat: 'mail',
-      no: SMFIP_NOMAIL,
-      nr: SMFIP_NR_MAIL,
+      no: STAGE_BITS.envfrom.no,
+      nr: STAGE_BITS.envfrom.nr,
       commands: [
         {
           kind: 'macro',
@@ -166,8 +147,8 @@ function rawMessage(shape: MessageShape, seq: number): RawStep[] {
     const rcpt = `rcpt${r}@example.net`;
     steps.push({
       stat: 'rcpt',
-      no: SMFIP_NORCPT,
-      nr: SMFIP_NR_RCPT,
+      no: STAGE_BITS.envrcpt.no,
+      nr: STAGE_BITS.envrcpt.nr,
       commands: [
         {
           kind: 'macro',
@@ -183,8 +164,8 @@ function rawMessage(shape: MessageShape, seq: number): RawStep[] {
   }
   steps.push({
     stat: 'data',
-    no: SMFIP_NODATA,
-    nr: SMFIP_NR_DATA,
+    no: STAGE_BITS.data.no,
+    nr: STAGE_BITS.data.nr,
     commands: [{ kind: 'macro', stage: 'T', macros: [['i', queueId]] }, { kind: 'data' }],
   });
   const headerNames = [
@@ -201,8 +182,8 @@ function rawMessage(shape: MessageShape, seq: number): RawStep[] {
     const name = headerNames[h % headerNames.length] ?? 'X-Header';
     steps.push({
       stat: 'header',
-      no: SMFIP_NOHDRS,
-      nr: SMFIP_NR_HDR,
+      no: STAGE_BITS.header.no,
+      nr: STAGE_BITS.header.nr,
       commands: [
         {
           kind: 'header',
@@ -212,13 +193,13 @@ function rawMessage(shape: MessageShape, seq: number): RawStep[] {
       ],
     });
   }
-  steps.push({ stat: 'eoh', no: SMFIP_NOEOH, nr: SMFIP_NR_EOH, commands: [{ kind: 'eoh' }] });
+  steps.push({ stat: 'eoh', no: STAGE_BITS.eoh.no, nr: STAGE_BITS.eoh.nr, commands: [{ kind: 'eoh' }] });
   const body = makeBody(shape.bodySize);
   for (let o = 0; o < body.length; o += MILTER_CHUNK_SIZE) {
     steps.push({
       stat: 'body',
-      no: SMFIP_NOBODY,
-      nr: SMFIP_NR_BODY,
+      no: STAGE_BITS.body.no,
+      nr: STAGE_BITS.body.nr,
       commands: [{ kind: 'body', chunk: body.subarray(o, Math.min(o + MILTER_CHUNK_SIZE, body.length)) }],
     });
   }

@@ -3,46 +3,24 @@
  * accepts in the filter's OPTNEG reply, and which NO/NR bit governs each command.
  */
 import { MilterError } from '../errors.js';
-import {
-  SMFI_INTERNAL,
-  SMFI_PROT_VERSION_MIN,
-  SMFIP_NOBODY,
-  SMFIP_NOCONNECT,
-  SMFIP_NODATA,
-  SMFIP_NOEOH,
-  SMFIP_NOHDRS,
-  SMFIP_NOHELO,
-  SMFIP_NOMAIL,
-  SMFIP_NORCPT,
-  SMFIP_NOUNKNOWN,
-  SMFIP_NR_BODY,
-  SMFIP_NR_CONN,
-  SMFIP_NR_DATA,
-  SMFIP_NR_EOH,
-  SMFIP_NR_HDR,
-  SMFIP_NR_HELO,
-  SMFIP_NR_MAIL,
-  SMFIP_NR_RCPT,
-  SMFIP_NR_UNKN,
-  SMFIP_TEST,
-} from '../protocol/constants.js';
+import { SMFI_INTERNAL, SMFI_PROT_VERSION_MIN, SMFIP_TEST, STAGE_BITS } from '../protocol/constants.js';
 import type { OptnegResponse } from '../protocol/types.js';
 import type { NegotiatedClientOptions } from './types.js';
 
 /** Protocol bits a filter may set without them being offered (§1.3: MDS bits, reserved, test). */
 const IGNORED_PROTOCOL_BITS = SMFI_INTERNAL | SMFIP_TEST;
 
-/** Per reply-expecting command: its NO bit, its NR bit and the first version that has it (U: 3, T: 4). */
+/** Per reply-expecting command (client names): its NO bit, its NR bit and the first version that has it. */
 export const STAGE = {
-  connect: { no: SMFIP_NOCONNECT, nr: SMFIP_NR_CONN, minVersion: 2 },
-  helo: { no: SMFIP_NOHELO, nr: SMFIP_NR_HELO, minVersion: 2 },
-  mail: { no: SMFIP_NOMAIL, nr: SMFIP_NR_MAIL, minVersion: 2 },
-  rcpt: { no: SMFIP_NORCPT, nr: SMFIP_NR_RCPT, minVersion: 2 },
-  data: { no: SMFIP_NODATA, nr: SMFIP_NR_DATA, minVersion: 4 },
-  header: { no: SMFIP_NOHDRS, nr: SMFIP_NR_HDR, minVersion: 2 },
-  eoh: { no: SMFIP_NOEOH, nr: SMFIP_NR_EOH, minVersion: 2 },
-  body: { no: SMFIP_NOBODY, nr: SMFIP_NR_BODY, minVersion: 2 },
-  unknown: { no: SMFIP_NOUNKNOWN, nr: SMFIP_NR_UNKN, minVersion: 3 },
+  connect: STAGE_BITS.connect,
+  helo: STAGE_BITS.helo,
+  mail: STAGE_BITS.envfrom,
+  rcpt: STAGE_BITS.envrcpt,
+  data: STAGE_BITS.data,
+  header: STAGE_BITS.header,
+  eoh: STAGE_BITS.eoh,
+  body: STAGE_BITS.body,
+  unknown: STAGE_BITS.unknown,
 } as const;
 
 /** A reply-expecting command governed by NO/NR bits. */

@@ -3,27 +3,7 @@
  * wrapper calls the user's callbacks exactly where libmilter would have).
  */
 import type { Filter, MacroStage, NegotiateResult, NegotiationOffer, NoReplyStage } from '../filter.js';
-import {
-  SMFIP_NOBODY,
-  SMFIP_NOCONNECT,
-  SMFIP_NODATA,
-  SMFIP_NOEOH,
-  SMFIP_NOHDRS,
-  SMFIP_NOHELO,
-  SMFIP_NOMAIL,
-  SMFIP_NORCPT,
-  SMFIP_NOUNKNOWN,
-  SMFIP_NR_BODY,
-  SMFIP_NR_CONN,
-  SMFIP_NR_DATA,
-  SMFIP_NR_EOH,
-  SMFIP_NR_HDR,
-  SMFIP_NR_HELO,
-  SMFIP_NR_MAIL,
-  SMFIP_NR_RCPT,
-  SMFIP_NR_UNKN,
-  SMFIP_RCPT_REJ,
-} from '../protocol/constants.js';
+import { SMFIP_RCPT_REJ, STAGE_BITS } from '../protocol/constants.js';
 
 /** Stages the wrapper may or may not forward to the user. */
 export type WantStage = NoReplyStage | 'eom' | 'abort';
@@ -42,29 +22,7 @@ export const FIRING_STAGES = [
   'unknown',
 ] as const satisfies NoReplyStage[];
 
-const NO_BIT: Readonly<Record<NoReplyStage, number>> = {
-  connect: SMFIP_NOCONNECT,
-  helo: SMFIP_NOHELO,
-  envfrom: SMFIP_NOMAIL,
-  envrcpt: SMFIP_NORCPT,
-  data: SMFIP_NODATA,
-  unknown: SMFIP_NOUNKNOWN,
-  header: SMFIP_NOHDRS,
-  eoh: SMFIP_NOEOH,
-  body: SMFIP_NOBODY,
-};
-const NR_BIT: Readonly<Record<NoReplyStage, number>> = {
-  connect: SMFIP_NR_CONN,
-  helo: SMFIP_NR_HELO,
-  envfrom: SMFIP_NR_MAIL,
-  envrcpt: SMFIP_NR_RCPT,
-  data: SMFIP_NR_DATA,
-  unknown: SMFIP_NR_UNKN,
-  header: SMFIP_NR_HDR,
-  eoh: SMFIP_NR_EOH,
-  body: SMFIP_NR_BODY,
-};
-const STAGES = Object.keys(NO_BIT) as NoReplyStage[];
+const STAGES = Object.keys(STAGE_BITS) as NoReplyStage[];
 
 /** Macros the policy reads, added to a user's explicit list for that stage (never creating a list). */
 const POLICY_MACROS: Partial<Record<MacroStage, readonly string[]>> = {
@@ -151,18 +109,25 @@ export function adjustNegotiation<P>(
   const wants = { rejectedRecipients: (asked & SMFIP_RCPT_REJ) !== 0 } as StageWants;
   for (const stage of STAGES) {
     wants[stage] = {
-      call: typeof user[stage] === 'function' && (asked & NO_BIT[stage]) === 0,
-      reply: (asked & NR_BIT[stage]) === 0,
+      call: typeof user[stage] === 'function' && (asked & STAGE_BITS[stage].no) === 0,
+      reply: (asked & STAGE_BITS[stage].nr) === 0,
     };
   }
   wants.eom = { call: typeof user.eom === 'function', reply: true };
   wants.abort = { call: typeof user.abort === 'function', reply: true };
 
   let p = asked;
-  for (const stage of FIRING_STAGES) p &= ~(NO_BIT[stage] | NR_BIT[stage]);
-  if ((asked & SMFIP_NOCONNECT) !== 0) p = (p & ~SMFIP_NOCONNECT) | SMFIP_NR_CONN;
-  if (trackBytes && (asked & SMFIP_NOHDRS) !== 0) p = (p & ~SMFIP_NOHDRS) | SMFIP_NR_HDR;
-  if (trackBytes && (asked & SMFIP_NOBODY) !== 0) p = (p & ~SMFIP_NOBODY) | SMFIP_NR_BODY;
+  for (const stage of FIRING_STAGES) p &= ~(STAGE_BITS[stage].no | STAGE_BITS[stage].nr);
+  // Stages the policy must see but need not answer: a step the user skipped is sent, without a reply.
+  const listenTo = (stage: NoReplyStage): void => {
+    const { no, nr } = STAGE_BITS[stage];
+    if ((asked & no) !== 0) p = (p & ~no) | nr;
+  };
+  listenTo('connect');
+  if (trackBytes) {
+    listenTo('header');
+    listenTo('body');
+  }
   if ((offer.protocol & SMFIP_RCPT_REJ) !== 0) p |= SMFIP_RCPT_REJ;
   const adjusted: NegotiateResult = { ...result, protocol: p >>> 0 };
   const macros = mergeMacros(result.macros);

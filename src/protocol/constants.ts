@@ -189,3 +189,21 @@ export const SMFIS_ALL_OPTS = 10;
 /** smfi_setmlreply limits. */
 export const MAX_REPLY_LINES = 32;
 export const MAX_REPLY_LINE_LENGTH = 980;
+
+/**
+ * Every reply-expecting event the MTA can skip or stop waiting for, named after its xxfi_* callback: its
+ * SMFIP_NO* bit ("don't send it"), its SMFIP_NR* bit ("no reply to it"), its command byte and the first
+ * protocol version that has it. The one table the session, the client and the policy derive theirs from.
+ */
+export const STAGE_BITS = {
+  connect: { no: SMFIP_NOCONNECT, nr: SMFIP_NR_CONN, command: Command.CONNECT, minVersion: 2 },
+  helo: { no: SMFIP_NOHELO, nr: SMFIP_NR_HELO, command: Command.HELO, minVersion: 2 },
+  envfrom: { no: SMFIP_NOMAIL, nr: SMFIP_NR_MAIL, command: Command.MAIL, minVersion: 2 },
+  envrcpt: { no: SMFIP_NORCPT, nr: SMFIP_NR_RCPT, command: Command.RCPT, minVersion: 2 },
+  data: { no: SMFIP_NODATA, nr: SMFIP_NR_DATA, command: Command.DATA, minVersion: 4 },
+  header: { no: SMFIP_NOHDRS, nr: SMFIP_NR_HDR, command: Command.HEADER, minVersion: 2 },
+  eoh: { no: SMFIP_NOEOH, nr: SMFIP_NR_EOH, command: Command.EOH, minVersion: 2 },
+  body: { no: SMFIP_NOBODY, nr: SMFIP_NR_BODY, command: Command.BODY, minVersion: 2 },
+  unknown: { no: SMFIP_NOUNKNOWN, nr: SMFIP_NR_UNKN, command: Command.UNKNOWN, minVersion: 3 },
+} as const;
+export type StageName = keyof typeof STAGE_BITS;

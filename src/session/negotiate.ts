@@ -45,8 +45,9 @@ import {
   SMFIP_RCPT_REJ,
   SMFIP_SKIP,
   SMFIP_TEST,
+  STAGE_BITS,
+  type StageName,
 } from '../protocol/constants.js';
-import { STAGES, type StageInfo } from './stages.js';
 
 /** `filter.actions` names → SMFIF_* bits. */
 export const ACTION_BITS: Readonly<Record<ActionName, number>> = {
@@ -71,18 +72,8 @@ const MACRO_STAGE_NUMBER: Readonly<Record<MacroStage, 0 | 1 | 2 | 3 | 4 | 5 | 6>
   eoh: 6,
 };
 
-/** Callback name → the NO-bit requested when it is absent. */
-const NO_BIT_BY_CALLBACK: ReadonlyArray<readonly [keyof Filter, number]> = [
-  ['connect', SMFIP_NOCONNECT],
-  ['helo', SMFIP_NOHELO],
-  ['envfrom', SMFIP_NOMAIL],
-  ['envrcpt', SMFIP_NORCPT],
-  ['header', SMFIP_NOHDRS],
-  ['eoh', SMFIP_NOEOH],
-  ['body', SMFIP_NOBODY],
-  ['data', SMFIP_NODATA],
-  ['unknown', SMFIP_NOUNKNOWN],
-];
+/** Callback name → its NO/NR bits (the callback named after the stage). */
+const STAGE_ENTRIES = Object.entries(STAGE_BITS) as Array<[StageName, (typeof STAGE_BITS)[StageName]]>;
 
 /** Everything the session needs after a successful negotiation. */
 export interface NegotiationOutcome {
@@ -147,12 +138,11 @@ function macroLists(macros: Partial<Record<MacroStage, readonly string[]>>): Mac
  */
 export function requestFromFilter(filter: Filter<unknown>, offer: NegotiationOffer): NegotiateResult {
   let protocol = 0;
-  for (const [cb, flag] of NO_BIT_BY_CALLBACK) if (typeof filter[cb] !== 'function') protocol |= flag;
+  for (const [cb, bits] of STAGE_ENTRIES) if (typeof filter[cb] !== 'function') protocol |= bits.no;
   for (const stage of filter.noReply ?? []) {
-    const kind = stage === 'envfrom' ? 'mail' : stage === 'envrcpt' ? 'rcpt' : stage;
-    const info = (STAGES as Readonly<Record<string, StageInfo | undefined>>)[kind];
-    if (info === undefined || info.noReplyBit === 0) throw refuse(`unknown noReply stage ${String(stage)}`);
-    protocol |= info.noReplyBit;
+    const bits = (STAGE_BITS as Readonly<Record<string, { nr: number } | undefined>>)[stage];
+    if (bits === undefined) throw refuse(`unknown noReply stage ${String(stage)}`);
+    protocol |= bits.nr;
   }
   if (typeof filter.body === 'function') protocol |= SMFIP_SKIP & offer.protocol;
   if (filter.headerLeadingSpace === true) protocol |= SMFIP_HDR_LEADSPC & offer.protocol;

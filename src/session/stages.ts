@@ -2,25 +2,7 @@
  * libmilter's session state machine (protocol doc §7.2) as a table: states, the commands each state
  * allows next, stages the filter opted out of (skippable), and the stage metadata the dispatcher needs.
  */
-import {
-  SMFIP_NOBODY,
-  SMFIP_NOCONNECT,
-  SMFIP_NODATA,
-  SMFIP_NOEOH,
-  SMFIP_NOHDRS,
-  SMFIP_NOHELO,
-  SMFIP_NOMAIL,
-  SMFIP_NORCPT,
-  SMFIP_NR_BODY,
-  SMFIP_NR_CONN,
-  SMFIP_NR_DATA,
-  SMFIP_NR_EOH,
-  SMFIP_NR_HDR,
-  SMFIP_NR_HELO,
-  SMFIP_NR_MAIL,
-  SMFIP_NR_RCPT,
-  SMFIP_NR_UNKN,
-} from '../protocol/constants.js';
+import { STAGE_BITS as B } from '../protocol/constants.js';
 import type { CallbackResult, ConnectionInfo, Filter, StageContext } from '../filter.js';
 import type { MilterCommand } from '../protocol/types.js';
 
@@ -86,14 +68,14 @@ const NEXT: readonly number[] = [
 
 /** NO-bit → the state it makes skippable (libmilter's `fix_stm`). */
 const SKIP_BY_FLAG: ReadonlyArray<readonly [number, State]> = [
-  [SMFIP_NOCONNECT, State.CONN],
-  [SMFIP_NOHELO, State.HELO],
-  [SMFIP_NOMAIL, State.MAIL],
-  [SMFIP_NORCPT, State.RCPT],
-  [SMFIP_NODATA, State.DATA],
-  [SMFIP_NOHDRS, State.HDRS],
-  [SMFIP_NOEOH, State.EOHS],
-  [SMFIP_NOBODY, State.BODY],
+  [B.connect.no, State.CONN],
+  [B.helo.no, State.HELO],
+  [B.envfrom.no, State.MAIL],
+  [B.envrcpt.no, State.RCPT],
+  [B.data.no, State.DATA],
+  [B.header.no, State.HDRS],
+  [B.eoh.no, State.EOHS],
+  [B.body.no, State.BODY],
 ];
 
 /** Bit mask of skippable states for the negotiated (requested) protocol flags. */
@@ -146,16 +128,16 @@ const info = (
 
 /** Stage table, keyed by command kind. */
 export const STAGES = {
-  connect: info('connect', State.CONN, SMFIP_NR_CONN, false, true),
-  helo: info('helo', State.HELO, SMFIP_NR_HELO, false, true),
-  mail: info('envfrom', State.MAIL, SMFIP_NR_MAIL),
-  rcpt: info('envrcpt', State.RCPT, SMFIP_NR_RCPT, true),
-  data: info('data', State.DATA, SMFIP_NR_DATA),
-  header: info('header', State.HDRS, SMFIP_NR_HDR),
-  eoh: info('eoh', State.EOHS, SMFIP_NR_EOH),
-  body: info('body', State.BODY, SMFIP_NR_BODY),
+  connect: info('connect', State.CONN, B.connect.nr, false, true),
+  helo: info('helo', State.HELO, B.helo.nr, false, true),
+  mail: info('envfrom', State.MAIL, B.envfrom.nr),
+  rcpt: info('envrcpt', State.RCPT, B.envrcpt.nr, true),
+  data: info('data', State.DATA, B.data.nr),
+  header: info('header', State.HDRS, B.header.nr),
+  eoh: info('eoh', State.EOHS, B.eoh.nr),
+  body: info('body', State.BODY, B.body.nr),
   eom: info('eom', State.ENDM, 0),
-  unknown: info('unknown', State.UNKN, SMFIP_NR_UNKN, true),
+  unknown: info('unknown', State.UNKN, B.unknown.nr, true),
 } as const satisfies Record<string, StageInfo>;
 
 /** Commands that run one decision callback. */

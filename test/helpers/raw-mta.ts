@@ -6,26 +6,7 @@ import net from 'node:net';
 import { decodeResponse } from '../../src/protocol/decode.js';
 import { encodeCommands } from '../../src/protocol/encode.js';
 import { FrameDecoder } from '../../src/protocol/frame.js';
-import {
-  SMFI_CURR_ACTS,
-  SMFI_CURR_PROT,
-  SMFIP_NOBODY,
-  SMFIP_NOCONNECT,
-  SMFIP_NODATA,
-  SMFIP_NOEOH,
-  SMFIP_NOHDRS,
-  SMFIP_NOHELO,
-  SMFIP_NOMAIL,
-  SMFIP_NORCPT,
-  SMFIP_NR_BODY,
-  SMFIP_NR_CONN,
-  SMFIP_NR_DATA,
-  SMFIP_NR_EOH,
-  SMFIP_NR_HDR,
-  SMFIP_NR_HELO,
-  SMFIP_NR_MAIL,
-  SMFIP_NR_RCPT,
-} from '../../src/protocol/constants.js';
+import { SMFI_CURR_ACTS, SMFI_CURR_PROT, STAGE_BITS } from '../../src/protocol/constants.js';
 import type { ListenAddress } from '../../src/server/server.js';
 import type { MilterCommand, MilterResponse, OptnegResponse } from '../../src/protocol/types.js';
 
@@ -123,14 +104,14 @@ export function rawFrame(command: number, payload: Buffer, lengthField = payload
 
 /** Per-command protocol bits: [SMFIP_NO*, SMFIP_NR*] (milter-protocol.md §2.5). */
 const STEP_BITS = {
-  connect: [SMFIP_NOCONNECT, SMFIP_NR_CONN],
-  helo: [SMFIP_NOHELO, SMFIP_NR_HELO],
-  mail: [SMFIP_NOMAIL, SMFIP_NR_MAIL],
-  rcpt: [SMFIP_NORCPT, SMFIP_NR_RCPT],
-  data: [SMFIP_NODATA, SMFIP_NR_DATA],
-  header: [SMFIP_NOHDRS, SMFIP_NR_HDR],
-  eoh: [SMFIP_NOEOH, SMFIP_NR_EOH],
-  body: [SMFIP_NOBODY, SMFIP_NR_BODY],
+  connect: [STAGE_BITS.connect.no, STAGE_BITS.connect.nr],
+  helo: [STAGE_BITS.helo.no, STAGE_BITS.helo.nr],
+  mail: [STAGE_BITS.envfrom.no, STAGE_BITS.envfrom.nr],
+  rcpt: [STAGE_BITS.envrcpt.no, STAGE_BITS.envrcpt.nr],
+  data: [STAGE_BITS.data.no, STAGE_BITS.data.nr],
+  header: [STAGE_BITS.header.no, STAGE_BITS.header.nr],
+  eoh: [STAGE_BITS.eoh.no, STAGE_BITS.eoh.nr],
+  body: [STAGE_BITS.body.no, STAGE_BITS.body.nr],
 } as const;
 
 const FINAL = new Set([
