@@ -9,7 +9,9 @@
 #     its binary needs (ordinary library packages, installed normally);
 #   * sendmail-cf (m4 macros; installed normally unless apt would remove something for it, then it is
 #     unpacked privately into the same folder), m4, swaks, strace, miltertest, libmilter-dev, gcc;
-#   * sasl2-bin + SASL plugins (saslpasswd2 and the PLAIN/sasldb modules: the private Sendmail's SMTP AUTH).
+#   * sasl2-bin + SASL plugins (saslpasswd2 and the PLAIN/sasldb modules: the private Sendmail's SMTP AUTH);
+#   * podman, runc, debootstrap, iptables, with their recommends (the container test builds and runs the
+#     Dockerfile offline, docs in scripts/container-base.sh).
 #
 # Usage: scripts/install-test-deps.sh [--if-missing]
 #   --if-missing  do nothing (quickly) when everything is already there.
@@ -41,6 +43,8 @@ die() {
 
 # Packages installed the ordinary way (binary we check for -> package).
 APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db)
+# Container tooling, installed with recommends as in the verified podman recipe (netavark, buildah...).
+CONTAINER_PACKAGES=(podman runc debootstrap iptables)
 have_pkg() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 sendmail_cf_dir() {
@@ -64,13 +68,13 @@ missing() {
   sendmail_ok || out+=(sendmail-bin)
   sendmail_cf_dir >/dev/null || out+=(sendmail-cf)
   local p
-  for p in "${APT_PACKAGES[@]}"; do have_pkg "$p" || out+=("$p"); done
+  for p in "${APT_PACKAGES[@]}" "${CONTAINER_PACKAGES[@]}"; do have_pkg "$p" || out+=("$p"); done
   echo "${out[*]:-}"
 }
 
 MISSING="$(missing)"
 if [ "$IF_MISSING" = 1 ] && [ -z "$MISSING" ]; then
-  say "everything is already installed (postfix, private sendmail in $SENDMAIL_ROOT, sendmail-cf, ${APT_PACKAGES[*]}); nothing to do"
+  say "everything is already installed (postfix, private sendmail in $SENDMAIL_ROOT, sendmail-cf, ${APT_PACKAGES[*]} ${CONTAINER_PACKAGES[*]}); nothing to do"
   exit 0
 fi
 
@@ -151,6 +155,16 @@ if [ "${#TO_INSTALL[@]}" -gt 0 ]; then
   "${APT[@]}" install --no-install-recommends "${TO_INSTALL[@]}" >/dev/null
 else
   say "already installed: ${APT_PACKAGES[*]}"
+fi
+TO_INSTALL=()
+for p in "${CONTAINER_PACKAGES[@]}"; do have_pkg "$p" || TO_INSTALL+=("$p"); done
+if [ "${#TO_INSTALL[@]}" -gt 0 ]; then
+  apt_update_once
+  forbid_service_start
+  say "installing ${TO_INSTALL[*]} (with recommends)"
+  "${APT[@]}" install "${TO_INSTALL[@]}" >/dev/null
+else
+  say "already installed: ${CONTAINER_PACKAGES[*]}"
 fi
 
 # --- private sendmail (sendmail-bin conflicts with postfix) ------------------------------------------
