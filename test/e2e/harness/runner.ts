@@ -5,23 +5,33 @@
  */
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { createMilterServer, type MilterServer } from '../../../src/server/server.js';
 import type { MilterObserver } from '../../../src/observer.js';
+import type { Filter } from '../../../src/filter.js';
+import {
+  createShutdownPolicy,
+  withShutdownPolicy,
+  type PolicyDecisionEvent,
+  type PolicyFiredEvent,
+  type PolicyHookErrorEvent,
+} from '../../../src/policy/index.js';
 import { PostfixMta } from './postfix.js';
 import { SendmailMta } from './sendmail.js';
 import { SmtpSink, type SinkMessage } from './sink.js';
 import { SmtpClient, type SmtpReply } from './smtp-client.js';
-import { ScriptedFilter } from './scripted-filter.js';
+import { ScriptedFilter, scriptedHook, type ScriptedPriv } from './scripted-filter.js';
 import { openServerConnections, type Mta, type MtaKind } from './mta.js';
 import { makeWorkDir, waitFor } from './proc.js';
 import {
   contentBytes,
   type DeliveredExpect,
+  type EventsExpect,
   type FilterExpect,
   type HeldExpect,
   type MessageSpec,
   type OutcomeExpect,
+  type PolicyExpect,
   type ReplyExpect,
   type Scenario,
   type SessionSpec,
@@ -47,13 +57,43 @@ class ConnectionCounter implements MilterObserver {
   }
 }
 
+/** The shutdown policy's events during one scenario, in the order they were emitted. */
+export class PolicyLog {
+  readonly decisions: PolicyDecisionEvent[] = [];
+  readonly fired: PolicyFiredEvent[] = [];
+  readonly hookErrors: PolicyHookErrorEvent[] = [];
+  reset(): void {
+    this.decisions.length = 0;
+    this.fired.length = 0;
+    this.hookErrors.length = 0;
+  }
+}
+
+/**
+ * The filter given to the milter server once: every property read goes to the current scenario's filter,
+ * so a scenario can run the scripted filter as it is or under its own shutdown policy. The session reads
+ * the filter's callbacks (and `negotiate`) per milter connection, and each scenario starts with none open.
+ */
+function switchableFilter(current: () => Filter<ScriptedPriv>): Filter<ScriptedPriv> {
+  return new Proxy<Filter<ScriptedPriv>>(
+    {},
+    {
+      get: (_target, key) => Reflect.get(current(), key) as unknown,
+      has: (_target, key) => Reflect.has(current(), key),
+    },
+  );
+}
+
 export class E2eEnv {
   readonly sink = new SmtpSink();
   readonly scripted = new ScriptedFilter();
   readonly counter = new ConnectionCounter();
+  readonly policyLog = new PolicyLog();
   server: MilterServer | undefined;
   mta: Mta | undefined;
   dir = '';
+  private logger: Logger | undefined;
+  private active: Filter<ScriptedPriv> = this.scripted.filter();
 
   constructor(readonly options: E2eOptions) {}
 
@@ -76,8 +116,9 @@ export class E2eEnv {
       process.env.MILTERD_E2E_LOG === '1'
         ? pino({ level: 'trace' }, pino.destination({ dest: path.join(this.dir, 'milterd.log'), sync: true }))
         : undefined;
+    this.logger = logger;
     this.server = createMilterServer({
-      filter: this.scripted.filter(),
+      filter: switchableFilter(() => this.active),
       logger,
       observer: this.counter,
       // Longer than the MTAs' own milter timeouts, so that a hanging filter is timed out by the MTA.
@@ -103,6 +144,30 @@ export class E2eEnv {
       this.options.kind === 'postfix'
         ? await PostfixMta.start(mtaOptions)
         : await SendmailMta.start(mtaOptions);
+  }
+
+  /**
+   * Set up the filter for a scenario: the scripted filter with the scenario's `filter:` section, wrapped
+   * with `withShutdownPolicy` when the scenario has a `policy:` section (the policy file's rules, then the
+   * test hooks registered first or last, in list order; every policy event is recorded in `policyLog`).
+   */
+  prepare(scenario: Scenario): void {
+    this.scripted.reset(scenario.filter);
+    this.policyLog.reset();
+    const scripted = this.scripted.filter();
+    if (!scenario.policyConfig) {
+      this.active = scripted;
+      return;
+    }
+    const policy = createShutdownPolicy(scenario.policyConfig, this.logger ? { logger: this.logger } : {});
+    for (const hook of scenario.policy?.hooks ?? []) {
+      if (hook.at === 'first') policy.registerFirst(hook.name, scriptedHook(hook));
+      else policy.registerLast(hook.name, scriptedHook(hook));
+    }
+    policy.on('decision', (e) => this.policyLog.decisions.push(e));
+    policy.on('fired', (e) => this.policyLog.fired.push(e));
+    policy.on('hookError', (e) => this.policyLog.hookErrors.push(e));
+    this.active = withShutdownPolicy(scripted, policy);
   }
 
   /** Stop the MTA (every process by pid), milterd and the sink. Safe to call after a failed start. */
@@ -454,6 +519,104 @@ function checkFilter(c: Checker, env: E2eEnv, expected: FilterExpect | undefined
   c.check(s.actionErrors.length === 0, `EOM actions failed in the filter: ${s.actionErrors.join('; ')}`);
 }
 
+/** Does `actual` have every field of `want` (exact, or `/regex/`; `counters` compared one by one)? */
+function eventMismatches(want: object, actual: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const [key, value] of Object.entries(want) as Array<[string, unknown]>) {
+    const got = actual[key];
+    if (key === 'counters' && typeof value === 'object' && value !== null) {
+      const counters = (typeof got === 'object' && got !== null ? got : {}) as Record<string, unknown>;
+      for (const [name, n] of Object.entries(value as Record<string, unknown>)) {
+        if (counters[name] !== n) out.push(`counters.${name} ${String(counters[name])} != ${String(n)}`);
+      }
+    } else if (!pattern(String(value))(String(got))) {
+      out.push(`${key} ${JSON.stringify(got)} != ${JSON.stringify(value)}`);
+    }
+  }
+  return out;
+}
+
+function checkEvents<T extends object>(
+  c: Checker,
+  label: string,
+  expected: EventsExpect<T> | undefined,
+  actual: Array<Record<string, unknown>>,
+): void {
+  if (expected === undefined) return;
+  const shown = actual.map((a) => JSON.stringify(a)).join('\n    ') || '(none)';
+  if (!Array.isArray(expected)) {
+    c.check(
+      countMatches(expected, actual.length),
+      `policy ${label}: ${actual.length} event(s), expected ${expected}:\n    ${shown}`,
+    );
+    return;
+  }
+  c.check(
+    actual.length === expected.length,
+    `policy ${label}: ${actual.length} event(s), expected ${expected.length}:\n    ${shown}`,
+  );
+  expected.forEach((want, i) => {
+    const got = actual[i];
+    if (got === undefined) return;
+    const why = eventMismatches(want, got);
+    c.check(why.length === 0, `policy ${label}[${i}]: ${why.join('; ')} (in ${JSON.stringify(got)})`);
+  });
+}
+
+/** The policy events as the scenario names them (a hook error by its hook and coded error). */
+function policyViews(log: PolicyLog): Record<keyof PolicyExpect, Array<Record<string, unknown>>> {
+  return {
+    decisions: log.decisions.map((e) => ({ ...e })),
+    fired: log.fired.map((e) => ({ ...e })),
+    hookErrors: log.hookErrors.map((e) => ({
+      connectionId: e.connectionId,
+      hook: e.hook,
+      code: e.error.code,
+      message: e.error.message,
+    })),
+  };
+}
+
+function checkPolicy(c: Checker, log: PolicyLog, expected: PolicyExpect | undefined): void {
+  if (!expected) return;
+  const views = policyViews(log);
+  checkEvents(c, 'decisions', expected.decisions, views.decisions);
+  checkEvents(c, 'fired', expected.fired, views.fired);
+  checkEvents(c, 'hookErrors', expected.hookErrors, views.hookErrors);
+}
+
+/** The queue id in a 250 reply to the end of DATA (Postfix: `queued as ID`; Sendmail: `ID Message accepted`). */
+export function queueIdOf(reply: string): string | undefined {
+  return (
+    /\bqueued as ([0-9A-Za-z]+)/.exec(reply)?.[1] ??
+    /^250[ -]\d\.\d+\.\d+ ([0-9A-Za-z]+) Message accepted/m.exec(reply)?.[1]
+  );
+}
+
+/**
+ * Every message the client was told was accepted (250 to the end of DATA) is in the sink: the sink's
+ * message carries the MTA's queue id in its Received header (`... with ESMTP id ID`).
+ */
+function checkAcceptedDelivered(c: Checker, results: StepResult[], messages: SinkMessage[]): void {
+  for (const r of results) {
+    if (r.step !== 'message' || r.reply?.code !== 250) continue;
+    const label = `session ${r.session + 1}: ${JSON.stringify(r.reply.text)}`;
+    const id = queueIdOf(r.reply.text);
+    if (id === undefined) {
+      c.check(false, `${label}: no queue id in this 250 reply`);
+      continue;
+    }
+    const idRe = new RegExp(`\\bid ${id}\\b`);
+    const found = messages.some((m) =>
+      m.headers.some((h) => h.name.toLowerCase() === 'received' && idRe.test(h.value)),
+    );
+    c.check(
+      found,
+      `${label}: the client was told the message was accepted, but the sink has no message ${id}`,
+    );
+  }
+}
+
 function mergedOutcome(s: Scenario, kind: MtaKind): OutcomeExpect {
   const both = s.expect.both ?? {};
   const own = s.expect[kind] ?? {};
@@ -461,6 +624,7 @@ function mergedOutcome(s: Scenario, kind: MtaKind): OutcomeExpect {
     ...both,
     ...own,
     filter: both.filter || own.filter ? { ...both.filter, ...own.filter } : undefined,
+    policy: both.policy || own.policy ? { ...both.policy, ...own.policy } : undefined,
   };
 }
 
@@ -470,7 +634,7 @@ export async function runScenario(env: E2eEnv, scenario: Scenario): Promise<void
   if (!mta) throw new Error('the MTA is not running');
   env.sink.reset();
   await mta.clearHeld();
-  env.scripted.reset(scenario.filter);
+  env.prepare(scenario);
   env.counter.opened = 0;
   env.counter.closed = 0;
   const c = new Checker();
@@ -509,6 +673,9 @@ export async function runScenario(env: E2eEnv, scenario: Scenario): Promise<void
     checkDelivered(c, outcome.delivered, env.sink.messages);
     checkHeld(c, outcome.held, await mta.held());
     checkFilter(c, env, outcome.filter);
+    checkPolicy(c, env.policyLog, outcome.policy);
+    // Under a shutdown policy, no message the client was told was accepted may be lost.
+    if (scenario.policyConfig) checkAcceptedDelivered(c, results, env.sink.messages);
   } catch (error) {
     c.check(false, error instanceof Error ? error.message : String(error));
   } finally {
@@ -529,10 +696,16 @@ export async function runScenario(env: E2eEnv, scenario: Scenario): Promise<void
     const calls = env.scripted.calls.map(
       (x) => `${x.conn} ${x.cb} ${x.arg.slice(0, 80).replace(/\n/g, ' | ')} -> ${x.decision}`,
     );
+    const views = policyViews(env.policyLog);
+    const policy = scenario.policyConfig
+      ? `--- policy events\n${(['decisions', 'fired', 'hookErrors'] as const)
+          .flatMap((k) => views[k].map((e) => `${k}: ${JSON.stringify(e)}`))
+          .join('\n')}\n`
+      : '';
     throw new Error(
       `${scenario.file} on ${mta.kind}:\n- ${c.failures.join('\n- ')}\n` +
         `\n--- SMTP\n${transcripts.join('\n')}\n--- sink\n${sink.join('\n') || '(nothing)'}\n` +
-        `--- filter\n${calls.join('\n')}\n--- ${mta.kind} log (tail)\n${(await mta.log()).slice(-4000)}`,
+        `--- filter\n${calls.join('\n')}\n${policy}--- ${mta.kind} log (tail)\n${(await mta.log()).slice(-4000)}`,
     );
   }
 }

@@ -2,11 +2,12 @@
  * Scenario files (fixtures/testcases/*.yaml): one SMTP conversation, what the scripted filter does, and
  * what each MTA is expected to show. See fixtures/testcases/README.md for the schema with examples.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { parse } from 'yaml';
+import { LineCounter, isNode, parse, parseDocument } from 'yaml';
+import { parsePolicy, type PolicyConfig } from '../../../src/policy/index.js';
 import type { MtaKind } from './mta.js';
 
 export const STAGES = [
@@ -158,11 +159,62 @@ export interface FilterExpect {
   args?: Record<string, string[]>;
 }
 
+/** A test-only should-shutdown hook, registered after the policy's rules are (`first`: before them). */
+export interface PolicyHookSpec {
+  name: string;
+  at: 'first' | 'last';
+  /** The hook throws at every evaluation (else it answers "no shutdown"). */
+  throws?: boolean;
+}
+
+/** The `policy:` section: the scripted filter runs under `withShutdownPolicy` with this policy. */
+export interface PolicySpec {
+  /** A file of fixtures/policy. */
+  file?: string;
+  /** A policy written in the scenario (same format as a policy file). */
+  inline?: Record<string, unknown>;
+  hooks?: PolicyHookSpec[];
+}
+
+/** A count (`3`, `">=1"`) or one entry per event, in the order they were emitted (fields compared exactly, `/re/` for a regex). */
+export type EventsExpect<T> = number | string | T[];
+
+export interface PolicyDecisionExpect {
+  hook?: string;
+  reason?: string;
+  mode?: 'enforce' | 'dry-run';
+  event?: 'connect' | 'message' | 'recipient';
+  firesAt?: 'this-reply' | 'next-command';
+  text?: string;
+  /** Counters of the record at the decision (only those given). */
+  counters?: Record<string, number>;
+}
+
+export interface PolicyFiredExpect {
+  hook?: string;
+  reason?: string;
+  stage?: string;
+}
+
+export interface PolicyHookErrorExpect {
+  hook?: string;
+  /** The coded error: ERR_MILTER_HOOK_FAILED or ERR_MILTER_HOOK_TIMEOUT. */
+  code?: string;
+}
+
+/** What the policy emitted over the whole scenario (`decision`, `fired`, `hookError` events). */
+export interface PolicyExpect {
+  decisions?: EventsExpect<PolicyDecisionExpect>;
+  fired?: EventsExpect<PolicyFiredExpect>;
+  hookErrors?: EventsExpect<PolicyHookErrorExpect>;
+}
+
 export interface OutcomeExpect {
   /** Messages the sink received: count, or one entry per message (matched in any order). */
   delivered?: number | DeliveredExpect[];
   held?: number | HeldExpect[];
   filter?: FilterExpect;
+  policy?: PolicyExpect;
 }
 
 export interface Scenario {
@@ -172,11 +224,19 @@ export interface Scenario {
   /** MTAs this scenario cannot apply to, with the reason: it is not part of their suites. */
   notApplicable?: Partial<Record<MtaKind, string>>;
   filter?: FilterSpec;
+  policy?: PolicySpec;
+  /** The policy of the `policy:` section, parsed and checked by `parsePolicy` when the scenario is loaded. */
+  policyConfig?: PolicyConfig;
   sessions: SessionSpec[];
   expect: { both?: OutcomeExpect; postfix?: OutcomeExpect; sendmail?: OutcomeExpect };
 }
 
-const TOP_KEYS = ['name', 'description', 'notApplicable', 'filter', 'sessions', 'expect'];
+const TOP_KEYS = ['name', 'description', 'notApplicable', 'filter', 'policy', 'sessions', 'expect'];
+const POLICY_EXPECT_KEYS: Record<string, string[]> = {
+  decisions: ['hook', 'reason', 'mode', 'event', 'firesAt', 'text', 'counters'],
+  fired: ['hook', 'reason', 'stage'],
+  hookErrors: ['hook', 'code'],
+};
 
 function fail(file: string, message: string): never {
   throw new Error(`${file}: ${message}`);
@@ -241,27 +301,93 @@ export function parseScenario(file: string, text: string): Scenario {
   checkKeys(file, 'expect', doc.expect, ['both', 'postfix', 'sendmail']);
   for (const [who, outcome] of Object.entries(doc.expect)) {
     if (!isObject(outcome)) fail(file, `expect.${who} must be a mapping`);
-    checkKeys(file, `expect.${who}`, outcome, ['delivered', 'held', 'filter']);
+    checkKeys(file, `expect.${who}`, outcome, ['delivered', 'held', 'filter', 'policy']);
     if (outcome.filter !== undefined) {
       if (!isObject(outcome.filter)) fail(file, `expect.${who}.filter must be a mapping`);
       checkKeys(file, `expect.${who}.filter`, outcome.filter, ['connections', 'calls', 'macros', 'args']);
     }
+    if (outcome.policy !== undefined) checkPolicyExpect(file, `expect.${who}.policy`, outcome.policy);
   }
+  let policyConfig: PolicyConfig | undefined;
+  if (doc.policy !== undefined) policyConfig = parsePolicySection(file, text, doc.policy);
   if (doc.notApplicable !== undefined) {
     if (!isObject(doc.notApplicable)) fail(file, '"notApplicable" must map postfix/sendmail to a reason');
     checkKeys(file, 'notApplicable', doc.notApplicable, ['postfix', 'sendmail']);
   }
-  return { ...(doc as unknown as Omit<Scenario, 'file'>), file };
+  return { ...(doc as unknown as Omit<Scenario, 'file' | 'policyConfig'>), file, policyConfig };
 }
 
-/** fixtures/testcases of the repository (found from this file, in test/ or in dist/test/). */
-export function testcasesDir(): string {
+function checkPolicyExpect(file: string, where: string, expect: unknown): void {
+  if (!isObject(expect)) fail(file, `${where} must be a mapping`);
+  checkKeys(file, where, expect, Object.keys(POLICY_EXPECT_KEYS));
+  for (const [key, value] of Object.entries(expect)) {
+    if (typeof value === 'number' || typeof value === 'string') continue;
+    if (!Array.isArray(value)) fail(file, `${where}.${key} must be a count or a list`);
+    value.forEach((entry: unknown, i: number) => {
+      if (!isObject(entry)) fail(file, `${where}.${key}[${i}] must be a mapping`);
+      checkKeys(file, `${where}.${key}[${i}]`, entry, POLICY_EXPECT_KEYS[key] ?? []);
+    });
+  }
+}
+
+/**
+ * Check the `policy:` section and parse its policy with `parsePolicy`, so that a bad policy is refused when
+ * the scenario is loaded, with the file, line and field. An inline policy is parsed from the scenario's own
+ * text (padded to its line and column), so the line numbers in errors are those of the scenario file.
+ */
+function parsePolicySection(file: string, text: string, section: unknown): PolicyConfig {
+  if (!isObject(section)) fail(file, '"policy" must be a mapping');
+  checkKeys(file, 'policy', section, ['file', 'inline', 'hooks']);
+  const hooks: unknown = section.hooks ?? [];
+  if (!Array.isArray(hooks)) fail(file, 'policy.hooks must be a list');
+  const names = new Set<string>();
+  hooks.forEach((hook: unknown, i: number) => {
+    if (!isObject(hook)) fail(file, `policy.hooks[${i}] must be a mapping`);
+    checkKeys(file, `policy.hooks[${i}]`, hook, ['name', 'at', 'throws']);
+    if (typeof hook.name !== 'string' || hook.name === '' || names.has(hook.name)) {
+      fail(file, `policy.hooks[${i}].name must be a unique non-empty string`);
+    }
+    names.add(hook.name);
+    if (hook.at !== 'first' && hook.at !== 'last') fail(file, `policy.hooks[${i}].at must be first or last`);
+    if (hook.throws !== undefined && typeof hook.throws !== 'boolean') {
+      fail(file, `policy.hooks[${i}].throws must be a boolean`);
+    }
+  });
+  if ((section.file === undefined) === (section.inline === undefined)) {
+    fail(file, 'policy needs exactly one of file (a file of fixtures/policy) or inline (a policy mapping)');
+  }
+  if (section.file !== undefined) {
+    if (typeof section.file !== 'string' || section.file.includes('/')) {
+      fail(file, 'policy.file must be the name of a file in fixtures/policy');
+    }
+    const policyFile = path.join(fixturesDir(), 'policy', section.file);
+    if (!existsSync(policyFile)) fail(file, `policy.file: ${policyFile} does not exist`);
+    return parsePolicy(readFileSync(policyFile, 'utf8'), policyFile);
+  }
+  if (!isObject(section.inline))
+    fail(file, 'policy.inline must be a mapping (a policy, as in a policy file)');
+  const lines = new LineCounter();
+  const node = parseDocument(text, { lineCounter: lines }).getIn(['policy', 'inline'], true);
+  if (!isNode(node) || node.range == null) fail(file, 'policy.inline: cannot locate it in the file');
+  const [start, end] = node.range;
+  const { line, col } = lines.linePos(start);
+  const source = '\n'.repeat(line - 1) + ' '.repeat(col - 1) + text.slice(start, end);
+  return parsePolicy(source, `${file} (policy.inline)`);
+}
+
+/** fixtures/ of the repository (found from this file, in test/ or in dist/test/). */
+export function fixturesDir(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 8; i++) {
-    if (existsSync(path.join(dir, 'package.json'))) return path.join(dir, 'fixtures', 'testcases');
+    if (existsSync(path.join(dir, 'package.json'))) return path.join(dir, 'fixtures');
     dir = path.dirname(dir);
   }
   throw new Error(`cannot find the repository root from ${import.meta.url}`);
+}
+
+/** fixtures/testcases of the repository. */
+export function testcasesDir(): string {
+  return path.join(fixturesDir(), 'testcases');
 }
 
 /** Every scenario file, sorted by file name. `MILTERD_E2E_ONLY=a,b` keeps those whose file name contains one of them. */

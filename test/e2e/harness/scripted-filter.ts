@@ -11,7 +11,15 @@ import {
   type Filter,
   type StageContext,
 } from '../../../src/filter.js';
-import { contentBytes, type EomSpec, type FilterRule, type FilterSpec, type Stage } from './scenario.js';
+import type { ShouldShutdownHook } from '../../../src/policy/index.js';
+import {
+  contentBytes,
+  type EomSpec,
+  type FilterRule,
+  type FilterSpec,
+  type PolicyHookSpec,
+  type Stage,
+} from './scenario.js';
 
 export type LoggedCallback = Stage | 'abort' | 'close';
 
@@ -36,6 +44,14 @@ const HANG_LIMIT_MS = 60_000;
 function summary(priv: ScriptedPriv | undefined): string {
   if (!priv) return '';
   return `${priv.sender} ${priv.recipients.join(' ')}\n${priv.headers.join('\n')}`;
+}
+
+/** A test-only should-shutdown hook of a scenario's `policy.hooks`: it throws, or never asks for a shutdown. */
+export function scriptedHook(spec: PolicyHookSpec): ShouldShutdownHook {
+  return () => {
+    if (spec.throws) throw new Error(`scripted hook ${spec.name}: thrown as the scenario asks`);
+    return false;
+  };
 }
 
 export class ScriptedFilter {
