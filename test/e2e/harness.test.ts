@@ -73,3 +73,22 @@ test('strace reading finds every IPv4/IPv6 address contacted', async () => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('scenario parser checks the policy section: unknown keys, file xor inline, inline errors at their real line', () => {
+  const base = 'name: x\nsessions: [{ steps: [] }]\nexpect: { both: {} }\n';
+  assert.throws(
+    () => parseScenario('p1.yaml', base + 'policy: { fil: max-messages-2.yaml }\n'),
+    /p1\.yaml.*fil/,
+  );
+  assert.throws(
+    () =>
+      parseScenario(
+        'p2.yaml',
+        base + 'policy:\n  file: max-messages-2.yaml\n  inline: { rules: [{ max-messages: 2 }] }\n',
+      ),
+    /p2\.yaml/,
+  );
+  // The bad key sits on line 7 of the scenario file: the error must say so.
+  const inline = base + 'policy:\n  inline:\n    rules:\n      - max-mesages: 2\n';
+  assert.throws(() => parseScenario('p3.yaml', inline), /p3\.yaml \(policy\.inline\):7: rules\[0\]/);
+});
