@@ -1,13 +1,18 @@
 /**
  * One milter connection: socket glue between the byte stream and one Session.
  *
- * Reading is pull-mode (a 'readable' handler looping over `socket.read()` while not paused, as undici's
- * client-h1 `readMore` does). Frames go to the session one command at a time: while a command is in
- * flight, later socket chunks wait in `pending` instead of the decoder, because pushing would invalidate
- * the payload views the running callback may still hold. Past a byte budget we stop calling `read()`,
- * so the kernel buffers fill and TCP flow control slows the MTA down.
+ * Reading uses 'data' events with explicit `pause()`/`resume()` for backpressure. It measured cheaper
+ * than a 'readable' + `socket.read()` pull loop, which costs a nextTick and a `read()` call per chunk
+ * (benchmark, 128 × 10, 8 paired runs per transport: +5…7 % msg/s, CPU per message −0…3 %).
+ *
+ * Frames go to the session one command at a time: while a command is in flight, later socket chunks wait
+ * in `pending` instead of the decoder, because pushing would invalidate the payload views the running
+ * callback may still hold. Past a byte budget the socket is paused: the stream buffers at most its
+ * high-water mark, then stops reading from the kernel, whose buffers fill so TCP flow control slows the
+ * MTA down. A reply that does not flush (`write()` false) holds the next command until 'drain'.
  */
 import type net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { isMilterError, MilterProtocolError } from '../errors.js';
 import type { Filter } from '../filter.js';
@@ -90,6 +95,8 @@ export class MilterConnection {
   private paused = false;
   private inFlight = false;
   private waitingDrain = false;
+  /** performance.now() of the last chunk read or command answered (idle timeout). */
+  private lastActivity = 0;
   /** No more reading or dispatching: the connection is ending. */
   private dead = false;
   private eofSeen = false;
@@ -135,7 +142,7 @@ export class MilterConnection {
     const socket = this.socket;
     socket.setNoDelay(true);
     socket.setKeepAlive(true);
-    socket.on('readable', this.onReadable);
+    socket.on('data', this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
@@ -166,21 +173,10 @@ export class MilterConnection {
     this.abort('shutdown');
   }
 
-  private readonly onReadable = (): void => {
-    this.readMore();
-  };
-
-  private readMore(): void {
-    while (!this.paused && !this.dead) {
-      const chunk = this.socket.read() as Buffer | null;
-      if (chunk === null) return;
-      this.onChunk(chunk);
-    }
-  }
-
-  private onChunk(chunk: Buffer): void {
-    this.idleTimer?.refresh();
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.dead) return;
     if (this.inFlight || this.waitingDrain) {
+      this.lastActivity = performance.now();
       this.pending.push(chunk);
       this.pendingBytes += chunk.length;
       if (this.pendingBytes > connectionDebugStats.maxPendingBytes) {
@@ -189,12 +185,15 @@ export class MilterConnection {
       if (this.pendingBytes >= this.options.readBudgetBytes && !this.paused) {
         this.paused = true;
         connectionDebugStats.pauses++;
+        this.socket.pause();
       }
       return;
     }
     this.decoder.push(chunk);
     this.pump();
-  }
+    // After the chunk's commands ran: a long synchronous callback is not MTA idleness.
+    this.lastActivity = performance.now();
+  };
 
   /**
    * Dispatch every complete frame, one command at a time. Synchronous results continue in this loop
@@ -232,7 +231,7 @@ export class MilterConnection {
     }
     if (this.paused) {
       this.paused = false;
-      this.readMore();
+      this.socket.resume();
     }
   }
 
@@ -263,6 +262,7 @@ export class MilterConnection {
     this.inFlight = false;
     // A late result after a timeout, shutdown or EOF: the session already terminated; drop it.
     if (this.dead) return;
+    this.lastActivity = performance.now();
     if (this.complete(result)) this.pump();
   };
 
@@ -276,7 +276,10 @@ export class MilterConnection {
     let flushed = true;
     try {
       this.decoder.maxDataSize = this.session.maxDataSize;
-      if (result.responses.length > 0) flushed = this.write(encodeResponses(result.responses));
+      const responses = result.responses;
+      // One response is the common case; a payload-less one (CONTINUE…) is a shared preallocated frame.
+      if (responses.length === 1) flushed = this.write(encodeResponse(responses[0] as MilterResponse));
+      else if (responses.length > 1) flushed = this.write(encodeResponses(responses));
     } catch (err) {
       this.fail(err);
       return false;
@@ -318,12 +321,19 @@ export class MilterConnection {
     this.write(encodeResponse(response));
   }
 
+  /**
+   * Armed once, at the first answer; not refreshed per command (a timer refresh is a list operation, twice
+   * per command before): activity only stamps `lastActivity`, and the timer re-arms itself on expiry for
+   * the time left, so it still fires `idleTimeoutMs` after the last chunk or answer.
+   */
   private armIdleTimer(): void {
-    if (this.options.idleTimeoutMs <= 0) return;
-    if (this.idleTimer === undefined) {
-      this.idleTimer = setTimeout(this.onIdleTimeout, this.options.idleTimeoutMs);
-      this.idleTimer.unref();
-    } else this.idleTimer.refresh();
+    if (this.idleTimer !== undefined || this.options.idleTimeoutMs <= 0) return;
+    this.startIdleTimer(this.options.idleTimeoutMs);
+  }
+
+  private startIdleTimer(ms: number): void {
+    this.idleTimer = setTimeout(this.onIdleTimeout, ms);
+    this.idleTimer.unref();
   }
 
   private readonly onNegotiateTimeout = (): void => {
@@ -338,8 +348,19 @@ export class MilterConnection {
   };
 
   private readonly onIdleTimeout = (): void => {
-    // A callback still running is the session's business (callbackTimeoutMs); completion re-arms us.
-    if (this.dead || this.inFlight) return;
+    if (this.dead) return;
+    const idleMs = this.options.idleTimeoutMs;
+    // A callback still running is the session's business (callbackTimeoutMs); its completion stamps
+    // `lastActivity`, so checking again one period later cannot expire early.
+    if (this.inFlight) {
+      this.startIdleTimer(idleMs);
+      return;
+    }
+    const left = this.lastActivity + idleMs - performance.now();
+    if (left > 0) {
+      this.startIdleTimer(Math.ceil(left));
+      return;
+    }
     this.logger.warn({ timeoutMs: this.options.idleTimeoutMs }, 'MTA idle for too long; closing');
     this.observer?.error?.('ERR_MILTER_TIMEOUT');
     this.abort('timeout');
@@ -382,6 +403,8 @@ export class MilterConnection {
 
   private stop(): void {
     this.dead = true;
+    // Like the pull loop it replaces: no more reading once the connection is ending.
+    this.socket.pause();
     this.pending = [];
     this.pendingHead = 0;
     this.pendingBytes = 0;

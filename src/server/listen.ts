@@ -26,6 +26,22 @@ export interface UnixSocketOptions {
   socketGroup?: string | number;
 }
 
+/** Options of {@link bindListener}. */
+export interface BindOptions extends UnixSocketOptions {
+  /**
+   * listen(2) backlog: connections the kernel queues before we accept them (capped by
+   * net.core.somaxconn). Default {@link DEFAULT_BACKLOG}.
+   */
+  backlog?: number;
+}
+
+/**
+ * Default listen backlog. Node's own default (511) overflows when hundreds of MTA processes connect at
+ * once: on TCP the kernel drops SYNs (the client retries after 1 s), on Unix sockets connect() fails with
+ * EAGAIN. 4096 is Linux's default somaxconn since 5.4.
+ */
+export const DEFAULT_BACKLOG = 4096;
+
 /** A bound listener and how to release it. */
 export interface BoundListener {
   server: net.Server;
@@ -42,10 +58,11 @@ export interface BoundListener {
 export async function bindListener(
   server: net.Server,
   spec: SocketSpec,
-  options: UnixSocketOptions = {},
+  options: BindOptions = {},
 ): Promise<BoundListener> {
+  const backlog = options.backlog ?? DEFAULT_BACKLOG;
   if (spec.kind === 'inet') {
-    await listenOn(server, { host: spec.host, port: spec.port }, formatSocketSpec(spec));
+    await listenOn(server, { host: spec.host, port: spec.port, backlog }, formatSocketSpec(spec));
     const bound = server.address() as net.AddressInfo;
     const real: SocketSpec = { ...spec, port: bound.port };
     return {
@@ -56,7 +73,7 @@ export async function bindListener(
   }
   const path = spec.path;
   await removeStaleSocket(path);
-  await listenOn(server, { path }, formatSocketSpec(spec));
+  await listenOn(server, { path, backlog }, formatSocketSpec(spec));
   let ino: number;
   try {
     if (options.socketMode !== undefined) await fs.chmod(path, options.socketMode);

@@ -13,7 +13,13 @@ import { MILTER_MDS_1M, MILTER_MDS_64K } from '../protocol/constants.js';
 import type { FailureDecision } from '../session/types.js';
 import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 import { MilterConnection } from './connection.js';
-import { adoptServer, bindListener, type BoundListener, type ListenAddress } from './listen.js';
+import {
+  adoptServer,
+  bindListener,
+  DEFAULT_BACKLOG,
+  type BoundListener,
+  type ListenAddress,
+} from './listen.js';
 
 export type { ListenAddress } from './listen.js';
 
@@ -46,6 +52,12 @@ export interface MilterServerOptions<P> {
   socketGroup?: string | number;
   /** Queued socket bytes per connection above which reading pauses. Default 256 KiB. */
   readBudgetBytes?: number;
+  /**
+   * listen(2) backlog of the sockets `listen()` binds (not of a net.Server passed in): connections the
+   * kernel queues until they are accepted, capped by `net.core.somaxconn`. Default 4096 (Node's is 511,
+   * which overflows when hundreds of MTA processes connect at once).
+   */
+  backlog?: number;
 }
 
 /** A running milter server. */
@@ -80,6 +92,7 @@ const DEFAULTS = {
   callbackMs: 300_000,
   maxDataSize: MILTER_MDS_1M,
   readBudgetBytes: 256 * 1024,
+  backlog: DEFAULT_BACKLOG,
   deadlineMs: 10_000,
 };
 
@@ -107,6 +120,7 @@ class Server implements MilterServer {
   private readonly timeouts: Required<MilterServerTimeouts>;
   private readonly maxDataSize: number;
   private readonly readBudgetBytes: number;
+  private readonly backlog: number;
   private readonly socketMode: number | undefined;
   private readonly socketGroup: string | number | undefined;
   private readonly listeners: BoundListener[] = [];
@@ -123,6 +137,7 @@ class Server implements MilterServer {
     checkCount(options.timeouts?.callbackMs, 'timeouts.callbackMs', 0);
     checkCount(options.maxDataSize, 'maxDataSize', MILTER_MDS_64K);
     checkCount(options.readBudgetBytes, 'readBudgetBytes', 1);
+    checkCount(options.backlog, 'backlog', 1);
     checkCount(options.socketMode, 'socketMode', 0);
     this.filter = options.filter;
     this.logger = options.logger ?? silentLogger;
@@ -136,6 +151,7 @@ class Server implements MilterServer {
     };
     this.maxDataSize = options.maxDataSize ?? DEFAULTS.maxDataSize;
     this.readBudgetBytes = options.readBudgetBytes ?? DEFAULTS.readBudgetBytes;
+    this.backlog = options.backlog ?? DEFAULTS.backlog;
     this.socketMode = options.socketMode;
     this.socketGroup = options.socketGroup;
   }
@@ -162,6 +178,7 @@ class Server implements MilterServer {
       // allowHalfOpen: an MTA may send its last frames and FIN together; we still handle those frames.
       const server = net.createServer({ allowHalfOpen: true });
       bound = await bindListener(server, parsed, {
+        backlog: this.backlog,
         ...(this.socketMode === undefined ? {} : { socketMode: this.socketMode }),
         ...(this.socketGroup === undefined ? {} : { socketGroup: this.socketGroup }),
       });
