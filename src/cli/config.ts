@@ -200,6 +200,7 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     logLevel: s.logLevel,
     logPretty: s.logPretty,
     maxConnections: s.maxConnections,
+    backlog: s.backlog,
     timeouts: {
       negotiate: formatDuration(s.timeoutNegotiate),
       idle: formatDuration(s.timeoutIdle),

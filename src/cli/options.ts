@@ -42,6 +42,7 @@ export interface DaemonSettings {
   logLevel: LogLevel;
   logPretty: boolean;
   maxConnections: number;
+  backlog: number;
   timeoutNegotiate: number;
   timeoutIdle: number;
   timeoutCallback: number;
@@ -145,6 +146,16 @@ export const SETTINGS: SettingsTable = {
     description: 'milter connections served at once; more are closed at accept',
     defaultValue: 1000,
     defaultText: '1000',
+    fromText: same((v) => parseInteger(v, 1)),
+    fromFile: (v) => parseInteger(v, 1),
+  },
+  backlog: {
+    flags: '--backlog <n>',
+    env: 'MILTERD_BACKLOG',
+    path: ['backlog'],
+    description: 'listen(2) backlog: connections the kernel queues before milterd accepts them',
+    defaultValue: 4096,
+    defaultText: '4096',
     fromText: same((v) => parseInteger(v, 1)),
     fromFile: (v) => parseInteger(v, 1),
   },

@@ -40,6 +40,7 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'socketGroup',
   'logPretty',
   'maxConnections',
+  'backlog',
   'timeoutNegotiate',
   'timeoutIdle',
   'timeoutCallback',
@@ -180,6 +181,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
     logger,
     observer: metrics.observer,
     maxConnections: settings.maxConnections,
+    backlog: settings.backlog,
     failureDecision: settings.failureDecision,
     timeouts: {
       negotiateMs: settings.timeoutNegotiate,

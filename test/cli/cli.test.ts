@@ -168,6 +168,8 @@ test('check-config prints the effective configuration; precedence is cli > env >
   assert.equal(doc.config.admin, 'inet:9901@127.0.0.1');
   assert.equal(doc.sources.admin, 'file');
   assert.equal(doc.config.timeouts.callback, '5s');
+  assert.equal(doc.config.backlog, 4096, 'the default backlog');
+  assert.equal(doc.sources.backlog, 'default');
   assert.equal(doc.config.timeouts.idle, '10m');
   assert.equal(doc.sources['timeouts.idle'], 'default');
   assert.deepEqual(
