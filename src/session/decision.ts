@@ -170,8 +170,12 @@ export interface Resolved {
 export interface ResolveRules {
   /** SKIP is legal: the command is BODY (not data carried in EOM) and SMFIP_SKIP was negotiated. */
   skipAllowed: boolean;
-  /** DISCARD is defined here (not CONNECT/HELO). */
-  discardAllowed: boolean;
+  /**
+   * Decisions not defined here, sent as continue with a warning: DISCARD at CONNECT/HELO (Postfix ignores
+   * it); ACCEPT and DISCARD at UNKNOWN outside a transaction (Postfix 3.7 smtpd panics at the next MAIL,
+   * Sendmail silently discards the next message).
+   */
+  undefinedHere: ReadonlySet<DecisionKind> | undefined;
   /** A reply stored by setReply, consumed by this decision. */
   stored: { text: string; decision: ReplyDecision } | undefined;
 }
@@ -186,7 +190,7 @@ export const CONTINUE_RESOLVED: Resolved = Object.freeze({
 
 /**
  * Turn a settled callback into the decision to send: failures and illegal values become the failure
- * decision; SKIP where illegal and DISCARD at CONNECT/HELO become continue (with a warning); a stored reply
+ * decision; SKIP where illegal and decisions undefined at the stage become continue (with a warning); a stored reply
  * of the decision's class becomes the `y` text, one of the other class is dropped (with a warning).
  * `failureKind` replaces a failed or illegal result.
  */
@@ -224,9 +228,9 @@ export function resolveDecision(s: Settled, rules: ResolveRules, failureKind: De
   if (kind === 'skip' && !rules.skipAllowed) {
     warning = 'skip is only valid from body with SMFIP_SKIP negotiated; continue sent';
     kind = 'continue';
-  } else if (kind === 'discard' && !rules.discardAllowed) {
-    // libmilter sends `d`, which Postfix ignores with a warning: say continue instead.
-    warning = 'discard is undefined at connect/helo; continue sent';
+  } else if (rules.undefinedHere?.has(kind) === true) {
+    // libmilter would send it anyway; the MTAs then misbehave (see ResolveRules.undefinedHere).
+    warning = `${kind} is not defined at this stage; continue sent`;
     kind = 'continue';
   }
   const stored = rules.stored;

@@ -23,7 +23,14 @@ import {
 import type { Resolved, Settled } from './decision.js';
 import { MacroStore } from './macros.js';
 import { negotiate, normalizeOffer, type NegotiationOutcome } from './negotiate.js';
-import { callStage, skippableStates, STAGES, State, transitionAllowed } from './stages.js';
+import {
+  callStage,
+  skippableStates,
+  STAGES,
+  State,
+  transitionAllowed,
+  undefinedDecisions,
+} from './stages.js';
 import type { StageCommand, StageInfo } from './stages.js';
 
 /**
@@ -378,7 +385,7 @@ class MilterSession implements Session {
     return this.runner.check(
       info.stage,
       s,
-      { skipAllowed: skip, discardAllowed: !info.discardIllegal, stored },
+      { skipAllowed: skip, undefinedHere: undefinedDecisions(info, this.inTxn), stored },
       quiet,
     );
   }

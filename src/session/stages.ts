@@ -3,7 +3,7 @@
  * allows next, stages the filter opted out of (skippable), and the stage metadata the dispatcher needs.
  */
 import { STAGE_BITS as B } from '../protocol/constants.js';
-import type { CallbackResult, ConnectionInfo, Filter, StageContext } from '../filter.js';
+import type { CallbackResult, ConnectionInfo, DecisionKind, Filter, StageContext } from '../filter.js';
 import type { MilterCommand } from '../protocol/types.js';
 
 /**
@@ -169,4 +169,21 @@ export function callStage(f: Filter<unknown>, ctx: StageContext<unknown>, cmd: S
     case 'unknown':
       return f.unknown?.(ctx, cmd.line);
   }
+}
+
+const NO_DISCARD: ReadonlySet<DecisionKind> = new Set(['discard']);
+const NO_ACCEPT_OR_DISCARD: ReadonlySet<DecisionKind> = new Set(['accept', 'discard']);
+
+/**
+ * Decisions the MTAs do not define at this point, which the session sends as continue: DISCARD at
+ * CONNECT/HELO (Postfix ignores it), ACCEPT and DISCARD at UNKNOWN outside a transaction (Postfix 3.7
+ * smtpd panics at the next MAIL, "milter8_mail_event: bad state 7"; Sendmail discards the next message).
+ */
+export function undefinedDecisions(
+  info: StageInfo,
+  inTransaction: boolean,
+): ReadonlySet<DecisionKind> | undefined {
+  if (info.discardIllegal) return NO_DISCARD;
+  if (info.stage === 'unknown' && !inTransaction) return NO_ACCEPT_OR_DISCARD;
+  return undefined;
 }

@@ -331,3 +331,18 @@ test('log lines of a connection carry the client address, and inside a transacti
   assert.equal(failure['txn'], 'ABC123');
   assert.equal((failure['err'] as { code?: string } | undefined)?.code, 'ERR_MILTER_CALLBACK_FAILED');
 });
+
+test('accept/discard at UNKNOWN outside a transaction become continue (Postfix 3.7 panics); inside one they pass', async () => {
+  for (const decision of ['accept', 'discard'] as const) {
+    const h = harness((calls) => recordingFilter(calls, { unknown: () => decision }));
+    await h.send(C.optneg());
+    await h.send(C.connect());
+    assert.deepEqual(await h.send(C.unknown()), ['c'], `${decision} outside a transaction`);
+    assert.ok(
+      h.lines.some((l) => l['level'] === 40 && String(l['msg']).includes('not defined at this stage')),
+    );
+    await h.send(C.mail());
+    await h.send(C.rcpt());
+    assert.deepEqual(await h.send(C.unknown()), [decision === 'accept' ? 'a' : 'd'], `${decision} inside`);
+  }
+});
