@@ -188,6 +188,24 @@ export type CloseContext<P> = BaseContext<P>;
 /** Context of `negotiate`. */
 export type NegotiateContext<P> = BaseContext<P>;
 
+/** Every callback a filter may define, in protocol order (libmilter's xxfi_* list). */
+export const FILTER_CALLBACKS = [
+  'negotiate',
+  'connect',
+  'helo',
+  'envfrom',
+  'envrcpt',
+  'data',
+  'unknown',
+  'header',
+  'eoh',
+  'body',
+  'eom',
+  'abort',
+  'close',
+] as const;
+export type FilterCallbackName = (typeof FILTER_CALLBACKS)[number];
+
 /**
  * A milter. Every callback is optional; absent ones are negotiated away (the MTA skips that step).
  * Callbacks for one connection are called one at a time, in protocol order.

@@ -3,38 +3,11 @@
  * in flight: each milter connection is pinned to the filter that was current when its first callback ran
  * and keeps it until `close`; new connections negotiate with, and use, the new one.
  */
-import type { Filter } from '../filter.js';
+import { FILTER_CALLBACKS, type Filter, type FilterCallbackName } from '../filter.js';
 
-type CallbackName =
-  | 'negotiate'
-  | 'connect'
-  | 'helo'
-  | 'envfrom'
-  | 'envrcpt'
-  | 'data'
-  | 'unknown'
-  | 'header'
-  | 'eoh'
-  | 'body'
-  | 'eom'
-  | 'abort'
-  | 'close';
+type CallbackName = FilterCallbackName;
 
-const CALLBACKS: ReadonlySet<string> = new Set<CallbackName>([
-  'negotiate',
-  'connect',
-  'helo',
-  'envfrom',
-  'envrcpt',
-  'data',
-  'unknown',
-  'header',
-  'eoh',
-  'body',
-  'eom',
-  'abort',
-  'close',
-]);
+const CALLBACKS: ReadonlySet<string> = new Set<string>(FILTER_CALLBACKS);
 
 type AnyCallback = (ctx: { id: string }, ...args: unknown[]) => unknown;
 

@@ -6,6 +6,7 @@
 import type { ConnectionInfo, MacroStage } from '../filter.js';
 import type { MilterClient } from './client.js';
 import type { ClientReply, EomResult } from './types.js';
+import { MACRO_STAGES } from '../protocol/constants.js';
 
 /** A recipient, bare or with ESMTP args. */
 export type ScriptRecipient = string | { address: string; args?: string[] };
@@ -55,16 +56,6 @@ export interface MessageResult {
   aborted: boolean;
 }
 
-const STAGE_LETTERS: Record<MacroStage, string> = {
-  connect: 'C',
-  helo: 'H',
-  envfrom: 'M',
-  envrcpt: 'R',
-  data: 'T',
-  eoh: 'N',
-  eom: 'E',
-};
-
 /** Decisions that end the message (or the session, at CONNECT/HELO). */
 function isFinal(reply: ClientReply): boolean {
   switch (reply.kind) {
@@ -86,12 +77,9 @@ function rejectsRecipientOnly(reply: ClientReply): boolean {
   return reply.kind === 'reject' || reply.kind === 'tempfail' || reply.kind === 'replyCode';
 }
 
-/**
- * Play one message over `client` and collect every reply. Rejects only on connection-level failures
- * (timeout, EOF, protocol errors: the MilterClient's coded errors); filter decisions are results.
- */
-export async function playMessage(client: MilterClient, script: MessageScript): Promise<MessageResult> {
-  const result: MessageResult = {
+/** A result before any step ran: what playMessage and milterd/testing fill in as the message goes. */
+export function emptyMessageResult(): MessageResult {
+  return {
     rcpt: [],
     acceptedRecipients: [],
     headers: [],
@@ -99,9 +87,17 @@ export async function playMessage(client: MilterClient, script: MessageScript): 
     reply: { kind: 'continue' },
     aborted: false,
   };
+}
+
+/**
+ * Play one message over `client` and collect every reply. Rejects only on connection-level failures
+ * (timeout, EOF, protocol errors: the MilterClient's coded errors); filter decisions are results.
+ */
+export async function playMessage(client: MilterClient, script: MessageScript): Promise<MessageResult> {
+  const result = emptyMessageResult();
   const macros = (stage: MacroStage): void => {
     const values = script.macros?.[stage];
-    if (values !== undefined) client.macro(STAGE_LETTERS[stage], values);
+    if (values !== undefined) client.macro(MACRO_STAGES[stage].letter, values);
   };
   const stop = (stage: MessageStage, reply: ClientReply): MessageResult => {
     result.stoppedAt = stage;

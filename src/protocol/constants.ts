@@ -207,3 +207,17 @@ export const STAGE_BITS = {
   unknown: { no: SMFIP_NOUNKNOWN, nr: SMFIP_NR_UNKN, command: Command.UNKNOWN, minVersion: 3 },
 } as const;
 export type StageName = keyof typeof STAGE_BITS;
+
+/**
+ * Macro stages by callback name: the SMFIM_* number used in OPTNEG macro lists and the command letter
+ * used in SMFIC_MACRO packets (EOM is 5 and EOH 6, as in mfapi.h).
+ */
+export const MACRO_STAGES = {
+  connect: { number: SMFIM_CONNECT, letter: 'C' },
+  helo: { number: SMFIM_HELO, letter: 'H' },
+  envfrom: { number: SMFIM_ENVFROM, letter: 'M' },
+  envrcpt: { number: SMFIM_ENVRCPT, letter: 'R' },
+  data: { number: SMFIM_DATA, letter: 'T' },
+  eom: { number: SMFIM_EOM, letter: 'E' },
+  eoh: { number: SMFIM_EOH, letter: 'N' },
+} as const;

@@ -45,6 +45,7 @@ import {
   SMFIP_RCPT_REJ,
   SMFIP_SKIP,
   SMFIP_TEST,
+  MACRO_STAGES,
   STAGE_BITS,
   type StageName,
 } from '../protocol/constants.js';
@@ -59,17 +60,6 @@ export const ACTION_BITS: Readonly<Record<ActionName, number>> = {
   deleteRecipient: SMFIF_DELRCPT,
   quarantine: SMFIF_QUARANTINE,
   changeFrom: SMFIF_CHGFROM,
-};
-
-/** Macro stage names → SMFIM_* numbers (EOM 5 before EOH 6, as in mfapi.h). */
-const MACRO_STAGE_NUMBER: Readonly<Record<MacroStage, 0 | 1 | 2 | 3 | 4 | 5 | 6>> = {
-  connect: 0,
-  helo: 1,
-  envfrom: 2,
-  envrcpt: 3,
-  data: 4,
-  eom: 5,
-  eoh: 6,
 };
 
 /** Callback name → its NO/NR bits (the callback named after the stage). */
@@ -120,7 +110,8 @@ export function actionMask(names: readonly ActionName[]): number {
 function macroLists(macros: Partial<Record<MacroStage, readonly string[]>>): MacroLists {
   const lists: MacroLists = {};
   for (const [stage, names] of Object.entries(macros) as Array<[MacroStage, readonly string[] | undefined]>) {
-    const n = MACRO_STAGE_NUMBER[stage];
+    // `stage` comes from user code at run time: check it is one of ours before indexing.
+    const n = Object.hasOwn(MACRO_STAGES, stage) ? MACRO_STAGES[stage].number : undefined;
     if (n === undefined) throw refuse(`unknown macro stage ${stage}`);
     if (names === undefined) continue;
     if (!Array.isArray(names) || names.some((m) => typeof m !== 'string' || /[\s\0]/.test(m) || m === '')) {

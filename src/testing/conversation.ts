@@ -8,7 +8,7 @@ import type { ClientReply, MessageResult } from '../client/index.js';
 import { STAGE, type Stage } from '../client/negotiate.js';
 import { MilterError } from '../errors.js';
 import type { Filter, MacroStage } from '../filter.js';
-import { SMFI_CURR_ACTS, SMFI_CURR_PROT, SMFI_PROT_VERSION } from '../protocol/constants.js';
+import { MACRO_STAGES, SMFI_CURR_ACTS, SMFI_CURR_PROT, SMFI_PROT_VERSION } from '../protocol/constants.js';
 import type {
   MilterCommand,
   MilterResponse,
@@ -27,16 +27,6 @@ import type {
   TranscriptStep,
   Verdict,
 } from './types.js';
-
-const MACRO_LETTER: Readonly<Record<MacroStage, string>> = {
-  connect: 'C',
-  helo: 'H',
-  envfrom: 'M',
-  envrcpt: 'R',
-  data: 'T',
-  eoh: 'N',
-  eom: 'E',
-};
 
 /** The verdict an MTA reads from a reply (`y`: 4xx tempfail, 5xx reject). */
 export function verdictOf(reply: ClientReply): Verdict {
@@ -157,7 +147,8 @@ export class Conversation<P> {
   async macros(stage: MacroStage, message: TestMessage | undefined): Promise<void> {
     const merged = { ...this.script.macros?.[stage], ...message?.macros?.[stage] };
     const pairs = Object.entries(merged);
-    if (pairs.length > 0) await this.send({ kind: 'macro', stage: MACRO_LETTER[stage], macros: pairs });
+    if (pairs.length > 0)
+      await this.send({ kind: 'macro', stage: MACRO_STAGES[stage].letter, macros: pairs });
   }
 
   /** Send a reply-expecting command unless negotiated away; read its decision like the MTA would. */

@@ -4,24 +4,10 @@
  * defines are wrapped (an absent callback is a negotiated-away step), and a synchronous callback stays
  * synchronous (the session answers it without a promise).
  */
-import type { Filter } from '../filter.js';
+import { FILTER_CALLBACKS, type Filter } from '../filter.js';
 import type { CallbackName, CallbackRecord } from './types.js';
 
-const CALLBACKS: readonly CallbackName[] = [
-  'negotiate',
-  'connect',
-  'helo',
-  'envfrom',
-  'envrcpt',
-  'data',
-  'unknown',
-  'header',
-  'eoh',
-  'body',
-  'eom',
-  'abort',
-  'close',
-];
+const CALLBACKS: readonly CallbackName[] = FILTER_CALLBACKS;
 
 type AnyCallback = (this: unknown, ctx: { priv: unknown }, ...args: unknown[]) => unknown;
 

@@ -4,6 +4,7 @@
  * are the production ones; only the socket and the codec are left out.
  */
 import type { ClientReply, MessageResult, MessageStage } from '../client/index.js';
+import { emptyMessageResult } from '../client/transaction.js';
 import type { ConnectionInfo, Filter } from '../filter.js';
 import { MILTER_CHUNK_SIZE } from '../protocol/constants.js';
 import { Conversation, isFinal, isShutdown } from './conversation.js';
@@ -34,14 +35,7 @@ async function playScriptedMessage<P>(
   m: TestMessage,
   index: number,
 ): Promise<MessageResult> {
-  const result: MessageResult = {
-    rcpt: [],
-    acceptedRecipients: [],
-    headers: [],
-    stoppedAt: 'eom',
-    reply: { kind: 'continue' },
-    aborted: false,
-  };
+  const result = emptyMessageResult();
   const stop = (stage: MessageStage, reply: ClientReply): MessageResult => {
     result.stoppedAt = stage;
     result.reply = reply;

@@ -1,7 +1,13 @@
 /** Public types of {@link testFilter}: the scripted MTA conversation and the transcript it yields. */
 import type { Logger } from 'pino';
 import type { ClientReply, MessageResult, MessageStage, ScriptRecipient } from '../client/index.js';
-import type { ConnectionInfo, DecisionKind, MacroStage, NegotiationOffer } from '../filter.js';
+import type {
+  ConnectionInfo,
+  DecisionKind,
+  FilterCallbackName,
+  MacroStage,
+  NegotiationOffer,
+} from '../filter.js';
 import type { MilterCommand, MilterResponse, OptnegResponse } from '../protocol/types.js';
 import type { FailureDecision } from '../session/types.js';
 
@@ -82,20 +88,7 @@ export interface TranscriptStep {
 }
 
 /** Callbacks a filter may define. */
-export type CallbackName =
-  | 'negotiate'
-  | 'connect'
-  | 'helo'
-  | 'envfrom'
-  | 'envrcpt'
-  | 'data'
-  | 'unknown'
-  | 'header'
-  | 'eoh'
-  | 'body'
-  | 'eom'
-  | 'abort'
-  | 'close';
+export type CallbackName = FilterCallbackName;
 
 /** One filter callback invocation, logged when it starts. */
 export interface CallbackRecord<P> {

@@ -18,7 +18,7 @@
  * when CONNECT never came (miltertest conn-0002, whose log says `cb=close priv=NULL`).
  */
 import type { Decision, EomContext, Filter, NegotiationOffer, StageContext } from '../../../src/filter.js';
-import { Decision as D } from '../../../src/filter.js';
+import { Decision as D, FILTER_CALLBACKS } from '../../../src/filter.js';
 import { SMFIP_SKIP } from '../../../src/protocol/constants.js';
 
 /** The reference filter's private data: the C filter's `struct` per connection. */
@@ -72,21 +72,7 @@ export function referenceFilter(log: RefLogEntry[], timing: 'sync' | 'async' = '
   return timing === 'sync' ? filter : deferred(filter);
 }
 
-const CALLBACKS = [
-  'negotiate',
-  'connect',
-  'helo',
-  'envfrom',
-  'envrcpt',
-  'data',
-  'unknown',
-  'header',
-  'eoh',
-  'body',
-  'eom',
-  'abort',
-  'close',
-] as const;
+const CALLBACKS = FILTER_CALLBACKS;
 
 /** `filter` with every callback started one macrotask later and answered through a promise. */
 function deferred<P>(filter: Filter<P>): Filter<P> {
