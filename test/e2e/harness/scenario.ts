@@ -8,21 +8,13 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { LineCounter, isNode, parse, parseDocument } from 'yaml';
 import { parsePolicy, type PolicyConfig } from '../../../src/policy/index.js';
+import { FILTER_CALLBACKS, type FilterCallbackName } from '../../../src/filter.js';
 import type { MtaKind } from './mta.js';
 
-export const STAGES = [
-  'connect',
-  'helo',
-  'envfrom',
-  'envrcpt',
-  'data',
-  'unknown',
-  'header',
-  'eoh',
-  'body',
-  'eom',
-] as const;
-export type Stage = (typeof STAGES)[number];
+/** The stage callbacks a scenario rule can act at: every filter callback but negotiate, abort and close. */
+export type Stage = Exclude<FilterCallbackName, 'negotiate' | 'abort' | 'close'>;
+const NOT_STAGES: ReadonlySet<FilterCallbackName> = new Set(['negotiate', 'abort', 'close']);
+export const STAGES: readonly Stage[] = FILTER_CALLBACKS.filter((c): c is Stage => !NOT_STAGES.has(c));
 
 export const RULE_DECISIONS = [
   'continue',
