@@ -17,6 +17,7 @@ import type {
   RecipientInfo,
   SessionCounters,
 } from './types.js';
+import { zeroCounters } from './types.js';
 
 const CLASS: Readonly<Record<OutcomeKind, OutcomeClass>> = {
   accepted: 'accepted',
@@ -36,16 +37,7 @@ const COUNTER: Readonly<Record<OutcomeKind, keyof SessionCounters>> = {
 
 /** Per-connection policy state. One per SMFIC_CONNECT (a new one after SMFIC_QUIT_NC). */
 export class SessionTracker {
-  readonly counters: SessionCounters = {
-    messagesAccepted: 0,
-    messagesRejected: 0,
-    messagesTempfailed: 0,
-    messagesDiscarded: 0,
-    messagesAborted: 0,
-    recipientsAccepted: 0,
-    recipientsRejected: 0,
-    bytesReceived: 0,
-  };
+  readonly counters: SessionCounters = zeroCounters();
   readonly startedAt: number;
   client: ClientInfo | undefined;
   helo: string | undefined;

@@ -51,6 +51,20 @@ export interface SessionCounters {
   bytesReceived: number;
 }
 
+/** Counters of a session that has done nothing yet. */
+export function zeroCounters(): SessionCounters {
+  return {
+    messagesAccepted: 0,
+    messagesRejected: 0,
+    messagesTempfailed: 0,
+    messagesDiscarded: 0,
+    messagesAborted: 0,
+    recipientsAccepted: 0,
+    recipientsRejected: 0,
+    bytesReceived: 0,
+  };
+}
+
 /** Limits shared by all sessions of one client address, read from the PolicyStore. */
 export interface ClientStats {
   /** Sessions of this client address open when this session started, this one included. 0 if unknown. */

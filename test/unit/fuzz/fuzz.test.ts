@@ -12,18 +12,7 @@ import { createSession } from '../../../src/session/session.js';
 import { silentLogger } from '../../../src/logging/logger.js';
 import { Decision, type Filter } from '../../../src/filter.js';
 import type { MilterCommand } from '../../../src/protocol/types.js';
-
-/** mulberry32: small, seedable, good enough to spread cases. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../../helpers/prng.js';
 
 const COMMAND_BYTES = Buffer.from('ABCDEHKLMNOQRTU');
 const RESPONSE_BYTES = Buffer.from('+-24abcdefhilmpqrsty');

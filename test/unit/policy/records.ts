@@ -1,5 +1,6 @@
 /** Builders of DeliveryRecord snapshots for chain and rule tests. */
 import type { DeliveryRecord, SessionCounters } from '../../../src/policy/types.js';
+import { zeroCounters } from '../../../src/policy/types.js';
 
 /** Overrides for `record()`; counters are merged into zeroed counters. */
 export type RecordOverrides = Partial<Omit<DeliveryRecord, 'counters'>> & {
@@ -8,17 +9,7 @@ export type RecordOverrides = Partial<Omit<DeliveryRecord, 'counters'>> & {
 
 /** A record with zero counters, an IPv4 client and no HELO/auth, plus overrides. */
 export function record(o: RecordOverrides = {}): DeliveryRecord {
-  const counters: SessionCounters = {
-    messagesAccepted: 0,
-    messagesRejected: 0,
-    messagesTempfailed: 0,
-    messagesDiscarded: 0,
-    messagesAborted: 0,
-    recipientsAccepted: 0,
-    recipientsRejected: 0,
-    bytesReceived: 0,
-    ...o.counters,
-  };
+  const counters: SessionCounters = { ...zeroCounters(), ...o.counters };
   return {
     connectionId: 'c1',
     event: 'message',

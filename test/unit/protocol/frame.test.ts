@@ -5,6 +5,7 @@ import { FrameDecoder } from '../../../src/protocol/frame.js';
 import { encodeCommands } from '../../../src/protocol/encode.js';
 import { isMilterError } from '../../../src/errors.js';
 import type { MilterCommand } from '../../../src/protocol/types.js';
+import { prng } from '../../helpers/prng.js';
 
 const stream = encodeCommands([
   { kind: 'optneg', version: 6, actions: 0x1ff, protocol: 0x1fffff },
@@ -58,18 +59,6 @@ test('identical frames for byte-by-byte feeding', () => {
   for (let i = 0; i < stream.length; i++) chunks.push(stream.subarray(i, i + 1));
   assert.deepEqual(drain(chunks).frames, expected);
 });
-
-/** mulberry32: small deterministic PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('identical frames for 500 seeded random chunkings, and the pushed buffers are never modified', () => {
   const rand = prng(0x5eed);
