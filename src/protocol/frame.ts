@@ -45,7 +45,8 @@ export class FrameDecoder {
 
   /**
    * Append socket bytes. Invalidates every payload view returned by earlier `next()` calls. The chunk is
-   * not modified, but it may be referenced until its frames have been read: do not reuse it for writing.
+   * not modified, but it may be referenced until its frames have been read: do not write to it before
+   * then, or call `retain()` first.
    */
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
@@ -58,19 +59,11 @@ export class FrameDecoder {
       return;
     }
     const needed = pending + chunk.length;
-    if (this.owned && this.buf.length - this.end >= chunk.length) {
-      // Room after the pending bytes: append in place.
-    } else if (this.acc.length >= needed) {
-      // Compact: move the pending bytes to the front of the accumulator (copy handles overlap).
-      this.buf.copy(this.acc, 0, this.start, this.end);
-      this.adopt(this.acc, pending);
-    } else {
-      let size = Math.max(this.acc.length * 2, INITIAL_CAPACITY);
-      while (size < needed) size *= 2; // bounded: doubles until it covers `needed`
-      const next = Buffer.allocUnsafe(size);
-      this.buf.copy(next, 0, this.start, this.end);
-      this.acc = next;
-      this.adopt(next, pending);
+    if (!this.owned || this.buf.length - this.end < chunk.length) {
+      // Move the pending bytes to the front of the accumulator (copy handles overlap), growing it if needed.
+      const target = this.accumulator(needed);
+      this.buf.copy(target, 0, this.start, this.end);
+      this.adopt(target, pending);
     }
     chunk.copy(this.buf, this.end);
     this.end += chunk.length;
@@ -106,6 +99,39 @@ export class FrameDecoder {
       this.start = frameEnd;
     }
     return { command, payload };
+  }
+
+  /**
+   * Stop borrowing: copy the bytes still held from a pushed chunk into the decoder's own memory, so the
+   * caller may overwrite that chunk (a shared read buffer). Payload views returned earlier stay views of
+   * the chunk. No-op when nothing is borrowed.
+   */
+  retain(): void {
+    if (this.owned) return;
+    const pending = this.end - this.start;
+    if (pending === 0) {
+      this.buf = EMPTY;
+      this.start = 0;
+      this.end = 0;
+      return;
+    }
+    const target = this.accumulator(pending);
+    this.buf.copy(target, 0, this.start, this.end);
+    this.adopt(target, pending);
+  }
+
+  /** True while frames come from a borrowed chunk rather than the decoder's own memory. */
+  get borrowing(): boolean {
+    return !this.owned;
+  }
+
+  /** The owned accumulator, grown (doubling, from INITIAL_CAPACITY) to hold at least `needed` bytes. */
+  private accumulator(needed: number): Buffer {
+    if (this.acc.length >= needed) return this.acc;
+    let size = Math.max(this.acc.length * 2, INITIAL_CAPACITY);
+    while (size < needed) size *= 2; // bounded: doubles until it covers `needed`
+    this.acc = Buffer.allocUnsafe(size);
+    return this.acc;
   }
 
   private adopt(buf: Buffer, pending: number): void {

@@ -20,9 +20,11 @@ import type { MilterObserver } from '../observer.js';
 import { decodeCommand } from '../protocol/decode.js';
 import { encodeResponse, encodeResponses } from '../protocol/encode.js';
 import { FrameDecoder } from '../protocol/frame.js';
+import { SMFIC_BODY, SMFIC_BODYEOB } from '../protocol/constants.js';
 import type { Frame, MilterCommand, MilterResponse } from '../protocol/types.js';
 import { createSession } from '../session/session.js';
 import type { FailureDecision, HandleResult, Session, TerminationReason } from '../session/types.js';
+import { adoptSharedReads } from './shared-read.js';
 
 /** Length prefix + command byte: added to a payload's size to get its size on the wire. */
 const FRAME_OVERHEAD = 5;
@@ -47,6 +49,8 @@ export interface ConnectionOptions {
   callbackTimeoutMs: number;
   /** Bytes of queued socket chunks above which reading pauses. */
   readBudgetBytes: number;
+  /** Read into the process-wide shared buffer when the socket allows it (see shared-read.ts). */
+  sharedReadBuffer: boolean;
 }
 
 /**
@@ -61,6 +65,8 @@ export const connectionDebugStats = {
   maxPendingBytes: 0,
   /** Times a connection waited for 'drain' before dispatching its next command. */
   drainWaits: 0,
+  /** Connections that read into the shared buffer (the rest used ordinary stream reads). */
+  sharedReads: 0,
 };
 
 /** Reset {@link connectionDebugStats} (tests). @internal */
@@ -68,6 +74,7 @@ export function resetConnectionDebugStats(): void {
   connectionDebugStats.pauses = 0;
   connectionDebugStats.maxPendingBytes = 0;
   connectionDebugStats.drainWaits = 0;
+  connectionDebugStats.sharedReads = 0;
 }
 
 /**
@@ -82,7 +89,10 @@ export class MilterConnection {
   /** Resolves when the socket is closed (the session may still be finishing a running callback). */
   readonly socketClosed: Promise<void>;
 
-  private readonly socket: net.Socket;
+  /** Replaced once in start() when the socket is re-created for shared-buffer reads. */
+  private socket: net.Socket;
+  /** Reads arrive in the shared buffer: bytes that outlive the read callback must be copied. */
+  private sharedReads = false;
   private readonly session: Session;
   private readonly decoder: FrameDecoder;
   private readonly observer: MilterObserver | undefined;
@@ -139,10 +149,20 @@ export class MilterConnection {
 
   /** Attach the socket handlers and start reading. Called once, right after construction. */
   start(): void {
+    const adopted = this.options.sharedReadBuffer ? adoptSharedReads(this.socket, this.onRead) : undefined;
+    if (adopted !== undefined) {
+      this.socket = adopted;
+      this.sharedReads = true;
+      connectionDebugStats.sharedReads++;
+    }
     const socket = this.socket;
     socket.setNoDelay(true);
     socket.setKeepAlive(true);
-    socket.on('data', this.onData);
+    if (adopted === undefined) {
+      socket.on('data', this.onData);
+      // Accepted sockets start paused (pauseOnConnect), and a paused stream does not resume on 'data'.
+      socket.resume();
+    }
     socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
@@ -174,11 +194,21 @@ export class MilterConnection {
   }
 
   private readonly onData = (chunk: Buffer): void => {
+    this.receive(chunk, false);
+  };
+
+  private readonly onRead = (length: number, shared: Buffer): void => {
+    this.receive(shared.subarray(0, length), true);
+  };
+
+  /** One socket read. `borrowed`: the bytes live in the shared read buffer, valid during this call only. */
+  private receive(chunk: Buffer, borrowed: boolean): void {
     if (this.dead) return;
     if (this.inFlight || this.waitingDrain) {
       this.lastActivity = performance.now();
-      this.pending.push(chunk);
-      this.pendingBytes += chunk.length;
+      const kept = borrowed ? Buffer.from(chunk) : chunk;
+      this.pending.push(kept);
+      this.pendingBytes += kept.length;
       if (this.pendingBytes > connectionDebugStats.maxPendingBytes) {
         connectionDebugStats.maxPendingBytes = this.pendingBytes;
       }
@@ -191,9 +221,11 @@ export class MilterConnection {
     }
     this.decoder.push(chunk);
     this.pump();
+    // Frames left behind (a partial one, or queued behind an async command) must not see the next read.
+    if (borrowed) this.decoder.retain();
     // After the chunk's commands ran: a long synchronous callback is not MTA idleness.
     this.lastActivity = performance.now();
-  };
+  }
 
   /**
    * Dispatch every complete frame, one command at a time. Synchronous results continue in this loop
@@ -239,7 +271,9 @@ export class MilterConnection {
   private dispatch(frame: Frame): boolean {
     let result: HandleResult | Promise<HandleResult>;
     try {
-      const command: MilterCommand = decodeCommand(frame);
+      const command: MilterCommand = decodeCommand(
+        this.sharedReads && this.decoder.borrowing ? ownBody(frame) : frame,
+      );
       this.observer?.command?.(command.kind, frame.payload.length + FRAME_OVERHEAD);
       if (this.negotiateTimer !== undefined) {
         clearTimeout(this.negotiateTimer);
@@ -432,4 +466,15 @@ export class MilterConnection {
     const done = this.terminating ?? Promise.resolve();
     void done.then(() => this.resolveClosed());
   };
+}
+
+/**
+ * Body bytes reach the filter as a Buffer that an async callback may still read after later socket reads;
+ * a frame borrowed from the shared read buffer gets its own copy (every other field is decoded to strings).
+ */
+function ownBody(frame: Frame): Frame {
+  if ((frame.command !== SMFIC_BODY && frame.command !== SMFIC_BODYEOB) || frame.payload.length === 0) {
+    return frame;
+  }
+  return { command: frame.command, payload: Buffer.from(frame.payload) };
 }

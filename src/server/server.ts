@@ -58,6 +58,13 @@ export interface MilterServerOptions<P> {
    * which overflows when hundreds of MTA processes connect at once).
    */
   backlog?: number;
+  /**
+   * Read all connections into one shared 64 KiB buffer (Node's `onread`) instead of a fresh buffer per
+   * read: less CPU and memory per command. It relies on net.Socket internals and falls back to ordinary
+   * reads when they are missing or the socket comes from a net.Server passed to listen() without
+   * `pauseOnConnect`. Default true; false always uses ordinary stream reads.
+   */
+  sharedReadBuffer?: boolean;
 }
 
 /** A running milter server. */
@@ -121,6 +128,7 @@ class Server implements MilterServer {
   private readonly maxDataSize: number;
   private readonly readBudgetBytes: number;
   private readonly backlog: number;
+  private readonly sharedReadBuffer: boolean;
   private readonly socketMode: number | undefined;
   private readonly socketGroup: string | number | undefined;
   private readonly listeners: BoundListener[] = [];
@@ -152,6 +160,7 @@ class Server implements MilterServer {
     this.maxDataSize = options.maxDataSize ?? DEFAULTS.maxDataSize;
     this.readBudgetBytes = options.readBudgetBytes ?? DEFAULTS.readBudgetBytes;
     this.backlog = options.backlog ?? DEFAULTS.backlog;
+    this.sharedReadBuffer = options.sharedReadBuffer ?? true;
     this.socketMode = options.socketMode;
     this.socketGroup = options.socketGroup;
   }
@@ -176,7 +185,8 @@ class Server implements MilterServer {
     } else {
       const parsed = typeof spec === 'string' ? parseSocketSpec(spec) : spec;
       // allowHalfOpen: an MTA may send its last frames and FIN together; we still handle those frames.
-      const server = net.createServer({ allowHalfOpen: true });
+      // pauseOnConnect: nothing is read before the connection decides how to read (shared-read.ts).
+      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
       bound = await bindListener(server, parsed, {
         backlog: this.backlog,
         ...(this.socketMode === undefined ? {} : { socketMode: this.socketMode }),
@@ -230,6 +240,7 @@ class Server implements MilterServer {
         idleTimeoutMs: this.timeouts.idleMs,
         callbackTimeoutMs: this.timeouts.callbackMs,
         readBudgetBytes: this.readBudgetBytes,
+        sharedReadBuffer: this.sharedReadBuffer,
       });
     } catch (err) {
       // Setting up one connection must never take the listener (or the process) down.
