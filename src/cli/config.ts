@@ -201,6 +201,7 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     logPretty: s.logPretty,
     maxConnections: s.maxConnections,
     backlog: s.backlog,
+    sharedReadBuffer: s.sharedReadBuffer,
     timeouts: {
       negotiate: formatDuration(s.timeoutNegotiate),
       idle: formatDuration(s.timeoutIdle),

@@ -43,6 +43,7 @@ export interface DaemonSettings {
   logPretty: boolean;
   maxConnections: number;
   backlog: number;
+  sharedReadBuffer: boolean;
   timeoutNegotiate: number;
   timeoutIdle: number;
   timeoutCallback: number;
@@ -158,6 +159,16 @@ export const SETTINGS: SettingsTable = {
     defaultText: '4096',
     fromText: same((v) => parseInteger(v, 1)),
     fromFile: (v) => parseInteger(v, 1),
+  },
+  sharedReadBuffer: {
+    flags: '--shared-read-buffer [bool]',
+    env: 'MILTERD_SHARED_READ_BUFFER',
+    path: ['sharedReadBuffer'],
+    description: 'read every connection into one shared buffer (less CPU); false: ordinary stream reads',
+    defaultValue: true,
+    defaultText: 'true',
+    fromText: same(parseBoolean),
+    fromFile: parseBoolean,
   },
   timeoutNegotiate: {
     flags: '--timeout-negotiate <duration>',

@@ -41,6 +41,7 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'logPretty',
   'maxConnections',
   'backlog',
+  'sharedReadBuffer',
   'timeoutNegotiate',
   'timeoutIdle',
   'timeoutCallback',
@@ -182,6 +183,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
     observer: metrics.observer,
     maxConnections: settings.maxConnections,
     backlog: settings.backlog,
+    sharedReadBuffer: settings.sharedReadBuffer,
     failureDecision: settings.failureDecision,
     timeouts: {
       negotiateMs: settings.timeoutNegotiate,

@@ -150,7 +150,12 @@ test('check-config prints the effective configuration; precedence is cli > env >
     ].join('\n'),
   );
   const r = await runMilterd(['check-config', file, '--max-connections', '7'], {
-    env: { MILTERD_LOG_LEVEL: 'warn', MILTERD_MAX_CONNECTIONS: '9', MILTERD_DRAIN_TIMEOUT: '2m' },
+    env: {
+      MILTERD_LOG_LEVEL: 'warn',
+      MILTERD_MAX_CONNECTIONS: '9',
+      MILTERD_DRAIN_TIMEOUT: '2m',
+      MILTERD_SHARED_READ_BUFFER: 'false',
+    },
   });
   assert.equal(r.code, 0, r.stderr);
   const doc = JSON.parse(r.stdout) as {
@@ -170,6 +175,8 @@ test('check-config prints the effective configuration; precedence is cli > env >
   assert.equal(doc.config.timeouts.callback, '5s');
   assert.equal(doc.config.backlog, 4096, 'the default backlog');
   assert.equal(doc.sources.backlog, 'default');
+  assert.equal(doc.config.sharedReadBuffer, false);
+  assert.equal(doc.sources.sharedReadBuffer, 'env');
   assert.equal(doc.config.timeouts.idle, '10m');
   assert.equal(doc.sources['timeouts.idle'], 'default');
   assert.deepEqual(
