@@ -110,7 +110,8 @@ async function serve(args: ServerArgs, shared: boolean): Promise<string[]> {
     // Cluster worker (or --backlog): listen through Node's cluster handle sharing, then hand the net.Server to milterd
     // (milterd's own unix bind would see the primary's live socket and refuse it as in use).
     const parsed = parseSocketSpec(spec);
-    const netServer = net.createServer({ allowHalfOpen: true });
+    // pauseOnConnect, as milterd's own listeners: lets the connections read into the shared buffer.
+    const netServer = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
     await new Promise<void>((resolve, reject) => {
       netServer.once('error', reject);
       const backlog = args.backlog ?? 511;

@@ -1,9 +1,11 @@
 /**
  * One milter connection: socket glue between the byte stream and one Session.
  *
- * Reading uses 'data' events with explicit `pause()`/`resume()` for backpressure. It measured cheaper
- * than a 'readable' + `socket.read()` pull loop, which costs a nextTick and a `read()` call per chunk
- * (benchmark, 128 × 10, 8 paired runs per transport: +5…7 % msg/s, CPU per message −0…3 %).
+ * Reading: into the process-wide shared buffer when the socket allows it (shared-read.ts), else with
+ * 'data' events; both end in `receive()`. Shared bytes die with the read callback, so whatever outlives it
+ * is copied there: chunks queued while a command runs, the decoder's leftover bytes, body payloads.
+ * Backpressure is explicit `pause()`/`resume()` (a 'readable' + `read()` pull loop measured slower: a
+ * nextTick and a `read()` call per chunk).
  *
  * Frames go to the session one command at a time: while a command is in flight, later socket chunks wait
  * in `pending` instead of the decoder, because pushing would invalidate the payload views the running
