@@ -44,29 +44,30 @@ export class FrameDecoder {
   }
 
   /**
-   * Append socket bytes. Invalidates every payload view returned by earlier `next()` calls. The chunk is
+   * Append socket bytes: the first `length` bytes of `chunk` (default: all of them, a read into a larger
+   * buffer passes its byte count). Invalidates every payload view returned by earlier `next()` calls. The chunk is
    * not modified, but it may be referenced until its frames have been read: do not write to it before
    * then, or call `retain()` first.
    */
-  push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
+  push(chunk: Buffer, length: number = chunk.length): void {
+    if (length === 0) return;
     const pending = this.end - this.start;
     if (pending === 0) {
       this.buf = chunk;
       this.start = 0;
-      this.end = chunk.length;
+      this.end = length;
       this.owned = false;
       return;
     }
-    const needed = pending + chunk.length;
-    if (!this.owned || this.buf.length - this.end < chunk.length) {
+    const needed = pending + length;
+    if (!this.owned || this.buf.length - this.end < length) {
       // Move the pending bytes to the front of the accumulator (copy handles overlap), growing it if needed.
       const target = this.accumulator(needed);
       this.buf.copy(target, 0, this.start, this.end);
       this.adopt(target, pending);
     }
-    chunk.copy(this.buf, this.end);
-    this.end += chunk.length;
+    chunk.copy(this.buf, this.end, 0, length);
+    this.end += length;
   }
 
   /**

@@ -196,19 +196,22 @@ export class MilterConnection {
   }
 
   private readonly onData = (chunk: Buffer): void => {
-    this.receive(chunk, false);
+    this.receive(chunk, chunk.length, false);
   };
 
   private readonly onRead = (length: number, shared: Buffer): void => {
-    this.receive(shared.subarray(0, length), true);
+    this.receive(shared, length, true);
   };
 
-  /** One socket read. `borrowed`: the bytes live in the shared read buffer, valid during this call only. */
-  private receive(chunk: Buffer, borrowed: boolean): void {
+  /**
+   * One socket read: the first `length` bytes of `chunk`. `borrowed`: they live in the shared read buffer,
+   * valid during this call only.
+   */
+  private receive(chunk: Buffer, length: number, borrowed: boolean): void {
     if (this.dead) return;
     if (this.inFlight || this.waitingDrain) {
       this.lastActivity = performance.now();
-      const kept = borrowed ? Buffer.from(chunk) : chunk;
+      const kept = borrowed ? Buffer.from(chunk.subarray(0, length)) : chunk;
       this.pending.push(kept);
       this.pendingBytes += kept.length;
       if (this.pendingBytes > connectionDebugStats.maxPendingBytes) {
@@ -221,7 +224,7 @@ export class MilterConnection {
       }
       return;
     }
-    this.decoder.push(chunk);
+    this.decoder.push(chunk, length);
     this.pump();
     // Frames left behind (a partial one, or queued behind an async command) must not see the next read.
     if (borrowed) this.decoder.retain();

@@ -111,6 +111,14 @@ export function createMilterServer<P>(options: MilterServerOptions<P>): MilterSe
   return new Server(options as MilterServerOptions<unknown>);
 }
 
+/** The peer as logged: `ip:port`, `[ipv6]:port`, or `unix:PATH` (the listening path). */
+function peerName(socket: net.Socket, address: ListenAddress): string {
+  if (socket.remoteAddress === undefined) return `unix:${address.path ?? ''}`;
+  return socket.remoteFamily === 'IPv6'
+    ? `[${socket.remoteAddress}]:${socket.remotePort ?? 0}`
+    : `${socket.remoteAddress}:${socket.remotePort ?? 0}`;
+}
+
 function checkCount(value: number | undefined, field: string, min: number): void {
   if (value === undefined) return;
   if (!Number.isSafeInteger(value) || value < min) {
@@ -209,12 +217,10 @@ class Server implements MilterServer {
   }
 
   private accept(socket: net.Socket, address: ListenAddress): void {
-    const peer =
-      socket.remoteAddress === undefined
-        ? `unix:${address.path ?? ''}`
-        : socket.remoteFamily === 'IPv6'
-          ? `[${socket.remoteAddress}]:${socket.remotePort ?? 0}`
-          : `${socket.remoteAddress}:${socket.remotePort ?? 0}`;
+    // With a silent logger (the library default) the per-connection child logger and the peer lookup
+    // (a getpeername(2)) would only feed log lines that are never written.
+    const silent = this.logger.level === 'silent';
+    const peer = silent ? '' : peerName(socket, address);
     if (this.closing !== undefined || this.connections.size >= this.maxConnections) {
       // Fail fast: the MTA sees EOF at once and applies its default action instead of waiting.
       socket.on('error', () => undefined);
@@ -231,7 +237,7 @@ class Server implements MilterServer {
       connection = new MilterConnection({
         id,
         socket,
-        logger: this.logger.child({ conn: id, peer }),
+        logger: silent ? this.logger : this.logger.child({ conn: id, peer }),
         filter: this.filter,
         observer: this.observer,
         failureDecision: this.failureDecision,

@@ -8,20 +8,31 @@
 const SLOT_OF: Readonly<Record<string, number>> = { C: 0, H: 1, M: 2, R: 3, T: 4, N: 5, E: 6 };
 const SLOT_COUNT = 7;
 
+/** One `D` packet's pairs, in packet order (a handful per stage: a scan beats building a Map per packet). */
+type Pairs = ReadonlyArray<readonly [string, string]>;
+
+/** The value of `name` in `pairs`; a later duplicate wins, as it would in a map. */
+function find(pairs: Pairs, name: string): string | undefined {
+  for (let i = pairs.length - 1; i >= 0; i--) {
+    const pair = pairs[i] as readonly [string, string];
+    if (pair[0] === name) return pair[1];
+  }
+  return undefined;
+}
+
 /** Per-connection macro store. */
 export class MacroStore {
-  private readonly slots: Array<Map<string, string> | undefined> = new Array<undefined>(SLOT_COUNT);
+  private readonly slots: Array<Pairs | undefined> = new Array<undefined>(SLOT_COUNT);
 
   /**
-   * Store the pairs of one `D` packet. Stage letters without a slot (Postfix's `L`, `B`, `U`) and packets
-   * without pairs are ignored, exactly like libmilter (§3.2).
+   * Store the pairs of one `D` packet (kept as given: the caller does not reuse the array). Stage letters
+   * without a slot (Postfix's `L`, `B`, `U`) and packets without pairs are ignored, exactly like libmilter
+   * (§3.2).
    */
-  define(stage: string, pairs: ReadonlyArray<readonly [string, string]>): void {
+  define(stage: string, pairs: Pairs): void {
     const slot = SLOT_OF[stage];
     if (slot === undefined || pairs.length === 0) return;
-    const map = new Map<string, string>();
-    for (const [name, value] of pairs) map.set(name, value);
-    this.slots[slot] = map;
+    this.slots[slot] = pairs;
   }
 
   /**
@@ -48,12 +59,12 @@ export class MacroStore {
     else if (name.length === 3 && name[0] === '{' && name[2] === '}') alt = name[1];
     else if (name.length > 1 && name[0] !== '{') alt = `{${name}}`;
     for (let i = SLOT_COUNT - 1; i >= 0; i--) {
-      const map = this.slots[i];
-      if (map === undefined) continue;
-      const v = map.get(name);
+      const pairs = this.slots[i];
+      if (pairs === undefined) continue;
+      const v = find(pairs, name);
       if (v !== undefined) return v;
       if (alt !== undefined) {
-        const w = map.get(alt);
+        const w = find(pairs, alt);
         if (w !== undefined) return w;
       }
     }
@@ -64,10 +75,10 @@ export class MacroStore {
   all(): Record<string, string> {
     const out: Record<string, string> = {};
     for (let i = 0; i < SLOT_COUNT; i++) {
-      const map = this.slots[i];
-      if (map === undefined) continue;
+      const pairs = this.slots[i];
+      if (pairs === undefined) continue;
       // An MTA-supplied name must never reach the prototype.
-      for (const [k, v] of map) if (k !== '__proto__') out[k] = v;
+      for (const [k, v] of pairs) if (k !== '__proto__') out[k] = v;
     }
     return out;
   }
