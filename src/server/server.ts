@@ -36,7 +36,10 @@ export interface MilterServerTimeouts {
 /** Options of {@link createMilterServer}. Validated at once; the object is never modified. */
 export interface MilterServerOptions<P> {
   filter: Filter<P>;
-  /** Root pino logger; each connection gets a child `{ conn, peer }`. Default: silent. */
+  /**
+   * Root pino logger; each connection gets a child `{ conn, peer }` (unless the logger is silent at accept
+   * time: then connections log through it directly). Default: silent.
+   */
   logger?: Logger;
   /** Live connections allowed; beyond it new ones are accepted and closed at once. Default 1000. */
   maxConnections?: number;
