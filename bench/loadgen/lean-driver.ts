@@ -209,8 +209,8 @@ class LeanConnection {
   open(spec: SocketSpec): void {
     const onread = {
       buffer: READ_BUFFER,
-      callback: (length: number, shared: Uint8Array): boolean => {
-        this.onData(Buffer.from(shared.buffer, shared.byteOffset, length));
+      callback: (length: number): boolean => {
+        this.onRead(length);
         return true;
       },
     };
@@ -243,8 +243,8 @@ class LeanConnection {
     });
   }
 
-  private onData(chunk: Buffer): void {
-    this.decoder.push(chunk);
+  private onRead(length: number): void {
+    this.decoder.push(READ_BUFFER, length);
     this.readFrames();
     this.decoder.retain();
   }

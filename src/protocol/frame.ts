@@ -59,13 +59,7 @@ export class FrameDecoder {
       this.owned = false;
       return;
     }
-    const needed = pending + length;
-    if (!this.owned || this.buf.length - this.end < length) {
-      // Move the pending bytes to the front of the accumulator (copy handles overlap), growing it if needed.
-      const target = this.accumulator(needed);
-      this.buf.copy(target, 0, this.start, this.end);
-      this.adopt(target, pending);
-    }
+    if (!this.owned || this.buf.length - this.end < length) this.moveToAccumulator(pending, pending + length);
     chunk.copy(this.buf, this.end, 0, length);
     this.end += length;
   }
@@ -116,9 +110,7 @@ export class FrameDecoder {
       this.end = 0;
       return;
     }
-    const target = this.accumulator(pending);
-    this.buf.copy(target, 0, this.start, this.end);
-    this.adopt(target, pending);
+    this.moveToAccumulator(pending, pending);
   }
 
   /** True while frames come from a borrowed chunk rather than the decoder's own memory. */
@@ -126,13 +118,18 @@ export class FrameDecoder {
     return !this.owned;
   }
 
-  /** The owned accumulator, grown (doubling, from INITIAL_CAPACITY) to hold at least `needed` bytes. */
-  private accumulator(needed: number): Buffer {
-    if (this.acc.length >= needed) return this.acc;
-    let size = Math.max(this.acc.length * 2, INITIAL_CAPACITY);
-    while (size < needed) size *= 2; // bounded: doubles until it covers `needed`
-    this.acc = Buffer.allocUnsafe(size);
-    return this.acc;
+  /**
+   * Move the `pending` unread bytes to the front of the owned accumulator (copy handles overlap), first
+   * growing it (doubling, from INITIAL_CAPACITY) to hold at least `needed` bytes.
+   */
+  private moveToAccumulator(pending: number, needed: number): void {
+    if (this.acc.length < needed) {
+      let size = Math.max(this.acc.length * 2, INITIAL_CAPACITY);
+      while (size < needed) size *= 2; // bounded: doubles until it covers `needed`
+      this.acc = Buffer.allocUnsafe(size);
+    }
+    this.buf.copy(this.acc, 0, this.start, this.end);
+    this.adopt(this.acc, pending);
   }
 
   private adopt(buf: Buffer, pending: number): void {

@@ -103,6 +103,7 @@ const DEFAULTS = {
   maxDataSize: MILTER_MDS_1M,
   readBudgetBytes: 256 * 1024,
   backlog: DEFAULT_BACKLOG,
+  sharedReadBuffer: true,
   deadlineMs: 10_000,
 };
 
@@ -171,7 +172,7 @@ class Server implements MilterServer {
     this.maxDataSize = options.maxDataSize ?? DEFAULTS.maxDataSize;
     this.readBudgetBytes = options.readBudgetBytes ?? DEFAULTS.readBudgetBytes;
     this.backlog = options.backlog ?? DEFAULTS.backlog;
-    this.sharedReadBuffer = options.sharedReadBuffer ?? true;
+    this.sharedReadBuffer = options.sharedReadBuffer ?? DEFAULTS.sharedReadBuffer;
     this.socketMode = options.socketMode;
     this.socketGroup = options.socketGroup;
   }

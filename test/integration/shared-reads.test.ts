@@ -6,15 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import type { Filter } from '../../src/filter.js';
 import { encodeCommands } from '../../src/protocol/encode.js';
 import type { MilterCommand } from '../../src/protocol/types.js';
 import { connectionDebugStats, resetConnectionDebugStats } from '../../src/server/connection.js';
-import { createMilterServer } from '../../src/server/server.js';
+import { createMilterServer, type ListenAddress, type MilterServer } from '../../src/server/server.js';
 import { RawMta, endOfMessage, step } from '../helpers/raw-mta.js';
 import { startServer } from '../helpers/server.js';
-import { sleep } from '../helpers/wait.js';
+import { deferred, sleep, waitFor } from '../helpers/wait.js';
 
 /** A body chunk whose every byte depends on `tag` and the position: any overwrite shows. */
 function pattern(tag: number, size: number): Buffer {
@@ -29,7 +29,8 @@ const TRANSACTION_FILTER: Filter = {
   eom: () => 'accept',
 };
 
-async function openTransaction(mta: RawMta): Promise<number> {
+/** Negotiate and open a transaction (MAIL, RCPT), each step answered with continue. */
+async function openTransaction(mta: RawMta): Promise<void> {
   const { protocol } = await mta.negotiate();
   assert.deepEqual(await step(mta, protocol, { kind: 'mail', sender: '<a@example.org>', args: [] }), {
     kind: 'continue',
@@ -37,7 +38,33 @@ async function openTransaction(mta: RawMta): Promise<number> {
   assert.deepEqual(await step(mta, protocol, { kind: 'rcpt', recipient: '<b@example.net>', args: [] }), {
     kind: 'continue',
   });
-  return protocol;
+}
+
+/** A milter server listening through a net.Server built by the caller (as listen(net.Server) allows). */
+async function adoptedServer(
+  t: TestContext,
+  pauseOnConnect: boolean,
+): Promise<{ server: MilterServer; external: net.Server; address: ListenAddress }> {
+  const server = createMilterServer({ filter: TRANSACTION_FILTER });
+  t.after(() => server.close({ deadlineMs: 100 }));
+  const external = net.createServer({ allowHalfOpen: true, pauseOnConnect });
+  await new Promise<void>((resolve) => external.listen(0, '127.0.0.1', resolve));
+  return { server, external, address: await server.listen(external) };
+}
+
+/** One whole message over a new connection; its final answer must be accept. */
+async function acceptedMessage(t: TestContext, address: ListenAddress): Promise<RawMta> {
+  const mta = await RawMta.connect(address);
+  t.after(() => mta.destroy());
+  await openTransaction(mta);
+  assert.equal((await endOfMessage(mta)).final?.kind, 'accept');
+  return mta;
+}
+
+function connectionsOf(server: net.Server): Promise<number> {
+  return new Promise((resolve, reject) =>
+    server.getConnections((err, n) => (err ? reject(err) : resolve(n))),
+  );
 }
 
 for (const shared of [true, false]) {
@@ -46,15 +73,14 @@ for (const shared of [true, false]) {
   test(`${mode}: an async body callback still sees its own bytes after other connections read`, async (t) => {
     resetConnectionDebugStats();
     const seen = new Map<number, Buffer[]>();
-    let release!: () => void;
-    const gate = new Promise<void>((resolve) => (release = resolve));
+    const gate = deferred();
     const filter: Filter<number> = {
       envfrom: (ctx, sender) => {
         ctx.priv = Number(/\d+/.exec(sender)?.[0] ?? 0);
       },
       async body(ctx, chunk) {
         // The first connection holds its chunks across the other connections' traffic.
-        if (ctx.priv === 1) await gate;
+        if (ctx.priv === 1) await gate.promise;
         const list = seen.get(ctx.priv ?? 0) ?? [];
         list.push(Buffer.from(chunk));
         seen.set(ctx.priv ?? 0, list);
@@ -84,7 +110,7 @@ for (const shared of [true, false]) {
         assert.deepEqual(await mta.next(), { kind: 'continue' });
       }
     }
-    release();
+    gate.resolve();
     for (let i = 0; i < held.length; i++) assert.deepEqual(await first.next(), { kind: 'continue' });
     assert.equal((await endOfMessage(first)).final?.kind, 'accept');
     assert.deepEqual(seen.get(1), held, 'the held chunks arrived unchanged, in order');
@@ -146,40 +172,20 @@ for (const shared of [true, false]) {
 
 test('a net.Server passed to listen() without pauseOnConnect uses stream reads and works', async (t) => {
   resetConnectionDebugStats();
-  const server = createMilterServer({ filter: TRANSACTION_FILTER });
-  t.after(() => server.close({ deadlineMs: 100 }));
-  const external = net.createServer({ allowHalfOpen: true });
-  await new Promise<void>((resolve) => external.listen(0, '127.0.0.1', resolve));
-  const address = await server.listen(external);
-  const mta = await RawMta.connect(address);
-  t.after(() => mta.destroy());
-  await openTransaction(mta);
-  assert.equal((await endOfMessage(mta)).final?.kind, 'accept');
+  const { address } = await adoptedServer(t, false);
+  await acceptedMessage(t, address);
   assert.equal(connectionDebugStats.sharedReads, 0);
 });
 
 test('a net.Server passed to listen() with pauseOnConnect gets shared reads', async (t) => {
   resetConnectionDebugStats();
-  const server = createMilterServer({ filter: TRANSACTION_FILTER });
-  t.after(() => server.close({ deadlineMs: 100 }));
-  const external = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-  await new Promise<void>((resolve) => external.listen(0, '127.0.0.1', resolve));
-  const address = await server.listen(external);
-  const mta = await RawMta.connect(address);
-  t.after(() => mta.destroy());
-  await openTransaction(mta);
-  assert.equal((await endOfMessage(mta)).final?.kind, 'accept');
+  const { server, external, address } = await adoptedServer(t, true);
+  const mta = await acceptedMessage(t, address);
   assert.equal(connectionDebugStats.sharedReads, 1);
   // The server's own connection count follows the adopted socket.
-  const count = await new Promise<number>((resolve, reject) =>
-    external.getConnections((err, n) => (err ? reject(err) : resolve(n))),
-  );
-  assert.equal(count, 1);
+  assert.equal(await connectionsOf(external), 1);
   mta.send({ kind: 'quit' });
   await mta.next();
-  for (let i = 0; i < 50 && server.connectionCount > 0; i++) await sleep(10);
-  const after = await new Promise<number>((resolve, reject) =>
-    external.getConnections((err, n) => (err ? reject(err) : resolve(n))),
-  );
-  assert.equal(after, 0);
+  await waitFor(() => server.connectionCount === 0, 'the connection to close');
+  assert.equal(await connectionsOf(external), 0);
 });
