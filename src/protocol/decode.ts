@@ -20,6 +20,7 @@ import {
   SMFIA_UNKNOWN,
 } from './constants.js';
 import { malformed, readCString, splitCStrings } from './cstring.js';
+import { PackedMacros } from './packed-macros.js';
 import type {
   AddressFamily,
   ConnectCommand,
@@ -153,13 +154,9 @@ function decodeConnect(payload: Buffer): ConnectCommand {
 }
 
 function decodeMacro(payload: Buffer): MilterCommand {
-  required(payload, 'macro');
-  const stage = String.fromCharCode(payload[0] as number);
-  const parts = splitCStrings(payload, 1, payload.length, 'macro');
-  if (parts.length % 2 !== 0) throw malformed('macro: odd number of name/value strings');
-  const macros: Array<[string, string]> = [];
-  for (let i = 0; i < parts.length; i += 2) macros.push([parts[i] as string, parts[i + 1] as string]);
-  return { kind: 'macro', stage, macros };
+  const packet = PackedMacros.fromPayload(payload);
+  const macros = packet.pairs() as Array<[string, string]>;
+  return { kind: 'macro', stage: packet.stage, macros };
 }
 
 const DATA: MilterCommand = Object.freeze({ kind: 'data' });

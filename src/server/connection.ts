@@ -22,11 +22,18 @@ import type { MilterObserver } from '../observer.js';
 import { decodeCommand } from '../protocol/decode.js';
 import { encodeResponse, encodeResponses } from '../protocol/encode.js';
 import { FrameDecoder } from '../protocol/frame.js';
-import { SMFIC_BODY, SMFIC_BODYEOB } from '../protocol/constants.js';
-import type { Frame, MilterCommand, MilterResponse } from '../protocol/types.js';
+import { SMFIC_BODY, SMFIC_BODYEOB, SMFIC_MACRO } from '../protocol/constants.js';
+import { PackedMacros } from '../protocol/packed-macros.js';
+import type { Frame, MilterResponse } from '../protocol/types.js';
 import { createSession } from '../session/session.js';
-import type { FailureDecision, HandleResult, Session, TerminationReason } from '../session/types.js';
-import { adoptSharedReads } from './shared-read.js';
+import type {
+  FailureDecision,
+  HandleResult,
+  Session,
+  SessionCommand,
+  TerminationReason,
+} from '../session/types.js';
+import { adoptSharedReads, type SharedReadRelay } from './shared-read.js';
 
 /** Length prefix + command byte: added to a payload's size to get its size on the wire. */
 const FRAME_OVERHEAD = 5;
@@ -53,6 +60,8 @@ export interface ConnectionOptions {
   readBudgetBytes: number;
   /** Read into the process-wide shared buffer when the socket allows it (see shared-read.ts). */
   sharedReadBuffer: boolean;
+  /** Set when the socket was accepted already reading into the shared buffer (acceptWithSharedReads). */
+  sharedReadRelay?: SharedReadRelay;
 }
 
 /**
@@ -151,7 +160,14 @@ export class MilterConnection {
 
   /** Attach the socket handlers and start reading. Called once, right after construction. */
   start(): void {
-    const adopted = this.options.sharedReadBuffer ? adoptSharedReads(this.socket, this.onRead) : undefined;
+    const relay = this.options.sharedReadRelay;
+    let adopted: net.Socket | undefined;
+    if (relay !== undefined) {
+      relay.onRead = this.onRead;
+      adopted = this.socket;
+    } else if (this.options.sharedReadBuffer) {
+      adopted = adoptSharedReads(this.socket, this.onRead);
+    }
     if (adopted !== undefined) {
       this.socket = adopted;
       this.sharedReads = true;
@@ -276,9 +292,10 @@ export class MilterConnection {
   private dispatch(frame: Frame): boolean {
     let result: HandleResult | Promise<HandleResult>;
     try {
-      const command: MilterCommand = decodeCommand(
-        this.sharedReads && this.decoder.borrowing ? ownBody(frame) : frame,
-      );
+      const command: SessionCommand =
+        frame.command === SMFIC_MACRO
+          ? PackedMacros.fromPayload(frame.payload)
+          : decodeCommand(this.sharedReads && this.decoder.borrowing ? ownBody(frame) : frame);
       this.observer?.command?.(command.kind, frame.payload.length + FRAME_OVERHEAD);
       if (this.negotiateTimer !== undefined) {
         clearTimeout(this.negotiateTimer);

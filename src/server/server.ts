@@ -13,6 +13,7 @@ import { MILTER_MDS_1M, MILTER_MDS_64K } from '../protocol/constants.js';
 import type { FailureDecision } from '../session/types.js';
 import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 import { MilterConnection } from './connection.js';
+import { acceptWithSharedReads, type SharedReadRelay } from './shared-read.js';
 import {
   adoptServer,
   bindListener,
@@ -210,7 +211,12 @@ class Server implements MilterServer {
       throw new MilterError('ERR_MILTER_SERVER_CLOSED', 'the milter server was closed while binding');
     }
     const address = bound.address;
-    bound.server.on('connection', (socket: net.Socket) => this.accept(socket, address));
+    // A listener milterd created has no other audience: its connections skip net's paused socket.
+    const direct =
+      !(spec instanceof net.Server) &&
+      this.sharedReadBuffer &&
+      acceptWithSharedReads(bound.server, (socket, relay) => this.accept(socket, address, relay));
+    if (!direct) bound.server.on('connection', (socket: net.Socket) => this.accept(socket, address));
     // Accept failures (EMFILE…) are emitted on the server; without a handler they would crash the process.
     bound.server.on('error', (err: Error) =>
       this.logger.error({ err, listen: address.spec }, 'listener error'),
@@ -220,7 +226,7 @@ class Server implements MilterServer {
     return { ...address };
   }
 
-  private accept(socket: net.Socket, address: ListenAddress): void {
+  private accept(socket: net.Socket, address: ListenAddress, relay?: SharedReadRelay): void {
     // With a silent logger (the library default) the per-connection child logger and the peer lookup
     // (a getpeername(2)) would only feed log lines that are never written.
     const silent = this.logger.level === 'silent';
@@ -251,6 +257,7 @@ class Server implements MilterServer {
         callbackTimeoutMs: this.timeouts.callbackMs,
         readBudgetBytes: this.readBudgetBytes,
         sharedReadBuffer: this.sharedReadBuffer,
+        ...(relay === undefined ? {} : { sharedReadRelay: relay }),
       });
     } catch (err) {
       // Setting up one connection must never take the listener (or the process) down.

@@ -8,15 +8,18 @@
  * plain callback. Benchmark, 128 connections × 10 messages, 3 paired runs against the previous build:
  * server CPU per message 198 → 152 µs on TCP and 137 → 102 µs on a Unix socket, msg/s +23…26 %.
  *
- * `net.Server` has no `onread` option, so an accepted socket (created paused, `pauseOnConnect`) hands
- * its libuv handle to a new Socket built with `onread`. That uses net's `_handle`/`_server` fields;
+ * `net.Server` has no `onread` option. A listener milterd owns accepts straight into `onread` sockets
+ * (acceptWithSharedReads); on a net.Server the caller passed in, an accepted socket (created paused,
+ * `pauseOnConnect`) hands its libuv handle to a new Socket built with `onread` (adoptSharedReads). That uses net's `_handle`/`_server` fields;
  * when they are not there (another runtime, a Node that changed them) or the socket already started
  * reading (a net.Server the caller built without `pauseOnConnect`), nothing is touched and the caller
  * keeps the ordinary stream path.
  *
  * The shared bytes are valid only during the callback: the reader copies whatever must outlive it.
  */
+import diagnosticsChannel from 'node:diagnostics_channel';
 import net from 'node:net';
+import util from 'node:util';
 
 /** One kernel read at most; the size Node itself uses per read. */
 const SHARED_BUFFER_BYTES = 64 * 1024;
@@ -72,4 +75,82 @@ export function adoptSharedReads(socket: net.Socket, onRead: SharedReadCallback)
   raw._server = null;
   raw._handle = null;
   return adopted;
+}
+
+/** Where a socket created by {@link acceptWithSharedReads} delivers its reads; the owner sets `onRead`. */
+export class SharedReadRelay {
+  /** Replaced by the connection that owns the socket; until then (never in practice) reads are dropped. */
+  onRead: SharedReadCallback = () => undefined;
+}
+
+/** The private fields of a listening net.Server this module relies on. */
+interface ListeningServerInternals {
+  _handle?: { onconnection?: unknown } | null;
+  _connections?: unknown;
+  maxConnections?: number;
+}
+
+/** What libuv hands to `onconnection`: a TCP or Pipe handle with a close(). */
+interface ClientHandle {
+  close(): void;
+}
+
+/**
+ * Accept `server`'s connections straight into shared-read sockets: one Socket per connection instead of
+ * the paused one net creates and the one {@link adoptSharedReads} re-creates from it, which was a tenth of
+ * the server's CPU with one message per connection (Postfix opens a milter connection per SMTP session).
+ * Replaces the listening handle's `onconnection` with the same steps as net's (connection count, the
+ * server's `maxConnections`, the `net.server.socket` diagnostics channel) but calls `accept` instead of
+ * emitting 'connection'. Only for a server milterd created and owns: nobody else listens to it. Returns
+ * false, changing nothing, when the server does not have the expected internals.
+ */
+export function acceptWithSharedReads(
+  server: net.Server,
+  accept: (socket: net.Socket, relay: SharedReadRelay) => void,
+): boolean {
+  const raw = server as unknown as ListeningServerInternals;
+  const handle = raw._handle;
+  if (handle === undefined || handle === null || typeof handle.onconnection !== 'function') return false;
+  if (typeof raw._connections !== 'number') return false;
+  const socketChannel = diagnosticsChannel.channel('net.server.socket');
+  handle.onconnection = (status: number, clientHandle: ClientHandle | undefined): void => {
+    if (status < 0 || clientHandle === undefined) {
+      // EMFILE and friends: net emits them on the server, where the milter server logs them.
+      const err = new Error(`accept failed: ${util.getSystemErrorName(status)}`) as NodeJS.ErrnoException;
+      err.code = util.getSystemErrorName(status);
+      err.errno = status;
+      err.syscall = 'accept';
+      server.emit('error', err);
+      return;
+    }
+    if (raw.maxConnections !== undefined && (raw._connections as number) >= raw.maxConnections) {
+      clientHandle.close();
+      return;
+    }
+    sharedBuffer ??= Buffer.allocUnsafe(SHARED_BUFFER_BYTES);
+    const relay = new SharedReadRelay();
+    const options = {
+      handle: clientHandle,
+      allowHalfOpen: true,
+      readable: true,
+      writable: true,
+      onread: { buffer: sharedBuffer, callback: (n: number, b: Buffer) => relay.onRead(n, b) },
+    };
+    let socket: net.Socket;
+    try {
+      socket = new net.Socket(options as net.SocketConstructorOpts);
+    } catch (err) {
+      clientHandle.close();
+      server.emit('error', err);
+      return;
+    }
+    // As net does: the socket's destroy() decrements, so close() and getConnections() stay right.
+    raw._connections = (raw._connections as number) + 1;
+    const internals = socket as unknown as AcceptedSocketInternals;
+    internals._server = server;
+    internals.server = server;
+    if (socketChannel.hasSubscribers) socketChannel.publish({ socket });
+    accept(socket, relay);
+  };
+  return true;
 }

@@ -3,13 +3,18 @@
  * `D` packet replaces its stage's slot, later stages are cleared when an earlier stage command arrives,
  * and lookups search the latest stage first.
  */
+import { PackedMacros, type MacroPairs as Pairs } from '../protocol/packed-macros.js';
 
 /** Slot order = libmilter's lookup order reversed: CONNECT, HELO, MAIL, RCPT, DATA, EOH, EOM. */
 const SLOT_OF: Readonly<Record<string, number>> = { C: 0, H: 1, M: 2, R: 3, T: 4, N: 5, E: 6 };
 const SLOT_COUNT = 7;
 
-/** One `D` packet's pairs, in packet order (a handful per stage: a scan beats building a Map per packet). */
-type Pairs = ReadonlyArray<readonly [string, string]>;
+/** One `D` packet: its pairs in packet order (a handful per stage: a scan beats a Map per packet), or still packed. */
+type Slot = Pairs | PackedMacros;
+
+function pairsOf(slot: Slot): Pairs {
+  return slot instanceof PackedMacros ? slot.pairs() : slot;
+}
 
 /** The value of `name` in `pairs`; a later duplicate wins, as it would in a map. */
 function find(pairs: Pairs, name: string): string | undefined {
@@ -22,17 +27,18 @@ function find(pairs: Pairs, name: string): string | undefined {
 
 /** Per-connection macro store. */
 export class MacroStore {
-  private readonly slots: Array<Pairs | undefined> = new Array<undefined>(SLOT_COUNT);
+  private readonly slots: Array<Slot | undefined> = new Array<undefined>(SLOT_COUNT);
 
   /**
-   * Store the pairs of one `D` packet (kept as given: the caller does not reuse the array). Stage letters
-   * without a slot (Postfix's `L`, `B`, `U`) and packets without pairs are ignored, exactly like libmilter
-   * (§3.2).
+   * Store one `D` packet, its pairs (kept as given: the caller does not reuse the array) or the packed
+   * packet (decoded when a lookup first reaches it). Stage letters without a slot (Postfix's `L`, `B`, `U`)
+   * and packets without pairs are ignored, exactly like libmilter (§3.2).
    */
-  define(stage: string, pairs: Pairs): void {
+  define(stage: string, macros: Slot): void {
     const slot = SLOT_OF[stage];
-    if (slot === undefined || pairs.length === 0) return;
-    this.slots[slot] = pairs;
+    if (slot === undefined) return;
+    if (macros instanceof PackedMacros ? macros.empty : macros.length === 0) return;
+    this.slots[slot] = macros;
   }
 
   /**
@@ -59,8 +65,9 @@ export class MacroStore {
     else if (name.length === 3 && name[0] === '{' && name[2] === '}') alt = name[1];
     else if (name.length > 1 && name[0] !== '{') alt = `{${name}}`;
     for (let i = SLOT_COUNT - 1; i >= 0; i--) {
-      const pairs = this.slots[i];
-      if (pairs === undefined) continue;
+      const slot = this.slots[i];
+      if (slot === undefined) continue;
+      const pairs = pairsOf(slot);
       const v = find(pairs, name);
       if (v !== undefined) return v;
       if (alt !== undefined) {
@@ -75,8 +82,9 @@ export class MacroStore {
   all(): Record<string, string> {
     const out: Record<string, string> = {};
     for (let i = 0; i < SLOT_COUNT; i++) {
-      const pairs = this.slots[i];
-      if (pairs === undefined) continue;
+      const slot = this.slots[i];
+      if (slot === undefined) continue;
+      const pairs = pairsOf(slot);
       // An MTA-supplied name must never reach the prototype.
       for (const [k, v] of pairs) if (k !== '__proto__') out[k] = v;
     }

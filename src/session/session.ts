@@ -7,10 +7,18 @@
 import type { Logger } from 'pino';
 import type { Filter, NegotiateResult, NegotiationOffer } from '../filter.js';
 import type { MilterObserver } from '../observer.js';
-import type { MilterCommand, OptnegCommand } from '../protocol/types.js';
-import type { HandleResult, Session, SessionIO, SessionOptions, TerminationReason } from './types.js';
+import type { OptnegCommand } from '../protocol/types.js';
+import type {
+  HandleResult,
+  Session,
+  SessionCommand,
+  SessionIO,
+  SessionOptions,
+  TerminationReason,
+} from './types.js';
 import { MilterError, MilterProtocolError } from '../errors.js';
 import { MILTER_MDS_1M, SMFIP_NR_BODY, SMFIP_SKIP } from '../protocol/constants.js';
+import { PackedMacros } from '../protocol/packed-macros.js';
 import { ConnectionContext, MessageEomContext } from './context.js';
 import {
   CallbackRunner,
@@ -97,7 +105,7 @@ class MilterSession implements Session {
     return this.ended || this.state === State.INIT || this.state === State.Q_NC;
   }
 
-  handle(cmd: MilterCommand): HandleResult | Promise<HandleResult> {
+  handle(cmd: SessionCommand): HandleResult | Promise<HandleResult> {
     const result = this.dispatch(cmd);
     if (result instanceof Promise) {
       // Remembered so terminate() can wait for it: callbacks never overlap, and abort/eom stay exclusive.
@@ -110,8 +118,12 @@ class MilterSession implements Session {
     return result;
   }
 
-  private dispatch(cmd: MilterCommand): HandleResult | Promise<HandleResult> {
+  private dispatch(cmd: SessionCommand): HandleResult | Promise<HandleResult> {
     if (this.ended) return RESULT_NONE;
+    if (cmd instanceof PackedMacros) {
+      this.store.define(cmd.stage, cmd);
+      return RESULT_NONE;
+    }
     switch (cmd.kind) {
       case 'macro':
         this.store.define(cmd.stage, cmd.macros);

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { DecisionKind, Filter } from '../filter.js';
 import type { MilterCommand, MilterResponse } from '../protocol/types.js';
 import type { MilterObserver } from '../observer.js';
+import type { PackedMacros } from '../protocol/packed-macros.js';
 
 /** What the session answers to one command. */
 export interface HandleResult {
@@ -53,6 +54,9 @@ export interface SessionOptions {
 /** Why a connection ended without SMFIC_QUIT. */
 export type TerminationReason = 'eof' | 'error' | 'timeout' | 'protocol' | 'shutdown';
 
+/** A decoded command, or a macro packet left packed (the server's path: decoded when looked up). */
+export type SessionCommand = MilterCommand | PackedMacros;
+
 /** The per-connection state machine. */
 export interface Session {
   /**
@@ -60,7 +64,7 @@ export interface Session {
    * throws MilterProtocolError only for protocol violations (the server then closes the socket).
    * Synchronous results are returned directly to spare a microtask on the hot path.
    */
-  handle(command: MilterCommand): HandleResult | Promise<HandleResult>;
+  handle(command: SessionCommand): HandleResult | Promise<HandleResult>;
   /**
    * The socket ended without SMFIC_QUIT (EOF, error, timeout, protocol error, server shutdown): call
    * `abort` if a transaction is open, then `close` if it was not called yet. Idempotent, never throws.

@@ -5,6 +5,7 @@
  * read paths (shared buffer and ordinary stream reads, the fallback).
  */
 import assert from 'node:assert/strict';
+import diagnosticsChannel from 'node:diagnostics_channel';
 import net from 'node:net';
 import { test, type TestContext } from 'node:test';
 import type { Filter } from '../../src/filter.js';
@@ -188,4 +189,35 @@ test('a net.Server passed to listen() with pauseOnConnect gets shared reads', as
   await mta.next();
   await waitFor(() => server.connectionCount === 0, 'the connection to close');
   assert.equal(await connectionsOf(external), 0);
+});
+
+test("a listener milterd creates accepts straight into shared reads, with net's bookkeeping", async (t) => {
+  resetConnectionDebugStats();
+  const published: net.Socket[] = [];
+  const onSocket = (message: unknown): void => {
+    published.push((message as { socket: net.Socket }).socket);
+  };
+  diagnosticsChannel.subscribe('net.server.socket', onSocket);
+  t.after(() => diagnosticsChannel.unsubscribe('net.server.socket', onSocket));
+  const server = createMilterServer({ filter: TRANSACTION_FILTER });
+  let closed = false;
+  t.after(() => (closed ? undefined : server.close({ deadlineMs: 100 })));
+  const address = await server.listen('inet:0@127.0.0.1');
+  const mtas = [await acceptedMessage(t, address), await acceptedMessage(t, address)];
+  assert.equal(connectionDebugStats.sharedReads, 2);
+  // The diagnostics channel still sees every accepted socket, as with net's own accept.
+  assert.equal(published.length, 2);
+  assert.deepEqual(published.map((s) => s.remotePort).sort(), mtas.map((m) => m.socket.localPort).sort());
+  // The listener counts the sockets it accepted (net's getConnections), and counts them down again.
+  const listener = (published[0] as net.Socket & { server: net.Server }).server;
+  assert.ok(listener instanceof net.Server);
+  assert.equal(await connectionsOf(listener), 2);
+  for (const mta of mtas) {
+    mta.send({ kind: 'quit' });
+    await mta.next();
+  }
+  await waitFor(() => server.connectionCount === 0, 'the connections to close');
+  assert.equal(await connectionsOf(listener), 0);
+  await server.close({ deadlineMs: 100 });
+  closed = true;
 });
