@@ -106,31 +106,45 @@ export class ConnectionContext implements StageContext<unknown> {
   private txnLogger: Logger | undefined = undefined;
   private txnLoggerKey: string | undefined = undefined;
 
-  /** The connection logger, bound to `{ client }` once SMFIC_CONNECT told who the SMTP client is. */
-  private connLogger: Logger;
+  /**
+   * The connection logger, bound to `{ client }` once SMFIC_CONNECT told who the SMTP client is. Built on
+   * first use: most connections never log, and a pino child per connection is measurable (Postfix opens
+   * a milter connection per SMTP session).
+   */
+  private connLogger: Logger | undefined = undefined;
 
   constructor(
     readonly id: string,
     private readonly baseLogger: Logger,
     private readonly store: MacroStore,
   ) {
-    this.connLogger = baseLogger;
   }
 
   /** SMFIC_CONNECT: remember the SMTP client and put its address on every later log line. */
   bindClient(info: ConnectionInfo): void {
     this.connection = info;
-    this.connLogger = this.baseLogger.child({ client: info.address === '' ? info.hostname : info.address });
+    this.connLogger = undefined;
     this.txnLogger = undefined;
+  }
+
+  private get connectionLogger(): Logger {
+    if (this.connLogger === undefined) {
+      const info = this.connection;
+      this.connLogger =
+        info === undefined
+          ? this.baseLogger
+          : this.baseLogger.child({ client: info.address === '' ? info.hostname : info.address });
+    }
+    return this.connLogger;
   }
 
   /** The connection logger, or inside a transaction a child bound to `{ txn }` (queue id once known). */
   get logger(): Logger {
-    if (this.envelopeState === undefined) return this.connLogger;
+    if (this.envelopeState === undefined) return this.connectionLogger;
     // Postfix assigns the queue id only after the first accepted RCPT: re-check until it appears.
     const key = this.store.get('i') ?? `#${this.txnSeq}`;
     if (this.txnLogger === undefined || this.txnLoggerKey !== key) {
-      this.txnLogger = this.connLogger.child({ txn: key });
+      this.txnLogger = this.connectionLogger.child({ txn: key });
       this.txnLoggerKey = key;
     }
     return this.txnLogger;
@@ -167,7 +181,7 @@ export class ConnectionContext implements StageContext<unknown> {
     this.resetTransaction();
     this.priv = undefined;
     this.connection = undefined;
-    this.connLogger = this.baseLogger;
+    this.connLogger = undefined;
     this.txnLogger = undefined;
     this.helo = undefined;
   }
