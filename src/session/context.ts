@@ -117,8 +117,7 @@ export class ConnectionContext implements StageContext<unknown> {
     readonly id: string,
     private readonly baseLogger: Logger,
     private readonly store: MacroStore,
-  ) {
-  }
+  ) {}
 
   /** SMFIC_CONNECT: remember the SMTP client and put its address on every later log line. */
   bindClient(info: ConnectionInfo): void {
