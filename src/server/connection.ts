@@ -33,6 +33,7 @@ import type {
   SessionCommand,
   TerminationReason,
 } from '../session/types.js';
+import { writeDirect } from './direct-write.js';
 import { adoptSharedReads, type SharedReadRelay } from './shared-read.js';
 
 /** Length prefix + command byte: added to a payload's size to get its size on the wire. */
@@ -78,6 +79,8 @@ export const connectionDebugStats = {
   drainWaits: 0,
   /** Connections that read into the shared buffer (the rest used ordinary stream reads). */
   sharedReads: 0,
+  /** Direct writes (direct-write.ts) the kernel could not take at once: libuv queued them. */
+  queuedDirectWrites: 0,
 };
 
 /** Reset {@link connectionDebugStats} (tests). @internal */
@@ -86,6 +89,7 @@ export function resetConnectionDebugStats(): void {
   connectionDebugStats.maxPendingBytes = 0;
   connectionDebugStats.drainWaits = 0;
   connectionDebugStats.sharedReads = 0;
+  connectionDebugStats.queuedDirectWrites = 0;
 }
 
 /**
@@ -116,6 +120,8 @@ export class MilterConnection {
   private paused = false;
   private inFlight = false;
   private waitingDrain = false;
+  /** Replies written straight to the handle (direct-write.ts) that libuv still holds. */
+  private directQueued = 0;
   /** performance.now() of the last chunk read or command answered (idle timeout). */
   private lastActivity = 0;
   /** No more reading or dispatching: the connection is ending. */
@@ -354,7 +360,8 @@ export class MilterConnection {
     if (!flushed) {
       this.waitingDrain = true;
       connectionDebugStats.drainWaits++;
-      this.socket.once('drain', this.onDrain);
+      // Direct writes still queued end the wait themselves (onDirectWritten); the Writable's with 'drain'.
+      if (this.directQueued === 0) this.socket.once('drain', this.onDrain);
       return false;
     }
     return true;
@@ -365,11 +372,30 @@ export class MilterConnection {
     if (!this.dead && !this.inFlight) this.pump();
   };
 
+  /** Write one buffer. False: the bytes are queued (backpressure); `onDrain` runs when they are out. */
   private write(buf: Buffer): boolean {
-    const ok = this.socket.write(buf);
     this.observer?.bytesWritten?.(buf.length);
-    return ok;
+    if (this.sharedReads) {
+      const outcome = writeDirect(this.socket, buf, this.onDirectWritten);
+      if (outcome === 'written') return true;
+      if (outcome === 'queued') {
+        this.directQueued++;
+        connectionDebugStats.queuedDirectWrites++;
+        return false;
+      }
+    }
+    return this.socket.write(buf);
   }
+
+  /** A direct write that libuv had queued is out (or failed: the socket goes, like a failed write()). */
+  private readonly onDirectWritten = (err: Error | undefined): void => {
+    this.directQueued--;
+    if (err !== undefined) {
+      if (!this.socket.destroyed) this.socket.destroy(err);
+      return;
+    }
+    if (this.directQueued === 0 && this.waitingDrain) this.onDrain();
+  };
 
   /** SessionIO.sendNow: progress packets go out at once, ahead of the running command's replies. */
   private sendNow(response: MilterResponse): void {

@@ -66,7 +66,8 @@ export interface MilterServerOptions<P> {
    * Read all connections into one shared 64 KiB buffer (Node's `onread`) instead of a fresh buffer per
    * read: less CPU and memory per command. It relies on net.Socket internals and falls back to ordinary
    * reads when they are missing or the socket comes from a net.Server passed to listen() without
-   * `pauseOnConnect`. Default true; false always uses ordinary stream reads.
+   * `pauseOnConnect`. Such connections also write their replies straight to the socket's handle
+   * (direct-write.ts). Default true; false always uses ordinary stream reads and writes.
    */
   sharedReadBuffer?: boolean;
 }

@@ -62,51 +62,64 @@ test('a BODY flood against a slow body callback pauses reading instead of buffer
   );
 });
 
-test('a reply larger than the socket buffer is flushed before the next command is dispatched', async (t) => {
-  resetConnectionDebugStats();
-  const big = Buffer.alloc(4 * 1024 * 1024, 0x62);
-  const order: string[] = [];
-  const filter: Filter = {
-    envfrom(_ctx, sender) {
-      order.push(`envfrom ${sender}`);
-    },
-    envrcpt: () => undefined,
-    async eom(ctx) {
-      order.push('eom');
-      await ctx.replaceBody(big);
-      return 'accept' as const;
-    },
-  };
-  // A Unix socket: its kernel buffers (~200 KiB) are far smaller than the reply, unlike loopback TCP's.
-  const dir = await tempDir(t);
-  const { address } = await startServer(t, { filter }, `unix:${join(dir, 'drain.sock')}`);
-  const mta = await RawMta.connect(address);
-  t.after(() => mta.destroy());
-  const { protocol } = await mta.negotiate();
-  assert.deepEqual(await step(mta, protocol, { kind: 'mail', sender: '<one@example.org>', args: [] }), {
-    kind: 'continue',
-  });
-  assert.deepEqual(await step(mta, protocol, { kind: 'rcpt', recipient: '<user@example.net>', args: [] }), {
-    kind: 'continue',
-  });
-  // EOM and the next MAIL in one write, while we do not read: the 4 MiB reply cannot flush at once.
-  mta.socket.pause();
-  mta.send({ kind: 'eom', chunk: Buffer.alloc(0) }, { kind: 'mail', sender: '<two@example.org>', args: [] });
-  await sleep(50);
-  mta.socket.resume();
+for (const shared of [true, false]) {
+  // Shared reads write replies straight to the handle (direct-write.ts); otherwise through socket.write().
+  const writes = shared ? 'direct writes' : 'socket.write()';
+  test(`${writes}: a reply larger than the socket buffer is flushed before the next command is dispatched`, async (t) => {
+    resetConnectionDebugStats();
+    const big = Buffer.alloc(4 * 1024 * 1024, 0x62);
+    const order: string[] = [];
+    const filter: Filter = {
+      envfrom(_ctx, sender) {
+        order.push(`envfrom ${sender}`);
+      },
+      envrcpt: () => undefined,
+      async eom(ctx) {
+        order.push('eom');
+        await ctx.replaceBody(big);
+        return 'accept' as const;
+      },
+    };
+    // A Unix socket: its kernel buffers (~200 KiB) are far smaller than the reply, unlike loopback TCP's.
+    const dir = await tempDir(t);
+    const { address } = await startServer(
+      t,
+      { filter, sharedReadBuffer: shared },
+      `unix:${join(dir, 'drain.sock')}`,
+    );
+    const mta = await RawMta.connect(address);
+    t.after(() => mta.destroy());
+    const { protocol } = await mta.negotiate();
+    assert.deepEqual(await step(mta, protocol, { kind: 'mail', sender: '<one@example.org>', args: [] }), {
+      kind: 'continue',
+    });
+    assert.deepEqual(await step(mta, protocol, { kind: 'rcpt', recipient: '<user@example.net>', args: [] }), {
+      kind: 'continue',
+    });
+    // EOM and the next MAIL in one write, while we do not read: the 4 MiB reply cannot flush at once.
+    mta.socket.pause();
+    mta.send(
+      { kind: 'eom', chunk: Buffer.alloc(0) },
+      { kind: 'mail', sender: '<two@example.org>', args: [] },
+    );
+    await sleep(50);
+    mta.socket.resume();
 
-  let replaced = 0;
-  for (;;) {
-    const r = await mta.next();
-    assert.ok(r, 'connection still open');
-    if (r.kind !== 'replaceBody') {
-      assert.equal(r.kind, 'accept');
-      break;
+    let replaced = 0;
+    for (;;) {
+      const r = await mta.next();
+      assert.ok(r, 'connection still open');
+      if (r.kind !== 'replaceBody') {
+        assert.equal(r.kind, 'accept');
+        break;
+      }
+      replaced += r.chunk.length;
     }
-    replaced += r.chunk.length;
-  }
-  assert.equal(replaced, big.length);
-  assert.deepEqual(await mta.next(), { kind: 'continue' }, 'the second MAIL is answered after the EOM');
-  assert.deepEqual(order, ['envfrom <one@example.org>', 'eom', 'envfrom <two@example.org>']);
-  assert.ok(connectionDebugStats.drainWaits > 0, "the connection waited for 'drain'");
-});
+    assert.equal(replaced, big.length);
+    assert.deepEqual(await mta.next(), { kind: 'continue' }, 'the second MAIL is answered after the EOM');
+    assert.deepEqual(order, ['envfrom <one@example.org>', 'eom', 'envfrom <two@example.org>']);
+    assert.ok(connectionDebugStats.drainWaits > 0, 'the connection waited for the reply to go out');
+    // The path this case is about was the one taken.
+    assert.equal(connectionDebugStats.queuedDirectWrites > 0, shared);
+  });
+}
