@@ -14,6 +14,7 @@
  * `onDone` runs when it completes: the caller treats that as backpressure and sends nothing more until then.
  */
 import type net from 'node:net';
+import { errnoError } from './errno.js';
 
 interface WriteRequest {
   handle: unknown;
@@ -61,14 +62,7 @@ function onComplete(this: WriteRequest, status: number): void {
   const done = this.done;
   this.done = undefined;
   this.buffer = null;
-  done?.(status < 0 ? errnoError(status) : undefined);
-}
-
-function errnoError(status: number): Error {
-  const err = new Error(`write failed (${status})`) as NodeJS.ErrnoException;
-  err.errno = status;
-  err.syscall = 'write';
-  return err;
+  done?.(status < 0 ? errnoError(status, 'write') : undefined);
 }
 
 export type DirectWriteOutcome = 'written' | 'queued' | 'unavailable';

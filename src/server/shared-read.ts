@@ -19,7 +19,7 @@
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
 import net from 'node:net';
-import util from 'node:util';
+import { errnoError } from './errno.js';
 
 /** One kernel read at most; the size Node itself uses per read. */
 const SHARED_BUFFER_BYTES = 64 * 1024;
@@ -116,11 +116,7 @@ export function acceptWithSharedReads(
   handle.onconnection = (status: number, clientHandle: ClientHandle | undefined): void => {
     if (status < 0 || clientHandle === undefined) {
       // EMFILE and friends: net emits them on the server, where the milter server logs them.
-      const err = new Error(`accept failed: ${util.getSystemErrorName(status)}`) as NodeJS.ErrnoException;
-      err.code = util.getSystemErrorName(status);
-      err.errno = status;
-      err.syscall = 'accept';
-      server.emit('error', err);
+      server.emit('error', errnoError(status, 'accept'));
       return;
     }
     if (raw.maxConnections !== undefined && (raw._connections as number) >= raw.maxConnections) {
