@@ -37,6 +37,26 @@ interface AcceptedSocketInternals {
   server?: unknown;
 }
 
+/** A Socket on an accepted libuv `handle`, reading into the shared buffer. Throws what net.Socket throws. */
+function sharedReadSocket(handle: unknown, allowHalfOpen: boolean, onRead: SharedReadCallback): net.Socket {
+  sharedBuffer ??= Buffer.allocUnsafe(SHARED_BUFFER_BYTES);
+  const options = {
+    handle,
+    allowHalfOpen,
+    readable: true,
+    writable: true,
+    onread: { buffer: sharedBuffer, callback: onRead },
+  };
+  return new net.Socket(options as net.SocketConstructorOpts);
+}
+
+/** Count `socket` as `server`'s, as net does: its destroy() decrements, so close() and getConnections() stay right. */
+function countOn(socket: net.Socket, server: unknown): void {
+  const internals = socket as unknown as AcceptedSocketInternals;
+  internals._server = server;
+  internals.server = server;
+}
+
 /**
  * Re-create `socket` (accepted, never read) as a Socket reading into the shared buffer. Returns the
  * new socket, or undefined when that is not possible: then `socket` is untouched and still paused.
@@ -53,25 +73,14 @@ export function adoptSharedReads(socket: net.Socket, onRead: SharedReadCallback)
   ) {
     return undefined;
   }
-  sharedBuffer ??= Buffer.allocUnsafe(SHARED_BUFFER_BYTES);
-  const options = {
-    handle,
-    allowHalfOpen: socket.allowHalfOpen,
-    readable: true,
-    writable: true,
-    onread: { buffer: sharedBuffer, callback: onRead },
-  };
   let adopted: net.Socket;
   try {
-    adopted = new net.Socket(options as net.SocketConstructorOpts);
+    adopted = sharedReadSocket(handle, socket.allowHalfOpen, onRead);
   } catch {
     return undefined;
   }
-  // The server counts connections on the socket it created; move that to the new owner so its
-  // destroy() is the one that decrements (server.close() and getConnections() stay right).
-  const next = adopted as unknown as AcceptedSocketInternals;
-  next._server = raw._server;
-  next.server = raw.server;
+  // The server counts connections on the socket it created: move that to the new owner.
+  countOn(adopted, raw._server);
   raw._server = null;
   raw._handle = null;
   return adopted;
@@ -123,28 +132,17 @@ export function acceptWithSharedReads(
       clientHandle.close();
       return;
     }
-    sharedBuffer ??= Buffer.allocUnsafe(SHARED_BUFFER_BYTES);
     const relay = new SharedReadRelay();
-    const options = {
-      handle: clientHandle,
-      allowHalfOpen: true,
-      readable: true,
-      writable: true,
-      onread: { buffer: sharedBuffer, callback: (n: number, b: Buffer) => relay.onRead(n, b) },
-    };
     let socket: net.Socket;
     try {
-      socket = new net.Socket(options as net.SocketConstructorOpts);
+      socket = sharedReadSocket(clientHandle, true, (n, b) => relay.onRead(n, b));
     } catch (err) {
       clientHandle.close();
       server.emit('error', err);
       return;
     }
-    // As net does: the socket's destroy() decrements, so close() and getConnections() stay right.
     raw._connections = (raw._connections as number) + 1;
-    const internals = socket as unknown as AcceptedSocketInternals;
-    internals._server = server;
-    internals.server = server;
+    countOn(socket, server);
     if (socketChannel.hasSubscribers) socketChannel.publish({ socket });
     accept(socket, relay);
   };

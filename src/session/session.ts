@@ -120,13 +120,9 @@ class MilterSession implements Session {
 
   private dispatch(cmd: SessionCommand): HandleResult | Promise<HandleResult> {
     if (this.ended) return RESULT_NONE;
-    if (cmd instanceof PackedMacros) {
-      this.store.define(cmd.stage, cmd);
-      return RESULT_NONE;
-    }
     switch (cmd.kind) {
       case 'macro':
-        this.store.define(cmd.stage, cmd.macros);
+        this.store.define(cmd.stage, cmd instanceof PackedMacros ? cmd : cmd.macros);
         return RESULT_NONE;
       case 'optneg':
         return this.onOptneg(cmd);
