@@ -13,6 +13,7 @@ import { MILTER_MDS_1M, MILTER_MDS_64K } from '../protocol/constants.js';
 import type { FailureDecision } from '../session/types.js';
 import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 import { MilterConnection } from './connection.js';
+import { reportFastPathsOnce } from './fast-paths.js';
 import { acceptWithSharedReads, type SharedReadRelay } from './shared-read.js';
 import {
   adoptServer,
@@ -218,6 +219,8 @@ class Server implements MilterServer {
       this.sharedReadBuffer &&
       acceptWithSharedReads(bound.server, (socket, relay) => this.accept(socket, address, relay));
     if (!direct) bound.server.on('connection', (socket: net.Socket) => this.accept(socket, address));
+    if (this.sharedReadBuffer)
+      reportFastPathsOnce(this.logger, spec instanceof net.Server ? undefined : direct);
     // Accept failures (EMFILE…) are emitted on the server; without a handler they would crash the process.
     bound.server.on('error', (err: Error) =>
       this.logger.error({ err, listen: address.spec }, 'listener error'),
