@@ -2,9 +2,14 @@
  * Listening socket set-up: TCP (v4/v6) and Unix sockets with libmilter's stale-socket rule
  * (smfi_opensocket(true): remove an existing path only if it is a socket nobody listens on), optional
  * mode and group, and removal of our own socket file on close.
+ *
+ * A Unix socket appears at its path with its final mode and group: it is bound in a fresh private
+ * directory next to the path, given its mode and group there, and then hard-linked to the path
+ * (see {@link listenPrivately}).
  */
 import { promises as fs } from 'node:fs';
 import net from 'node:net';
+import { dirname, join } from 'node:path';
 import { MilterConfigError, MilterError } from '../errors.js';
 import { formatSocketSpec, type SocketSpec } from '../socket-spec.js';
 
@@ -20,7 +25,7 @@ export interface ListenAddress {
 
 /** Unix socket options (ignored for TCP). */
 export interface UnixSocketOptions {
-  /** chmod applied right after bind (e.g. 0o660). */
+  /** Mode of the socket file (e.g. 0o660), set before the socket appears at its path. */
   socketMode?: number;
   /** Group (name or gid) the socket file is chowned to, so the MTA's group may connect. */
   socketGroup?: string | number;
@@ -52,8 +57,10 @@ export interface BoundListener {
 
 /**
  * Bind `server` to `spec`. Unix: a stale socket file (nobody accepts on it) is removed first; a live one,
- * or a path that is not a socket, fails with ERR_MILTER_SOCKET_IN_USE. TCP: EADDRINUSE maps to the same
- * code. A bad `socketGroup` fails with ERR_MILTER_CONFIG (the socket is closed again before throwing).
+ * or a path that is not a socket (a symlink included: it is never followed), fails with
+ * ERR_MILTER_SOCKET_IN_USE. TCP: EADDRINUSE maps to the same code. A bad `socketGroup` fails with
+ * ERR_MILTER_CONFIG before anything is created; a path too long for a Unix socket with
+ * ERR_MILTER_LISTEN_SPEC.
  */
 export async function bindListener(
   server: net.Server,
@@ -72,29 +79,80 @@ export async function bindListener(
     };
   }
   const path = spec.path;
+  const where = formatSocketSpec(spec);
+  // A bad group fails before any file exists.
+  const gid = options.socketGroup === undefined ? undefined : await resolveGroup(options.socketGroup);
   await removeStaleSocket(path);
-  await listenOn(server, { path, backlog }, formatSocketSpec(spec));
-  let ino: number;
-  try {
-    if (options.socketMode !== undefined) await fs.chmod(path, options.socketMode);
-    if (options.socketGroup !== undefined) {
-      // uid -1 leaves the owner unchanged (chown(2) semantics).
-      await fs.chown(path, -1, await resolveGroup(options.socketGroup));
-    }
-    ino = (await fs.stat(path)).ino;
-  } catch (err) {
-    await closeServer(server);
-    await unlinkIfOurs(path, undefined);
-    throw err;
-  }
+  const ino = await listenPrivately(server, path, { backlog, mode: options.socketMode, gid }, where);
   return {
     server,
-    address: { spec: formatSocketSpec(spec), kind: 'unix', path },
+    address: { spec: where, kind: 'unix', path },
     close: async () => {
+      // net unlinks the path it bound (the private one, long gone); the socket's real name is ours to remove.
       await closeServer(server);
       await unlinkIfOurs(path, ino);
     },
   };
+}
+
+/** Longest Unix socket path: sun_path holds 108 bytes on Linux (104 on BSDs), one of them the NUL. */
+const SOCKET_PATH_MAX = 107;
+/** The private directory next to the socket path: this prefix and six random characters (mkdtemp). */
+const PRIVATE_DIR_PREFIX = '.milterd-';
+/** The socket's name inside it (short: the whole path must fit in sun_path too). */
+const PRIVATE_SOCKET_NAME = 's';
+
+/**
+ * Listen on a Unix socket that appears at `path` with its final mode and group; returns its inode.
+ *
+ * Setting them by path after listen() left a window in which the socket had the umask's mode, and
+ * chmod/chown followed a symlink swapped in at the path. So the socket is bound in a fresh directory
+ * next to `path` (mkdtemp: mode 0700, the same filesystem), where nobody else can reach it, gets its mode
+ * and group there, and is then hard-linked to `path`. link(2) neither follows nor replaces anything at
+ * `path`: whatever appeared there since the stale-socket check (a file, a symlink, another milterd's
+ * socket) makes it fail, and nothing is overwritten; rename(2) would replace it. Not umask around
+ * listen(): the umask is process-wide (every file other code creates meanwhile) and a worker thread
+ * cannot set it. The private directory is gone when this returns; clients always connect by `path`.
+ */
+async function listenPrivately(
+  server: net.Server,
+  path: string,
+  options: { backlog: number; mode: number | undefined; gid: number | undefined },
+  where: string,
+): Promise<number> {
+  const dir = dirname(path);
+  const shape = join(dir, `${PRIVATE_DIR_PREFIX}XXXXXX`, PRIVATE_SOCKET_NAME);
+  const longest = Math.max(Buffer.byteLength(path), Buffer.byteLength(shape));
+  if (longest > SOCKET_PATH_MAX) {
+    throw new MilterConfigError(
+      `${where}: path too long: the socket is bound as ${shape} first (${longest} bytes; a Unix socket path has at most ${SOCKET_PATH_MAX})`,
+      { field: 'listen' },
+      { code: 'ERR_MILTER_LISTEN_SPEC' },
+    );
+  }
+  const privateDir = await fs.mkdtemp(join(dir, PRIVATE_DIR_PREFIX));
+  const bound = join(privateDir, PRIVATE_SOCKET_NAME);
+  try {
+    await listenOn(server, { path: bound, backlog: options.backlog }, where);
+    try {
+      if (options.mode !== undefined) await fs.chmod(bound, options.mode);
+      // uid -1 leaves the owner unchanged (chown(2) semantics).
+      if (options.gid !== undefined) await fs.chown(bound, -1, options.gid);
+      const { ino } = await fs.lstat(bound);
+      await fs.link(bound, path);
+      return ino;
+    } catch (err) {
+      await closeServer(server);
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      throw new MilterError('ERR_MILTER_SOCKET_IN_USE', `${path} appeared while binding; not replaced`, {
+        cause: err,
+      });
+    }
+  } finally {
+    // Only what this created: the private name (net unlinks it too when the server closes) and the directory.
+    await fs.rm(bound, { force: true });
+    await fs.rmdir(privateDir);
+  }
 }
 
 /** Wait until an externally created server listens, then describe its address. */
@@ -198,7 +256,7 @@ async function unlinkIfOurs(path: string, ino: number | undefined): Promise<void
     if (!stat.isSocket() || (ino !== undefined && stat.ino !== ino)) return;
     await fs.rm(path, { force: true });
   } catch {
-    // Already gone (libuv unlinks a pipe it bound when it closes it): nothing to do.
+    // Already gone (removed by someone else): nothing to do.
   }
 }
 
