@@ -44,3 +44,4 @@ export * from './policy/index.js';
 export { FrameDecoder } from './protocol/frame.js';
 export { decodeCommand, decodeResponse } from './protocol/decode.js';
 export { encodeCommand, encodeCommands, encodeResponse, encodeResponses } from './protocol/encode.js';
+export { fromWireBytes, wireBytes } from './protocol/wire-string.js';

@@ -1,54 +1,99 @@
 /**
- * Splitting an RFC 5322 message file into what an MTA sends a milter: header fields (unfolded the way
- * Postfix does: continuation lines joined with a bare LF, their leading white space kept) and the body
- * with CRLF line ends.
+ * Splitting an RFC 5322 message file into what an MTA sends a milter, byte for byte: header fields the way
+ * Postfix passes them (continuation lines joined with a bare LF, their leading white space kept, the value
+ * everything after the colon) and the body with CRLF line ends. Works on the bytes; header names and
+ * values become wire strings (protocol/wire-string.ts), so 8-bit bytes reach the milter unchanged.
  */
+import { decodeWireString } from '../protocol/wire-string.js';
 
 /** A message as the milter sees it. */
 export interface ParsedMessage {
-  /** `[name, value]` in file order; value without the one space after the colon. */
+  /**
+   * `[name, value]` in file order. The value is exactly the text after the colon (with its leading space,
+   * which the MTA removes unless SMFIP_HDR_LEADSPC is negotiated: see {@link headerValueToSend}).
+   */
   headers: Array<[name: string, value: string]>;
   /** Body with CRLF line ends. */
   body: Buffer;
 }
 
+const LF = 0x0a;
+const CR = 0x0d;
+const SP = 0x20;
+const HT = 0x09;
+const COLON = 0x3a;
+
 /**
- * Parse message bytes. Lines may end in LF or CRLF. A header line without a colon ends the header block
- * (the rest is body), as does the first empty line. Throws an Error for a file that has no header at all.
+ * Length of the field name of a header line, as Postfix's is_header(): printable ASCII other than the
+ * colon, optionally followed by spaces or tabs (RFC 822's obsolete syntax), then the colon. Returns the
+ * name length and the offset of the colon, or undefined when the line is not a header field.
+ */
+function fieldName(data: Buffer, start: number, end: number): [number, number] | undefined {
+  let i = start;
+  while (i < end) {
+    const c = data[i] as number;
+    if (c <= SP || c >= 0x7f || c === COLON) break;
+    i++;
+  }
+  const nameEnd = i;
+  if (nameEnd === start) return undefined;
+  while (i < end && (data[i] === SP || data[i] === HT)) i++;
+  return i < end && data[i] === COLON ? [nameEnd - start, i] : undefined;
+}
+
+/**
+ * Parse message bytes. Lines may end in LF or CRLF. A header line that is not a field ends the header
+ * block (the rest is body), as does the first empty line. Throws an Error for a file that has no header
+ * at all.
  */
 export function parseEml(data: Buffer): ParsedMessage {
-  const text = data.toString('latin1');
-  const lines = text.split(/\r?\n/);
   const headers: Array<[string, string]> = [];
-  let i = 0;
-  for (; i < lines.length; i++) {
-    const line = lines[i] as string;
-    if (line === '') {
-      i++;
+  let pos = 0;
+  // Bounded: every iteration consumes one line.
+  while (pos < data.length) {
+    const lf = data.indexOf(LF, pos);
+    const next = lf < 0 ? data.length : lf + 1;
+    const end = lf > pos && data[lf - 1] === CR ? lf - 1 : lf < 0 ? data.length : lf;
+    if (end === pos) {
+      pos = next; // the empty line is not part of the body
       break;
     }
+    const first = data[pos] as number;
     const last = headers[headers.length - 1];
-    if (/^[ \t]/.test(line) && last !== undefined) {
-      last[1] += '\n' + line;
+    if ((first === SP || first === HT) && last !== undefined) {
+      // An LF is never part of a multi-byte sequence: decoding line by line = decoding the joined bytes.
+      last[1] += '\n' + decodeWireString(data, pos, end);
+      pos = next;
       continue;
     }
-    const colon = line.indexOf(':');
-    if (colon <= 0 || /[\s]/.test(line.slice(0, colon))) break;
-    let value = line.slice(colon + 1);
-    if (value.startsWith(' ')) value = value.slice(1);
-    headers.push([line.slice(0, colon), value]);
+    const field = fieldName(data, pos, end);
+    if (field === undefined) break;
+    const [nameLength, colon] = field;
+    headers.push([data.toString('latin1', pos, pos + nameLength), decodeWireString(data, colon + 1, end)]);
+    pos = next;
   }
   if (headers.length === 0) throw new Error('no header fields found: is this an RFC 5322 message (.eml)?');
-  // The file's final newline ends the last body line; it does not add an empty one.
-  const bodyLines = lines.slice(i);
-  if (bodyLines.length > 0 && bodyLines[bodyLines.length - 1] === '') bodyLines.pop();
-  const body = bodyLines.length === 0 ? '' : bodyLines.join('\r\n') + '\r\n';
-  // latin1 round-trips every byte, so 8-bit bodies and headers are sent exactly as they are in the file.
-  return {
-    headers: headers.map(([n, v]) => [
-      Buffer.from(n, 'latin1').toString('utf8'),
-      Buffer.from(v, 'latin1').toString('utf8'),
-    ]),
-    body: Buffer.from(body, 'latin1'),
-  };
+  return { headers, body: crlfLines(data, pos) };
+}
+
+/** `data[start..]` with every line ended by CRLF (the file's final newline ends the last line). */
+function crlfLines(data: Buffer, start: number): Buffer {
+  const parts: Buffer[] = [];
+  const crlf = Buffer.from('\r\n');
+  let pos = start;
+  while (pos < data.length) {
+    const lf = data.indexOf(LF, pos);
+    const end = lf < 0 ? data.length : lf > pos && data[lf - 1] === CR ? lf - 1 : lf;
+    parts.push(data.subarray(pos, end), crlf);
+    pos = lf < 0 ? data.length : lf + 1;
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * The value an MTA sends for a header read by {@link parseEml}: as in the file with SMFIP_HDR_LEADSPC,
+ * otherwise without one leading space (not a tab), as Postfix and Sendmail do (milter-protocol.md §3.8).
+ */
+export function headerValueToSend(value: string, leadingSpace: boolean): string {
+  return !leadingSpace && value.startsWith(' ') ? value.slice(1) : value;
 }

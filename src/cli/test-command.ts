@@ -10,7 +10,7 @@ import { MilterClient, playMessage, type ClientReply, type MessageResult } from 
 import type { ConnectionInfo, MacroStage } from '../filter.js';
 import { MilterConfigError, MilterError, isMilterError } from '../errors.js';
 import { SMFIP_HDR_LEADSPC } from '../protocol/constants.js';
-import { parseEml } from './eml.js';
+import { headerValueToSend, parseEml } from './eml.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { buildReport, formatReportText, type TestStep } from './test-report.js';
 import { parseDuration, parseInteger, parseListenSpec } from './values.js';
@@ -157,7 +157,7 @@ function stepsOf(
   add('data', 'DATA', r.data);
   r.headers.forEach((reply, i) => {
     const h = headers[i];
-    add('header', h === undefined ? '' : `${h[0]}: ${h[1].replace(/\n/g, '\\n')}`, reply);
+    add('header', h === undefined ? '' : `${h[0]}:${h[1].replace(/\n/g, '\\n')}`, reply);
   });
   add('eoh', '(end of headers)', r.eoh);
   add('body', `${bodyBytes} bytes`, r.body);
@@ -222,7 +222,7 @@ export async function runTest(
   }
   try {
     const leadSpace = (client.negotiated.protocol & SMFIP_HDR_LEADSPC) !== 0;
-    const headers = message.headers.map(([n, v]): [string, string] => [n, leadSpace ? ' ' + v : v]);
+    const headers = message.headers.map(([n, v]): [string, string] => [n, headerValueToSend(v, leadSpace)]);
     const result = await playMessage(client, {
       macros: macrosFor(o, conn, queueId),
       connect: conn,

@@ -7,6 +7,7 @@ import type { ConnectionInfo, MacroStage } from '../filter.js';
 import type { MilterClient } from './client.js';
 import type { ClientReply, EomResult } from './types.js';
 import { MACRO_STAGES } from '../protocol/constants.js';
+import { wireBytes } from '../protocol/wire-string.js';
 
 /** A recipient, bare or with ESMTP args. */
 export type ScriptRecipient = string | { address: string; args?: string[] };
@@ -25,7 +26,7 @@ export interface MessageScript {
   recipients: ScriptRecipient[];
   /** In message order; values without the single leading space (unless HDR_LEADSPC is negotiated). */
   headers: Array<[name: string, value: string]>;
-  /** Raw body with CRLF line ends; strings are UTF-8. Split into 65535-byte packets. */
+  /** Raw body with CRLF line ends; a string is sent as its wireBytes (UTF-8). 65535-byte packets. */
   body: Buffer | string;
   /** Send SMFIC_ABORT after the message, as Postfix does after every transaction. */
   abortAfter?: boolean;
@@ -161,7 +162,7 @@ async function playTransaction(
   macros('eoh');
   result.eoh = await client.eoh();
   if (isFinal(result.eoh)) return stop('eoh', result.eoh);
-  const body = typeof script.body === 'string' ? Buffer.from(script.body, 'utf8') : script.body;
+  const body = typeof script.body === 'string' ? wireBytes(script.body) : script.body;
   result.body = await client.body(body);
   if (isFinal(result.body)) return stop('body', result.body);
   macros('eom');

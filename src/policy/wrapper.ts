@@ -28,6 +28,7 @@
  */
 import type { BaseContext, CallbackResult, Decision, DecisionKind, Filter, StageContext } from '../filter.js';
 import { Decision as D } from '../filter.js';
+import { wireByteLength } from '../protocol/wire-string.js';
 import type { FailureDecision } from '../session/types.js';
 import type { ShutdownPolicy } from './chain.js';
 import { SessionTracker } from './tracker.js';
@@ -303,7 +304,7 @@ export function withShutdownPolicy<P>(
     wrapped.header = (ctx, name, value) => {
       const s = state(ctx);
       if (policy.trackBytes) {
-        s.tracker.counters.bytesReceived += Buffer.byteLength(name) + Buffer.byteLength(value) + 4;
+        s.tracker.counters.bytesReceived += wireByteLength(name) + wireByteLength(value) + 4;
       }
       if (!userFollows(s, 'header', true)) return undefined;
       return callUser(s, ctx, 'header', true, () => user.header?.(ctx, name, value)).then(({ decision }) =>

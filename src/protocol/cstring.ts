@@ -3,9 +3,11 @@
  *
  * Decoding follows libmilter's argv rule: split on NUL, a trailing NUL ends the last string and an empty
  * string between two NULs is a real (empty) element, so `Name\0\0` is two strings, `Name` and `""`.
- * Strings are UTF-8. Pure: throws only MilterProtocolError.
+ * Strings are bytes, mapped losslessly to JavaScript strings by wire-string.ts (UTF-8 with invalid bytes
+ * escaped). Pure: throws only MilterProtocolError.
  */
 import { MilterProtocolError } from '../errors.js';
+import { decodeWireString, wireByteLength, writeWireString } from './wire-string.js';
 
 /** Thrown for a payload whose strings are not what the command requires. */
 export function malformed(what: string): MilterProtocolError {
@@ -13,7 +15,7 @@ export function malformed(what: string): MilterProtocolError {
 }
 
 /**
- * Split `buf[start, end)` into NUL-terminated UTF-8 strings (argv rule). The range must be empty or end
+ * Split `buf[start, end)` into NUL-terminated wire strings (argv rule). The range must be empty or end
  * with a NUL; otherwise the last string is unterminated and `ERR_MILTER_MALFORMED_PAYLOAD` is thrown.
  * An empty range gives `[]`.
  */
@@ -24,7 +26,7 @@ export function splitCStrings(buf: Buffer, start: number, end: number, what: str
   while (pos < end) {
     const nul = buf.indexOf(0, pos);
     if (nul < 0 || nul >= end) throw malformed(`${what}: string not NUL-terminated`);
-    out.push(buf.toString('utf8', pos, nul));
+    out.push(decodeWireString(buf, pos, nul));
     pos = nul + 1;
   }
   return out;
@@ -37,7 +39,7 @@ export function splitCStrings(buf: Buffer, start: number, end: number, what: str
 export function readCString(buf: Buffer, start: number, end: number, what: string): [string, number] {
   const nul = start < end ? buf.indexOf(0, start) : -1;
   if (nul < 0 || nul >= end) throw malformed(`${what}: string not NUL-terminated`);
-  return [buf.toString('utf8', start, nul), nul + 1];
+  return [decodeWireString(buf, start, nul), nul + 1];
 }
 
 /**
@@ -48,12 +50,12 @@ export function cstringSize(s: string, what: string): number {
   if (s.includes('\0')) {
     throw new MilterProtocolError('ERR_MILTER_INVALID_ARGUMENT', `${what} must not contain a NUL byte`);
   }
-  return Buffer.byteLength(s, 'utf8') + 1;
+  return wireByteLength(s) + 1;
 }
 
 /** Write `s` plus its NUL at `offset`; returns the offset after the NUL. Size must come from cstringSize. */
 export function writeCString(buf: Buffer, offset: number, s: string): number {
-  const n = s.length === 0 ? 0 : buf.write(s, offset, 'utf8');
+  const n = writeWireString(buf, offset, s);
   buf[offset + n] = 0;
   return offset + n + 1;
 }

@@ -21,6 +21,7 @@ import {
 } from './constants.js';
 import { malformed, readCString, splitCStrings } from './cstring.js';
 import { PackedMacros } from './packed-macros.js';
+import { wireByteLength } from './wire-string.js';
 import type {
   AddressFamily,
   ConnectCommand,
@@ -147,7 +148,7 @@ function decodeConnect(payload: Buffer): ConnectCommand {
     // Sendmail tags IPv6 ("IPv6:2001:db8::5"), possibly fully expanded; Postfix does not (§3.3).
     address = address.replace(IPV6_TAG, '');
     if (!isIPv6(address)) throw malformed(`connect: invalid IPv6 address "${address}"`);
-  } else if (Buffer.byteLength(address) > MAX_UNIX_PATH) {
+  } else if (wireByteLength(address) > MAX_UNIX_PATH) {
     throw malformed('connect: Unix socket path too long');
   }
   return { kind: 'connect', hostname, family, port, address };

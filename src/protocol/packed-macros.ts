@@ -8,10 +8,11 @@
  * MilterProtocolError.
  */
 import { malformed } from './cstring.js';
+import { decodeWireString } from './wire-string.js';
 
 export type MacroPairs = ReadonlyArray<readonly [name: string, value: string]>;
 
-/** Any byte outside ASCII: the latin1 copy is then not the UTF-8 text and each string is re-decoded. */
+/** Any byte outside ASCII: the latin1 copy is then not the wire string and each string is re-decoded. */
 const NON_ASCII = /[\x80-\xff]/;
 
 export class PackedMacros {
@@ -49,14 +50,15 @@ export class PackedMacros {
     return this.text.length === 0;
   }
 
-  /** The name/value pairs in wire order, decoded as UTF-8 on the first call. */
+  /** The name/value pairs in wire order, decoded on the first call (wire-string.ts: lossless). */
   pairs(): MacroPairs {
     if (this.decoded !== undefined) return this.decoded;
     const parts = this.text.split('\0');
     parts.pop(); // the empty string after the last NUL
     if (NON_ASCII.test(this.text)) {
       for (let i = 0; i < parts.length; i++) {
-        parts[i] = Buffer.from(parts[i] as string, 'latin1').toString('utf8');
+        const bytes = Buffer.from(parts[i] as string, 'latin1');
+        parts[i] = decodeWireString(bytes, 0, bytes.length);
       }
     }
     const pairs: Array<[string, string]> = [];

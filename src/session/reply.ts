@@ -6,6 +6,7 @@
 import type { SmtpReply } from '../filter.js';
 import { MilterFilterError } from '../errors.js';
 import { MAX_REPLY_LINES, MAX_REPLY_LINE_LENGTH } from '../protocol/constants.js';
+import { wireByteLength } from '../protocol/wire-string.js';
 
 /** The two decisions a custom reply can accompany. */
 export type ReplyDecision = 'reject' | 'tempfail';
@@ -21,7 +22,7 @@ function invalid(message: string): MilterFilterError {
 function escapeLine(line: string): string {
   if (typeof line !== 'string') throw invalid('reply text lines must be strings');
   if (/[\r\n\0]/.test(line)) throw invalid('reply text must not contain CR, LF or NUL');
-  if (Buffer.byteLength(line) > MAX_REPLY_LINE_LENGTH) {
+  if (wireByteLength(line) > MAX_REPLY_LINE_LENGTH) {
     throw invalid(`reply line longer than ${MAX_REPLY_LINE_LENGTH} bytes`);
   }
   return line.includes('%') ? line.replace(/%/g, '%%') : line;

@@ -7,6 +7,7 @@ import type { ClientReply, MessageResult, MessageStage } from '../client/index.j
 import { emptyMessageResult } from '../client/transaction.js';
 import type { ConnectionInfo, Filter } from '../filter.js';
 import { MILTER_CHUNK_SIZE } from '../protocol/constants.js';
+import { wireBytes } from '../protocol/wire-string.js';
 import { Conversation, isFinal, isShutdown } from './conversation.js';
 import type { CallbackRecord, TestMessage, TestScript, Transcript } from './types.js';
 
@@ -21,8 +22,7 @@ const DEFAULT_CONNECT: ConnectionInfo = Object.freeze({
 
 /** Body packets of at most 65535 bytes; none for an empty body. */
 function bodyChunks(body: Buffer | string | undefined): Buffer[] {
-  const buf =
-    body === undefined ? Buffer.alloc(0) : typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
+  const buf = body === undefined ? Buffer.alloc(0) : typeof body === 'string' ? wireBytes(body) : body;
   const out: Buffer[] = [];
   for (let off = 0; off < buf.length; off += MILTER_CHUNK_SIZE)
     out.push(buf.subarray(off, off + MILTER_CHUNK_SIZE));

@@ -28,7 +28,7 @@ export interface TestMessage {
   recipients: ScriptRecipient[];
   /** In message order; values without their leading space (unless the filter negotiated HDR_LEADSPC). */
   headers?: Array<[name: string, value: string]>;
-  /** Raw body with CRLF line ends (strings are UTF-8); sent in packets of at most 65535 bytes. */
+  /** Raw body with CRLF line ends (a string is sent as its wireBytes: UTF-8); packets ≤ 65535 bytes. */
   body?: Buffer | string;
   /** Send SMFIC_ABORT right after this stage instead of finishing the message (an RSET). */
   abortAfter?: AbortPoint;

@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import { Registry } from '../../src/admin/metrics.js';
 import { DaemonMetrics } from '../../src/admin/observer.js';
 import { mergeSettings, parseConfigText, settingsToConfigObject } from '../../src/cli/config.js';
-import { parseEml } from '../../src/cli/eml.js';
+import { headerValueToSend, parseEml } from '../../src/cli/eml.js';
+import { wireBytes } from '../../src/index.js';
 import { formatPrettyLine } from '../../src/cli/log-output.js';
 import { ReloadableFilter } from '../../src/cli/reloadable-filter.js';
 import { formatDuration, parseDuration, parseListenList, parseSocketMode } from '../../src/cli/values.js';
@@ -128,12 +129,40 @@ test('config merge: cli > env > file > default, and relative policy paths follow
 test('eml: headers unfolded with LF, body with CRLF line ends, 8-bit bytes kept', () => {
   const m = parseEml(Buffer.from('Subject: a\n  b\nX-Empty:\nTo: x@y\n\nline 1\nline \xe9\n', 'latin1'));
   assert.deepEqual(m.headers, [
-    ['Subject', 'a\n  b'],
+    ['Subject', ' a\n  b'],
     ['X-Empty', ''],
-    ['To', 'x@y'],
+    ['To', ' x@y'],
   ]);
   assert.deepEqual(m.body, Buffer.from('line 1\r\nline \xe9\r\n', 'latin1'));
   assert.throws(() => parseEml(Buffer.from('no headers here\n')));
+});
+
+test('eml: header values are the exact bytes after the colon, 8-bit bytes included', () => {
+  const file = Buffer.from(
+    'Subject:x\r\nX-Two:  two\r\nX-Tab:\tt\r\nX-Latin1: caf\xe9\r\n' +
+      'X-Fold: a\xe9\r\n\t\xff b\r\nX-Obs  : obsolete\r\n\r\nbody\r\n',
+    'latin1',
+  );
+  const m = parseEml(file);
+  assert.deepEqual(m.headers, [
+    ['Subject', 'x'],
+    ['X-Two', '  two'],
+    ['X-Tab', '\tt'],
+    ['X-Latin1', ' caf\udce9'],
+    ['X-Fold', ' a\udce9\n\t\udcff b'],
+    ['X-Obs', ' obsolete'],
+  ]);
+  assert.deepEqual(wireBytes(m.headers[4]?.[1] ?? ''), Buffer.from(' a\xe9\n\t\xff b', 'latin1'));
+  // What an MTA sends: one space removed unless SMFIP_HDR_LEADSPC (milter-protocol.md §3.8).
+  assert.deepEqual(
+    m.headers.map(([, v]) => headerValueToSend(v, false)),
+    ['x', ' two', '\tt', 'caf\udce9', 'a\udce9\n\t\udcff b', 'obsolete'],
+  );
+  assert.deepEqual(
+    m.headers.map(([, v]) => headerValueToSend(v, true)),
+    m.headers.map(([, v]) => v),
+  );
+  assert.deepEqual(m.body, Buffer.from('body\r\n'));
 });
 
 test('pretty log lines', () => {

@@ -36,10 +36,26 @@ export interface ScriptedPriv {
   sender: string;
   recipients: string[];
   headers: string[];
+  /** Header values exactly as received, by name in message order (for `{{header:Name}}`). */
+  values: Array<[name: string, value: string]>;
 }
 
 /** Upper bound of a `hang` rule: it is released by `releaseHangs()` at the latest after this. */
 const HANG_LIMIT_MS = 60_000;
+
+/**
+ * An EOM action's text with `{{header:Name}}` (the first value received for Name), `{{sender}}` (the
+ * envelope sender) and `{{macro:name}}` replaced by what the filter received, unchanged: the scenarios
+ * that echo values back (byte transparency) use them.
+ */
+function expand(text: string, ctx: EomContext<ScriptedPriv>): string {
+  return text.replace(/\{\{(header:[^}]+|sender|macro:[^}]+)\}\}/g, (_, ref: string) => {
+    if (ref === 'sender') return ctx.priv?.sender ?? '';
+    if (ref.startsWith('macro:')) return ctx.macro(ref.slice(6)) ?? '';
+    const name = ref.slice(7).toLowerCase();
+    return ctx.priv?.values.find(([n]) => n.toLowerCase() === name)?.[1] ?? '';
+  });
+}
 
 function summary(priv: ScriptedPriv | undefined): string {
   if (!priv) return '';
@@ -154,21 +170,26 @@ export class ScriptedFilter {
         if (every) ctx.progress();
       }
     }
+    const x = (text: string): string => expand(text, ctx);
     for (const action of spec.actions ?? []) {
       try {
-        if ('addHeader' in action) ctx.addHeader(...action.addHeader);
-        else if ('insertHeader' in action) ctx.insertHeader(...action.insertHeader);
-        else if ('changeHeader' in action) ctx.changeHeader(...action.changeHeader);
-        else if ('deleteHeader' in action) ctx.deleteHeader(...action.deleteHeader);
+        if ('addHeader' in action) ctx.addHeader(action.addHeader[0], x(action.addHeader[1]));
+        else if ('insertHeader' in action) {
+          const [index, name, value] = action.insertHeader;
+          ctx.insertHeader(index, name, x(value));
+        } else if ('changeHeader' in action) {
+          const [name, index, value] = action.changeHeader;
+          ctx.changeHeader(name, index, x(value));
+        } else if ('deleteHeader' in action) ctx.deleteHeader(...action.deleteHeader);
         else if ('addRecipient' in action) {
           const [rcpt, args] =
             typeof action.addRecipient === 'string' ? [action.addRecipient] : action.addRecipient;
-          ctx.addRecipient(rcpt, args);
+          ctx.addRecipient(x(rcpt), args === undefined ? undefined : x(args));
         } else if ('deleteRecipient' in action) ctx.deleteRecipient(action.deleteRecipient);
         else if ('changeFrom' in action) {
           const [from, args] =
             typeof action.changeFrom === 'string' ? [action.changeFrom] : action.changeFrom;
-          ctx.changeFrom(from, args);
+          ctx.changeFrom(x(from), args === undefined ? undefined : x(args));
         } else if ('replaceBody' in action) await ctx.replaceBody(contentBytes(action.replaceBody));
         else if ('quarantine' in action) ctx.quarantine(action.quarantine);
       } catch (error) {
@@ -183,7 +204,7 @@ export class ScriptedFilter {
   /** The Filter object to give createMilterServer. */
   filter(): Filter<ScriptedPriv> {
     const priv = (ctx: StageContext<ScriptedPriv>): ScriptedPriv => {
-      ctx.priv ??= { sender: '', recipients: [], headers: [] };
+      ctx.priv ??= { sender: '', recipients: [], headers: [], values: [] };
       return ctx.priv;
     };
     const simple =
@@ -211,6 +232,7 @@ export class ScriptedFilter {
         p.sender = sender;
         p.recipients = [];
         p.headers = [];
+        p.values = [];
         const arg = [sender, ...args].join(' ');
         return this.decide(ctx, 'envfrom', arg, this.log(ctx, 'envfrom', arg));
       },
@@ -224,6 +246,7 @@ export class ScriptedFilter {
       header: async (ctx, name, value) => {
         const arg = `${name}: ${value}`;
         priv(ctx).headers.push(arg);
+        priv(ctx).values.push([name, value]);
         return this.decide(ctx, 'header', arg, this.log(ctx, 'header', arg));
       },
       eoh: async (ctx) => this.decide(ctx, 'eoh', summary(ctx.priv), this.log(ctx, 'eoh', '')),
@@ -242,7 +265,10 @@ export class ScriptedFilter {
       },
       abort: (ctx) => {
         this.log(ctx, 'abort', '');
-        if (ctx.priv) ctx.priv.headers = [];
+        if (ctx.priv) {
+          ctx.priv.headers = [];
+          ctx.priv.values = [];
+        }
       },
       close: (ctx) => {
         this.log(ctx, 'close', '');

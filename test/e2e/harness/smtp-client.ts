@@ -126,7 +126,8 @@ export class SmtpClient {
   /** Send one command line and read its reply. */
   async command(line: string, timeoutMs?: number): Promise<SmtpReply> {
     this.transcript.push(`C: ${line}`);
-    this.write(`${line}\r\n`);
+    // latin1: a "\xNN" escape in a scenario is one byte on the wire, as in message text.
+    this.write(Buffer.from(`${line}\r\n`, 'latin1'));
     return this.readReply(timeoutMs);
   }
 

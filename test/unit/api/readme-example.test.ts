@@ -1,7 +1,7 @@
 /** The filter shown in README.md ("Writing a filter"), run through testFilter, so the README stays true. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Decision, type Filter } from '../../../src/index.js';
+import { Decision, encodeResponse, fromWireBytes, wireBytes, type Filter } from '../../../src/index.js';
 import { testFilter } from '../../../src/testing/index.js';
 
 interface Priv {
@@ -60,4 +60,33 @@ test('README filter: close before connect gets undefined private data and does n
   const t = await testFilter(filter, { connect: null });
   assert.equal(t.end, 'quit');
   assert.deepEqual(closed, [undefined]);
+});
+
+// README "Strings are the MTA's bytes, losslessly".
+const tagger: Filter<{ subject: string }> = {
+  header(ctx, name, value) {
+    if (name === 'Subject') ctx.priv = { subject: value }; // "Subject: caf\xe9" (latin1): 'caf\udce9'
+  },
+  eom(ctx) {
+    const subject = ctx.priv?.subject ?? '';
+    ctx.changeHeader('Subject', 1, '[SPAM] ' + subject); // the MTA gets "[SPAM] caf\xe9"
+    ctx.addHeader('X-Subject-Hex', wireBytes(subject).toString('hex')); // 636166e9
+    ctx.addHeader('X-Latin1', fromWireBytes(Buffer.from('na\xefve', 'latin1'))); // sends na\xefve
+  },
+};
+
+test('README byte example: a latin1 Subject written back reaches the MTA as the same bytes', async () => {
+  const subject = fromWireBytes(Buffer.from('caf\xe9', 'latin1'));
+  assert.equal(subject, 'caf\udce9');
+  const t = await testFilter(tagger, {
+    messages: [
+      { sender: '<a@example.org>', recipients: ['<b@example.net>'], headers: [['Subject', subject]] },
+    ],
+  });
+  const frames = (t.messages[0]?.eom?.modifications ?? []).map((m) => encodeResponse(m).subarray(5));
+  assert.deepEqual(frames, [
+    Buffer.from('\0\0\0\x01Subject\0[SPAM] caf\xe9\0', 'latin1'),
+    Buffer.from('X-Subject-Hex\x00636166e9\0', 'latin1'),
+    Buffer.from('X-Latin1\0na\xefve\0', 'latin1'),
+  ]);
 });

@@ -1,7 +1,9 @@
 /**
  * Seeded fuzzing of the decoder and the session: whatever bytes arrive, the only thing that may escape is
  * a coded MilterProtocolError (the server then closes that one connection). A TypeError or RangeError here
- * would be a crash path. Bounded: a fixed number of cases per run, reproducible from the seed.
+ * would be a crash path. And whatever a plausible MTA sends and a filter decides, no reply is ever sent
+ * twice or out of turn (test/helpers/mta-model.ts), in a session and through a server.
+ * Bounded: a fixed number of cases per run, reproducible from the seed.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,8 +13,18 @@ import { FrameDecoder } from '../../../src/protocol/frame.js';
 import { createSession } from '../../../src/session/session.js';
 import { silentLogger } from '../../../src/logging/logger.js';
 import { Decision, type Filter } from '../../../src/filter.js';
-import type { MilterCommand } from '../../../src/protocol/types.js';
+import type { MilterCommand, MilterResponse } from '../../../src/protocol/types.js';
+import {
+  isDecision,
+  playRandomConnection,
+  randomDecisionFilter,
+  randomNoReply,
+  randomOffer,
+  type Transport,
+} from '../../helpers/mta-model.js';
 import { prng } from '../../helpers/prng.js';
+import { RawMta } from '../../helpers/raw-mta.js';
+import { startServer } from '../../helpers/server.js';
 
 const COMMAND_BYTES = Buffer.from('ABCDEHKLMNOQRTU');
 const RESPONSE_BYTES = Buffer.from('+-24abcdefhilmpqrsty');
@@ -123,4 +135,98 @@ test('session: random sequences of decoded commands never throw anything but cod
     sessions + quitNewConnections,
     'close runs exactly once per connection plus once per QUIT_NC session, whatever arrived',
   );
+});
+
+/** The model against one in-memory session: what `handle` returns plus what it sent out of band. */
+function sessionTransport(filter: Filter, id: string): Transport {
+  const sentNow: MilterResponse[] = [];
+  const session = createSession(
+    { id, filter: filter as Filter<unknown>, logger: silentLogger, callbackTimeoutMs: 0 },
+    { sendNow: (r) => void sentNow.push(r) },
+  );
+  return {
+    async exchange(cmd) {
+      sentNow.length = 0;
+      const result = await session.handle(cmd);
+      assert.equal(result.end, undefined, `${cmd.kind}: the session must not end`);
+      return [...sentNow, ...result.responses];
+    },
+    async quit() {
+      const result = await session.handle({ kind: 'quit' });
+      assert.equal(result.end, 'quit');
+      assert.deepEqual(result.responses, []);
+      await session.terminate('eof');
+    },
+  };
+}
+
+/** Fails the wait instead of hanging when an owed reply never comes. */
+function withDeadline<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within 10 s`)), 10_000);
+  });
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+}
+
+/** The model over a real socket: commands without reply are written and not waited for (pipelined). */
+function socketTransport(mta: RawMta): Transport {
+  // Like an MTA: small writes go out at once (Nagle would hold each pipelined one for a delayed ACK).
+  mta.socket.setNoDelay(true);
+  let consumed = 0;
+  return {
+    async exchange(cmd, owed) {
+      mta.send(cmd);
+      if (!owed) return [];
+      const out: MilterResponse[] = [];
+      for (;;) {
+        const r = await withDeadline(mta.next(), `reply to ${cmd.kind}`);
+        assert.ok(r !== undefined, `${cmd.kind}: connection closed before its reply`);
+        consumed++;
+        out.push(r);
+        if (isDecision(r) || r.kind === 'optneg') return out;
+      }
+    },
+    async quit() {
+      mta.send({ kind: 'quit' });
+      await withDeadline(mta.closed, 'close after QUIT');
+      assert.deepEqual(
+        mta.received.slice(consumed).map((r) => r.kind),
+        [],
+        'nothing written that no command was owed',
+      );
+    },
+  };
+}
+
+test('model: in a session, every owed reply comes exactly once and nothing else is written', async () => {
+  const rand = prng(0x7e91);
+  const totals = { replies: 0, unreplied: 0, eoms: 0, aborts: 0, quitNewConnections: 0 };
+  for (let c = 0; c < 600; c++) {
+    const filter = randomDecisionFilter(rand, randomNoReply(rand), c % 2 === 0 ? 0 : 0.5);
+    const stats = await playRandomConnection(rand, sessionTransport(filter, `model-${c}`), randomOffer(rand));
+    for (const k of Object.keys(totals) as Array<keyof typeof totals>) totals[k] += stats[k];
+  }
+  // The generator really covered what the model is about.
+  for (const [k, v] of Object.entries(totals)) assert.ok(v > 50, `${k}: ${v}`);
+});
+
+test('model: through a server, replies come once each, in command order, and none unowed', async (t) => {
+  const rand = prng(0x7e92);
+  const totals = { replies: 0, unreplied: 0, eoms: 0 };
+  for (let s = 0; s < 4; s++) {
+    // One server per filter shape (noReply is fixed per filter); each plays sequential connections.
+    const filter = randomDecisionFilter(rand, randomNoReply(rand), 0.5);
+    const { address, server } = await startServer(t, { filter });
+    for (let c = 0; c < 60; c++) {
+      const mta = await RawMta.connect(address);
+      t.after(() => mta.destroy());
+      const stats = await playRandomConnection(rand, socketTransport(mta), randomOffer(rand));
+      totals.replies += stats.replies;
+      totals.unreplied += stats.unreplied;
+      totals.eoms += stats.eoms;
+    }
+    await server.close({ deadlineMs: 100 });
+  }
+  for (const [k, v] of Object.entries(totals)) assert.ok(v > 50, `${k}: ${v}`);
 });
