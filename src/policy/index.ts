@@ -19,6 +19,8 @@ export {
 } from './rules.js';
 export type { PolicyConfig, PolicyRule, RuleLimit, RuleConditions } from './rules.js';
 export { parsePolicy, loadPolicyFile } from './load.js';
+export { compileLinearRegex, LinearRegex, RegexSyntaxError, MAX_REGEX_STATES } from './linear-regex.js';
+export type { LinearRegexOptions } from './linear-regex.js';
 export { DEFAULT_POLICY_YAML, defaultPolicyConfig } from './default-policy.js';
 export { parseDuration, parseSize, parseCidr, NetworkSet } from './values.js';
 export type { Cidr } from './values.js';

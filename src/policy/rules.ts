@@ -10,6 +10,7 @@
  */
 import type { Logger } from 'pino';
 import { ShutdownPolicy, type ShutdownPolicyOptions } from './chain.js';
+import { compileLinearRegex } from './linear-regex.js';
 import { NetworkSet, type Cidr } from './values.js';
 import type { DeliveryRecord, ShutdownVerdict } from './types.js';
 
@@ -44,7 +45,10 @@ export interface RuleConditions {
   notClient?: readonly (string | Cidr)[];
   /** true: only SASL-authenticated sessions; false: only unauthenticated ones. */
   authenticated?: boolean;
-  /** Regular expression (case-insensitive) the HELO name must match; no HELO = no match. */
+  /**
+   * Regular expression (case-insensitive) the HELO name must match; no HELO = no match. JavaScript
+   * syntax without backreferences and lookaround, matched in linear time (see linear-regex.ts).
+   */
   helo?: string;
 }
 
@@ -110,7 +114,10 @@ export function limitReached(limit: RuleLimit, r: DeliveryRecord): boolean {
   }
 }
 
-/** Compile conditions into a predicate (throws a plain Error on a bad CIDR or regex). */
+/**
+ * Compile conditions into a predicate (throws a plain Error on a bad CIDR, a RegexSyntaxError on a regex
+ * the linear-time matcher refuses).
+ */
 export function compileConditions(when: RuleConditions | undefined): (r: DeliveryRecord) => boolean {
   if (when === undefined) return () => true;
   const tests: Array<(r: DeliveryRecord) => boolean> = [];
@@ -127,7 +134,8 @@ export function compileConditions(when: RuleConditions | undefined): (r: Deliver
     tests.push((r) => (r.authenticated !== undefined) === wanted);
   }
   if (when.helo !== undefined) {
-    const re = new RegExp(when.helo, 'i');
+    // Never a backtracking RegExp: the HELO is chosen by the SMTP client (see linear-regex.ts).
+    const re = compileLinearRegex(when.helo, { ignoreCase: true });
     tests.push((r) => r.helo !== undefined && re.test(r.helo));
   }
   return (r) => tests.every((t) => t(r));
