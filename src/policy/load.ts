@@ -3,8 +3,7 @@
  * type, bad value) refuses the whole file with a MilterConfigError naming the file, the line and the
  * field (`rules[1].when.client[0]`). The format is documented in docs/policy.md.
  */
-import { readFile } from 'node:fs/promises';
-import { LineCounter, isAlias, isMap, isScalar, isSeq, parseDocument, type Document, type Node } from 'yaml';
+import { LineCounter, isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml';
 import { MilterConfigError } from '../errors.js';
 import {
   LIMIT_KINDS,
@@ -14,6 +13,7 @@ import {
   type RuleLimit,
 } from './rules.js';
 import { parseCidr, parseDuration, parseSize, type Cidr } from './values.js';
+import { checkYamlSize, parseYamlDocument, readYamlFile, YamlFileTooLargeError } from './yaml-file.js';
 
 const TOP_KEYS = ['version', 'dry-run', 'hook-timeout', 'reply-text', 'track-bytes', 'rules'] as const;
 const RULE_KEYS = ['name', 'text', 'dry-run', 'when', 'min-attempts', 'window', ...LIMIT_KINDS] as const;
@@ -123,11 +123,17 @@ class Walker {
 
 /**
  * Parse and validate a policy document. `file` is only used in error messages (and kept in the result).
- * An empty document is a policy without rules. Throws MilterConfigError (code ERR_MILTER_CONFIG).
+ * An empty document is a policy without rules. Throws MilterConfigError (code ERR_MILTER_CONFIG), also
+ * for a text over MAX_YAML_FILE_BYTES or nested deeper than MAX_YAML_DEPTH (yaml-file.ts).
  */
 export function parsePolicy(text: string, file = '<policy>'): PolicyConfig {
+  try {
+    checkYamlSize(text);
+  } catch (err) {
+    throw tooLarge(file, err as YamlFileTooLargeError);
+  }
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const doc = parseYamlDocument(text, lines);
   const w = new Walker(file, lines, doc);
   const syntax = doc.errors[0];
   if (syntax !== undefined) {
@@ -260,12 +266,20 @@ function parseLimit(w: Walker, e: Entry, f: string, get: (key: string) => Entry 
   }
 }
 
-/** Read and parse a policy file. Unreadable files are refused with MilterConfigError too. */
+function tooLarge(file: string, err: YamlFileTooLargeError): MilterConfigError {
+  return new MilterConfigError(`${file}: policy file too large: ${err.message}`, { file }, { cause: err });
+}
+
+/**
+ * Read and parse a policy file. Unreadable files, and files over MAX_YAML_FILE_BYTES (1 MiB, refused
+ * before parsing), are refused with MilterConfigError too.
+ */
 export async function loadPolicyFile(path: string): Promise<PolicyConfig> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await readYamlFile(path);
   } catch (err) {
+    if (err instanceof YamlFileTooLargeError) throw tooLarge(path, err);
     throw new MilterConfigError(
       `${path}: cannot read policy file: ${(err as Error).message}`,
       { file: path },
