@@ -2,7 +2,13 @@
  * The session-shutdown policy engine: a should-shutdown hook chain, declarative rules from a YAML file,
  * cross-session limits, and `withShutdownPolicy` to run any filter under a policy. See docs/policy.md.
  */
-export { ShutdownPolicy, DEFAULT_SHUTDOWN_TEXT, sanitizeText } from './chain.js';
+export {
+  ShutdownPolicy,
+  DEFAULT_SHUTDOWN_TEXT,
+  MAX_SHUTDOWN_TEXT_BYTES,
+  replyTextBytes,
+  sanitizeText,
+} from './chain.js';
 export type { ShutdownPolicyOptions, EnforcedShutdown } from './chain.js';
 export { withShutdownPolicy } from './wrapper.js';
 export type { WithShutdownPolicyOptions } from './wrapper.js';

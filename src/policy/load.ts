@@ -5,6 +5,7 @@
  */
 import { LineCounter, isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml';
 import { MilterConfigError } from '../errors.js';
+import { MAX_SHUTDOWN_TEXT_BYTES, replyTextBytes } from './chain.js';
 import {
   LIMIT_KINDS,
   compileConditions,
@@ -84,13 +85,25 @@ class Walker {
     return v;
   }
 
-  text(e: Entry, field: string): string {
+  text(e: Entry, field: string, replyLine = false): string {
     const v = this.scalar(e, field);
     if (typeof v !== 'string' || v.trim() === '')
       return this.fail(e.value, field, 'expected a non-empty string');
     if (/[\r\n\0]/.test(v)) return this.fail(e.value, field, 'a reply text must be one line');
-    if (v.length > 900) return this.fail(e.value, field, 'a reply text must be at most 900 characters');
-    return v.trim();
+    const text = v.trim();
+    if (replyLine) {
+      // What the MTA receives counts: UTF-8 bytes, each % doubled, after `421 4.7.0 `.
+      const bytes = replyTextBytes(text);
+      if (bytes > MAX_SHUTDOWN_TEXT_BYTES) {
+        return this.fail(
+          e.value,
+          field,
+          `a reply text must fit one reply line: ${bytes} bytes as sent (UTF-8, each % doubled), at most ${MAX_SHUTDOWN_TEXT_BYTES}`,
+        );
+      }
+    } else if (v.length > 900)
+      return this.fail(e.value, field, 'a reply text must be at most 900 characters');
+    return text;
   }
 
   parsed<T>(e: Entry, field: string, parse: (v: unknown) => T, min = 0): T {
@@ -157,7 +170,7 @@ export function parsePolicy(text: string, file = '<policy>'): PolicyConfig {
         config.hookTimeoutMs = w.parsed(e, f, parseDuration, -1);
         break;
       case 'reply-text':
-        config.replyText = w.text(e, f);
+        config.replyText = w.text(e, f, true);
         break;
       case 'track-bytes':
         config.trackBytes = w.bool(e, f);
@@ -212,7 +225,7 @@ function parseRule(
   const name = nameEntry ? w.text(nameEntry, `${field}.name`) : limit.kind;
   const rule: PolicyRule = { name, limit, line: node?.range ? lines.linePos(node.range[0]).line : undefined };
   const textEntry = get('text');
-  if (textEntry) rule.text = w.text(textEntry, `${field}.text`);
+  if (textEntry) rule.text = w.text(textEntry, `${field}.text`, true);
   const dry = get('dry-run');
   if (dry) rule.dryRun = w.bool(dry, `${field}.dry-run`);
   const when = get('when');
