@@ -19,6 +19,7 @@ import type { Logger } from 'pino';
 import { MilterConfigError, MilterFilterError } from '../errors.js';
 import { MAX_REPLY_LINE_LENGTH } from '../protocol/constants.js';
 import { MemoryPolicyStore, type PolicyStore } from './store.js';
+import { clientKey, DEFAULT_CLIENT_PREFIX, type ClientPrefix } from './values.js';
 import type {
   DeliveryRecord,
   HookOptions,
@@ -43,6 +44,12 @@ export interface ShutdownPolicyOptions {
   now?: () => number;
   /** Cross-session store. Default: a new MemoryPolicyStore. */
   store?: PolicyStore;
+  /**
+   * How cross-session limits group clients (the store key): by IPv4 and IPv6 prefix length. Default
+   * `{ ipv4: 32, ipv6: 64 }` (DEFAULT_CLIENT_PREFIX): a client cannot escape a limit by rotating the
+   * addresses of its /64.
+   */
+  clientPrefix?: Partial<ClientPrefix>;
   /**
    * Count header and body bytes. This makes the wrapped filter receive headers and body (without
    * replying to them when the user's filter had no such callbacks). Default true.
@@ -135,6 +142,7 @@ export class ShutdownPolicy {
   readonly replyText: string;
   readonly now: () => number;
   readonly store: PolicyStore;
+  readonly clientPrefix: ClientPrefix;
   readonly trackBytes: boolean;
   readonly #logger: Logger | undefined;
   #chain: HookEntry[] = [];
@@ -156,6 +164,18 @@ export class ShutdownPolicy {
     this.replyText = this.#fit(options.replyText, 'replyText') ?? DEFAULT_SHUTDOWN_TEXT;
     this.now = options.now ?? Date.now;
     this.store = options.store ?? new MemoryPolicyStore();
+    this.clientPrefix = Object.freeze({ ...DEFAULT_CLIENT_PREFIX, ...definedOnly(options.clientPrefix) });
+    for (const [family, max] of [
+      ['ipv4', 32],
+      ['ipv6', 128],
+    ] as const) {
+      const bits = this.clientPrefix[family];
+      if (!Number.isInteger(bits) || bits < 0 || bits > max) {
+        throw new MilterConfigError(`clientPrefix.${family} must be a whole number 0..${max}`, {
+          field: `clientPrefix.${family}`,
+        });
+      }
+    }
     this.trackBytes = options.trackBytes ?? true;
     if (options.onDecision) this.on('decision', options.onDecision);
   }
@@ -201,6 +221,14 @@ export class ShutdownPolicy {
       throw new MilterConfigError('window must be a positive number of ms', { field: 'window' });
     }
     this.#windows.add(windowMs);
+  }
+
+  /**
+   * The store key of a client address (SMFIC_CONNECT's): its network at `clientPrefix`, e.g.
+   * `2001:db8:1:2::/64`, or the address at full length; undefined for '' (not tracked).
+   */
+  clientKey(address: string): string | undefined {
+    return clientKey(address, this.clientPrefix);
   }
 
   /** Window lengths tracked per client (ms). */
@@ -359,6 +387,11 @@ export class ShutdownPolicy {
     }
     return fit;
   }
+}
+
+/** `o` without its undefined properties (so they do not override defaults when spread). */
+function definedOnly<T extends object>(o: T | undefined): Partial<T> {
+  return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 function isPromiseLike<T>(value: T | Promise<T>): value is Promise<T> {

@@ -28,6 +28,15 @@ export { parsePolicy, loadPolicyFile } from './load.js';
 export { compileLinearRegex, LinearRegex, RegexSyntaxError, MAX_REGEX_STATES } from './linear-regex.js';
 export type { LinearRegexOptions } from './linear-regex.js';
 export { DEFAULT_POLICY_YAML, defaultPolicyConfig } from './default-policy.js';
-export { parseDuration, parseSize, parseCidr, NetworkSet } from './values.js';
-export type { Cidr } from './values.js';
+export {
+  parseDuration,
+  parseSize,
+  parseCidr,
+  NetworkSet,
+  clientKey,
+  parseIpAddress,
+  formatIpAddress,
+  DEFAULT_CLIENT_PREFIX,
+} from './values.js';
+export type { Cidr, ClientPrefix, IpAddress } from './values.js';
 export type * from './types.js';

@@ -16,7 +16,16 @@ import {
 import { parseCidr, parseDuration, parseSize, type Cidr } from './values.js';
 import { checkYamlSize, parseYamlDocument, readYamlFile, YamlFileTooLargeError } from './yaml-file.js';
 
-const TOP_KEYS = ['version', 'dry-run', 'hook-timeout', 'reply-text', 'track-bytes', 'rules'] as const;
+const TOP_KEYS = [
+  'version',
+  'dry-run',
+  'hook-timeout',
+  'reply-text',
+  'track-bytes',
+  'client-prefix',
+  'rules',
+] as const;
+const PREFIX_KEYS = ['ipv4', 'ipv6'] as const;
 const RULE_KEYS = ['name', 'text', 'dry-run', 'when', 'min-attempts', 'window', ...LIMIT_KINDS] as const;
 const WHEN_KEYS = ['client', 'not-client', 'authenticated', 'helo'] as const;
 
@@ -175,6 +184,17 @@ export function parsePolicy(text: string, file = '<policy>'): PolicyConfig {
       case 'track-bytes':
         config.trackBytes = w.bool(e, f);
         break;
+      case 'client-prefix': {
+        const prefix: { ipv4?: number; ipv6?: number } = {};
+        for (const p of w.map(e.value, f, PREFIX_KEYS, e.keyNode)) {
+          const max = p.key === 'ipv4' ? 32 : 128;
+          const bits = w.int(p, `${f}.${p.key}`, 0);
+          if (bits > max) w.fail(p.value, `${f}.${p.key}`, `expected a prefix length 0..${max}`);
+          prefix[p.key as 'ipv4' | 'ipv6'] = bits;
+        }
+        config.clientPrefix = prefix;
+        break;
+      }
       case 'rules': {
         const seq = e.value;
         if (seq === null || (isScalar(seq) && seq.value === null)) break;

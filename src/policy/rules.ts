@@ -11,7 +11,7 @@
 import type { Logger } from 'pino';
 import { ShutdownPolicy, type ShutdownPolicyOptions } from './chain.js';
 import { compileLinearRegex } from './linear-regex.js';
-import { NetworkSet, type Cidr } from './values.js';
+import { NetworkSet, type Cidr, type ClientPrefix } from './values.js';
 import type { DeliveryRecord, ShutdownVerdict } from './types.js';
 
 /** The limit of one rule (exactly one per rule). */
@@ -75,6 +75,8 @@ export interface PolicyConfig {
   replyText?: string;
   /** Count header/body bytes; default: only when a rule needs them (max-bytes). */
   trackBytes?: boolean;
+  /** How cross-session limits group client addresses; default `{ ipv4: 32, ipv6: 64 }`. */
+  clientPrefix?: Partial<ClientPrefix>;
   rules: PolicyRule[];
 }
 
@@ -160,8 +162,8 @@ export function registerRules(policy: ShutdownPolicy, rules: readonly PolicyRule
 
 /**
  * Build a ShutdownPolicy from a config (a loaded file or the embedded default). Options given here
- * (clock, store, listeners, logger) complete the config; `dryRun`, `hookTimeoutMs`, `replyText` and
- * `trackBytes` from the config win unless set in `options`. Register your own hooks afterwards:
+ * (clock, store, listeners, logger) complete the config; `dryRun`, `hookTimeoutMs`, `replyText`,
+ * `trackBytes` and `clientPrefix` from the config win unless set in `options`. Register your own hooks afterwards:
  * `registerFirst` ones run before the rules, `registerLast` ones after.
  */
 export function createShutdownPolicy(
@@ -173,6 +175,7 @@ export function createShutdownPolicy(
     dryRun: options.dryRun ?? config.dryRun,
     hookTimeoutMs: options.hookTimeoutMs ?? config.hookTimeoutMs,
     replyText: options.replyText ?? config.replyText,
+    clientPrefix: { ...config.clientPrefix, ...options.clientPrefix },
     trackBytes:
       options.trackBytes ?? config.trackBytes ?? config.rules.some((r) => r.limit.kind === 'max-bytes'),
   });

@@ -35,6 +35,7 @@ test('full fixture: every key and rule kind', async () => {
   assert.equal(c.hookTimeoutMs, 500);
   assert.equal(c.replyText, 'Closing connection, policy limit reached');
   assert.equal(c.trackBytes, true);
+  assert.deepEqual(c.clientPrefix, { ipv4: 32, ipv6: 56 });
   assert.deepEqual(
     c.rules.map((r) => [r.name, r.limit.kind]),
     [
@@ -63,7 +64,7 @@ test('full fixture: every key and rule kind', async () => {
   assert.deepEqual(bytes?.limit, { kind: 'max-bytes', max: 50_000_000 });
   assert.equal(helo?.when?.helo, '^\\[?\\d+\\.\\d+\\.\\d+\\.\\d+\\]?$');
   assert.deepEqual(rate?.limit, { kind: 'max-messages-per-client', max: 500, windowMs: 3_600_000 });
-  assert.equal(age?.line, 8);
+  assert.equal(age?.line, 11);
   // And it compiles.
   assert.equal(createShutdownPolicy(c).list().length, 9);
 });
