@@ -4,10 +4,15 @@
  * File problems are collected, not thrown one by one, so `milterd check-config` can list them all; each
  * is a MilterConfigError with `file`, `line` and `field`.
  */
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { isMap, isPair, isScalar, LineCounter, type Document, type Node } from 'yaml';
 import { MilterConfigError } from '../errors.js';
+import {
+  checkYamlSize,
+  parseYamlDocument,
+  readYamlFile,
+  YamlFileTooLargeError,
+} from '../policy/yaml-file.js';
 import {
   anchorPolicyPath,
   defaultSettings,
@@ -85,11 +90,20 @@ function checkUnknownKeys(doc: Document, lines: LineCounter, file: string, out: 
 export function parseConfigText(text: string, file: string): ConfigFileResult {
   const problems: MilterConfigError[] = [];
   const values: Partial<Record<keyof DaemonSettings, unknown>> = {};
+  try {
+    checkYamlSize(text);
+  } catch (err) {
+    problems.push(tooLarge(file, err as YamlFileTooLargeError));
+    return { file, values: values as Partial<DaemonSettings>, problems };
+  }
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const doc = parseYamlDocument(text, lines);
   for (const e of doc.errors) {
     problems.push(
-      new MilterConfigError(`YAML: ${e.message.split('\n')[0]}`, { file, line: e.linePos?.[0].line }),
+      new MilterConfigError(`YAML: ${e.message.split('\n')[0]}`, {
+        file,
+        line: lines.linePos(e.pos[0]).line,
+      }),
     );
   }
   if (problems.length > 0) return { file, values: values as Partial<DaemonSettings>, problems };
@@ -127,13 +141,22 @@ export function parseConfigText(text: string, file: string): ConfigFileResult {
   return { file, values: values as Partial<DaemonSettings>, problems };
 }
 
-/** Read and parse a config file; an unreadable file is one problem (line undefined). */
+function tooLarge(file: string, err: YamlFileTooLargeError): MilterConfigError {
+  return new MilterConfigError(`configuration file too large: ${err.message}`, { file }, { cause: err });
+}
+
+/**
+ * Read and parse a config file; an unreadable file, or one over MAX_YAML_FILE_BYTES (1 MiB, refused
+ * before parsing), is one problem (line undefined).
+ */
 export async function readConfigFile(file: string): Promise<ConfigFileResult> {
   const abs = path.resolve(file);
   let text: string;
   try {
-    text = await readFile(abs, 'utf8');
+    text = await readYamlFile(abs);
   } catch (err) {
+    if (err instanceof YamlFileTooLargeError)
+      return { file: abs, values: {}, problems: [tooLarge(abs, err)] };
     const why = (err as NodeJS.ErrnoException).code ?? (err instanceof Error ? err.message : String(err));
     const problem = new MilterConfigError(
       `cannot read configuration file: ${why}`,
@@ -186,6 +209,26 @@ export function mergeSettings(
     resolved.policy = { kind: 'file', path: path.resolve(resolved.policy.path) };
   }
   return { settings: resolved, sources, configFile: file?.file };
+}
+
+/**
+ * Read the config file (if any) and merge it with `overrides`: what `serve` does at start and at SIGHUP.
+ * Rejects with one MilterConfigError listing every problem of the file (located by its first one).
+ */
+export async function resolveSettings(
+  overrides: SettingOverrides,
+  configFile: string | undefined,
+): Promise<ResolvedSettings> {
+  const file = configFile === undefined ? undefined : await readConfigFile(configFile);
+  const first = file?.problems[0];
+  if (file !== undefined && first !== undefined) {
+    throw new MilterConfigError(file.problems.map(formatConfigProblem).join('\n'), {
+      file: first.file,
+      ...(first.line === undefined ? {} : { line: first.line }),
+      ...(first.field === undefined ? {} : { field: first.field }),
+    });
+  }
+  return mergeSettings(overrides, file);
 }
 
 /**

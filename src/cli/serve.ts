@@ -9,18 +9,13 @@ import { isMilterError, MilterConfigError } from '../errors.js';
 import { createDaemonFilter } from '../filters/default.js';
 import type { ShutdownPolicy } from '../policy/index.js';
 import { createMilterServer, type MilterServer } from '../server/server.js';
-import {
-  formatConfigProblem,
-  mergeSettings,
-  readConfigFile,
-  type ResolvedSettings,
-  type SettingOverrides,
-} from './config.js';
+import { resolveSettings, type ResolvedSettings, type SettingOverrides } from './config.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { createDaemonLogger } from './log-output.js';
 import type { DaemonSettings } from './options.js';
 import { buildPolicy, describePolicy, loadPolicySetting } from './policy-source.js';
 import { ReloadableFilter } from './reloadable-filter.js';
+import { loadReloadOffThread } from './reload-worker.js';
 
 /** What `serve` is started with. */
 export interface ServeOptions {
@@ -50,17 +45,8 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'admin',
 ];
 
-async function resolve(options: ServeOptions): Promise<ResolvedSettings> {
-  const file = options.configFile === undefined ? undefined : await readConfigFile(options.configFile);
-  const first = file?.problems[0];
-  if (file !== undefined && first !== undefined) {
-    throw new MilterConfigError(file.problems.map(formatConfigProblem).join('\n'), {
-      file: first.file,
-      ...(first.line === undefined ? {} : { line: first.line }),
-      ...(first.field === undefined ? {} : { field: first.field }),
-    });
-  }
-  return mergeSettings(options.overrides, file);
+function resolve(options: ServeOptions): Promise<ResolvedSettings> {
+  return resolveSettings(options.overrides, options.configFile);
 }
 
 /** The running daemon's mutable state. */
@@ -118,8 +104,11 @@ class Daemon {
     if (this.draining) return;
     let next: ResolvedSettings;
     try {
-      next = await resolve(this.options);
-      const config = await loadPolicySetting(next.settings.policy);
+      // Parsed in a worker: the milter keeps answering while a large file is read (reload-worker.ts).
+      const { overrides, configFile } = this.options;
+      const loaded = await loadReloadOffThread({ overrides, configFile });
+      next = loaded.resolved;
+      const config = loaded.policy;
       const policy = buildPolicy(config, {
         logger: this.logger,
         metrics: this.metrics,

@@ -17,7 +17,9 @@
  */
 import type { Logger } from 'pino';
 import { MilterConfigError, MilterFilterError } from '../errors.js';
+import { MAX_REPLY_LINE_LENGTH } from '../protocol/constants.js';
 import { MemoryPolicyStore, type PolicyStore } from './store.js';
+import { clientKey, DEFAULT_CLIENT_PREFIX, type ClientPrefix } from './values.js';
 import type {
   DeliveryRecord,
   HookOptions,
@@ -43,6 +45,12 @@ export interface ShutdownPolicyOptions {
   /** Cross-session store. Default: a new MemoryPolicyStore. */
   store?: PolicyStore;
   /**
+   * How cross-session limits group clients (the store key): by IPv4 and IPv6 prefix length. Default
+   * `{ ipv4: 32, ipv6: 64 }` (DEFAULT_CLIENT_PREFIX): a client cannot escape a limit by rotating the
+   * addresses of its /64.
+   */
+  clientPrefix?: Partial<ClientPrefix>;
+  /**
    * Count header and body bytes. This makes the wrapped filter receive headers and body (without
    * replying to them when the user's filter had no such callbacks). Default true.
    */
@@ -66,12 +74,63 @@ interface HookEntry {
   readonly timeoutMs: number | undefined;
   readonly dryRun: boolean;
   readonly text: string | undefined;
+  /** A verdict text of this hook was cut to fit a reply line (logged once per hook). */
+  cutLogged: boolean;
 }
 
 type Listener<K extends keyof PolicyEventMap> = (event: PolicyEventMap[K]) => void;
 
 const TIMEOUT = Symbol('timeout');
-const MAX_TEXT = 900;
+
+/** What the session puts before the text of a shutdown reply (`Decision.shutdown(text, '4.7.0')`). */
+const SHUTDOWN_PREFIX = '421 4.7.0 ';
+
+/**
+ * Most bytes a shutdown reply text may have, as sent: UTF-8, every `%` doubled (Sendmail reads the text as
+ * a printf format), so that `421 4.7.0 <text>` fits one reply line (MAX_REPLY_LINE_LENGTH, 980 bytes).
+ * A longer text would make the session refuse the reply and send a plain tempfail, which does not end
+ * the SMTP session: the 421 would be lost.
+ */
+export const MAX_SHUTDOWN_TEXT_BYTES = MAX_REPLY_LINE_LENGTH - SHUTDOWN_PREFIX.length;
+
+/** Bytes of one UTF-16 code unit (or pair) at `i` of `text` once escaped and encoded; [bytes, units]. */
+function unitBytes(text: string, i: number): [number, number] {
+  const c = text.charCodeAt(i);
+  if (c === 0x25) return [2, 1]; // '%' is sent as '%%'
+  if (c < 0x80) return [1, 1];
+  if (c < 0x800) return [2, 1];
+  if (c >= 0xd800 && c <= 0xdbff) {
+    const next = text.charCodeAt(i + 1);
+    if (next >= 0xdc00 && next <= 0xdfff) return [4, 2];
+  }
+  // Other BMP characters; a lone surrogate is counted as U+FFFD (3 bytes), the most it can become.
+  return [3, 1];
+}
+
+/** The size of `text` in a reply line: UTF-8 bytes with every `%` doubled. */
+export function replyTextBytes(text: string): number {
+  let n = 0;
+  for (let i = 0; i < text.length;) {
+    const [bytes, units] = unitBytes(text, i);
+    n += bytes;
+    i += units;
+  }
+  return n;
+}
+
+/** `text` cut to at most MAX_SHUTDOWN_TEXT_BYTES reply bytes, never inside a character or a `%%`. */
+function fitReplyLine(text: string): string {
+  // Fast path: no code unit costs more than 3 bytes (a doubled `%` is 2, a surrogate pair 4 for 2 units).
+  if (text.length * 3 <= MAX_SHUTDOWN_TEXT_BYTES) return text;
+  let n = 0;
+  for (let i = 0; i < text.length;) {
+    const [bytes, units] = unitBytes(text, i);
+    if (n + bytes > MAX_SHUTDOWN_TEXT_BYTES) return text.slice(0, i).trimEnd();
+    n += bytes;
+    i += units;
+  }
+  return text;
+}
 
 /**
  * A session-shutdown policy: the hook chain, its options and the cross-session store. One instance is
@@ -83,6 +142,7 @@ export class ShutdownPolicy {
   readonly replyText: string;
   readonly now: () => number;
   readonly store: PolicyStore;
+  readonly clientPrefix: ClientPrefix;
   readonly trackBytes: boolean;
   readonly #logger: Logger | undefined;
   #chain: HookEntry[] = [];
@@ -100,11 +160,23 @@ export class ShutdownPolicy {
     }
     this.hookTimeoutMs = timeout;
     this.dryRun = options.dryRun ?? false;
-    this.replyText = sanitizeText(options.replyText) ?? DEFAULT_SHUTDOWN_TEXT;
+    this.#logger = options.logger;
+    this.replyText = this.#fit(options.replyText, 'replyText') ?? DEFAULT_SHUTDOWN_TEXT;
     this.now = options.now ?? Date.now;
     this.store = options.store ?? new MemoryPolicyStore();
+    this.clientPrefix = Object.freeze({ ...DEFAULT_CLIENT_PREFIX, ...definedOnly(options.clientPrefix) });
+    for (const [family, max] of [
+      ['ipv4', 32],
+      ['ipv6', 128],
+    ] as const) {
+      const bits = this.clientPrefix[family];
+      if (!Number.isInteger(bits) || bits < 0 || bits > max) {
+        throw new MilterConfigError(`clientPrefix.${family} must be a whole number 0..${max}`, {
+          field: `clientPrefix.${family}`,
+        });
+      }
+    }
     this.trackBytes = options.trackBytes ?? true;
-    this.#logger = options.logger;
     if (options.onDecision) this.on('decision', options.onDecision);
   }
 
@@ -151,6 +223,14 @@ export class ShutdownPolicy {
     this.#windows.add(windowMs);
   }
 
+  /**
+   * The store key of a client address (SMFIC_CONNECT's): its network at `clientPrefix`, e.g.
+   * `2001:db8:1:2::/64`, or the address at full length; undefined for '' (not tracked).
+   */
+  clientKey(address: string): string | undefined {
+    return clientKey(address, this.clientPrefix);
+  }
+
   /** Window lengths tracked per client (ms). */
   get clientWindows(): readonly number[] {
     return [...this.#windows];
@@ -191,7 +271,16 @@ export class ShutdownPolicy {
       const verdict = toVerdict(result);
       if (verdict === undefined) continue;
       const reason = sanitizeText(verdict.reason) ?? entry.name;
-      const text = sanitizeText(verdict.text) ?? entry.text ?? this.replyText;
+      const own = sanitize(verdict.text);
+      if (own.cut && !entry.cutLogged) {
+        // A text the session would refuse would turn the 421 into a plain tempfail: cut it, say so once.
+        entry.cutLogged = true;
+        logger?.warn(
+          { hook: entry.name, maxBytes: MAX_SHUTDOWN_TEXT_BYTES },
+          'shutdown hook reply text longer than one reply line: cut to fit (logged once per hook)',
+        );
+      }
+      const text = own.text ?? entry.text ?? this.replyText;
       const dryRun = this.dryRun || entry.dryRun;
       const event: PolicyDecisionEvent = {
         connectionId: record.connectionId,
@@ -283,8 +372,26 @@ export class ShutdownPolicy {
     if (timeoutMs !== undefined && (!Number.isFinite(timeoutMs) || timeoutMs < 0)) {
       throw invalid(`hook "${name}": timeoutMs must be a finite number >= 0`);
     }
-    return { name, hook, timeoutMs, dryRun: options.dryRun ?? false, text: sanitizeText(options.text) };
+    const text = this.#fit(options.text, `hook "${name}" text`);
+    return { name, hook, timeoutMs, dryRun: options.dryRun ?? false, text, cutLogged: false };
   }
+
+  /** sanitizeText, with a warning when a configured text had to be cut to fit a reply line. */
+  #fit(text: unknown, what: string): string | undefined {
+    const { text: fit, cut } = sanitize(text);
+    if (cut) {
+      this.#logger?.warn(
+        { text: what, maxBytes: MAX_SHUTDOWN_TEXT_BYTES },
+        'shutdown reply text longer than one reply line: cut to fit',
+      );
+    }
+    return fit;
+  }
+}
+
+/** `o` without its undefined properties (so they do not override defaults when spread). */
+function definedOnly<T extends object>(o: T | undefined): Partial<T> {
+  return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 function isPromiseLike<T>(value: T | Promise<T>): value is Promise<T> {
@@ -301,11 +408,18 @@ function toVerdict(result: unknown): { reason?: unknown; text?: unknown } | unde
 }
 
 /**
- * Make a string fit one SMTP reply line: CR/LF become spaces (a reply line cannot hold them), trimmed,
- * at most 900 characters (libmilter allows 980 bytes per line including the code). Undefined when empty.
+ * Make a string fit one SMTP reply line: CR/LF/NUL become spaces (a reply line cannot hold them), trimmed,
+ * and cut at a character boundary to MAX_SHUTDOWN_TEXT_BYTES bytes as sent (UTF-8, `%` doubled), so that
+ * `421 4.7.0 <text>` never exceeds the 980-byte reply line. Undefined when empty.
  */
 export function sanitizeText(text: unknown): string | undefined {
-  if (typeof text !== 'string') return undefined;
-  const clean = text.replace(/[\r\n\0]+/g, ' ').trim();
-  return clean === '' ? undefined : clean.slice(0, MAX_TEXT);
+  return sanitize(text).text;
+}
+
+/** sanitizeText, and whether the text had to be cut. */
+function sanitize(text: unknown): { text: string | undefined; cut: boolean } {
+  if (typeof text !== 'string') return { text: undefined, cut: false };
+  const one = text.replace(/[\r\n\0]+/g, ' ').trim();
+  const fit = fitReplyLine(one);
+  return { text: fit === '' ? undefined : fit, cut: fit.length !== one.length };
 }

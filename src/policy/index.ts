@@ -2,7 +2,13 @@
  * The session-shutdown policy engine: a should-shutdown hook chain, declarative rules from a YAML file,
  * cross-session limits, and `withShutdownPolicy` to run any filter under a policy. See docs/policy.md.
  */
-export { ShutdownPolicy, DEFAULT_SHUTDOWN_TEXT, sanitizeText } from './chain.js';
+export {
+  ShutdownPolicy,
+  DEFAULT_SHUTDOWN_TEXT,
+  MAX_SHUTDOWN_TEXT_BYTES,
+  replyTextBytes,
+  sanitizeText,
+} from './chain.js';
 export type { ShutdownPolicyOptions, EnforcedShutdown } from './chain.js';
 export { withShutdownPolicy } from './wrapper.js';
 export type { WithShutdownPolicyOptions } from './wrapper.js';
@@ -19,7 +25,18 @@ export {
 } from './rules.js';
 export type { PolicyConfig, PolicyRule, RuleLimit, RuleConditions } from './rules.js';
 export { parsePolicy, loadPolicyFile } from './load.js';
+export { compileLinearRegex, LinearRegex, RegexSyntaxError, MAX_REGEX_STATES } from './linear-regex.js';
+export type { LinearRegexOptions } from './linear-regex.js';
 export { DEFAULT_POLICY_YAML, defaultPolicyConfig } from './default-policy.js';
-export { parseDuration, parseSize, parseCidr, NetworkSet } from './values.js';
-export type { Cidr } from './values.js';
+export {
+  parseDuration,
+  parseSize,
+  parseCidr,
+  NetworkSet,
+  clientKey,
+  parseIpAddress,
+  formatIpAddress,
+  DEFAULT_CLIENT_PREFIX,
+} from './values.js';
+export type { Cidr, ClientPrefix, IpAddress } from './values.js';
 export type * from './types.js';

@@ -3,9 +3,9 @@
  * type, bad value) refuses the whole file with a MilterConfigError naming the file, the line and the
  * field (`rules[1].when.client[0]`). The format is documented in docs/policy.md.
  */
-import { readFile } from 'node:fs/promises';
-import { LineCounter, isAlias, isMap, isScalar, isSeq, parseDocument, type Document, type Node } from 'yaml';
+import { LineCounter, isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml';
 import { MilterConfigError } from '../errors.js';
+import { MAX_SHUTDOWN_TEXT_BYTES, replyTextBytes } from './chain.js';
 import {
   LIMIT_KINDS,
   compileConditions,
@@ -14,8 +14,18 @@ import {
   type RuleLimit,
 } from './rules.js';
 import { parseCidr, parseDuration, parseSize, type Cidr } from './values.js';
+import { checkYamlSize, parseYamlDocument, readYamlFile, YamlFileTooLargeError } from './yaml-file.js';
 
-const TOP_KEYS = ['version', 'dry-run', 'hook-timeout', 'reply-text', 'track-bytes', 'rules'] as const;
+const TOP_KEYS = [
+  'version',
+  'dry-run',
+  'hook-timeout',
+  'reply-text',
+  'track-bytes',
+  'client-prefix',
+  'rules',
+] as const;
+const PREFIX_KEYS = ['ipv4', 'ipv6'] as const;
 const RULE_KEYS = ['name', 'text', 'dry-run', 'when', 'min-attempts', 'window', ...LIMIT_KINDS] as const;
 const WHEN_KEYS = ['client', 'not-client', 'authenticated', 'helo'] as const;
 
@@ -84,13 +94,25 @@ class Walker {
     return v;
   }
 
-  text(e: Entry, field: string): string {
+  text(e: Entry, field: string, replyLine = false): string {
     const v = this.scalar(e, field);
     if (typeof v !== 'string' || v.trim() === '')
       return this.fail(e.value, field, 'expected a non-empty string');
     if (/[\r\n\0]/.test(v)) return this.fail(e.value, field, 'a reply text must be one line');
-    if (v.length > 900) return this.fail(e.value, field, 'a reply text must be at most 900 characters');
-    return v.trim();
+    const text = v.trim();
+    if (replyLine) {
+      // What the MTA receives counts: UTF-8 bytes, each % doubled, after `421 4.7.0 `.
+      const bytes = replyTextBytes(text);
+      if (bytes > MAX_SHUTDOWN_TEXT_BYTES) {
+        return this.fail(
+          e.value,
+          field,
+          `a reply text must fit one reply line: ${bytes} bytes as sent (UTF-8, each % doubled), at most ${MAX_SHUTDOWN_TEXT_BYTES}`,
+        );
+      }
+    } else if (v.length > 900)
+      return this.fail(e.value, field, 'a reply text must be at most 900 characters');
+    return text;
   }
 
   parsed<T>(e: Entry, field: string, parse: (v: unknown) => T, min = 0): T {
@@ -123,11 +145,17 @@ class Walker {
 
 /**
  * Parse and validate a policy document. `file` is only used in error messages (and kept in the result).
- * An empty document is a policy without rules. Throws MilterConfigError (code ERR_MILTER_CONFIG).
+ * An empty document is a policy without rules. Throws MilterConfigError (code ERR_MILTER_CONFIG), also
+ * for a text over MAX_YAML_FILE_BYTES or nested deeper than MAX_YAML_DEPTH (yaml-file.ts).
  */
 export function parsePolicy(text: string, file = '<policy>'): PolicyConfig {
+  try {
+    checkYamlSize(text);
+  } catch (err) {
+    throw tooLarge(file, err as YamlFileTooLargeError);
+  }
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const doc = parseYamlDocument(text, lines);
   const w = new Walker(file, lines, doc);
   const syntax = doc.errors[0];
   if (syntax !== undefined) {
@@ -151,11 +179,22 @@ export function parsePolicy(text: string, file = '<policy>'): PolicyConfig {
         config.hookTimeoutMs = w.parsed(e, f, parseDuration, -1);
         break;
       case 'reply-text':
-        config.replyText = w.text(e, f);
+        config.replyText = w.text(e, f, true);
         break;
       case 'track-bytes':
         config.trackBytes = w.bool(e, f);
         break;
+      case 'client-prefix': {
+        const prefix: { ipv4?: number; ipv6?: number } = {};
+        for (const p of w.map(e.value, f, PREFIX_KEYS, e.keyNode)) {
+          const max = p.key === 'ipv4' ? 32 : 128;
+          const bits = w.int(p, `${f}.${p.key}`, 0);
+          if (bits > max) w.fail(p.value, `${f}.${p.key}`, `expected a prefix length 0..${max}`);
+          prefix[p.key as 'ipv4' | 'ipv6'] = bits;
+        }
+        config.clientPrefix = prefix;
+        break;
+      }
       case 'rules': {
         const seq = e.value;
         if (seq === null || (isScalar(seq) && seq.value === null)) break;
@@ -206,7 +245,7 @@ function parseRule(
   const name = nameEntry ? w.text(nameEntry, `${field}.name`) : limit.kind;
   const rule: PolicyRule = { name, limit, line: node?.range ? lines.linePos(node.range[0]).line : undefined };
   const textEntry = get('text');
-  if (textEntry) rule.text = w.text(textEntry, `${field}.text`);
+  if (textEntry) rule.text = w.text(textEntry, `${field}.text`, true);
   const dry = get('dry-run');
   if (dry) rule.dryRun = w.bool(dry, `${field}.dry-run`);
   const when = get('when');
@@ -260,12 +299,20 @@ function parseLimit(w: Walker, e: Entry, f: string, get: (key: string) => Entry 
   }
 }
 
-/** Read and parse a policy file. Unreadable files are refused with MilterConfigError too. */
+function tooLarge(file: string, err: YamlFileTooLargeError): MilterConfigError {
+  return new MilterConfigError(`${file}: policy file too large: ${err.message}`, { file }, { cause: err });
+}
+
+/**
+ * Read and parse a policy file. Unreadable files, and files over MAX_YAML_FILE_BYTES (1 MiB, refused
+ * before parsing), are refused with MilterConfigError too.
+ */
 export async function loadPolicyFile(path: string): Promise<PolicyConfig> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await readYamlFile(path);
   } catch (err) {
+    if (err instanceof YamlFileTooLargeError) throw tooLarge(path, err);
     throw new MilterConfigError(
       `${path}: cannot read policy file: ${(err as Error).message}`,
       { file: path },

@@ -10,7 +10,8 @@
  */
 import type { Logger } from 'pino';
 import { ShutdownPolicy, type ShutdownPolicyOptions } from './chain.js';
-import { NetworkSet, type Cidr } from './values.js';
+import { compileLinearRegex } from './linear-regex.js';
+import { NetworkSet, type Cidr, type ClientPrefix } from './values.js';
 import type { DeliveryRecord, ShutdownVerdict } from './types.js';
 
 /** The limit of one rule (exactly one per rule). */
@@ -44,7 +45,10 @@ export interface RuleConditions {
   notClient?: readonly (string | Cidr)[];
   /** true: only SASL-authenticated sessions; false: only unauthenticated ones. */
   authenticated?: boolean;
-  /** Regular expression (case-insensitive) the HELO name must match; no HELO = no match. */
+  /**
+   * Regular expression (case-insensitive) the HELO name must match; no HELO = no match. JavaScript
+   * syntax without backreferences and lookaround, matched in linear time (see linear-regex.ts).
+   */
   helo?: string;
 }
 
@@ -71,6 +75,8 @@ export interface PolicyConfig {
   replyText?: string;
   /** Count header/body bytes; default: only when a rule needs them (max-bytes). */
   trackBytes?: boolean;
+  /** How cross-session limits group client addresses; default `{ ipv4: 32, ipv6: 64 }`. */
+  clientPrefix?: Partial<ClientPrefix>;
   rules: PolicyRule[];
 }
 
@@ -110,7 +116,10 @@ export function limitReached(limit: RuleLimit, r: DeliveryRecord): boolean {
   }
 }
 
-/** Compile conditions into a predicate (throws a plain Error on a bad CIDR or regex). */
+/**
+ * Compile conditions into a predicate (throws a plain Error on a bad CIDR, a RegexSyntaxError on a regex
+ * the linear-time matcher refuses).
+ */
 export function compileConditions(when: RuleConditions | undefined): (r: DeliveryRecord) => boolean {
   if (when === undefined) return () => true;
   const tests: Array<(r: DeliveryRecord) => boolean> = [];
@@ -127,7 +136,8 @@ export function compileConditions(when: RuleConditions | undefined): (r: Deliver
     tests.push((r) => (r.authenticated !== undefined) === wanted);
   }
   if (when.helo !== undefined) {
-    const re = new RegExp(when.helo, 'i');
+    // Never a backtracking RegExp: the HELO is chosen by the SMTP client (see linear-regex.ts).
+    const re = compileLinearRegex(when.helo, { ignoreCase: true });
     tests.push((r) => r.helo !== undefined && re.test(r.helo));
   }
   return (r) => tests.every((t) => t(r));
@@ -152,8 +162,8 @@ export function registerRules(policy: ShutdownPolicy, rules: readonly PolicyRule
 
 /**
  * Build a ShutdownPolicy from a config (a loaded file or the embedded default). Options given here
- * (clock, store, listeners, logger) complete the config; `dryRun`, `hookTimeoutMs`, `replyText` and
- * `trackBytes` from the config win unless set in `options`. Register your own hooks afterwards:
+ * (clock, store, listeners, logger) complete the config; `dryRun`, `hookTimeoutMs`, `replyText`,
+ * `trackBytes` and `clientPrefix` from the config win unless set in `options`. Register your own hooks afterwards:
  * `registerFirst` ones run before the rules, `registerLast` ones after.
  */
 export function createShutdownPolicy(
@@ -165,6 +175,7 @@ export function createShutdownPolicy(
     dryRun: options.dryRun ?? config.dryRun,
     hookTimeoutMs: options.hookTimeoutMs ?? config.hookTimeoutMs,
     replyText: options.replyText ?? config.replyText,
+    clientPrefix: { ...config.clientPrefix, ...options.clientPrefix },
     trackBytes:
       options.trackBytes ?? config.trackBytes ?? config.rules.some((r) => r.limit.kind === 'max-bytes'),
   });

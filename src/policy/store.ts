@@ -1,5 +1,6 @@
 /**
- * Cross-session state of the shutdown policy: open sessions and message counts per client address.
+ * Cross-session state of the shutdown policy: open sessions and message counts per client. A client is
+ * the key `ShutdownPolicy.clientKey` makes of its address: the address, or its network (IPv6: /64).
  * The engine talks to it through `PolicyStore`, whose methods may be async so that a shared store
  * (Redis, a database) can implement it later; `MemoryPolicyStore` keeps everything in this process.
  */

@@ -63,8 +63,9 @@ export class SessionTracker {
   /** SMFIC_CONNECT: record the client, join the store, consult the chain (cross-session limits). */
   async connect(ctx: BaseContext<unknown>, info: ConnectionInfo): Promise<void> {
     this.client = { address: info.address, hostname: info.hostname, port: info.port, family: info.family };
-    const key = info.address.toLowerCase();
-    if (key !== '') {
+    // Grouped by network (clientPrefix), so that rotating addresses within a /64 does not escape a limit.
+    const key = this.policy.clientKey(info.address);
+    if (key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
       await this.#store(ctx.logger, async () => {

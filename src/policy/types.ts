@@ -65,9 +65,12 @@ export function zeroCounters(): SessionCounters {
   };
 }
 
-/** Limits shared by all sessions of one client address, read from the PolicyStore. */
+/**
+ * Limits shared by all sessions of one client, read from the PolicyStore. A client is its address or its
+ * network at the policy's `clientPrefix` (IPv6: /64 by default).
+ */
 export interface ClientStats {
-  /** Sessions of this client address open when this session started, this one included. 0 if unknown. */
+  /** Sessions of this client open when this session started, this one included. 0 if unknown. */
   readonly concurrentSessions: number;
   /** Finished messages (not aborted) of this client in the current window, keyed by window length (ms). */
   readonly messagesInWindow: Readonly<Record<number, number>>;

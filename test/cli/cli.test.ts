@@ -102,6 +102,28 @@ test('check-config reports every problem with file, line and field (exit 3)', as
   assert.doesNotMatch(r.stderr, /\n\s+at /);
 });
 
+test('a config or policy file over 1 MiB is refused before parsing (exit 3, file and size named)', async (t) => {
+  const dir = await tempDir(t);
+  const big = path.join(dir, 'big.yaml');
+  await writeFile(big, `logLevel: info\n# ${'x'.repeat(1024 * 1024)}\n`);
+  const r1 = await runMilterd(['check-config', big]);
+  assert.equal(r1.code, 3);
+  assert.match(
+    r1.stderr,
+    new RegExp(
+      `^${big}: configuration file too large: 1048594 bytes, more than the limit of 1048576 bytes \\(1 MiB\\)`,
+      'm',
+    ),
+  );
+  const policy = path.join(dir, 'policy.yaml');
+  await writeFile(policy, `version: 1\n# ${'x'.repeat(1024 * 1024)}\n`);
+  const cfg = path.join(dir, 'cfg.yaml');
+  await writeFile(cfg, 'policy: policy.yaml\n');
+  const r2 = await runMilterd(['serve', '--config', cfg, '--listen', 'inet:0@127.0.0.1']);
+  assert.equal(r2.code, 3);
+  assert.ok(r2.stderr.includes(`${policy}: policy file too large: 1048590 bytes`), r2.stderr);
+});
+
 test('check-config: YAML syntax errors and policy errors are located too', async (t) => {
   const dir = await tempDir(t);
   const broken = path.join(dir, 'broken.yaml');

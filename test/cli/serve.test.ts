@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { MilterClient, playMessage, type MessageScript } from '../../src/client/index.js';
-import { Daemon, httpGet, parsePrometheus, sampleValue } from './helpers.js';
+import { manyKeysYaml } from '../helpers/big-yaml.js';
+import { Daemon, httpGet, parsePrometheus, sampleValue, type LogLine } from './helpers.js';
 
 const CONNECT = {
   hostname: 'client.example.org',
@@ -168,6 +169,56 @@ test('SIGHUP reloads the policy; an invalid new file is refused and the old poli
   assert.equal(sampleValue(metrics, 'milterd_config_reloads_total', { result: 'ok' }), 1);
   assert.equal(sampleValue(metrics, 'milterd_config_reloads_total', { result: 'error' }), 2);
 
+  d.signal('SIGTERM');
+  assert.equal((await d.exited).code, 0);
+});
+
+test('SIGHUP with a huge, a deeply nested or a 200 000-key policy: refused, located, and the daemon keeps serving', async (t) => {
+  const dir = await tempDir(t);
+  const policyFile = path.join(dir, 'policy.yaml');
+  const configFile = path.join(dir, 'milterd.yaml');
+  await writeFile(policyFile, 'version: 1\nrules:\n  - name: generous\n    max-messages: 100\n');
+  await writeFile(configFile, 'listen: inet:0@127.0.0.1\npolicy: policy.yaml\n');
+  const d = new Daemon(['--config', configFile]);
+  t.after(() => d.kill());
+  const { milter } = await d.started();
+  const isRefusal = (l: LogLine): boolean => String(l.msg).startsWith('reload refused');
+  /** The `n`-th refusal (1-based), once logged. */
+  const refusal = (n: number, timeoutMs?: number): Promise<LogLine> =>
+    d
+      .waitFor(() => d.lines.filter(isRefusal).length >= n, `refusal ${n}`, timeoutMs)
+      .then(() => d.lines.filter(isRefusal)[n - 1] as LogLine);
+  const errMessage = (l: LogLine): string => String((l.err as { message?: unknown } | undefined)?.message);
+
+  // Over 1 MiB: refused before parsing.
+  await writeFile(policyFile, `version: 1\n# ${'x'.repeat(1024 * 1024)}\n`);
+  d.signal('SIGHUP');
+  const big = await refusal(1);
+  assert.equal(big.file, policyFile);
+  assert.match(errMessage(big), /policy file too large: 1048590 bytes/);
+
+  // Nested 5000 deep, three times: a stack overflow in the YAML composer used to end in a V8 fatal error.
+  await writeFile(policyFile, '['.repeat(5000));
+  for (let n = 2; n <= 4; n++) {
+    d.signal('SIGHUP');
+    const deep = await refusal(n);
+    assert.equal(deep.line, 1);
+    assert.match(errMessage(deep), /nested deeper than 64 levels/);
+  }
+
+  // 200 000 keys: the old quadratic duplicate-key check stalled the daemon for minutes.
+  const many = manyKeysYaml(200_000);
+  await writeFile(policyFile, many.text);
+  d.signal('SIGHUP');
+  const dup = await refusal(5, 60_000);
+  assert.equal(dup.line, many.duplicateLine);
+  assert.match(errMessage(dup), /Map keys must be unique/);
+
+  // Still alive and serving under the first policy.
+  const client = await MilterClient.connect(milter);
+  const r = await playMessage(client, { ...message(1), connect: CONNECT, helo: 'client.example.org' });
+  assert.equal(r.eom?.reply.kind, 'continue');
+  await client.quit();
   d.signal('SIGTERM');
   assert.equal((await d.exited).code, 0);
 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ShutdownPolicy } from '../../../src/policy/chain.js';
+import { MAX_SHUTDOWN_TEXT_BYTES, replyTextBytes, ShutdownPolicy } from '../../../src/policy/chain.js';
 import type {
   PolicyDecisionEvent,
   PolicyHookErrorEvent,
@@ -246,4 +246,14 @@ test('a listener that throws is logged and does not break the evaluation', async
   const count = log.lines.length;
   await p.evaluate(record(), { logger: log.logger });
   assert.ok(!log.lines.slice(count).some((l) => l.msg === 'shutdown policy listener threw'), 'unsubscribed');
+});
+
+test('reply text size: UTF-8 bytes with % doubled, within 980 bytes after "421 4.7.0 "', () => {
+  assert.equal(MAX_SHUTDOWN_TEXT_BYTES, 970);
+  assert.equal(replyTextBytes('abc'), 3);
+  assert.equal(replyTextBytes('é'), 2);
+  assert.equal(replyTextBytes('100%'), 5, '% is doubled');
+  assert.equal(replyTextBytes('€'), 3);
+  assert.equal(replyTextBytes('😀'), 4, 'a surrogate pair is one 4-byte character');
+  assert.equal(replyTextBytes('\udc80'), 3, 'a lone surrogate counts as much as it can become (U+FFFD)');
 });

@@ -35,6 +35,7 @@ test('full fixture: every key and rule kind', async () => {
   assert.equal(c.hookTimeoutMs, 500);
   assert.equal(c.replyText, 'Closing connection, policy limit reached');
   assert.equal(c.trackBytes, true);
+  assert.deepEqual(c.clientPrefix, { ipv4: 32, ipv6: 56 });
   assert.deepEqual(
     c.rules.map((r) => [r.name, r.limit.kind]),
     [
@@ -63,7 +64,7 @@ test('full fixture: every key and rule kind', async () => {
   assert.deepEqual(bytes?.limit, { kind: 'max-bytes', max: 50_000_000 });
   assert.equal(helo?.when?.helo, '^\\[?\\d+\\.\\d+\\.\\d+\\.\\d+\\]?$');
   assert.deepEqual(rate?.limit, { kind: 'max-messages-per-client', max: 500, windowMs: 3_600_000 });
-  assert.equal(age?.line, 8);
+  assert.equal(age?.line, 11);
   // And it compiles.
   assert.equal(createShutdownPolicy(c).list().length, 9);
 });
@@ -174,6 +175,12 @@ const invalid: Array<[title: string, yaml: string, line: number, field: string]>
   ],
   ['bad regex', 'rules:\n  - max-messages: 2\n    when:\n      helo: "("\n', 4, 'rules[0].when.helo'],
   [
+    'regex with a backreference',
+    "rules:\n  - max-messages: 2\n    when:\n      helo: '^(\\w+)\\.\\1$'\n",
+    4,
+    'rules[0].when.helo',
+  ],
+  [
     'duplicate explicit names',
     'rules:\n  - name: a\n    max-messages: 2\n  - name: a\n    max-bytes: 1\n',
     4,
@@ -185,6 +192,31 @@ const invalid: Array<[title: string, yaml: string, line: number, field: string]>
 for (const [title, yaml, line, field] of invalid) {
   test(`refused: ${title} (line ${line}, field ${field || '(top level)'})`, () => refused(yaml, line, field));
 }
+
+test('helo patterns that cannot be matched in linear time are refused at load, naming the construct', () => {
+  const cases: Array<[string, RegExp]> = [
+    [
+      '^(\\w+)\\.\\1$',
+      /rules\[0\]\.when\.helo: invalid regular expression: backreference \\1 is not supported/,
+    ],
+    ['^mail(?=\\.)', /lookahead \(\?=\.\.\.\) is not supported/],
+    ['(?<!x)mx', /lookbehind \(\?<!\.\.\.\) is not supported/],
+    ['(a{100}){100}', /pattern too large/],
+  ];
+  for (const [pattern, message] of cases) {
+    const yaml = `rules:\n  - max-messages: 2\n    when:\n      helo: '${pattern}'\n`;
+    assert.throws(
+      () => parsePolicy(yaml, 'p.yaml'),
+      (err: unknown) =>
+        err instanceof MilterConfigError &&
+        err.line === 4 &&
+        err.field === 'rules[0].when.helo' &&
+        err.message.startsWith('p.yaml:4: ') &&
+        message.test(err.message),
+      pattern,
+    );
+  }
+});
 
 test('two rules of one kind without names get distinct names', () => {
   const c = parsePolicy(

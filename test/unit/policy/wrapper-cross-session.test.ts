@@ -5,6 +5,7 @@ import { ShutdownPolicy } from '../../../src/policy/chain.js';
 import { createShutdownPolicy, type PolicyRule } from '../../../src/policy/rules.js';
 import { MemoryPolicyStore, type PolicyStore } from '../../../src/policy/store.js';
 import { withShutdownPolicy } from '../../../src/policy/wrapper.js';
+import { parsePolicy } from '../../../src/policy/load.js';
 import type { PolicyFiredEvent } from '../../../src/policy/types.js';
 import { memoryLogger } from '../../helpers/logs.js';
 import { FakeMta, shutdownText } from './fake-context.js';
@@ -198,4 +199,111 @@ test('per-connection state is dropped at close and rebuilt at a new CONNECT (QUI
   await mta.close();
   await mta.connect();
   assert.equal((await mta.message()).final, 'continue', 'a fresh session on the same milter connection');
+});
+
+const inet6 = (address: string): { hostname: string; family: 'inet6'; port: number; address: string } => ({
+  hostname: 'c6.example',
+  family: 'inet6',
+  port: 1,
+  address,
+});
+
+/**
+ * Open a session per address under a max-concurrent-sessions: 1 rule (plus `config`'s clientPrefix);
+ * the HELO answer of each.
+ */
+async function concurrentHelos(
+  addresses: Array<ReturnType<typeof inet6> | ReturnType<typeof client>>,
+  config: Partial<Parameters<typeof createShutdownPolicy>[0]> = {},
+): Promise<string[]> {
+  const store = new MemoryPolicyStore();
+  const policy = createShutdownPolicy(
+    {
+      ...config,
+      dryRun: false,
+      rules: [{ name: 'one', limit: { kind: 'max-concurrent-sessions', max: 1 } }],
+    },
+    { store },
+  );
+  const filter = withShutdownPolicy({}, policy);
+  const sessions = addresses.map((info, i) => new FakeMta(filter, `s${i}`, info));
+  for (const s of sessions) await s.connect();
+  const answers: string[] = [];
+  for (const s of sessions) answers.push(await s.helo());
+  for (const s of sessions) await s.close();
+  assert.deepEqual(store.size, { clients: 0, windows: 0 });
+  return answers;
+}
+
+test('IPv6 clients are counted by /64: two addresses of one /64 share one limit, other /64s do not', async () => {
+  assert.deepEqual(
+    await concurrentHelos([inet6('2001:db8:1:2::1'), inet6('2001:db8:1:2:ffff:ffff:ffff:fffe')]),
+    ['continue', '421'],
+    'same /64',
+  );
+  assert.deepEqual(
+    await concurrentHelos([inet6('2001:db8:1:2::1'), inet6('2001:db8:1:3::1')]),
+    ['continue', 'continue'],
+    'neighbouring /64',
+  );
+  // The forms the MTAs send: Sendmail's IPv6: tag, fully expanded; upper case; a zone id.
+  assert.deepEqual(
+    await concurrentHelos([
+      inet6('IPv6:2001:0db8:0001:0002:0000:0000:0000:0005'),
+      inet6('2001:DB8:1:2::9'),
+      inet6('fe80::1%eth0'),
+      inet6('fe80::2%eth1'),
+    ]),
+    ['continue', '421', 'continue', '421'],
+  );
+});
+
+test('max-messages-per-client: rotating addresses inside a /64 does not reset the count', async () => {
+  const rules: PolicyRule[] = [
+    { name: 'rate', limit: { kind: 'max-messages-per-client', max: 2, windowMs: 60_000 } },
+  ];
+  const policy = createShutdownPolicy({ dryRun: false, rules }, { now: () => 0 });
+  const filter = withShutdownPolicy({}, policy);
+  const finals: string[] = [];
+  for (let i = 1; i <= 3; i++) {
+    const s = new FakeMta(filter, `r${i}`, inet6(`2001:db8:aa:bb::${i.toString(16)}`));
+    await s.connect();
+    finals.push((await s.message()).final);
+    await s.close();
+  }
+  assert.deepEqual(finals, ['continue', 'continue', '421']);
+});
+
+test('IPv4-mapped IPv6 clients count as their IPv4 address', async () => {
+  assert.deepEqual(await concurrentHelos([client('192.0.2.7'), inet6('::ffff:192.0.2.7')]), [
+    'continue',
+    '421',
+  ]);
+  assert.deepEqual(await concurrentHelos([inet6('::ffff:c000:207'), client('192.0.2.7')]), [
+    'continue',
+    '421',
+  ]);
+  // IPv4 stays per address by default.
+  assert.deepEqual(await concurrentHelos([client('192.0.2.7'), inet6('::ffff:192.0.2.8')]), [
+    'continue',
+    'continue',
+  ]);
+});
+
+test('client-prefix is respected: wider and narrower IPv6 groups, IPv4 networks', async () => {
+  const wide = parsePolicy('client-prefix:\n  ipv6: 48\n  ipv4: 24\n');
+  assert.deepEqual(wide.clientPrefix, { ipv6: 48, ipv4: 24 });
+  assert.deepEqual(
+    await concurrentHelos([inet6('2001:db8:1:2::1'), inet6('2001:db8:1:3::1'), inet6('2001:db8:2::1')], wide),
+    ['continue', '421', 'continue'],
+  );
+  assert.deepEqual(
+    await concurrentHelos([client('192.0.2.1'), client('192.0.2.200'), client('192.0.3.1')], wide),
+    ['continue', '421', 'continue'],
+  );
+  const exact = parsePolicy('client-prefix: { ipv6: 128 }\n');
+  assert.deepEqual(await concurrentHelos([inet6('2001:db8:1:2::1'), inet6('2001:db8:1:2::2')], exact), [
+    'continue',
+    'continue',
+  ]);
 });
