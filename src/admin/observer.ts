@@ -23,6 +23,7 @@ export const METRIC_NAMES = {
   bytesIn: 'milterd_received_bytes_total',
   bytesOut: 'milterd_sent_bytes_total',
   reloads: 'milterd_config_reloads_total',
+  logLinesDropped: 'milterd_log_lines_dropped_total',
   draining: 'milterd_draining',
   buildInfo: 'milterd_build_info',
   startTime: 'milterd_start_time_seconds',
@@ -43,6 +44,7 @@ export class DaemonMetrics {
   readonly bytesIn: Counter;
   readonly bytesOut: Counter;
   readonly reloads: Counter;
+  readonly logLinesDropped: Counter;
   readonly draining: Gauge;
   /** The observer to hand to the milter server. */
   readonly observer: MilterObserver;
@@ -101,6 +103,10 @@ export class DaemonMetrics {
       help: 'Configuration reloads (SIGHUP), by result.',
       labelNames: ['result'],
     });
+    this.logLinesDropped = r.counter({
+      name: n.logLinesDropped,
+      help: 'Log lines dropped because stdout was not read fast enough (the log buffer was full).',
+    });
     this.draining = r.gauge({ name: n.draining, help: '1 while the daemon drains before exiting.' });
     // Export the unlabelled series and the reload results from the first scrape on.
     this.sessionsOpen.set(0);
@@ -109,6 +115,7 @@ export class DaemonMetrics {
     this.sessionsRefused.init();
     this.bytesIn.init();
     this.bytesOut.init();
+    this.logLinesDropped.init();
     this.reloads.init({ result: 'ok' });
     this.reloads.init({ result: 'error' });
     this.observer = this.createObserver();

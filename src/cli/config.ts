@@ -199,6 +199,7 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     ...(s.socketGroup === undefined ? {} : { socketGroup: s.socketGroup }),
     logLevel: s.logLevel,
     logPretty: s.logPretty,
+    logBuffer: s.logBuffer,
     maxConnections: s.maxConnections,
     backlog: s.backlog,
     sharedReadBuffer: s.sharedReadBuffer,

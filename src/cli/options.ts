@@ -11,6 +11,7 @@ import {
   LOG_LEVELS,
   parseAdmin,
   parseBoolean,
+  parseByteSize,
   parseDuration,
   parseFailureDecision,
   parseGroup,
@@ -41,6 +42,8 @@ export interface DaemonSettings {
   socketGroup: string | number | undefined;
   logLevel: LogLevel;
   logPretty: boolean;
+  /** Bytes of log lines buffered while stdout is not read; beyond them lines are dropped. */
+  logBuffer: number;
   maxConnections: number;
   backlog: number;
   sharedReadBuffer: boolean;
@@ -139,6 +142,18 @@ export const SETTINGS: SettingsTable = {
     defaultText: 'false',
     fromText: same(parseBoolean),
     fromFile: parseBoolean,
+  },
+  logBuffer: {
+    flags: '--log-buffer <bytes>',
+    env: 'MILTERD_LOG_BUFFER',
+    path: ['logBuffer'],
+    description:
+      'log lines buffered while stdout is not read (e.g. 1MiB, 256KiB); beyond it lines are dropped and ' +
+      'counted, never waited for',
+    defaultValue: 1024 * 1024,
+    defaultText: '1MiB',
+    fromText: same(parseByteSize),
+    fromFile: parseByteSize,
   },
   maxConnections: {
     flags: '--max-connections <n>',

@@ -33,12 +33,16 @@ export interface ServeOptions {
   stderr: (line: string) => void;
 }
 
+/** Longest wait at exit for buffered log lines to be written (a stalled stdout must not hold the exit). */
+const LOG_FLUSH_TIMEOUT_MS = 5_000;
+
 /** Settings a reload cannot change: a restart is needed. */
 const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'listen',
   'socketMode',
   'socketGroup',
   'logPretty',
+  'logBuffer',
   'maxConnections',
   'backlog',
   'sharedReadBuffer',
@@ -168,8 +172,13 @@ class Daemon {
 export async function serve(options: ServeOptions): Promise<ExitCode> {
   const { settings } = await resolve(options);
   const policyConfig = await loadPolicySetting(settings.policy);
-  const logger = createDaemonLogger({ level: settings.logLevel, pretty: settings.logPretty });
   const metrics = new DaemonMetrics({ version: options.version });
+  const { logger, destination } = createDaemonLogger({
+    level: settings.logLevel,
+    pretty: settings.logPretty,
+    maxBufferBytes: settings.logBuffer,
+    onDrop: (lines) => metrics.logLinesDropped.inc(undefined, lines),
+  });
   const policy = buildPolicy(policyConfig, { logger, metrics });
   const filter = new ReloadableFilter(
     createDaemonFilter(policy, {
@@ -205,7 +214,9 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   const finish = (code: ExitCode): void => {
     process.off('SIGTERM', onStop).off('SIGINT', onStop).off('SIGHUP', onHup);
     process.off('uncaughtException', onCrash).off('unhandledRejection', onCrash);
-    resolveExit(code);
+    // The last lines ('milterd stopped') are still buffered: write them, but never wait forever for a
+    // stalled reader.
+    void destination.drain(LOG_FLUSH_TIMEOUT_MS).then(() => resolveExit(code));
   };
   const onStop = (signal: NodeJS.Signals): void => {
     if (daemon.draining) {

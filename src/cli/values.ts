@@ -105,6 +105,21 @@ export function parseInteger(value: unknown, min = 1): number {
   return n;
 }
 
+const BYTE_UNITS: Record<string, number> = { '': 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2 };
+
+/** A size in bytes, >= 4 KiB: a number, or `256KiB`, `1MiB` (also `k`, `m`; binary multiples). */
+export function parseByteSize(value: unknown): number {
+  const m = typeof value === 'string' ? /^\s*(\d+)\s*(k|kib|m|mib)?\s*$/i.exec(value) : undefined;
+  const n =
+    typeof value === 'number'
+      ? value
+      : m
+        ? Number(m[1]) * (BYTE_UNITS[(m[2] ?? '').toLowerCase()] as number)
+        : NaN;
+  if (!Number.isSafeInteger(n) || n < 4096) throw new Error('expected a size of at least 4KiB, such as 1MiB');
+  return n;
+}
+
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /**
