@@ -11,7 +11,7 @@ export * from './errors.js';
 export * from './filter.js';
 export * as protocol from './protocol/constants.js';
 export type * from './protocol/types.js';
-export type { MilterObserver, DecisionStage } from './observer.js';
+export type { MilterObserver, DecisionStage, ObservedDecision } from './observer.js';
 export { parseSocketSpec, formatSocketSpec } from './socket-spec.js';
 export type { SocketSpec } from './socket-spec.js';
 

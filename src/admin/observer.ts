@@ -3,8 +3,7 @@
  * series (policy firings, reloads, draining, build info). Every observer method is a couple of Map
  * lookups and never throws.
  */
-import type { DecisionKind } from '../filter.js';
-import type { DecisionStage, MilterObserver } from '../observer.js';
+import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterCommandKind } from '../protocol/types.js';
 import type { MilterErrorCode } from '../errors.js';
 import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
@@ -134,7 +133,7 @@ export class DaemonMetrics {
         this.bytesIn.inc(undefined, bytes);
       },
       bytesWritten: (bytes: number) => this.bytesOut.inc(undefined, bytes),
-      decision: (stage: DecisionStage, decision: DecisionKind | 'noreply', seconds: number) => {
+      decision: (stage: DecisionStage, decision: ObservedDecision, seconds: number) => {
         this.decisions.inc({ stage, decision });
         this.callbackSeconds.observe(seconds, { stage });
       },

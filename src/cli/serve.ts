@@ -7,6 +7,7 @@ import { DaemonMetrics } from '../admin/observer.js';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import { isMilterError, MilterConfigError } from '../errors.js';
 import { createDaemonFilter } from '../filters/default.js';
+import { LogRateLimiter } from '../logging/rate-limit.js';
 import type { ShutdownPolicy } from '../policy/index.js';
 import { createMilterServer, type MilterServer } from '../server/server.js';
 import {
@@ -179,6 +180,8 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
     maxBufferBytes: settings.logBuffer,
     onDrop: (lines) => metrics.logLinesDropped.inc(undefined, lines),
   });
+  // One limit for every line a peer can cause.
+  const logLimiter = new LogRateLimiter({ logger });
   const policy = buildPolicy(policyConfig, { logger, metrics });
   const filter = new ReloadableFilter(
     createDaemonFilter(policy, {
@@ -190,6 +193,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
     filter: filter.filter,
     logger,
     observer: metrics.observer,
+    logLimiter,
     maxConnections: settings.maxConnections,
     backlog: settings.backlog,
     sharedReadBuffer: settings.sharedReadBuffer,
@@ -214,6 +218,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   const finish = (code: ExitCode): void => {
     process.off('SIGTERM', onStop).off('SIGINT', onStop).off('SIGHUP', onHup);
     process.off('uncaughtException', onCrash).off('unhandledRejection', onCrash);
+    logLimiter.flush();
     // The last lines ('milterd stopped') are still buffered: write them, but never wait forever for a
     // stalled reader.
     void destination.drain(LOG_FLUSH_TIMEOUT_MS).then(() => resolveExit(code));

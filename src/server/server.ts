@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { MilterConfigError, MilterError } from '../errors.js';
 import type { Filter } from '../filter.js';
 import { silentLogger } from '../logging/logger.js';
+import { LogRateLimiter } from '../logging/rate-limit.js';
 import type { MilterObserver } from '../observer.js';
 import { MILTER_MDS_1M, MILTER_MDS_64K } from '../protocol/constants.js';
 import type { FailureDecision } from '../session/types.js';
@@ -70,6 +71,12 @@ export interface MilterServerOptions<P> {
    * (direct-write.ts). Default true; false always uses ordinary stream reads and writes.
    */
   sharedReadBuffer?: boolean;
+  /**
+   * Rate limit of the lines peers can cause (protocol errors, refused negotiations, connections refused
+   * at the limit); pass one to share it with other components of the process. Default: one per server,
+   * 10 lines per error code and second.
+   */
+  logLimiter?: LogRateLimiter;
 }
 
 /** A running milter server. */
@@ -145,6 +152,7 @@ class Server implements MilterServer {
   private readonly sharedReadBuffer: boolean;
   private readonly socketMode: number | undefined;
   private readonly socketGroup: string | number | undefined;
+  private readonly logLimiter: LogRateLimiter;
   private readonly listeners: BoundListener[] = [];
   private readonly connections = new Set<MilterConnection>();
   private closing: Promise<void> | undefined;
@@ -177,6 +185,7 @@ class Server implements MilterServer {
     this.sharedReadBuffer = options.sharedReadBuffer ?? DEFAULTS.sharedReadBuffer;
     this.socketMode = options.socketMode;
     this.socketGroup = options.socketGroup;
+    this.logLimiter = options.logLimiter ?? new LogRateLimiter({ logger: this.logger });
   }
 
   get addresses(): ListenAddress[] {
@@ -237,7 +246,9 @@ class Server implements MilterServer {
       socket.on('error', () => undefined);
       socket.destroy();
       if (this.closing === undefined) {
-        this.logger.warn({ peer, limit: this.maxConnections }, 'connection limit reached; refusing');
+        if (this.logLimiter.allow('connection limit')) {
+          this.logger.warn({ peer, limit: this.maxConnections }, 'connection limit reached; refusing');
+        }
         this.observer?.connectionRefused?.();
       }
       return;
@@ -258,6 +269,7 @@ class Server implements MilterServer {
         callbackTimeoutMs: this.timeouts.callbackMs,
         readBudgetBytes: this.readBudgetBytes,
         sharedReadBuffer: this.sharedReadBuffer,
+        logLimiter: this.logLimiter,
         ...(relay === undefined ? {} : { sharedReadRelay: relay }),
       });
     } catch (err) {
