@@ -13,7 +13,7 @@ export * as protocol from './protocol/constants.js';
 export type * from './protocol/types.js';
 export type { MilterObserver, DecisionStage, ObservedDecision } from './observer.js';
 export { parseSocketSpec, formatSocketSpec } from './socket-spec.js';
-export type { SocketSpec } from './socket-spec.js';
+export type { SocketSpec, ParseSocketSpecOptions } from './socket-spec.js';
 
 export { createMilterServer } from './server/server.js';
 export type {

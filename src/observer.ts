@@ -42,4 +42,9 @@ export interface MilterObserver {
   decision?(stage: DecisionStage, decision: ObservedDecision, seconds: number): void;
   /** A protocol error closed a connection, or a filter error was mapped to the failure decision. */
   error?(code: MilterErrorCode): void;
+  /**
+   * A listener failed to accept a connection (`listener`: its spec), or closed one at once because the
+   * process is out of file descriptors; `code` is the errno name (EMFILE, ENFILE, ENOBUFS…).
+   */
+  acceptError?(listener: string, code: string): void;
 }

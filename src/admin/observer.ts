@@ -23,6 +23,7 @@ export const METRIC_NAMES = {
   bytesOut: 'milterd_sent_bytes_total',
   reloads: 'milterd_config_reloads_total',
   logLinesDropped: 'milterd_log_lines_dropped_total',
+  acceptErrors: 'milterd_accept_errors_total',
   draining: 'milterd_draining',
   buildInfo: 'milterd_build_info',
   startTime: 'milterd_start_time_seconds',
@@ -44,6 +45,7 @@ export class DaemonMetrics {
   readonly bytesOut: Counter;
   readonly reloads: Counter;
   readonly logLinesDropped: Counter;
+  readonly acceptErrors: Counter;
   readonly draining: Gauge;
   /** The observer to hand to the milter server. */
   readonly observer: MilterObserver;
@@ -106,6 +108,13 @@ export class DaemonMetrics {
       name: n.logLinesDropped,
       help: 'Log lines dropped because stdout was not read fast enough (the log buffer was full).',
     });
+    this.acceptErrors = r.counter({
+      name: n.acceptErrors,
+      help:
+        'Connections a listener could not accept or closed at once for lack of file descriptors, ' +
+        'by listener (milter spec, or admin) and errno code.',
+      labelNames: ['listener', 'code'],
+    });
     this.draining = r.gauge({ name: n.draining, help: '1 while the daemon drains before exiting.' });
     // Export the unlabelled series and the reload results from the first scrape on.
     this.sessionsOpen.set(0);
@@ -138,6 +147,7 @@ export class DaemonMetrics {
         this.callbackSeconds.observe(seconds, { stage });
       },
       error: (code: MilterErrorCode) => this.errors.inc({ code }),
+      acceptError: (listener: string, code: string) => this.acceptErrors.inc({ listener, code }),
     };
   }
 

@@ -211,6 +211,7 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     failureDecision: s.failureDecision,
     drainTimeout: formatDuration(s.drainTimeout),
     admin: s.admin,
+    adminMaxConnections: s.adminMaxConnections,
     policy:
       s.policy.kind === 'default' ? 'default' : s.policy.kind === 'file' ? s.policy.path : s.policy.value,
   };

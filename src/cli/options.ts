@@ -54,6 +54,7 @@ export interface DaemonSettings {
   drainTimeout: number;
   /** Admin endpoint spec, or `off`. */
   admin: string;
+  adminMaxConnections: number;
   policy: PolicySetting;
 }
 
@@ -239,11 +240,23 @@ export const SETTINGS: SettingsTable = {
     flags: '--admin <spec>',
     env: 'MILTERD_ADMIN',
     path: ['admin'],
-    description: 'HTTP admin endpoint (/healthz, /readyz, /metrics), e.g. inet:9900@127.0.0.1; off disables',
+    description:
+      'HTTP admin endpoint (/healthz, /readyz, /metrics), e.g. inet:9900@127.0.0.1 (inet:PORT alone binds ' +
+      'loopback); off disables',
     defaultValue: 'off',
     defaultText: 'off',
     fromText: same(parseAdmin),
     fromFile: parseAdmin,
+  },
+  adminMaxConnections: {
+    flags: '--admin-max-connections <n>',
+    env: 'MILTERD_ADMIN_MAX_CONNECTIONS',
+    path: ['adminMaxConnections'],
+    description: 'admin endpoint connections at once; more are closed at accept',
+    defaultValue: 64,
+    defaultText: '64',
+    fromText: same((v) => parseInteger(v, 1)),
+    fromFile: (v) => parseInteger(v, 1),
   },
   policy: {
     flags: '--policy <file>',

@@ -4,7 +4,7 @@
  */
 import type { Logger } from 'pino';
 import { DaemonMetrics } from '../admin/observer.js';
-import { startAdminServer, type AdminServer } from '../admin/server.js';
+import { ADMIN_LISTENER, startAdminServer, type AdminServer } from '../admin/server.js';
 import { isMilterError, MilterConfigError } from '../errors.js';
 import { createDaemonFilter } from '../filters/default.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
@@ -53,6 +53,7 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'failureDecision',
   'drainTimeout',
   'admin',
+  'adminMaxConnections',
 ];
 
 async function resolve(options: ServeOptions): Promise<ResolvedSettings> {
@@ -180,7 +181,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
     maxBufferBytes: settings.logBuffer,
     onDrop: (lines) => metrics.logLinesDropped.inc(undefined, lines),
   });
-  // One limit for every line a peer can cause.
+  // One limit for every line a peer can cause, milter listeners and admin endpoint alike.
   const logLimiter = new LogRateLimiter({ logger });
   const policy = buildPolicy(policyConfig, { logger, metrics });
   const filter = new ReloadableFilter(
@@ -245,6 +246,9 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
       daemon.admin = await startAdminServer({
         listen: settings.admin,
         logger,
+        logLimiter,
+        maxConnections: settings.adminMaxConnections,
+        onAcceptError: (code) => metrics.observer.acceptError?.(ADMIN_LISTENER, code),
         readiness: () => daemon.readiness(),
         metrics: () => metrics.render(),
       });

@@ -4,7 +4,7 @@
  * a plain `Error` whose message says what is wrong; callers turn it into a usage error (CLI/env) or a
  * located MilterConfigError (file).
  */
-import { formatSocketSpec, parseSocketSpec } from '../socket-spec.js';
+import { formatSocketSpec, parseSocketSpec, type ParseSocketSpecOptions } from '../socket-spec.js';
 import type { FailureDecision } from '../session/types.js';
 
 /** Log levels, most to least severe; `silent` turns logging off. */
@@ -16,10 +16,10 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const FAILURE_DECISIONS: readonly FailureDecision[] = ['tempfail', 'reject', 'accept', 'continue'];
 
 /** Validate one socket spec and return its canonical text (`inet:8890@127.0.0.1`). */
-export function parseListenSpec(value: unknown): string {
+export function parseListenSpec(value: unknown, options?: ParseSocketSpecOptions): string {
   if (typeof value !== 'string' || value.trim() === '') throw new Error('expected a socket spec string');
   try {
-    return formatSocketSpec(parseSocketSpec(value));
+    return formatSocketSpec(parseSocketSpec(value, options));
   } catch (err) {
     throw new Error(err instanceof Error ? err.message : String(err), { cause: err });
   }
@@ -33,15 +33,18 @@ export function parseListenList(value: unknown): string[] {
       ? value.split(/[\s,]+/).filter((s) => s !== '')
       : undefined;
   if (items === undefined || items.length === 0) throw new Error('expected one or more socket specs');
-  return items.map(parseListenSpec);
+  return items.map((item) => parseListenSpec(item));
 }
 
-/** `--admin`: a TCP socket spec, or `off` (also `false`, null, '') to disable the admin endpoint. */
+/**
+ * `--admin`: a TCP socket spec, or `off` (also `false`, null, '') to disable the admin endpoint. Without
+ * `@HOST` it binds loopback, never every interface.
+ */
 export function parseAdmin(value: unknown): string {
   if (value === null || value === false || value === 'off' || value === 'false' || value === '') {
     return 'off';
   }
-  const spec = parseListenSpec(value);
+  const spec = parseListenSpec(value, { defaultHost: 'loopback' });
   if (!spec.startsWith('inet')) throw new Error('the admin endpoint needs an inet: or inet6: spec');
   return spec;
 }
