@@ -26,6 +26,10 @@ export type { FailureDecision } from './session/types.js';
 export { formatReply } from './session/reply.js';
 export { createLogger, silentLogger } from './logging/logger.js';
 export type { CreateLoggerOptions } from './logging/logger.js';
+export { LogRateLimiter, LOG_RATE_LIMIT } from './logging/rate-limit.js';
+export type { LogRateLimitOptions } from './logging/rate-limit.js';
+export { AsyncLogDestination, ASYNC_LOG_DEFAULTS } from './logging/async-destination.js';
+export type { AsyncLogDestinationOptions } from './logging/async-destination.js';
 
 export { MilterClient, playMessage } from './client/index.js';
 export type {
