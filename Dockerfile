@@ -23,6 +23,8 @@ RUN echo '{ "extends": "./tsconfig.json", "include": ["src/**/*.ts"] }' > tsconf
   && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM ${BASE}
+# Explicit @0.0.0.0: without a host, milterd binds the admin endpoint to loopback only, which a published
+# port cannot reach.
 ENV NODE_ENV=production \
     MILTERD_LISTEN=inet:8890@0.0.0.0 \
     MILTERD_ADMIN=inet:9900@0.0.0.0

@@ -20,6 +20,7 @@ import {
   type MeasureOptions,
 } from './lib/measure.js';
 import { median, fmtNum, fmtUs, table } from './lib/stats.js';
+import { logStall, logStallTable, type LogStallResult } from './lib/log-stall.js';
 import { peakRssKiB, rssKiB } from './lib/proc.js';
 import { STAT_NAMES } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
@@ -43,6 +44,8 @@ interface Args {
   driver: DriverName;
   timeoutMs: number;
   extras: string[];
+  /** Seconds the logstall extra leaves the daemon's stdout unread. */
+  stallSeconds: number;
   idleConnections: number;
   install: boolean;
   cpuProf: boolean;
@@ -69,7 +72,9 @@ const HELP = `usage: npm run bench -- [options]
   --warmup 2 --duration 10   seconds per measurement       --max-messages 1000000  bound per measurement
   --loadgen-threads 1        load generator worker threads --driver lean|client     load driver
   --timeout 10000            per-reply timeout (ms), a timeout counts as an error
-  --extras idle,rss,cluster,bodymem,postfix   extra measurements (default: all with the full run, none with --quick)
+  --extras idle,rss,cluster,bodymem,postfix,logstall   extra measurements (default: all with the full run, none with --quick)
+  --extras logstall          the daemon under load with its stdout not read: EOM and /healthz latency, dropped lines
+  --stall-seconds 60         how long stdout is not read (logstall extra)
   --idle-connections 10000   for the idle extra
   --extras postfix           end-to-end: private Postfix fed by smtp-source, discard transport
   --e2e-candidates milterd,c-responder,go-milter  --e2e-sessions 16  --e2e-messages 5000
@@ -100,7 +105,8 @@ function parseArgs(argv: readonly string[]): Args {
     loadgenThreads: 1,
     driver: 'lean',
     timeoutMs: 10000,
-    extras: quick ? [] : ['idle', 'rss', 'cluster', 'bodymem', 'postfix'],
+    extras: quick ? [] : ['idle', 'rss', 'cluster', 'bodymem', 'postfix', 'logstall'],
+    stallSeconds: 60,
     idleConnections: 10000,
     install: true,
     cpuProf: false,
@@ -178,6 +184,9 @@ function parseArgs(argv: readonly string[]): Args {
         break;
       case '--extras':
         a.extras = v().split(',').filter(Boolean);
+        break;
+      case '--stall-seconds':
+        a.stallSeconds = Number(v());
         break;
       case '--idle-connections':
         a.idleConnections = Number(v());
@@ -454,6 +463,18 @@ function targets(sums: readonly Summary[], args: Args, extras: Record<string, un
       target: `${idle10k.requested} idle connections held without errors`,
       value: `${idle10k.held} held, ${idle10k.errors} errors`,
       ok: idle10k.held === idle10k.requested && idle10k.errors === 0,
+    });
+  }
+  const stall = extras.logstall as LogStallResult | undefined;
+  if (stall) {
+    out.push({
+      target: 'stdout stalled: no milter error, every /healthz answered, lines dropped and logging resumed',
+      value: `${stall.stalled.errors} errors, ${stall.stalled.healthzFailures} failed probes, ${stall.droppedLines} dropped`,
+      ok:
+        stall.stalled.errors === 0 &&
+        stall.stalled.healthzFailures === 0 &&
+        stall.droppedLines > 0 &&
+        stall.resumed,
     });
   }
   return out;
@@ -818,6 +839,25 @@ async function main(): Promise<void> {
       } catch (err) {
         log(`  FAILED ${err instanceof Error ? err.message : String(err)}`);
       }
+    }
+  }
+  if (args.extras.includes('logstall')) {
+    log(`extra: milterd serve under load with its stdout not read for ${args.stallSeconds} s`);
+    try {
+      const r = await logStall({
+        stallSeconds: args.stallSeconds,
+        baselineSeconds: 10,
+        connections: 16,
+        logFile,
+        fdLimit: fdHard(),
+        log,
+      });
+      extras.logstall = { stallSeconds: args.stallSeconds, ...r };
+      const block = logStallTable(r, args.stallSeconds);
+      blocks.push(block);
+      process.stdout.write('\n' + block + '\n');
+    } catch (err) {
+      log(`  FAILED ${err instanceof Error ? err.message : String(err)}`);
     }
   }
   if (extras.rss1000 !== undefined || extras.idle !== undefined) {

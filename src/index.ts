@@ -11,9 +11,9 @@ export * from './errors.js';
 export * from './filter.js';
 export * as protocol from './protocol/constants.js';
 export type * from './protocol/types.js';
-export type { MilterObserver, DecisionStage } from './observer.js';
+export type { MilterObserver, DecisionStage, ObservedDecision } from './observer.js';
 export { parseSocketSpec, formatSocketSpec } from './socket-spec.js';
-export type { SocketSpec } from './socket-spec.js';
+export type { SocketSpec, ParseSocketSpecOptions } from './socket-spec.js';
 
 export { createMilterServer } from './server/server.js';
 export type {
@@ -26,6 +26,10 @@ export type { FailureDecision } from './session/types.js';
 export { formatReply } from './session/reply.js';
 export { createLogger, silentLogger } from './logging/logger.js';
 export type { CreateLoggerOptions } from './logging/logger.js';
+export { LogRateLimiter, LOG_RATE_LIMIT } from './logging/rate-limit.js';
+export type { LogRateLimitOptions } from './logging/rate-limit.js';
+export { AsyncLogDestination, ASYNC_LOG_DEFAULTS } from './logging/async-destination.js';
+export type { AsyncLogDestinationOptions } from './logging/async-destination.js';
 
 export { MilterClient, playMessage } from './client/index.js';
 export type {

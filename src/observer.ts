@@ -20,6 +20,13 @@ export type DecisionStage =
   | 'body'
   | 'eom';
 
+/**
+ * What a callback decided, as observed: a decision, `noreply` (a stage negotiated without reply) or
+ * `refused` (the negotiation was refused: no reply, the connection closes, the MTA applies its own
+ * failure action).
+ */
+export type ObservedDecision = DecisionKind | 'noreply' | 'refused';
+
 export interface MilterObserver {
   /** A milter connection was accepted. */
   connectionOpened?(): void;
@@ -31,8 +38,13 @@ export interface MilterObserver {
   command?(kind: MilterCommandKind, bytes: number): void;
   /** Bytes written to the MTA. */
   bytesWritten?(bytes: number): void;
-  /** A callback finished with `decision` after `seconds`. */
-  decision?(stage: DecisionStage, decision: DecisionKind | 'noreply', seconds: number): void;
+  /** A callback finished with `decision` after `seconds` (a refused negotiation: since OPTNEG arrived). */
+  decision?(stage: DecisionStage, decision: ObservedDecision, seconds: number): void;
   /** A protocol error closed a connection, or a filter error was mapped to the failure decision. */
   error?(code: MilterErrorCode): void;
+  /**
+   * A listener failed to accept a connection (`listener`: its spec), or closed one at once because the
+   * process is out of file descriptors; `code` is the errno name (EMFILE, ENFILE, ENOBUFS…).
+   */
+  acceptError?(listener: string, code: string): void;
 }

@@ -1,6 +1,6 @@
 /**
  * Milter socket specs as libmilter's smfi_setconn and Sendmail's `S=` accept them:
- * `inet:PORT@HOST`, `inet:PORT` (all IPv4 addresses), `inet:PORT@[1.2.3.4]`, `inet6:PORT@HOST`,
+ * `inet:PORT@HOST`, `inet:PORT` (all IPv4 addresses, unless the caller asks for loopback), `inet:PORT@[1.2.3.4]`, `inet6:PORT@HOST`,
  * `inet6:PORT@[::1]`, `unix:/path`, `local:/path`, bare `/path`. Protocol names are case-insensitive.
  * Used by the server (listen) and the client (connect).
  */
@@ -12,8 +12,18 @@ export type SocketSpec =
 
 const SERVICE_PORTS: Record<string, number> = { smtp: 25, submission: 587, milter: 8891 };
 
+/** Options of {@link parseSocketSpec}. */
+export interface ParseSocketSpecOptions {
+  /**
+   * The host of `inet:PORT` / `inet6:PORT` without `@HOST`: `any` (0.0.0.0 / ::, libmilter's reading,
+   * the default) or `loopback` (127.0.0.1 / ::1: the admin endpoint, which must not be reachable from
+   * the network unless asked for).
+   */
+  defaultHost?: 'any' | 'loopback';
+}
+
 /** Parse a socket spec; throws MilterConfigError (ERR_MILTER_LISTEN_SPEC) naming the problem. */
-export function parseSocketSpec(spec: string): SocketSpec {
+export function parseSocketSpec(spec: string, options: ParseSocketSpecOptions = {}): SocketSpec {
   const fail = (why: string): never => {
     throw new MilterConfigError(
       `invalid socket spec "${spec}": ${why}`,
@@ -38,7 +48,9 @@ export function parseSocketSpec(spec: string): SocketSpec {
   const family = proto === 'inet6' ? 6 : 4;
   const at = rest.indexOf('@');
   const portText = at < 0 ? rest : rest.slice(0, at);
-  let host = at < 0 ? (family === 6 ? '::' : '0.0.0.0') : rest.slice(at + 1);
+  const loopback = options.defaultHost === 'loopback';
+  const defaultHost = family === 6 ? (loopback ? '::1' : '::') : loopback ? '127.0.0.1' : '0.0.0.0';
+  let host = at < 0 ? defaultHost : rest.slice(at + 1);
   if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
   if (host === '') return fail('missing host after "@"');
   let port: number;

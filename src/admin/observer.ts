@@ -3,8 +3,7 @@
  * series (policy firings, reloads, draining, build info). Every observer method is a couple of Map
  * lookups and never throws.
  */
-import type { DecisionKind } from '../filter.js';
-import type { DecisionStage, MilterObserver } from '../observer.js';
+import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterCommandKind } from '../protocol/types.js';
 import type { MilterErrorCode } from '../errors.js';
 import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
@@ -23,6 +22,8 @@ export const METRIC_NAMES = {
   bytesIn: 'milterd_received_bytes_total',
   bytesOut: 'milterd_sent_bytes_total',
   reloads: 'milterd_config_reloads_total',
+  logLinesDropped: 'milterd_log_lines_dropped_total',
+  acceptErrors: 'milterd_accept_errors_total',
   draining: 'milterd_draining',
   buildInfo: 'milterd_build_info',
   startTime: 'milterd_start_time_seconds',
@@ -43,6 +44,8 @@ export class DaemonMetrics {
   readonly bytesIn: Counter;
   readonly bytesOut: Counter;
   readonly reloads: Counter;
+  readonly logLinesDropped: Counter;
+  readonly acceptErrors: Counter;
   readonly draining: Gauge;
   /** The observer to hand to the milter server. */
   readonly observer: MilterObserver;
@@ -101,6 +104,17 @@ export class DaemonMetrics {
       help: 'Configuration reloads (SIGHUP), by result.',
       labelNames: ['result'],
     });
+    this.logLinesDropped = r.counter({
+      name: n.logLinesDropped,
+      help: 'Log lines dropped because stdout was not read fast enough (the log buffer was full).',
+    });
+    this.acceptErrors = r.counter({
+      name: n.acceptErrors,
+      help:
+        'Connections a listener could not accept or closed at once for lack of file descriptors, ' +
+        'by listener (milter spec, or admin) and errno code.',
+      labelNames: ['listener', 'code'],
+    });
     this.draining = r.gauge({ name: n.draining, help: '1 while the daemon drains before exiting.' });
     // Export the unlabelled series and the reload results from the first scrape on.
     this.sessionsOpen.set(0);
@@ -109,6 +123,7 @@ export class DaemonMetrics {
     this.sessionsRefused.init();
     this.bytesIn.init();
     this.bytesOut.init();
+    this.logLinesDropped.init();
     this.reloads.init({ result: 'ok' });
     this.reloads.init({ result: 'error' });
     this.observer = this.createObserver();
@@ -127,11 +142,12 @@ export class DaemonMetrics {
         this.bytesIn.inc(undefined, bytes);
       },
       bytesWritten: (bytes: number) => this.bytesOut.inc(undefined, bytes),
-      decision: (stage: DecisionStage, decision: DecisionKind | 'noreply', seconds: number) => {
+      decision: (stage: DecisionStage, decision: ObservedDecision, seconds: number) => {
         this.decisions.inc({ stage, decision });
         this.callbackSeconds.observe(seconds, { stage });
       },
       error: (code: MilterErrorCode) => this.errors.inc({ code }),
+      acceptError: (listener: string, code: string) => this.acceptErrors.inc({ listener, code }),
     };
   }
 

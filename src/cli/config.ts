@@ -242,6 +242,7 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     ...(s.socketGroup === undefined ? {} : { socketGroup: s.socketGroup }),
     logLevel: s.logLevel,
     logPretty: s.logPretty,
+    logBuffer: s.logBuffer,
     maxConnections: s.maxConnections,
     backlog: s.backlog,
     sharedReadBuffer: s.sharedReadBuffer,
@@ -253,6 +254,7 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     failureDecision: s.failureDecision,
     drainTimeout: formatDuration(s.drainTimeout),
     admin: s.admin,
+    adminMaxConnections: s.adminMaxConnections,
     policy:
       s.policy.kind === 'default' ? 'default' : s.policy.kind === 'file' ? s.policy.path : s.policy.value,
   };

@@ -1,13 +1,14 @@
 /**
  * The daemon's root logger: pino JSON lines on stdout (the default, for log collectors), or a tiny
- * built-in human-readable formatter (`--log-pretty`; pino-pretty is not a dependency).
+ * built-in human-readable formatter (`--log-pretty`; pino-pretty is not a dependency). Either way the
+ * lines go through a bounded asynchronous buffer, so a stalled stdout never blocks the event loop.
  *
  * Levels: `fatal` (the daemon cannot go on), `error` (a listener, reload or filter failure), `warn` (limits
  * hit, forced closes, refused reloads), `info` (start, listen, stop, reload, one line per message),
  * `debug` (per-connection life cycle, every decision), `trace` (every command), `silent`.
  */
-import { writeSync } from 'node:fs';
-import { pino, type DestinationStream, type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { AsyncLogDestination } from '../logging/async-destination.js';
 import { createLogger } from '../logging/logger.js';
 import type { LogLevel } from './values.js';
 
@@ -63,22 +64,45 @@ export function formatPrettyLine(line: string): string {
   return parts.join(' ') + stack + '\n';
 }
 
-/** A synchronous pino destination writing pretty lines to a file descriptor. */
-export function prettyDestination(fd = 1): DestinationStream {
-  return {
-    write(chunk: string): void {
-      // pino writes one complete JSON line per call.
-      writeSync(fd, formatPrettyLine(chunk.trimEnd()));
-    },
-  };
+/** Options of {@link createDaemonLogger}. */
+export interface DaemonLoggerOptions {
+  level: LogLevel;
+  pretty: boolean;
+  /** Default 1 (stdout). */
+  fd?: number;
+  /** Bytes buffered while the descriptor is not read; default 1 MiB (ASYNC_LOG_DEFAULTS). */
+  maxBufferBytes?: number;
+  /** Lines dropped because the buffer was full (the daemon counts them). */
+  onDrop?: (lines: number) => void;
+}
+
+/** The daemon's root logger and the destination behind it (for the flush at exit). */
+export interface DaemonLogger {
+  logger: Logger;
+  destination: AsyncLogDestination;
 }
 
 /**
- * Create the daemon's root logger on stdout. Writes are synchronous (pino's default for stdout), so no
- * line is lost when the process exits right after logging.
+ * Create the daemon's root logger on stdout. Writes are asynchronous through a bounded buffer
+ * (AsyncLogDestination): a stalled reader costs log lines (dropped, counted, and reported in a warning
+ * once the buffer has room again), never mail. Call `destination.drain(ms)` before exiting.
  */
-export function createDaemonLogger(options: { level: LogLevel; pretty: boolean; fd?: number }): Logger {
+export function createDaemonLogger(options: DaemonLoggerOptions): DaemonLogger {
   const fd = options.fd ?? 1;
-  const destination = options.pretty ? prettyDestination(fd) : pino.destination({ dest: fd, sync: true });
-  return createLogger({ level: options.level, destination, name: 'milterd' });
+  // Using process.stdout opens fd 1 as a libuv stream, which puts a pipe or socket in non-blocking mode:
+  // a write the reader cannot take then fails with EAGAIN (retried on a timer) instead of parking a
+  // threadpool thread that process.exit() would wait for. Files and terminals are left as they are.
+  if (fd === 1) void process.stdout;
+  const destination = new AsyncLogDestination({
+    fd,
+    ...(options.maxBufferBytes === undefined ? {} : { maxBufferBytes: options.maxBufferBytes }),
+    // pino writes one complete JSON line per call.
+    ...(options.pretty ? { format: (line: string) => formatPrettyLine(line.trimEnd()) } : {}),
+    ...(options.onDrop === undefined ? {} : { onDrop: options.onDrop }),
+    // Only called after lines were written, so `logger` exists by then.
+    onRecovered: (dropped) =>
+      logger.warn({ dropped }, 'log lines were dropped: stdout was not read fast enough'),
+  });
+  const logger = createLogger({ level: options.level, destination, name: 'milterd' });
+  return { logger, destination };
 }

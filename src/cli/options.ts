@@ -11,6 +11,7 @@ import {
   LOG_LEVELS,
   parseAdmin,
   parseBoolean,
+  parseByteSize,
   parseDuration,
   parseFailureDecision,
   parseGroup,
@@ -41,6 +42,8 @@ export interface DaemonSettings {
   socketGroup: string | number | undefined;
   logLevel: LogLevel;
   logPretty: boolean;
+  /** Bytes of log lines buffered while stdout is not read; beyond them lines are dropped. */
+  logBuffer: number;
   maxConnections: number;
   backlog: number;
   sharedReadBuffer: boolean;
@@ -51,6 +54,7 @@ export interface DaemonSettings {
   drainTimeout: number;
   /** Admin endpoint spec, or `off`. */
   admin: string;
+  adminMaxConnections: number;
   policy: PolicySetting;
 }
 
@@ -140,6 +144,18 @@ export const SETTINGS: SettingsTable = {
     fromText: same(parseBoolean),
     fromFile: parseBoolean,
   },
+  logBuffer: {
+    flags: '--log-buffer <bytes>',
+    env: 'MILTERD_LOG_BUFFER',
+    path: ['logBuffer'],
+    description:
+      'log lines buffered while stdout is not read (e.g. 1MiB, 256KiB); beyond it lines are dropped and ' +
+      'counted, never waited for',
+    defaultValue: 1024 * 1024,
+    defaultText: '1MiB',
+    fromText: same(parseByteSize),
+    fromFile: parseByteSize,
+  },
   maxConnections: {
     flags: '--max-connections <n>',
     env: 'MILTERD_MAX_CONNECTIONS',
@@ -224,11 +240,23 @@ export const SETTINGS: SettingsTable = {
     flags: '--admin <spec>',
     env: 'MILTERD_ADMIN',
     path: ['admin'],
-    description: 'HTTP admin endpoint (/healthz, /readyz, /metrics), e.g. inet:9900@127.0.0.1; off disables',
+    description:
+      'HTTP admin endpoint (/healthz, /readyz, /metrics), e.g. inet:9900@127.0.0.1 (inet:PORT alone binds ' +
+      'loopback); off disables',
     defaultValue: 'off',
     defaultText: 'off',
     fromText: same(parseAdmin),
     fromFile: parseAdmin,
+  },
+  adminMaxConnections: {
+    flags: '--admin-max-connections <n>',
+    env: 'MILTERD_ADMIN_MAX_CONNECTIONS',
+    path: ['adminMaxConnections'],
+    description: 'admin endpoint connections at once; more are closed at accept',
+    defaultValue: 64,
+    defaultText: '64',
+    fromText: same((v) => parseInteger(v, 1)),
+    fromFile: (v) => parseInteger(v, 1),
   },
   policy: {
     flags: '--policy <file>',

@@ -4,9 +4,10 @@
  */
 import type { Logger } from 'pino';
 import { DaemonMetrics } from '../admin/observer.js';
-import { startAdminServer, type AdminServer } from '../admin/server.js';
+import { ADMIN_LISTENER, startAdminServer, type AdminServer } from '../admin/server.js';
 import { isMilterError, MilterConfigError } from '../errors.js';
 import { createDaemonFilter } from '../filters/default.js';
+import { LogRateLimiter } from '../logging/rate-limit.js';
 import type { ShutdownPolicy } from '../policy/index.js';
 import { createMilterServer, type MilterServer } from '../server/server.js';
 import { resolveSettings, type ResolvedSettings, type SettingOverrides } from './config.js';
@@ -28,12 +29,16 @@ export interface ServeOptions {
   stderr: (line: string) => void;
 }
 
+/** Longest wait at exit for buffered log lines to be written (a stalled stdout must not hold the exit). */
+const LOG_FLUSH_TIMEOUT_MS = 5_000;
+
 /** Settings a reload cannot change: a restart is needed. */
 const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'listen',
   'socketMode',
   'socketGroup',
   'logPretty',
+  'logBuffer',
   'maxConnections',
   'backlog',
   'sharedReadBuffer',
@@ -43,6 +48,7 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'failureDecision',
   'drainTimeout',
   'admin',
+  'adminMaxConnections',
 ];
 
 function resolve(options: ServeOptions): Promise<ResolvedSettings> {
@@ -157,8 +163,15 @@ class Daemon {
 export async function serve(options: ServeOptions): Promise<ExitCode> {
   const { settings } = await resolve(options);
   const policyConfig = await loadPolicySetting(settings.policy);
-  const logger = createDaemonLogger({ level: settings.logLevel, pretty: settings.logPretty });
   const metrics = new DaemonMetrics({ version: options.version });
+  const { logger, destination } = createDaemonLogger({
+    level: settings.logLevel,
+    pretty: settings.logPretty,
+    maxBufferBytes: settings.logBuffer,
+    onDrop: (lines) => metrics.logLinesDropped.inc(undefined, lines),
+  });
+  // One limit for every line a peer can cause, milter listeners and admin endpoint alike.
+  const logLimiter = new LogRateLimiter({ logger });
   const policy = buildPolicy(policyConfig, { logger, metrics });
   const filter = new ReloadableFilter(
     createDaemonFilter(policy, {
@@ -170,6 +183,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
     filter: filter.filter,
     logger,
     observer: metrics.observer,
+    logLimiter,
     maxConnections: settings.maxConnections,
     backlog: settings.backlog,
     sharedReadBuffer: settings.sharedReadBuffer,
@@ -194,7 +208,10 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   const finish = (code: ExitCode): void => {
     process.off('SIGTERM', onStop).off('SIGINT', onStop).off('SIGHUP', onHup);
     process.off('uncaughtException', onCrash).off('unhandledRejection', onCrash);
-    resolveExit(code);
+    logLimiter.flush();
+    // The last lines ('milterd stopped') are still buffered: write them, but never wait forever for a
+    // stalled reader.
+    void destination.drain(LOG_FLUSH_TIMEOUT_MS).then(() => resolveExit(code));
   };
   const onStop = (signal: NodeJS.Signals): void => {
     if (daemon.draining) {
@@ -218,6 +235,9 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
       daemon.admin = await startAdminServer({
         listen: settings.admin,
         logger,
+        logLimiter,
+        maxConnections: settings.adminMaxConnections,
+        onAcceptError: (code) => metrics.observer.acceptError?.(ADMIN_LISTENER, code),
         readiness: () => daemon.readiness(),
         metrics: () => metrics.render(),
       });

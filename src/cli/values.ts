@@ -4,7 +4,7 @@
  * a plain `Error` whose message says what is wrong; callers turn it into a usage error (CLI/env) or a
  * located MilterConfigError (file).
  */
-import { formatSocketSpec, parseSocketSpec } from '../socket-spec.js';
+import { formatSocketSpec, parseSocketSpec, type ParseSocketSpecOptions } from '../socket-spec.js';
 import type { FailureDecision } from '../session/types.js';
 
 /** Log levels, most to least severe; `silent` turns logging off. */
@@ -16,10 +16,10 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const FAILURE_DECISIONS: readonly FailureDecision[] = ['tempfail', 'reject', 'accept', 'continue'];
 
 /** Validate one socket spec and return its canonical text (`inet:8890@127.0.0.1`). */
-export function parseListenSpec(value: unknown): string {
+export function parseListenSpec(value: unknown, options?: ParseSocketSpecOptions): string {
   if (typeof value !== 'string' || value.trim() === '') throw new Error('expected a socket spec string');
   try {
-    return formatSocketSpec(parseSocketSpec(value));
+    return formatSocketSpec(parseSocketSpec(value, options));
   } catch (err) {
     throw new Error(err instanceof Error ? err.message : String(err), { cause: err });
   }
@@ -33,15 +33,18 @@ export function parseListenList(value: unknown): string[] {
       ? value.split(/[\s,]+/).filter((s) => s !== '')
       : undefined;
   if (items === undefined || items.length === 0) throw new Error('expected one or more socket specs');
-  return items.map(parseListenSpec);
+  return items.map((item) => parseListenSpec(item));
 }
 
-/** `--admin`: a TCP socket spec, or `off` (also `false`, null, '') to disable the admin endpoint. */
+/**
+ * `--admin`: a TCP socket spec, or `off` (also `false`, null, '') to disable the admin endpoint. Without
+ * `@HOST` it binds loopback, never every interface.
+ */
 export function parseAdmin(value: unknown): string {
   if (value === null || value === false || value === 'off' || value === 'false' || value === '') {
     return 'off';
   }
-  const spec = parseListenSpec(value);
+  const spec = parseListenSpec(value, { defaultHost: 'loopback' });
   if (!spec.startsWith('inet')) throw new Error('the admin endpoint needs an inet: or inet6: spec');
   return spec;
 }
@@ -102,6 +105,21 @@ export function parseInteger(value: unknown, min = 1): number {
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < min) {
     throw new Error(`expected a whole number >= ${min}`);
   }
+  return n;
+}
+
+const BYTE_UNITS: Record<string, number> = { '': 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2 };
+
+/** A size in bytes, >= 4 KiB: a number, or `256KiB`, `1MiB` (also `k`, `m`; binary multiples). */
+export function parseByteSize(value: unknown): number {
+  const m = typeof value === 'string' ? /^\s*(\d+)\s*(k|kib|m|mib)?\s*$/i.exec(value) : undefined;
+  const n =
+    typeof value === 'number'
+      ? value
+      : m
+        ? Number(m[1]) * (BYTE_UNITS[(m[2] ?? '').toLowerCase()] as number)
+        : NaN;
+  if (!Number.isSafeInteger(n) || n < 4096) throw new Error('expected a size of at least 4KiB, such as 1MiB');
   return n;
 }
 

@@ -18,6 +18,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { isMilterError, MilterProtocolError } from '../errors.js';
 import type { Filter } from '../filter.js';
+import type { LogRateLimiter } from '../logging/rate-limit.js';
 import type { MilterObserver } from '../observer.js';
 import { decodeCommand } from '../protocol/decode.js';
 import { encodeResponse, encodeResponses } from '../protocol/encode.js';
@@ -63,6 +64,8 @@ export interface ConnectionOptions {
   sharedReadBuffer: boolean;
   /** Set when the socket was accepted already reading into the shared buffer (acceptWithSharedReads). */
   sharedReadRelay?: SharedReadRelay;
+  /** The server's limit on lines a peer can cause (protocol errors). */
+  logLimiter: LogRateLimiter;
 }
 
 /**
@@ -158,6 +161,7 @@ export class MilterConnection {
         ...(options.failureDecision === undefined ? {} : { failureDecision: options.failureDecision }),
         ...(options.observer === undefined ? {} : { observer: options.observer }),
         maxDataSize: options.maxDataSize,
+        logLimiter: options.logLimiter,
       },
       { sendNow: (response: MilterResponse) => this.sendNow(response) },
     );
@@ -452,7 +456,13 @@ export class MilterConnection {
   private fail(err: unknown): void {
     if (this.dead) return;
     if (err instanceof MilterProtocolError) {
-      this.logger.error({ err, code: err.code }, 'protocol error; closing the connection without a reply');
+      // The peer's fault: code and message only (a stack made a 5-byte bad frame cost 1 KB of log).
+      if (this.options.logLimiter.allow(err.code)) {
+        this.logger.error(
+          { code: err.code, reason: err.message },
+          'protocol error; closing the connection without a reply',
+        );
+      }
       this.observer?.error?.(err.code);
       this.abort('protocol');
       return;

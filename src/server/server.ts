@@ -8,12 +8,14 @@ import type { Logger } from 'pino';
 import { MilterConfigError, MilterError } from '../errors.js';
 import type { Filter } from '../filter.js';
 import { silentLogger } from '../logging/logger.js';
+import { LogRateLimiter } from '../logging/rate-limit.js';
 import type { MilterObserver } from '../observer.js';
 import { MILTER_MDS_1M, MILTER_MDS_64K } from '../protocol/constants.js';
 import type { FailureDecision } from '../session/types.js';
 import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 import { MilterConnection } from './connection.js';
 import { reportFastPathsOnce } from './fast-paths.js';
+import { inFdReserve, openFileLimit, socketFd } from './fd-limit.js';
 import { acceptWithSharedReads, type SharedReadRelay } from './shared-read.js';
 import {
   adoptServer,
@@ -71,6 +73,19 @@ export interface MilterServerOptions<P> {
    * (direct-write.ts). Default true; false always uses ordinary stream reads and writes.
    */
   sharedReadBuffer?: boolean;
+  /**
+   * Descriptors kept free: a connection accepted into one of the process's last `fdReserve` file
+   * descriptors is closed at once and reported as an accept error EMFILE (observer `acceptError`, a
+   * rate-limited log line), because libuv sheds connections it cannot accept for lack of descriptors
+   * without telling anyone (fd-limit.ts). Needs Linux's /proc/self/limits; 0 turns it off. Default 32.
+   */
+  fdReserve?: number;
+  /**
+   * Rate limit of the lines peers can cause (protocol errors, refused negotiations, accept errors); pass
+   * one to share it with other components of the process. Default: one per server, 10 lines per error
+   * code and second.
+   */
+  logLimiter?: LogRateLimiter;
 }
 
 /** A running milter server. */
@@ -108,6 +123,7 @@ const DEFAULTS = {
   backlog: DEFAULT_BACKLOG,
   sharedReadBuffer: true,
   deadlineMs: 10_000,
+  fdReserve: 32,
 };
 
 /** Connection ids are unique in the process, across servers. */
@@ -146,6 +162,10 @@ class Server implements MilterServer {
   private readonly sharedReadBuffer: boolean;
   private readonly socketMode: number | undefined;
   private readonly socketGroup: string | number | undefined;
+  private readonly fdReserve: number;
+  private readonly logLimiter: LogRateLimiter;
+  /** RLIMIT_NOFILE, known once the first listen() read it. */
+  private fdLimit: number | undefined;
   private readonly listeners: BoundListener[] = [];
   private readonly connections = new Set<MilterConnection>();
   private closing: Promise<void> | undefined;
@@ -162,6 +182,7 @@ class Server implements MilterServer {
     checkCount(options.readBudgetBytes, 'readBudgetBytes', 1);
     checkCount(options.backlog, 'backlog', 1);
     checkCount(options.socketMode, 'socketMode', 0);
+    checkCount(options.fdReserve, 'fdReserve', 0);
     this.filter = options.filter;
     this.logger = options.logger ?? silentLogger;
     this.observer = options.observer;
@@ -178,6 +199,8 @@ class Server implements MilterServer {
     this.sharedReadBuffer = options.sharedReadBuffer ?? DEFAULTS.sharedReadBuffer;
     this.socketMode = options.socketMode;
     this.socketGroup = options.socketGroup;
+    this.fdReserve = options.fdReserve ?? DEFAULTS.fdReserve;
+    this.logLimiter = options.logLimiter ?? new LogRateLimiter({ logger: this.logger });
   }
 
   get addresses(): ListenAddress[] {
@@ -194,6 +217,7 @@ class Server implements MilterServer {
 
   async listen(spec: string | SocketSpec | net.Server): Promise<ListenAddress> {
     if (this.closing) throw new MilterError('ERR_MILTER_SERVER_CLOSED', 'the milter server is closed');
+    if (this.fdReserve > 0) this.fdLimit ??= await openFileLimit();
     let bound: BoundListener;
     if (spec instanceof net.Server) {
       bound = await adoptServer(spec);
@@ -221,16 +245,35 @@ class Server implements MilterServer {
     if (!direct) bound.server.on('connection', (socket: net.Socket) => this.accept(socket, address));
     if (this.sharedReadBuffer)
       reportFastPathsOnce(this.logger, spec instanceof net.Server ? undefined : direct);
-    // Accept failures (EMFILE…) are emitted on the server; without a handler they would crash the process.
-    bound.server.on('error', (err: Error) =>
-      this.logger.error({ err, listen: address.spec }, 'listener error'),
+    // Accept failures (ENOBUFS…) are emitted on the server; without a handler they would crash the process.
+    bound.server.on('error', (err: NodeJS.ErrnoException) =>
+      this.acceptFailed(address.spec, err.code ?? 'UNKNOWN', err.message),
     );
     this.listeners.push(bound);
     this.logger.info({ listen: address.spec }, 'listening');
     return { ...address };
   }
 
+  /** Count an accept failure and log it (rate-limited: a flood of them is one line a second or so). */
+  private acceptFailed(listen: string, code: string, reason: string, fd?: number): void {
+    this.observer?.acceptError?.(listen, code);
+    if (this.logLimiter.allow(`accept ${code}`)) {
+      this.logger.error(
+        { listen, code, reason, ...(fd === undefined ? {} : { fd, fdLimit: this.fdLimit }) },
+        'accept failed; the connection was closed',
+      );
+    }
+  }
+
   private accept(socket: net.Socket, address: ListenAddress, relay?: SharedReadRelay): void {
+    if (inFdReserve(socket, this.fdLimit, this.fdReserve)) {
+      // About to run out of descriptors (fd-limit.ts): refuse visibly rather than let libuv do it silently.
+      const fd = socketFd(socket);
+      socket.on('error', () => undefined);
+      socket.destroy();
+      this.acceptFailed(address.spec, 'EMFILE', 'out of file descriptors (reserve reached)', fd);
+      return;
+    }
     // With a silent logger (the library default) the per-connection child logger and the peer lookup
     // (a getpeername(2)) would only feed log lines that are never written.
     const silent = this.logger.level === 'silent';
@@ -240,7 +283,9 @@ class Server implements MilterServer {
       socket.on('error', () => undefined);
       socket.destroy();
       if (this.closing === undefined) {
-        this.logger.warn({ peer, limit: this.maxConnections }, 'connection limit reached; refusing');
+        if (this.logLimiter.allow('connection limit')) {
+          this.logger.warn({ peer, limit: this.maxConnections }, 'connection limit reached; refusing');
+        }
         this.observer?.connectionRefused?.();
       }
       return;
@@ -261,6 +306,7 @@ class Server implements MilterServer {
         callbackTimeoutMs: this.timeouts.callbackMs,
         readBudgetBytes: this.readBudgetBytes,
         sharedReadBuffer: this.sharedReadBuffer,
+        logLimiter: this.logLimiter,
         ...(relay === undefined ? {} : { sharedReadRelay: relay }),
       });
     } catch (err) {

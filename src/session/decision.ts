@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import type { DecisionKind, SmtpReply } from '../filter.js';
-import type { DecisionStage, MilterObserver } from '../observer.js';
+import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterResponse } from '../protocol/types.js';
 import type { HandleResult } from './types.js';
 import { MilterFilterError } from '../errors.js';
@@ -298,7 +298,7 @@ export class CallbackRunner {
     return this.observer?.decision ? process.hrtime.bigint() : undefined;
   }
 
-  observe(stage: DecisionStage, kind: DecisionKind | 'noreply', t0: bigint | undefined): void {
+  observe(stage: DecisionStage, kind: ObservedDecision, t0: bigint | undefined): void {
     if (t0 !== undefined) this.observer?.decision?.(stage, kind, Number(process.hrtime.bigint() - t0) / 1e9);
   }
 }

@@ -6,6 +6,7 @@
  */
 import type { Logger } from 'pino';
 import type { Filter, NegotiateResult, NegotiationOffer } from '../filter.js';
+import type { LogRateLimiter } from '../logging/rate-limit.js';
 import type { MilterObserver } from '../observer.js';
 import type { OptnegCommand } from '../protocol/types.js';
 import type {
@@ -16,7 +17,7 @@ import type {
   SessionOptions,
   TerminationReason,
 } from './types.js';
-import { MilterError, MilterProtocolError } from '../errors.js';
+import { MilterError, MilterFilterError, MilterProtocolError } from '../errors.js';
 import { MILTER_MDS_1M, SMFIP_NR_BODY, SMFIP_SKIP } from '../protocol/constants.js';
 import { PackedMacros } from '../protocol/packed-macros.js';
 import { ConnectionContext, MessageEomContext } from './context.js';
@@ -79,6 +80,7 @@ class MilterSession implements Session {
   private readonly runner: CallbackRunner;
   private readonly observer: MilterObserver | undefined;
   private readonly floor: number;
+  private readonly logLimiter: LogRateLimiter | undefined;
 
   constructor(
     options: SessionOptions,
@@ -95,6 +97,7 @@ class MilterSession implements Session {
     );
     this.observer = options.observer;
     this.floor = options.maxDataSize ?? MILTER_MDS_1M;
+    this.logLimiter = options.logLimiter;
   }
 
   get maxDataSize(): number {
@@ -298,28 +301,33 @@ class MilterSession implements Session {
     this.store.clear();
     const offer: NegotiationOffer = { version: cmd.version, actions: cmd.actions, protocol: cmd.protocol };
     const cb = this.filter.negotiate;
-    if (!cb) return this.applyNegotiation(offer, undefined);
+    // Timed even without a callback: a refusal is observed either way.
     const t0 = this.runner.startTimer();
+    if (!cb) return this.applyNegotiation(offer, undefined, t0);
     const call = (o: NegotiationOffer): unknown => cb.call(this.filter, this.ctx, o);
     const settled = this.runner.run(call, normalizeOffer(offer), 'negotiate');
     return chain(settled, (s) => {
-      this.runner.observe('negotiate', 'continue', t0);
-      if (!s.ok) return this.refuse(s.error);
-      if (s.value === null || typeof s.value !== 'object') return this.refuse('negotiate returned no result');
-      return this.applyNegotiation(offer, s.value as NegotiateResult);
+      if (!s.ok) return this.refuse(s.error, t0);
+      if (s.value === null || typeof s.value !== 'object') {
+        return this.refuse('negotiate returned no result', t0);
+      }
+      return this.applyNegotiation(offer, s.value as NegotiateResult, t0);
     });
   }
 
+  /** `override`: the negotiate callback's result (then a success is observed as its `continue`). */
   private applyNegotiation(
     offer: NegotiationOffer,
     override: NegotiateResult | undefined,
+    t0: bigint | undefined,
   ): HandleResult | Promise<HandleResult> {
     let out: NegotiationOutcome;
     try {
       out = negotiate(this.filter, offer, this.floor, override);
     } catch (err) {
-      return this.refuse(err);
+      return this.refuse(err, t0);
     }
+    if (override !== undefined) this.runner.observe('negotiate', 'continue', t0);
     this.neg = out;
     this.ctx.negotiated = out.options;
     this.skippable = skippableStates(out.requested);
@@ -329,13 +337,25 @@ class MilterSession implements Session {
     return { responses: [out.response] };
   }
 
-  /** Refuse the MTA: no reply, `close` runs (without `connect`), the server drops the socket. */
-  private refuse(cause: unknown): HandleResult | Promise<HandleResult> {
-    const err =
-      cause instanceof MilterError && cause.code === 'ERR_MILTER_NEGOTIATION'
-        ? cause
-        : new MilterProtocolError('ERR_MILTER_NEGOTIATION', 'negotiation refused', { cause });
-    this.log.error({ err }, 'negotiation refused');
+  /**
+   * Refuse the MTA: no reply, `close` runs (without `connect`), the server drops the socket. Observed as
+   * decision `refused` (the MTA applies its own failure action), whatever the callback returned.
+   */
+  private refuse(cause: unknown, t0: bigint | undefined): HandleResult | Promise<HandleResult> {
+    const own = cause instanceof MilterError && cause.code === 'ERR_MILTER_NEGOTIATION';
+    const err = own
+      ? cause
+      : new MilterProtocolError(
+          'ERR_MILTER_NEGOTIATION',
+          typeof cause === 'string' ? `negotiation refused: ${cause}` : 'negotiation refused',
+          { cause },
+        );
+    this.runner.observe('negotiate', 'refused', t0);
+    if (this.logLimiter?.allow(err.code) !== false) {
+      // What the offer lacked is the message; a stack adds nothing. A filter's throw keeps its stack.
+      if (cause instanceof MilterFilterError) this.log.error({ err }, 'negotiation refused');
+      else this.log.error({ code: err.code, reason: err.message }, 'negotiation refused');
+    }
     this.observer?.error?.(err.code);
     this.ended = true;
     return chain(this.finish(), () => RESULT_FATAL);

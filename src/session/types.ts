@@ -8,6 +8,7 @@ import type { DecisionKind, Filter } from '../filter.js';
 import type { MilterCommand, MilterResponse } from '../protocol/types.js';
 import type { MilterObserver } from '../observer.js';
 import type { PackedMacros } from '../protocol/packed-macros.js';
+import type { LogRateLimiter } from '../logging/rate-limit.js';
 
 /** What the session answers to one command. */
 export interface HandleResult {
@@ -49,6 +50,8 @@ export interface SessionOptions {
    * Default 1 MiB - 1: Postfix sends headers up to 100 KiB unsplit, which libmilter's 64 KiB would drop.
    */
   maxDataSize?: number;
+  /** Process-wide limit on lines a peer can cause (a refused negotiation); default: no limit. */
+  logLimiter?: LogRateLimiter;
 }
 
 /** Why a connection ended without SMFIC_QUIT. */

@@ -62,8 +62,11 @@ export class Daemon {
   private waiters: Array<() => void> = [];
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(args: string[], env: Record<string, string> = {}) {
-    this.child = spawn(process.execPath, [BIN, 'serve', ...args], {
+  /** `nofile`: run under this RLIMIT_NOFILE (prlimit execs the daemon: the child is the daemon itself). */
+  constructor(args: string[], env: Record<string, string> = {}, options: { nofile?: number } = {}) {
+    const argv = [process.execPath, BIN, 'serve', ...args];
+    if (options.nofile !== undefined) argv.unshift('prlimit', `--nofile=${options.nofile}`);
+    this.child = spawn(argv[0] as string, argv.slice(1), {
       env: cleanEnv(env),
       stdio: ['ignore', 'pipe', 'pipe'],
     });

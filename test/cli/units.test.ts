@@ -11,7 +11,14 @@ import { headerValueToSend, parseEml } from '../../src/cli/eml.js';
 import { wireBytes } from '../../src/index.js';
 import { formatPrettyLine } from '../../src/cli/log-output.js';
 import { ReloadableFilter } from '../../src/cli/reloadable-filter.js';
-import { formatDuration, parseDuration, parseListenList, parseSocketMode } from '../../src/cli/values.js';
+import {
+  formatDuration,
+  parseAdmin,
+  parseByteSize,
+  parseDuration,
+  parseListenList,
+  parseSocketMode,
+} from '../../src/cli/values.js';
 import type { Filter, StageContext } from '../../src/filter.js';
 import { parsePrometheus, sampleValue } from './helpers.js';
 
@@ -204,4 +211,20 @@ test('reloadable filter: connections keep the filter they started with, new ones
   await f.close?.(ctx('2'));
   assert.deepEqual(calls, ['A:helo', 'A:helo', 'B:helo', 'A:close', 'B:close']);
   assert.equal(r.pinnedCount, 0);
+});
+
+test('--admin: inet:PORT without a host is loopback (milter listeners keep libmilter reading: all addresses)', () => {
+  assert.equal(parseAdmin('inet:9900'), 'inet:9900@127.0.0.1');
+  assert.equal(parseAdmin('inet6:9900'), 'inet6:9900@[::1]');
+  assert.equal(parseAdmin('inet:9900@0.0.0.0'), 'inet:9900@0.0.0.0', 'an explicit host stays');
+  assert.equal(parseAdmin('off'), 'off');
+  assert.deepEqual(parseListenList('inet:8890'), ['inet:8890@0.0.0.0']);
+});
+
+test('--log-buffer sizes: bytes or KiB/MiB, at least 4 KiB', () => {
+  assert.equal(parseByteSize('1MiB'), 1024 * 1024);
+  assert.equal(parseByteSize('256k'), 256 * 1024);
+  assert.equal(parseByteSize(8192), 8192);
+  assert.equal(parseByteSize('65536'), 65536);
+  for (const bad of ['1', '1GiB', '-5', 'x', 100]) assert.throws(() => parseByteSize(bad));
 });
