@@ -21,7 +21,7 @@ import {
 } from './lib/measure.js';
 import { median, fmtNum, fmtUs, table } from './lib/stats.js';
 import { peakRssKiB, rssKiB } from './lib/proc.js';
-import { STAT_NAMES } from './loadgen/script.js';
+import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
 import type { DriverName } from './loadgen/types.js';
 
@@ -41,6 +41,8 @@ interface Args {
   maxMessages: number;
   loadgenThreads: number;
   driver: DriverName;
+  /** Whose packet pattern the node generator plays. */
+  mta: MtaName;
   timeoutMs: number;
   extras: string[];
   idleConnections: number;
@@ -68,6 +70,7 @@ const HELP = `usage: npm run bench -- [options]
   --big-body 1048576         extra cell (16 conns x 10 messages) with this body size; 0 = none
   --warmup 2 --duration 10   seconds per measurement       --max-messages 1000000  bound per measurement
   --loadgen-threads 1        load generator worker threads --driver lean|client     load driver
+  --mta postfix|sendmail     packet pattern of the node generator (default postfix: Postfix 3.7's)
   --timeout 10000            per-reply timeout (ms), a timeout counts as an error
   --extras idle,rss,cluster,bodymem,postfix   extra measurements (default: all with the full run, none with --quick)
   --idle-connections 10000   for the idle extra
@@ -99,6 +102,7 @@ function parseArgs(argv: readonly string[]): Args {
     maxMessages: 1_000_000,
     loadgenThreads: 1,
     driver: 'lean',
+    mta: 'postfix',
     timeoutMs: 10000,
     extras: quick ? [] : ['idle', 'rss', 'cluster', 'bodymem', 'postfix'],
     idleConnections: 10000,
@@ -173,6 +177,12 @@ function parseArgs(argv: readonly string[]): Args {
       case '--driver':
         a.driver = v() === 'client' ? 'client' : 'lean';
         break;
+      case '--mta': {
+        const m = v();
+        if (!MTA_NAMES.includes(m as MtaName)) throw new Error(`--mta: one of ${MTA_NAMES.join(', ')}`);
+        a.mta = m as MtaName;
+        break;
+      }
       case '--timeout':
         a.timeoutMs = Number(v());
         break;
@@ -299,9 +309,11 @@ function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDe
   return defs;
 }
 
+let patternName = 'Postfix pattern';
+
 function cellName(c: Cell): string {
   const body = c.bodySize >= 1024 * 1024 ? `${c.bodySize / 1024 / 1024} MiB` : `${c.bodySize / 1024} KiB`;
-  return `${c.connections} conn × ${c.messagesPerConnection} msg, ${body}, ${c.socket}`;
+  return `${c.connections} conn × ${c.messagesPerConnection} msg, ${body}, ${c.socket}, ${patternName}`;
 }
 
 interface Summary {
@@ -510,6 +522,7 @@ async function idleConnections(
       maxMessages: 0,
       timeoutMs: 30000,
       driver: 'lean',
+      mta: args.mta,
       idle: true,
       rampMs: Math.min(10000, n),
     },
@@ -557,6 +570,7 @@ function fdSoft(): number {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  patternName = args.mta === 'sendmail' ? 'Sendmail pattern' : 'Postfix pattern';
   // The load generator threads live in this process: with many connections they need more fds than the
   // usual soft limit. Raise it for the bench only, by re-running ourselves under `ulimit -n HARD`.
   const needFds =
@@ -600,6 +614,7 @@ async function main(): Promise<void> {
     maxMessages: args.maxMessages,
     loadgenThreads: args.loadgenThreads,
     driver: args.driver,
+    mta: args.mta,
     timeoutMs: args.timeoutMs,
     logFile,
     fdLimit: fdHard(),
@@ -635,7 +650,8 @@ async function main(): Promise<void> {
   log(`machine: ${JSON.stringify(info)}`);
   log(
     `plan: ${cells.length} cells × ${candidates.length} candidates × ${args.reps} reps, ` +
-      `${args.warmupMs / 1000}+${args.durationMs / 1000} s each, driver ${args.driver}, ${args.loadgenThreads} load thread(s)`,
+      `${args.warmupMs / 1000}+${args.durationMs / 1000} s each, ${args.mta} packet pattern, ` +
+      `driver ${args.driver}, ${args.loadgenThreads} load thread(s)`,
   );
   const measurements: Measurement[] = [];
   const summaries: Summary[] = [];

@@ -8,7 +8,7 @@ import { Histogram, type HistogramData } from './histogram.js';
 import { treeCpuTicks, treePeakRssKiB, ticksPerSecond } from './proc.js';
 import { startServer, type CandidateDef, type SocketKind } from './candidates.js';
 import type { DriverName, FromWorker, LoadConfig, WorkerStats } from '../loadgen/types.js';
-import { STAT_NAMES } from '../loadgen/script.js';
+import { STAT_NAMES, type MtaName } from '../loadgen/script.js';
 
 export interface Cell {
   connections: number;
@@ -25,6 +25,8 @@ export interface MeasureOptions {
   maxMessages: number;
   loadgenThreads: number;
   driver: DriverName;
+  /** Whose packet pattern the node generator plays. */
+  mta: MtaName;
   timeoutMs: number;
   logFile: string;
   fdLimit: number;
@@ -205,6 +207,7 @@ export async function measure(
         maxMessages: opts.maxMessages,
         timeoutMs: opts.timeoutMs,
         driver: opts.driver,
+        mta: opts.mta,
         idle: false,
         rampMs: cell.connections >= 256 ? 500 : 0,
       },
