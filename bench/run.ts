@@ -16,9 +16,11 @@ import {
   startLoad,
   combine,
   type Cell,
+  type GeneratorName,
   type Measurement,
   type MeasureOptions,
 } from './lib/measure.js';
+import { buildMilterload, measureWithMilterload } from './lib/milterload.js';
 import { median, fmtNum, fmtUs, table } from './lib/stats.js';
 import { peakRssKiB, rssKiB } from './lib/proc.js';
 import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
@@ -43,6 +45,9 @@ interface Args {
   driver: DriverName;
   /** Whose packet pattern the node generator plays. */
   mta: MtaName;
+  generators: GeneratorName[];
+  /** Source of the independent generator (built with cc into bench/results/build). */
+  milterloadSrc: string;
   timeoutMs: number;
   extras: string[];
   idleConnections: number;
@@ -71,6 +76,9 @@ const HELP = `usage: npm run bench -- [options]
   --warmup 2 --duration 10   seconds per measurement       --max-messages 1000000  bound per measurement
   --loadgen-threads 1        load generator worker threads --driver lean|client     load driver
   --mta postfix|sendmail     packet pattern of the node generator (default postfix: Postfix 3.7's)
+  --generator node|milterload|both   who generates the load: this project's node generator (default),
+                             the independent C milterload (Postfix pattern only), or both (one row each)
+  --milterload-src PATH      milterload.c (default ../shared/bench/milterload.c), built with cc
   --timeout 10000            per-reply timeout (ms), a timeout counts as an error
   --extras idle,rss,cluster,bodymem,postfix   extra measurements (default: all with the full run, none with --quick)
   --idle-connections 10000   for the idle extra
@@ -103,6 +111,8 @@ function parseArgs(argv: readonly string[]): Args {
     loadgenThreads: 1,
     driver: 'lean',
     mta: 'postfix',
+    generators: ['node'],
+    milterloadSrc: path.resolve('../shared/bench/milterload.c'),
     timeoutMs: 10000,
     extras: quick ? [] : ['idle', 'rss', 'cluster', 'bodymem', 'postfix'],
     idleConnections: 10000,
@@ -183,6 +193,16 @@ function parseArgs(argv: readonly string[]): Args {
         a.mta = m as MtaName;
         break;
       }
+      case '--generator': {
+        const g = v();
+        if (g === 'both') a.generators = ['node', 'milterload'];
+        else if (g === 'node' || g === 'milterload') a.generators = [g];
+        else throw new Error('--generator: node, milterload or both');
+        break;
+      }
+      case '--milterload-src':
+        a.milterloadSrc = path.resolve(v());
+        break;
       case '--timeout':
         a.timeoutMs = Number(v());
         break;
@@ -225,6 +245,9 @@ function parseArgs(argv: readonly string[]): Args {
       default:
         throw new Error(`unknown option ${String(k)} (see --help)`);
     }
+  }
+  if (a.mta !== 'postfix' && a.generators.includes('milterload')) {
+    throw new Error('--generator milterload plays the Postfix pattern only: use --mta postfix');
   }
   return a;
 }
@@ -318,6 +341,7 @@ function cellName(c: Cell): string {
 
 interface Summary {
   candidate: string;
+  generator: GeneratorName;
   cell: Cell;
   reps: number;
   messagesPerSecond: number;
@@ -342,6 +366,7 @@ function summarize(ms: readonly Measurement[]): Summary {
   }
   return {
     candidate: first.candidate,
+    generator: first.generator,
     cell: first.cell,
     reps: ms.length,
     messagesPerSecond: median(ms.map((m) => m.messagesPerSecond)),
@@ -358,6 +383,7 @@ function summarize(ms: readonly Measurement[]): Summary {
 function cellTable(cell: Cell, sums: readonly Summary[]): string {
   const rows = sums.map((s) => [
     s.candidate,
+    s.generator,
     fmtNum(s.messagesPerSecond),
     fmtUs(s.eomP50),
     fmtUs(s.eomP99),
@@ -369,7 +395,17 @@ function cellTable(cell: Cell, sums: readonly Summary[]): string {
   return (
     `### ${cellName(cell)}\n\n` +
     table(
-      ['candidate', 'msg/s', 'EOM p50', 'EOM p99', 'EOM p99.9', 'CPU µs/msg', 'peak RSS MiB', 'errors'],
+      [
+        'candidate',
+        'generator',
+        'msg/s',
+        'EOM p50',
+        'EOM p99',
+        'EOM p99.9',
+        'CPU µs/msg',
+        'peak RSS MiB',
+        'errors',
+      ],
       rows,
     )
   );
@@ -378,11 +414,15 @@ function cellTable(cell: Cell, sums: readonly Summary[]): string {
 function commandTable(cell: Cell, sums: readonly Summary[]): string {
   const rows = sums.map((s) => [
     s.candidate,
+    s.generator,
     ...STAT_NAMES.map(
       (n) => `${fmtUs(s.commands[n]?.p50 ?? Number.NaN)} / ${fmtUs(s.commands[n]?.p99 ?? Number.NaN)}`,
     ),
   ]);
-  return `Per-command latency p50 / p99, ${cellName(cell)}:\n\n` + table(['candidate', ...STAT_NAMES], rows);
+  return (
+    `Per-command latency p50 / p99, ${cellName(cell)}:\n\n` +
+    table(['candidate', 'generator', ...STAT_NAMES], rows)
+  );
 }
 
 interface TargetCheck {
@@ -608,6 +648,13 @@ async function main(): Promise<void> {
     log(`candidate ${c} is not available, skipped`);
     return false;
   });
+  let milterload: string | undefined;
+  if (args.generators.includes('milterload')) {
+    const built = buildMilterload(args.milterloadSrc, path.join(RESULTS, 'build'), log);
+    if ('binary' in built) milterload = built.binary;
+    else log(`setup: unavailable: ${built.missing}; rows of generator milterload skipped`);
+  }
+  const generators = args.generators.filter((g) => g === 'node' || milterload !== undefined);
   const opts: MeasureOptions = {
     warmupMs: args.warmupMs,
     durationMs: args.durationMs,
@@ -651,7 +698,7 @@ async function main(): Promise<void> {
   log(
     `plan: ${cells.length} cells × ${candidates.length} candidates × ${args.reps} reps, ` +
       `${args.warmupMs / 1000}+${args.durationMs / 1000} s each, ${args.mta} packet pattern, ` +
-      `driver ${args.driver}, ${args.loadgenThreads} load thread(s)`,
+      `generator(s) ${generators.join(', ')}, driver ${args.driver}, ${args.loadgenThreads} load thread(s)`,
   );
   const measurements: Measurement[] = [];
   const summaries: Summary[] = [];
@@ -661,27 +708,30 @@ async function main(): Promise<void> {
     for (let rep = 0; rep < args.reps; rep++) {
       // Alternate: rotate the starting candidate each repetition.
       const order = candidates.map((_, i) => candidates[(i + rep) % candidates.length]!);
-      for (const name of order) {
+      for (const [name, generator] of order.flatMap((n) => generators.map((g) => [n, g] as const))) {
         const def = defs.get(name)!;
         try {
-          const m = await measure(def, cell, rep + 1, opts);
+          const m =
+            generator === 'milterload'
+              ? await measureWithMilterload(milterload!, def, cell, rep + 1, opts)
+              : await measure(def, cell, rep + 1, opts);
           mine.push(m);
           measurements.push(m);
           log(
-            `  ${cellName(cell)} rep ${rep + 1} ${name}: ${fmtNum(m.messagesPerSecond)} msg/s, EOM p99 ${fmtUs(m.latency.eom?.p99 ?? Number.NaN)}, ` +
+            `  ${cellName(cell)} rep ${rep + 1} ${name} (${generator}): ${fmtNum(m.messagesPerSecond)} msg/s, EOM p99 ${fmtUs(m.latency.eom?.p99 ?? Number.NaN)}, ` +
               `CPU ${fmtNum(m.cpuUsPerMessage)} µs/msg, RSS ${fmtNum(m.peakRssMiB, 1)} MiB, errors ${m.errors}` +
               (m.connectRetries > 0 ? `, ${m.connectRetries} connect retries (backlog full)` : '') +
               (m.errorSamples.length > 0 ? ` (${m.errorSamples[0]})` : ''),
           );
         } catch (err) {
           log(
-            `  ${cellName(cell)} rep ${rep + 1} ${name}: FAILED ${err instanceof Error ? err.message : String(err)}`,
+            `  ${cellName(cell)} rep ${rep + 1} ${name} (${generator}): FAILED ${err instanceof Error ? err.message : String(err)}`,
           );
         }
       }
     }
     const sums = candidates
-      .map((c) => mine.filter((m) => m.candidate === c))
+      .flatMap((c) => generators.map((g) => mine.filter((m) => m.candidate === c && m.generator === g)))
       .filter((ms) => ms.length > 0)
       .map(summarize);
     summaries.push(...sums);
@@ -880,13 +930,20 @@ async function main(): Promise<void> {
       process.stdout.write('\n' + block + '\n');
     }
   }
-  const checks = targets(summaries, args, extras);
+  // Targets per generator: each one's rows against each other, never a ratio across generators.
+  const checks = generators.flatMap((g) =>
+    targets(
+      summaries.filter((s) => s.generator === g),
+      args,
+      g === 'node' ? extras : {},
+    ).map((c) => ({ ...c, generator: g })),
+  );
   if (checks.length > 0) {
     const block =
-      '### targets\n\n' +
+      `### targets (${args.mta} packet pattern)\n\n` +
       table(
-        ['target', 'measured', 'met'],
-        checks.map((c) => [c.target, c.value, c.ok === undefined ? '-' : c.ok ? 'yes' : 'NO']),
+        ['target', 'generator', 'measured', 'met'],
+        checks.map((c) => [c.target, c.generator, c.value, c.ok === undefined ? '-' : c.ok ? 'yes' : 'NO']),
       );
     blocks.push(block);
     process.stdout.write('\n' + block + '\n');

@@ -10,6 +10,9 @@ import { startServer, type CandidateDef, type SocketKind } from './candidates.js
 import type { DriverName, FromWorker, LoadConfig, WorkerStats } from '../loadgen/types.js';
 import { STAT_NAMES, type MtaName } from '../loadgen/script.js';
 
+/** Which load generator produced a measurement: loadgen/ (this project's) or milterload (independent, C). */
+export type GeneratorName = 'node' | 'milterload';
+
 export interface Cell {
   connections: number;
   messagesPerConnection: number;
@@ -43,6 +46,7 @@ export interface Percentiles {
 
 export interface Measurement {
   candidate: string;
+  generator: GeneratorName;
   cell: Cell;
   repetition: number;
   seconds: number;
@@ -230,6 +234,7 @@ export async function measure(
     const cpuSeconds = (cpu1 - cpu0) / ticksPerSecond();
     return {
       candidate: def.name,
+      generator: 'node',
       cell,
       repetition,
       seconds,
