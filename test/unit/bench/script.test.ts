@@ -13,9 +13,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { capturesDir } from '../../helpers/captures.js';
+import { encodeResponse } from '../../../src/protocol/encode.js';
+import { FrameDecoder } from '../../../src/protocol/frame.js';
 import {
+  MILTER_MDS_1M,
+  SMFIF_ADDHDRS,
   SMFIP_NOHDRS,
   SMFIP_NOMAIL,
   SMFIP_NR_BODY,
@@ -29,6 +34,7 @@ import {
   type MessageShape,
   type MtaName,
 } from '../../../bench/loadgen/script.js';
+import { createLeanDriver } from '../../../bench/loadgen/lean-driver.js';
 
 interface CapturedPacket {
   time: string;
@@ -215,3 +221,82 @@ test('an idle connection ends like the MTA: Postfix ABORT + QUIT in one write, S
   );
   assert.deepEqual(connectionWrites(pf, 0)[0], OPTNEG_BYTES);
 });
+
+/**
+ * A filter on loopback that answers like the bench filter (CONTINUE, at EOM one ADDHEADER X-Bench) and
+ * keeps every byte the driver sent, until the driver closes. Only for `protocol` = SKIP | NR_HDR.
+ */
+async function recordingFilter(protocol: number): Promise<{ spec: string; bytes: Promise<Buffer> }> {
+  // Answered commands; HEADER is not, the filter negotiates SMFIP_NR_HDR.
+  const answered = new Set(['O', 'C', 'H', 'M', 'R', 'T', 'N', 'B', 'E'].map((c) => c.charCodeAt(0)));
+  let resolveBytes: (b: Buffer) => void = () => {};
+  const bytes = new Promise<Buffer>((r) => (resolveBytes = r));
+  const server = net.createServer((socket) => {
+    const chunks: Buffer[] = [];
+    const decoder = new FrameDecoder(MILTER_MDS_1M);
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      decoder.push(chunk);
+      for (let f = decoder.next(); f !== undefined; f = decoder.next()) {
+        if (!answered.has(f.command)) continue;
+        if (f.command === 'O'.charCodeAt(0)) {
+          socket.write(encodeResponse({ kind: 'optneg', version: 6, actions: SMFIF_ADDHDRS, protocol }));
+        } else if (f.command === 'E'.charCodeAt(0)) {
+          socket.write(encodeResponse({ kind: 'addHeader', name: 'X-Bench', value: 'milterd-bench' }));
+          socket.write(encodeResponse({ kind: 'continue' }));
+        } else socket.write(encodeResponse({ kind: 'continue' }));
+      }
+    });
+    socket.on('end', () => {
+      socket.end();
+      server.close();
+      resolveBytes(Buffer.concat(chunks));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  return { spec: `inet:${port}@127.0.0.1`, bytes };
+}
+
+for (const mta of ['postfix', 'sendmail'] as const) {
+  test(
+    `--mta ${mta}: the lean driver sends exactly the plan, ABORTs and QUIT included`,
+    { timeout: 30_000 },
+    async () => {
+      const protocol = SMFIP_SKIP | SMFIP_NR_HDR;
+      const filter = await recordingFilter(protocol);
+      const shape: MessageShape = { recipients: 2, headers: 3, bodySize: 70_000 };
+      let limit: () => void = () => {};
+      const limited = new Promise<void>((r) => (limit = r));
+      const driver = createLeanDriver(
+        {
+          ...shape,
+          spec: filter.spec,
+          connections: 1,
+          messagesPerConnection: 3,
+          maxMessages: 3,
+          timeoutMs: 10_000,
+          driver: 'lean',
+          mta,
+          idle: false,
+          rampMs: 0,
+          workerIndex: 0,
+        },
+        { onLimit: () => limit(), onHeld: () => {} },
+      );
+      driver.start();
+      let stats;
+      let received;
+      try {
+        await limited;
+        received = await filter.bytes;
+      } finally {
+        stats = await driver.stop();
+      }
+      assert.equal(stats.messages, 3);
+      assert.equal(stats.errors + stats.warmupErrors, 0, stats.errorSamples.join('; '));
+      const plan = buildPlan(shape, protocol, false, mta);
+      assert.deepEqual(received, Buffer.concat(connectionWrites(plan, 3)));
+    },
+  );
+}
