@@ -2,8 +2,9 @@
  * The lean load driver: milterd's own codec (encodeCommand, FrameDecoder, decodeResponse) driving many
  * connections from one event loop. Every write is pre-encoded once per negotiated plan (script.ts: the
  * packets and write boundaries of Postfix or Sendmail); each connection keeps exactly one awaited command
- * in flight, as both MTAs do (write a command, then block on its reply). Every reply is checked: CONTINUE after each command, and at EOM exactly one ADDHEADER
- * `X-Bench` followed by CONTINUE (PROGRESS is tolerated).
+ * in flight, as both MTAs do (write a command, then block on its reply). Every reply is checked:
+ * CONTINUE after each command, and at EOM exactly one ADDHEADER `X-Bench` followed by CONTINUE (PROGRESS
+ * is tolerated).
  */
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
