@@ -16,13 +16,15 @@ import {
   startLoad,
   combine,
   type Cell,
+  type GeneratorName,
   type Measurement,
   type MeasureOptions,
 } from './lib/measure.js';
+import { buildMilterload, measureWithMilterload } from './lib/milterload.js';
 import { median, fmtNum, fmtUs, table } from './lib/stats.js';
 import { logStall, logStallTable, type LogStallResult } from './lib/log-stall.js';
 import { peakRssKiB, rssKiB } from './lib/proc.js';
-import { STAT_NAMES } from './loadgen/script.js';
+import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
 import type { DriverName } from './loadgen/types.js';
 
@@ -42,6 +44,11 @@ interface Args {
   maxMessages: number;
   loadgenThreads: number;
   driver: DriverName;
+  /** Whose packet pattern the node generator plays. */
+  mta: MtaName;
+  generators: GeneratorName[];
+  /** Source of the independent generator (built with cc into bench/results/build). */
+  milterloadSrc: string;
   timeoutMs: number;
   extras: string[];
   /** Seconds the logstall extra leaves the daemon's stdout unread. */
@@ -71,6 +78,10 @@ const HELP = `usage: npm run bench -- [options]
   --big-body 1048576         extra cell (16 conns x 10 messages) with this body size; 0 = none
   --warmup 2 --duration 10   seconds per measurement       --max-messages 1000000  bound per measurement
   --loadgen-threads 1        load generator worker threads --driver lean|client     load driver
+  --mta postfix|sendmail     packet pattern of the node generator (default postfix: Postfix 3.7's)
+  --generator node|milterload|both   who generates the load: this project's node generator (default),
+                             the independent C milterload (Postfix pattern only), or both (one row each)
+  --milterload-src PATH      milterload.c (default ../shared/bench/milterload.c), built with cc
   --timeout 10000            per-reply timeout (ms), a timeout counts as an error
   --extras idle,rss,cluster,bodymem,postfix,logstall   extra measurements (default: all with the full run, none with --quick)
   --extras logstall          the daemon under load with its stdout not read: EOM and /healthz latency, dropped lines
@@ -104,6 +115,9 @@ function parseArgs(argv: readonly string[]): Args {
     maxMessages: 1_000_000,
     loadgenThreads: 1,
     driver: 'lean',
+    mta: 'postfix',
+    generators: ['node'],
+    milterloadSrc: path.resolve('../shared/bench/milterload.c'),
     timeoutMs: 10000,
     extras: quick ? [] : ['idle', 'rss', 'cluster', 'bodymem', 'postfix', 'logstall'],
     stallSeconds: 60,
@@ -179,6 +193,22 @@ function parseArgs(argv: readonly string[]): Args {
       case '--driver':
         a.driver = v() === 'client' ? 'client' : 'lean';
         break;
+      case '--mta': {
+        const m = v();
+        if (!MTA_NAMES.includes(m as MtaName)) throw new Error(`--mta: one of ${MTA_NAMES.join(', ')}`);
+        a.mta = m as MtaName;
+        break;
+      }
+      case '--generator': {
+        const g = v();
+        if (g === 'both') a.generators = ['node', 'milterload'];
+        else if (g === 'node' || g === 'milterload') a.generators = [g];
+        else throw new Error('--generator: node, milterload or both');
+        break;
+      }
+      case '--milterload-src':
+        a.milterloadSrc = path.resolve(v());
+        break;
       case '--timeout':
         a.timeoutMs = Number(v());
         break;
@@ -224,6 +254,9 @@ function parseArgs(argv: readonly string[]): Args {
       default:
         throw new Error(`unknown option ${String(k)} (see --help)`);
     }
+  }
+  if (a.mta !== 'postfix' && a.generators.includes('milterload')) {
+    throw new Error('--generator milterload plays the Postfix pattern only: use --mta postfix');
   }
   return a;
 }
@@ -308,13 +341,16 @@ function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDe
   return defs;
 }
 
+let patternName = 'Postfix pattern';
+
 function cellName(c: Cell): string {
   const body = c.bodySize >= 1024 * 1024 ? `${c.bodySize / 1024 / 1024} MiB` : `${c.bodySize / 1024} KiB`;
-  return `${c.connections} conn × ${c.messagesPerConnection} msg, ${body}, ${c.socket}`;
+  return `${c.connections} conn × ${c.messagesPerConnection} msg, ${body}, ${c.socket}, ${patternName}`;
 }
 
 interface Summary {
   candidate: string;
+  generator: GeneratorName;
   cell: Cell;
   reps: number;
   messagesPerSecond: number;
@@ -339,6 +375,7 @@ function summarize(ms: readonly Measurement[]): Summary {
   }
   return {
     candidate: first.candidate,
+    generator: first.generator,
     cell: first.cell,
     reps: ms.length,
     messagesPerSecond: median(ms.map((m) => m.messagesPerSecond)),
@@ -355,6 +392,7 @@ function summarize(ms: readonly Measurement[]): Summary {
 function cellTable(cell: Cell, sums: readonly Summary[]): string {
   const rows = sums.map((s) => [
     s.candidate,
+    s.generator,
     fmtNum(s.messagesPerSecond),
     fmtUs(s.eomP50),
     fmtUs(s.eomP99),
@@ -366,7 +404,17 @@ function cellTable(cell: Cell, sums: readonly Summary[]): string {
   return (
     `### ${cellName(cell)}\n\n` +
     table(
-      ['candidate', 'msg/s', 'EOM p50', 'EOM p99', 'EOM p99.9', 'CPU µs/msg', 'peak RSS MiB', 'errors'],
+      [
+        'candidate',
+        'generator',
+        'msg/s',
+        'EOM p50',
+        'EOM p99',
+        'EOM p99.9',
+        'CPU µs/msg',
+        'peak RSS MiB',
+        'errors',
+      ],
       rows,
     )
   );
@@ -375,11 +423,15 @@ function cellTable(cell: Cell, sums: readonly Summary[]): string {
 function commandTable(cell: Cell, sums: readonly Summary[]): string {
   const rows = sums.map((s) => [
     s.candidate,
+    s.generator,
     ...STAT_NAMES.map(
       (n) => `${fmtUs(s.commands[n]?.p50 ?? Number.NaN)} / ${fmtUs(s.commands[n]?.p99 ?? Number.NaN)}`,
     ),
   ]);
-  return `Per-command latency p50 / p99, ${cellName(cell)}:\n\n` + table(['candidate', ...STAT_NAMES], rows);
+  return (
+    `Per-command latency p50 / p99, ${cellName(cell)}:\n\n` +
+    table(['candidate', 'generator', ...STAT_NAMES], rows)
+  );
 }
 
 interface TargetCheck {
@@ -531,6 +583,7 @@ async function idleConnections(
       maxMessages: 0,
       timeoutMs: 30000,
       driver: 'lean',
+      mta: args.mta,
       idle: true,
       rampMs: Math.min(10000, n),
     },
@@ -578,6 +631,7 @@ function fdSoft(): number {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  patternName = args.mta === 'sendmail' ? 'Sendmail pattern' : 'Postfix pattern';
   // The load generator threads live in this process: with many connections they need more fds than the
   // usual soft limit. Raise it for the bench only, by re-running ourselves under `ulimit -n HARD`.
   const needFds =
@@ -615,12 +669,20 @@ async function main(): Promise<void> {
     log(`candidate ${c} is not available, skipped`);
     return false;
   });
+  let milterload: string | undefined;
+  if (args.generators.includes('milterload')) {
+    const built = buildMilterload(args.milterloadSrc, path.join(RESULTS, 'build'), log);
+    if ('binary' in built) milterload = built.binary;
+    else log(`setup: unavailable: ${built.missing}; rows of generator milterload skipped`);
+  }
+  const generators = args.generators.filter((g) => g === 'node' || milterload !== undefined);
   const opts: MeasureOptions = {
     warmupMs: args.warmupMs,
     durationMs: args.durationMs,
     maxMessages: args.maxMessages,
     loadgenThreads: args.loadgenThreads,
     driver: args.driver,
+    mta: args.mta,
     timeoutMs: args.timeoutMs,
     logFile,
     fdLimit: fdHard(),
@@ -656,7 +718,8 @@ async function main(): Promise<void> {
   log(`machine: ${JSON.stringify(info)}`);
   log(
     `plan: ${cells.length} cells × ${candidates.length} candidates × ${args.reps} reps, ` +
-      `${args.warmupMs / 1000}+${args.durationMs / 1000} s each, driver ${args.driver}, ${args.loadgenThreads} load thread(s)`,
+      `${args.warmupMs / 1000}+${args.durationMs / 1000} s each, ${args.mta} packet pattern, ` +
+      `generator(s) ${generators.join(', ')}, driver ${args.driver}, ${args.loadgenThreads} load thread(s)`,
   );
   const measurements: Measurement[] = [];
   const summaries: Summary[] = [];
@@ -666,27 +729,30 @@ async function main(): Promise<void> {
     for (let rep = 0; rep < args.reps; rep++) {
       // Alternate: rotate the starting candidate each repetition.
       const order = candidates.map((_, i) => candidates[(i + rep) % candidates.length]!);
-      for (const name of order) {
+      for (const [name, generator] of order.flatMap((n) => generators.map((g) => [n, g] as const))) {
         const def = defs.get(name)!;
         try {
-          const m = await measure(def, cell, rep + 1, opts);
+          const m =
+            generator === 'milterload'
+              ? await measureWithMilterload(milterload!, def, cell, rep + 1, opts)
+              : await measure(def, cell, rep + 1, opts);
           mine.push(m);
           measurements.push(m);
           log(
-            `  ${cellName(cell)} rep ${rep + 1} ${name}: ${fmtNum(m.messagesPerSecond)} msg/s, EOM p99 ${fmtUs(m.latency.eom?.p99 ?? Number.NaN)}, ` +
+            `  ${cellName(cell)} rep ${rep + 1} ${name} (${generator}): ${fmtNum(m.messagesPerSecond)} msg/s, EOM p99 ${fmtUs(m.latency.eom?.p99 ?? Number.NaN)}, ` +
               `CPU ${fmtNum(m.cpuUsPerMessage)} µs/msg, RSS ${fmtNum(m.peakRssMiB, 1)} MiB, errors ${m.errors}` +
               (m.connectRetries > 0 ? `, ${m.connectRetries} connect retries (backlog full)` : '') +
               (m.errorSamples.length > 0 ? ` (${m.errorSamples[0]})` : ''),
           );
         } catch (err) {
           log(
-            `  ${cellName(cell)} rep ${rep + 1} ${name}: FAILED ${err instanceof Error ? err.message : String(err)}`,
+            `  ${cellName(cell)} rep ${rep + 1} ${name} (${generator}): FAILED ${err instanceof Error ? err.message : String(err)}`,
           );
         }
       }
     }
     const sums = candidates
-      .map((c) => mine.filter((m) => m.candidate === c))
+      .flatMap((c) => generators.map((g) => mine.filter((m) => m.candidate === c && m.generator === g)))
       .filter((ms) => ms.length > 0)
       .map(summarize);
     summaries.push(...sums);
@@ -904,13 +970,20 @@ async function main(): Promise<void> {
       process.stdout.write('\n' + block + '\n');
     }
   }
-  const checks = targets(summaries, args, extras);
+  // Targets per generator: each one's rows against each other, never a ratio across generators.
+  const checks = generators.flatMap((g) =>
+    targets(
+      summaries.filter((s) => s.generator === g),
+      args,
+      g === 'node' ? extras : {},
+    ).map((c) => ({ ...c, generator: g })),
+  );
   if (checks.length > 0) {
     const block =
-      '### targets\n\n' +
+      `### targets (${args.mta} packet pattern)\n\n` +
       table(
-        ['target', 'measured', 'met'],
-        checks.map((c) => [c.target, c.value, c.ok === undefined ? '-' : c.ok ? 'yes' : 'NO']),
+        ['target', 'generator', 'measured', 'met'],
+        checks.map((c) => [c.target, c.generator, c.value, c.ok === undefined ? '-' : c.ok ? 'yes' : 'NO']),
       );
     blocks.push(block);
     process.stdout.write('\n' + block + '\n');

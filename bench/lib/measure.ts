@@ -8,7 +8,10 @@ import { Histogram, type HistogramData } from './histogram.js';
 import { treeCpuTicks, treePeakRssKiB, ticksPerSecond } from './proc.js';
 import { startServer, type CandidateDef, type SocketKind } from './candidates.js';
 import type { DriverName, FromWorker, LoadConfig, WorkerStats } from '../loadgen/types.js';
-import { STAT_NAMES } from '../loadgen/script.js';
+import { STAT_NAMES, type MtaName } from '../loadgen/script.js';
+
+/** Which load generator produced a measurement: loadgen/ (this project's) or milterload (independent, C). */
+export type GeneratorName = 'node' | 'milterload';
 
 export interface Cell {
   connections: number;
@@ -25,6 +28,8 @@ export interface MeasureOptions {
   maxMessages: number;
   loadgenThreads: number;
   driver: DriverName;
+  /** Whose packet pattern the node generator plays. */
+  mta: MtaName;
   timeoutMs: number;
   logFile: string;
   fdLimit: number;
@@ -41,6 +46,7 @@ export interface Percentiles {
 
 export interface Measurement {
   candidate: string;
+  generator: GeneratorName;
   cell: Cell;
   repetition: number;
   seconds: number;
@@ -205,6 +211,7 @@ export async function measure(
         maxMessages: opts.maxMessages,
         timeoutMs: opts.timeoutMs,
         driver: opts.driver,
+        mta: opts.mta,
         idle: false,
         rampMs: cell.connections >= 256 ? 500 : 0,
       },
@@ -227,6 +234,7 @@ export async function measure(
     const cpuSeconds = (cpu1 - cpu0) / ticksPerSecond();
     return {
       candidate: def.name,
+      generator: 'node',
       cell,
       repetition,
       seconds,

@@ -1,21 +1,26 @@
 /**
  * The generic load driver: the public `MilterClient` (src/client/client.ts), one async loop per
- * connection slot. Same conversation and checks as the lean driver, through the typed client API; use
- * `--driver client` to compare the two (the lean driver is the default because the generic client costs
- * more CPU per command in the load generator, which shares the machine with the server).
+ * connection slot. Same packets (script.ts) and checks as the lean driver, through the typed client API;
+ * use `--driver client` to compare the two (the lean driver is the default because the generic client
+ * costs more CPU per command in the load generator, which shares the machine with the server). The write
+ * boundaries are the client's own: a MACRO goes out with its command, ABORT on its own, and an event the
+ * filter negotiated away takes its macros with it; only the lean driver reproduces the MTA's exactly.
  */
 import { performance } from 'node:perf_hooks';
 import { MilterClient, type ClientReply } from '../../src/client/client.js';
-import { MILTER_CHUNK_SIZE, SMFIF_ADDHDRS } from '../../src/protocol/constants.js';
+import { SMFIF_ADDHDRS } from '../../src/protocol/constants.js';
+import type { MilterCommand } from '../../src/protocol/types.js';
 import { Histogram } from '../lib/histogram.js';
 import type { Driver, DriverHooks } from './lean-driver.js';
 import {
-  makeBody,
+  messageEvents,
   OFFER_ACTIONS,
   OFFER_PROTOCOL,
   OFFER_VERSION,
   STAT_INDEX,
   STAT_NAMES,
+  sessionEvents,
+  type ScriptEvent,
   type StatName,
 } from './script.js';
 import type { LoadConfig, WorkerStats } from './types.js';
@@ -33,13 +38,13 @@ class ClientDriver implements Driver {
   private held = 0;
   private readonly loops: Promise<void>[] = [];
   private readonly clients = new Set<MilterClient>();
-  private readonly body: Buffer;
+  private readonly message: ScriptEvent[];
 
   constructor(
     private readonly config: LoadConfig,
     private readonly hooks: DriverHooks,
   ) {
-    this.body = makeBody(config.bodySize);
+    this.message = messageEvents(config.mta, config, 1);
   }
 
   start(): void {
@@ -91,6 +96,32 @@ class ClientDriver implements Driver {
     this.latency[STAT_INDEX[stat]]!.record((performance.now() - t0) * 1e6);
   }
 
+  /** One script event through the client: its macros, then its command (EOM is played by the caller). */
+  private async play(c: MilterClient, e: ScriptEvent): Promise<void> {
+    if (e.macro !== undefined) c.macro(e.macro.stage, Object.fromEntries(e.macro.macros));
+    const cmd: MilterCommand = e.command;
+    switch (cmd.kind) {
+      case 'connect':
+        return this.timed(e.stat, () => c.connect(cmd));
+      case 'helo':
+        return this.timed(e.stat, () => c.helo(cmd.hostname));
+      case 'mail':
+        return this.timed(e.stat, () => c.mail(cmd.sender, cmd.args));
+      case 'rcpt':
+        return this.timed(e.stat, () => c.rcpt(cmd.recipient, cmd.args));
+      case 'data':
+        return this.timed(e.stat, () => c.data());
+      case 'header':
+        return this.timed(e.stat, () => c.header(cmd.name, cmd.value));
+      case 'eoh':
+        return this.timed(e.stat, () => c.eoh());
+      case 'body':
+        return this.timed(e.stat, () => c.body(cmd.chunk));
+      default:
+        throw new Error(`client driver: no call for ${cmd.kind}`);
+    }
+  }
+
   private async slot(): Promise<void> {
     const unix = this.config.spec.startsWith('unix:') || this.config.spec.startsWith('/');
     while (!this.stopping && this.started < this.config.maxMessages) {
@@ -110,15 +141,7 @@ class ClientDriver implements Driver {
         if ((client.negotiated.actions & SMFIF_ADDHDRS) === 0)
           throw new Error('filter did not ask for ADDHDRS');
         const c = client;
-        c.macro('C', { j: 'mx.example.net', '{daemon_name}': 'mx.example.net', v: 'Postfix 3.7.11' });
-        await this.timed('connect', () =>
-          c.connect(
-            unix
-              ? { hostname: 'localhost', family: 'unix', port: 0, address: '/var/run/bench.sock' }
-              : { hostname: 'client.example.org', family: 'inet', port: 41234, address: '192.0.2.10' },
-          ),
-        );
-        await this.timed('helo', () => c.helo('client.example.org'));
+        for (const e of sessionEvents(this.config.mta, unix)) await this.play(c, e);
         if (this.config.idle) {
           this.held++;
           this.hooks.onHeld(this.held, this.errors + this.warmupErrors);
@@ -129,25 +152,11 @@ class ClientDriver implements Driver {
           if (this.stopping || this.started >= this.config.maxMessages) break;
           this.started++;
           inMessage = true;
-          c.macro('M', { i: 'QUEUEID', '{mail_addr}': 'sender@example.org' });
-          await this.timed('mail', () =>
-            c.mail('<sender@example.org>', ['SIZE=' + String(this.config.bodySize)]),
-          );
-          for (let r = 0; r < this.config.recipients; r++) {
-            c.macro('R', { '{rcpt_addr}': `rcpt${r}@example.net` });
-            await this.timed('rcpt', () => c.rcpt(`<rcpt${r}@example.net>`));
+          const eomEvent = this.message[this.message.length - 1]!;
+          for (const e of this.message) if (e !== eomEvent) await this.play(c, e);
+          if (eomEvent.macro !== undefined) {
+            c.macro(eomEvent.macro.stage, Object.fromEntries(eomEvent.macro.macros));
           }
-          c.macro('T', { i: 'QUEUEID' });
-          await this.timed('data', () => c.data());
-          for (let h = 0; h < this.config.headers; h++) {
-            await this.timed('header', () => c.header(`X-Bench-${h}`, ` value of header ${h}`));
-          }
-          await this.timed('eoh', () => c.eoh());
-          for (let o = 0; o < this.body.length; o += MILTER_CHUNK_SIZE) {
-            const chunk = this.body.subarray(o, Math.min(o + MILTER_CHUNK_SIZE, this.body.length));
-            await this.timed('body', () => c.body(chunk));
-          }
-          c.macro('E', { i: 'QUEUEID' });
           const t0e = performance.now();
           const eom = await c.eom();
           if (eom.reply.kind !== 'continue') throw new Error(`EOM answered ${eom.reply.kind}`);
@@ -159,8 +168,10 @@ class ClientDriver implements Driver {
           this.latency[STAT_INDEX.eom]!.record((performance.now() - t0e) * 1e6);
           this.messages++;
           inMessage = false;
-          c.abort();
+          if (this.config.mta === 'postfix') c.abort();
         }
+        // Postfix also aborts at the end of the SMTP session, before QUIT.
+        if (this.config.mta === 'postfix') c.abort();
         await c.quit();
       } catch (err) {
         if (!this.stopping || inMessage) this.error(err instanceof Error ? err.message : String(err));

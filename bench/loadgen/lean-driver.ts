@@ -1,9 +1,10 @@
 /**
- * The lean load driver: milterd's own codec (encodeCommands, FrameDecoder, decodeResponse) driving many
- * connections from one event loop. Every write is pre-encoded once per negotiated plan; each connection
- * keeps exactly one awaited command in flight, as Postfix does (milter8 writes a command, then blocks on
- * its reply). Every reply is checked: CONTINUE after each command, and at EOM exactly one ADDHEADER
- * `X-Bench` followed by CONTINUE (PROGRESS is tolerated).
+ * The lean load driver: milterd's own codec (encodeCommand, FrameDecoder, decodeResponse) driving many
+ * connections from one event loop. Every write is pre-encoded once per negotiated plan (script.ts: the
+ * packets and write boundaries of Postfix or Sendmail); each connection keeps exactly one awaited command
+ * in flight, as both MTAs do (write a command, then block on its reply). Every reply is checked:
+ * CONTINUE after each command, and at EOM exactly one ADDHEADER `X-Bench` followed by CONTINUE (PROGRESS
+ * is tolerated).
  */
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -114,7 +115,7 @@ class LeanDriver implements Driver {
   plan(protocol: number): Plan {
     let plan = this.plans.get(protocol);
     if (plan === undefined) {
-      plan = buildPlan(this.config, protocol, this.unix);
+      plan = buildPlan(this.config, protocol, this.unix, this.config.mta);
       this.plans.set(protocol, plan);
     }
     return plan;
@@ -276,7 +277,7 @@ class LeanConnection {
       this.phase = 'session';
       this.steps = this.plan.session;
       this.stepIndex = 0;
-      this.advance(undefined);
+      this.advance();
       return !this.done;
     }
     const step = this.awaiting;
@@ -307,12 +308,12 @@ class LeanConnection {
     }
     d.record(step.stat, (performance.now() - this.sentAt) * 1e6);
     this.awaiting = undefined;
-    this.advance(undefined);
+    this.advance();
     return !this.done;
   }
 
-  /** Write the next step (with `prefix` bytes in front), or move on when the step list is done. */
-  private advance(prefix: Buffer | undefined): void {
+  /** Write the next step, or move on when the step list is done. */
+  private advance(): void {
     const step = this.steps[this.stepIndex++];
     if (step === undefined) {
       if (this.phase === 'session') this.nextMessage();
@@ -321,13 +322,13 @@ class LeanConnection {
     if (step.eom) this.eomHeaders = 0;
     this.awaiting = step;
     this.sentAt = performance.now();
-    this.socket!.write(prefix === undefined ? step.bytes : Buffer.concat([prefix, step.bytes]));
+    const socket = this.socket!;
+    for (const bytes of step.writes) socket.write(bytes);
   }
 
   private nextMessage(): void {
     const d = this.driver;
     const plan = this.plan!;
-    const abort = this.messagesHere > 0 ? plan.abort : undefined;
     if (d.config.idle) {
       this.phase = 'held';
       if (!this.isHeld) {
@@ -337,26 +338,34 @@ class LeanConnection {
       return;
     }
     if (this.messagesHere >= d.config.messagesPerConnection || !d.takeMessage()) {
-      this.close(abort, true);
+      this.close(true);
       return;
     }
     this.phase = 'message';
     this.inMessage = true;
-    this.steps = plan.message;
+    // The plan for later messages carries the packets the MTA sends between messages (Postfix: ABORT).
+    this.steps = this.messagesHere > 0 ? plan.nextMessage : plan.firstMessage;
     this.stepIndex = 0;
-    this.advance(abort);
+    this.advance();
   }
 
-  /** ABORT (if a message was done) + QUIT, then end our side. */
-  private close(abort: Buffer | undefined, reopen: boolean): void {
+  /** The MTA's goodbye (Postfix: ABORT … QUIT; Sendmail: QUIT), then end our side. */
+  private close(reopen: boolean): void {
     this.phase = 'closing';
     this.done = true;
-    const socket = this.socket!;
-    const plan = this.plan;
-    if (plan !== undefined) socket.end(abort === undefined ? plan.quit : Buffer.concat([abort, plan.quit]));
-    else socket.end();
+    this.endSocket(this.messagesHere > 0);
     // Like an MTA, the next SMTP session does not wait for this milter connection to be torn down.
     if (reopen) this.driver.reopen(0);
+  }
+
+  /** `afterMessage`: a message was started on this connection (Postfix then sends one more ABORT). */
+  private endSocket(afterMessage: boolean): void {
+    const socket = this.socket!;
+    const plan = this.plan;
+    if (plan !== undefined) {
+      for (const bytes of afterMessage ? plan.endAfterMessage : plan.endWithoutMessage) socket.write(bytes);
+    }
+    socket.end();
   }
 
   private finished = false;
@@ -401,6 +410,7 @@ class LeanConnection {
     if (this.finished) return Promise.resolve();
     return new Promise<void>((resolve) => {
       this.quitResolve = resolve;
+      const afterMessage = this.inMessage || this.messagesHere > 0;
       if (this.inMessage) {
         this.inMessage = false;
         this.driver.messageDone(false);
@@ -408,9 +418,7 @@ class LeanConnection {
       if (!this.done) {
         this.done = true;
         this.phase = 'closing';
-        const plan = this.plan;
-        if (this.socket && plan !== undefined) this.socket.end(Buffer.concat([plan.abort, plan.quit]));
-        else this.socket?.end();
+        if (this.socket) this.endSocket(afterMessage);
       }
     });
   }

@@ -1,5 +1,6 @@
 /** Messages between the benchmark orchestrator and its load generator workers. */
 import type { HistogramData } from '../lib/histogram.js';
+import type { MtaName } from './script.js';
 
 export type DriverName = 'lean' | 'client';
 
@@ -17,6 +18,8 @@ export interface LoadConfig {
   /** Per-reply timeout. */
   timeoutMs: number;
   driver: DriverName;
+  /** Whose packet pattern to play (script.ts). */
+  mta: MtaName;
   /** Idle mode: negotiate, CONNECT, HELO, then hold the connection until told to stop. */
   idle: boolean;
   /** Spread connection opening over this many ms (avoids a SYN storm at 1000 connections). */
