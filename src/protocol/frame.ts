@@ -3,12 +3,12 @@
  * (milter-protocol.md §1.2). Pure: no I/O, throws only MilterProtocolError.
  */
 import { MilterProtocolError } from '../errors.js';
-import { MILTER_LEN_BYTES, MILTER_MDS_64K } from './constants.js';
+import { MILTER_LEN_BYTES, MILTER_MDS_64K, SMFIC_HEADER } from './constants.js';
 import type { Frame } from './types.js';
 
 const EMPTY = Buffer.alloc(0);
-/** First size of the owned accumulator: one default-size frame fits without regrowing. */
-const INITIAL_CAPACITY = 64 * 1024 + 8;
+/** Smallest accumulator: one 64 KiB body chunk (what both MTAs send per BODY packet) fits. */
+const MIN_CAPACITY = 64 * 1024 + 8;
 
 /**
  * Cuts a milter byte stream into frames.
@@ -16,15 +16,25 @@ const INITIAL_CAPACITY = 64 * 1024 + 8;
  * Buffering follows pg-protocol's `mergeBuffer`: when nothing is pending the pushed chunk is used as is
  * (zero copy, frames are views into it); only a partial frame makes the decoder copy into one owned,
  * growable accumulator, which is compacted in place instead of concatenated per chunk. A borrowed chunk
- * is never written to, because callers may push views of a buffer they still use.
+ * is never written to, because callers may push views of a buffer they still use. Once the length of the
+ * frame being assembled is known (and accepted), the accumulator is sized for the whole frame at once:
+ * each byte is copied once. The accumulator is dropped whenever every byte in it has been returned as a
+ * frame (a payload view keeps that memory alive while it is used): a connection that goes quiet after a
+ * large frame holds nothing, while a stream of frames that span reads keeps reusing one.
  *
  * Errors (thrown from `next()`, and again on every later call: the stream is unusable afterwards):
  * `ERR_MILTER_FRAME_EMPTY` for a length field of 0, `ERR_MILTER_FRAME_TOO_LARGE` as soon as a length
- * field announces a payload above `maxDataSize`, before any of that payload is buffered.
+ * field (and, above `maxDataSize`, the command byte) shows a payload above the limit, before any of that
+ * payload is buffered.
  */
 export class FrameDecoder {
   /** Largest accepted payload (`len - 1`); may be raised after MDS negotiation. */
   maxDataSize: number;
+  /**
+   * Largest accepted SMFIC_HEADER payload when above `maxDataSize`: Postfix sends each header in one
+   * packet, up to its `header_size_limit`, whatever limit the filter negotiated.
+   */
+  maxHeaderSize: number;
   private buf: Buffer = EMPTY;
   private start = 0;
   private end = 0;
@@ -33,14 +43,23 @@ export class FrameDecoder {
   /** The owned accumulator, kept between borrow phases so it is allocated once per connection. */
   private acc: Buffer = EMPTY;
 
-  /** @param maxDataSize payload limit (`len - 1`), default MILTER_MDS_64K (65535). */
-  constructor(maxDataSize: number = MILTER_MDS_64K) {
+  /**
+   * @param maxDataSize payload limit (`len - 1`), default MILTER_MDS_64K (65535).
+   * @param maxHeaderSize payload limit of SMFIC_HEADER frames, default `maxDataSize`.
+   */
+  constructor(maxDataSize: number = MILTER_MDS_64K, maxHeaderSize: number = maxDataSize) {
     this.maxDataSize = maxDataSize;
+    this.maxHeaderSize = maxHeaderSize;
   }
 
   /** Bytes held and not yet returned as frames. */
   get bufferedBytes(): number {
     return this.end - this.start;
+  }
+
+  /** Bytes of memory the decoder holds of its own (its accumulator), used or not. */
+  get capacity(): number {
+    return this.acc.length;
   }
 
   /**
@@ -76,20 +95,21 @@ export class FrameDecoder {
       throw new MilterProtocolError('ERR_MILTER_FRAME_EMPTY', 'frame length 0 (no command byte)');
     }
     if (len - 1 > this.maxDataSize) {
-      throw new MilterProtocolError(
-        'ERR_MILTER_FRAME_TOO_LARGE',
-        `frame payload of ${len - 1} bytes exceeds the limit of ${this.maxDataSize}`,
-      );
+      if (len - 1 > this.maxHeaderSize) throw tooLarge(len, Math.max(this.maxDataSize, this.maxHeaderSize));
+      if (avail === MILTER_LEN_BYTES) return undefined; // the command byte decides
+      if (this.buf[this.start + MILTER_LEN_BYTES] !== SMFIC_HEADER) throw tooLarge(len, this.maxDataSize);
     }
     const frameEnd = this.start + MILTER_LEN_BYTES + len;
     if (frameEnd > this.end) return undefined;
     const command = this.buf[this.start + MILTER_LEN_BYTES] as number;
     const payload = this.buf.subarray(this.start + MILTER_LEN_BYTES + 1, frameEnd);
     if (frameEnd === this.end) {
-      // Fully drained: forget a borrowed chunk so it can be garbage collected; reuse the accumulator.
+      // Fully drained: forget the chunk or the accumulator (see the class comment).
       this.start = 0;
       this.end = 0;
-      if (!this.owned) this.buf = EMPTY;
+      this.buf = EMPTY;
+      this.owned = false;
+      this.acc = EMPTY;
     } else {
       this.start = frameEnd;
     }
@@ -120,16 +140,33 @@ export class FrameDecoder {
 
   /**
    * Move the `pending` unread bytes to the front of the owned accumulator (copy handles overlap), first
-   * growing it (doubling, from INITIAL_CAPACITY) to hold at least `needed` bytes.
+   * growing it to hold `needed` bytes and the whole frame being assembled (when its length is known and
+   * accepted): at least MIN_CAPACITY, exactly that frame when it covers `needed`, else doubling (bytes of
+   * several frames pushed without `next()`).
    */
   private moveToAccumulator(pending: number, needed: number): void {
-    if (this.acc.length < needed) {
-      let size = Math.max(this.acc.length * 2, INITIAL_CAPACITY);
-      while (size < needed) size *= 2; // bounded: doubles until it covers `needed`
-      this.acc = Buffer.allocUnsafe(size);
+    const frame = this.announcedFrameSize(pending);
+    if (this.acc.length < Math.max(needed, frame)) {
+      this.acc = Buffer.allocUnsafe(
+        Math.max(MIN_CAPACITY, frame >= needed ? frame : Math.max(needed, this.acc.length * 2)),
+      );
     }
     this.buf.copy(this.acc, 0, this.start, this.end);
     this.adopt(this.acc, pending);
+  }
+
+  /**
+   * Wire size (length field included) of the frame starting at `start` when its header is there and
+   * its length accepted; 0 otherwise (`next()` reports a bad length: nothing is allocated for it).
+   */
+  private announcedFrameSize(pending: number): number {
+    if (pending <= MILTER_LEN_BYTES) return 0;
+    const len = this.buf.readUInt32BE(this.start);
+    const limit =
+      this.buf[this.start + MILTER_LEN_BYTES] === SMFIC_HEADER
+        ? Math.max(this.maxDataSize, this.maxHeaderSize)
+        : this.maxDataSize;
+    return len === 0 || len - 1 > limit ? 0 : MILTER_LEN_BYTES + len;
   }
 
   private adopt(buf: Buffer, pending: number): void {
@@ -138,4 +175,11 @@ export class FrameDecoder {
     this.start = 0;
     this.end = pending;
   }
+}
+
+function tooLarge(len: number, limit: number): MilterProtocolError {
+  return new MilterProtocolError(
+    'ERR_MILTER_FRAME_TOO_LARGE',
+    `frame payload of ${len - 1} bytes exceeds the limit of ${limit}`,
+  );
 }

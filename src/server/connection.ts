@@ -51,6 +51,8 @@ export interface ConnectionOptions {
   observer: MilterObserver | undefined;
   failureDecision: FailureDecision | undefined;
   maxDataSize: number;
+  /** Largest SMFIC_HEADER payload (FrameDecoder.maxHeaderSize). */
+  maxHeaderSize: number;
   /** Time allowed from accept to the OPTNEG command; 0 = none. */
   negotiateTimeoutMs: number;
   /** Time allowed waiting for the next command; 0 = none. */
@@ -142,7 +144,7 @@ export class MilterConnection {
     this.socket = options.socket;
     this.logger = options.logger;
     this.observer = options.observer;
-    this.decoder = new FrameDecoder(options.maxDataSize);
+    this.decoder = new FrameDecoder(options.maxDataSize, options.maxHeaderSize);
     this.closed = new Promise<void>((resolve) => {
       this.resolveClosed = resolve;
     });
@@ -199,6 +201,11 @@ export class MilterConnection {
   /** True when ending this connection now loses nothing: no command running, session between QUIT_NC and CONNECT. */
   get atSafePoint(): boolean {
     return !this.inFlight && this.session.idle;
+  }
+
+  /** Bytes this connection holds for frames not yet handled: decoder memory plus queued chunks. @internal */
+  get retainedBytes(): number {
+    return this.decoder.capacity + this.pendingBytes;
   }
 
   /**

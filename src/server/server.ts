@@ -9,7 +9,7 @@ import { MilterConfigError, MilterError } from '../errors.js';
 import type { Filter } from '../filter.js';
 import { silentLogger } from '../logging/logger.js';
 import type { MilterObserver } from '../observer.js';
-import { MILTER_MDS_1M, MILTER_MDS_64K } from '../protocol/constants.js';
+import { MILTER_MDS_64K } from '../protocol/constants.js';
 import type { FailureDecision } from '../session/types.js';
 import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 import { MilterConnection } from './connection.js';
@@ -23,6 +23,9 @@ import {
 } from './listen.js';
 
 export type { ListenAddress } from './listen.js';
+
+/** Default of `maxHeaderSize`: Postfix's default header_size_limit (102400) fits, with room to spare. */
+export const DEFAULT_MAX_HEADER_SIZE = 128 * 1024 - 1;
 
 /** Timeouts in milliseconds; 0 disables one. */
 export interface MilterServerTimeouts {
@@ -47,8 +50,17 @@ export interface MilterServerOptions<P> {
   timeouts?: MilterServerTimeouts;
   /** Decision sent when a callback throws or times out. Default 'tempfail'. */
   failureDecision?: FailureDecision;
-  /** Largest payload accepted before MDS negotiation. Default 1 MiB - 1 (Postfix sends big headers). */
+  /**
+   * Largest payload accepted unless the MTA negotiates a bigger one (SMFIP_MDS_256K/1M). Default
+   * 64 KiB - 1, libmilter's: neither MTA sends more without MDS, except Postfix's headers
+   * (`maxHeaderSize`).
+   */
   maxDataSize?: number;
+  /**
+   * Largest SMFIC_HEADER payload, when above `maxDataSize`. Default 128 KiB - 1: Postfix sends each header
+   * in one packet, up to its `header_size_limit` (default 102400); raise this with that.
+   */
+  maxHeaderSize?: number;
   observer?: MilterObserver;
   /** chmod for Unix sockets (e.g. 0o660). */
   socketMode?: number;
@@ -102,7 +114,8 @@ const DEFAULTS = {
   negotiateMs: 30_000,
   idleMs: 7_210_000,
   callbackMs: 300_000,
-  maxDataSize: MILTER_MDS_1M,
+  maxDataSize: MILTER_MDS_64K,
+  maxHeaderSize: DEFAULT_MAX_HEADER_SIZE,
   readBudgetBytes: 256 * 1024,
   backlog: DEFAULT_BACKLOG,
   sharedReadBuffer: true,
@@ -140,6 +153,7 @@ class Server implements MilterServer {
   private readonly maxConnections: number;
   private readonly timeouts: Required<MilterServerTimeouts>;
   private readonly maxDataSize: number;
+  private readonly maxHeaderSize: number;
   private readonly readBudgetBytes: number;
   private readonly backlog: number;
   private readonly sharedReadBuffer: boolean;
@@ -158,6 +172,7 @@ class Server implements MilterServer {
     checkCount(options.timeouts?.idleMs, 'timeouts.idleMs', 0);
     checkCount(options.timeouts?.callbackMs, 'timeouts.callbackMs', 0);
     checkCount(options.maxDataSize, 'maxDataSize', MILTER_MDS_64K);
+    checkCount(options.maxHeaderSize, 'maxHeaderSize', MILTER_MDS_64K);
     checkCount(options.readBudgetBytes, 'readBudgetBytes', 1);
     checkCount(options.backlog, 'backlog', 1);
     checkCount(options.socketMode, 'socketMode', 0);
@@ -172,6 +187,7 @@ class Server implements MilterServer {
       callbackMs: options.timeouts?.callbackMs ?? DEFAULTS.callbackMs,
     };
     this.maxDataSize = options.maxDataSize ?? DEFAULTS.maxDataSize;
+    this.maxHeaderSize = options.maxHeaderSize ?? DEFAULTS.maxHeaderSize;
     this.readBudgetBytes = options.readBudgetBytes ?? DEFAULTS.readBudgetBytes;
     this.backlog = options.backlog ?? DEFAULTS.backlog;
     this.sharedReadBuffer = options.sharedReadBuffer ?? DEFAULTS.sharedReadBuffer;
@@ -253,6 +269,7 @@ class Server implements MilterServer {
         observer: this.observer,
         failureDecision: this.failureDecision,
         maxDataSize: this.maxDataSize,
+        maxHeaderSize: this.maxHeaderSize,
         negotiateTimeoutMs: this.timeouts.negotiateMs,
         idleTimeoutMs: this.timeouts.idleMs,
         callbackTimeoutMs: this.timeouts.callbackMs,

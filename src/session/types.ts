@@ -46,7 +46,8 @@ export interface SessionOptions {
   observer?: MilterObserver;
   /**
    * Largest payload accepted from the MTA unless it negotiates a bigger one (SMFIP_MDS_256K/1M).
-   * Default 1 MiB - 1: Postfix sends headers up to 100 KiB unsplit, which libmilter's 64 KiB would drop.
+   * Default 64 KiB - 1, libmilter's (the server lets larger headers through its frame decoder:
+   * MilterServerOptions.maxHeaderSize).
    */
   maxDataSize?: number;
 }

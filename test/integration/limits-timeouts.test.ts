@@ -1,10 +1,26 @@
-/** Connection limit (fail fast), negotiation, idle and callback timeouts. */
+/** Connection limit (fail fast), negotiation, idle and callback timeouts, frame limits and memory. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import type { Filter } from '../../src/filter.js';
+import {
+  MILTER_MDS_1M,
+  MILTER_MDS_256K,
+  MILTER_MDS_64K,
+  SMFI_CURR_ACTS,
+  SMFI_CURR_PROT,
+  SMFIP_MDS_1M,
+  SMFIP_MDS_256K,
+  SMFIC_BODY,
+} from '../../src/protocol/constants.js';
+import { encodeCommands } from '../../src/protocol/encode.js';
+import type { MilterCommand } from '../../src/protocol/types.js';
+import type { MilterConnection } from '../../src/server/connection.js';
+import { DEFAULT_MAX_HEADER_SIZE } from '../../src/server/server.js';
 import { everyActionFilter, newRecord } from '../helpers/filters.js';
 import { memoryLogger } from '../helpers/logs.js';
-import { RawMta, rawMessage, step } from '../helpers/raw-mta.js';
+import { RawMta, rawFrame, rawMessage, step } from '../helpers/raw-mta.js';
 import { startServer } from '../helpers/server.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -101,4 +117,85 @@ test('a callback over its time budget gets the failure decision and the session 
   assert.deepEqual(thrown, { kind: 'tempfail' }, 'a throwing callback gets the failure decision too');
   const next = await step(mta, protocol, { kind: 'mail', sender: '<fast@example.org>', args: [] });
   assert.deepEqual(next, { kind: 'continue' }, 'the connection still works after the timeout');
+});
+
+/** Run V8's garbage collector (exposed on demand). */
+function collectGarbage(): void {
+  v8.setFlagsFromString('--expose-gc');
+  (vm.runInNewContext('gc') as () => void)();
+}
+
+test('connections that sent one maximum-size frame and went idle keep no frame memory', async (t) => {
+  const { server, address } = await startServer(t, { filter: everyActionFilter() });
+  const N = 16;
+  const mtas = await Promise.all(Array.from({ length: N }, () => RawMta.connect(address)));
+  t.after(() => mtas.forEach((m) => m.destroy()));
+  // MDS_1M: the largest frame any MTA may send (Sendmail with _FFR_MDS_NEGOTIATE).
+  await Promise.all(mtas.map((m) => m.negotiate(6, SMFI_CURR_ACTS, SMFI_CURR_PROT | SMFIP_MDS_1M)));
+  const value = 'v'.repeat(MILTER_MDS_1M - 'X-Big'.length - 2);
+  const wire = encodeCommands([
+    { kind: 'connect', hostname: 'h', family: 'inet', port: 25, address: '192.0.2.1' },
+    { kind: 'mail', sender: '<s@example.org>', args: [] },
+    { kind: 'rcpt', recipient: '<r@example.net>', args: [] },
+    { kind: 'header', name: 'X-Big', value },
+  ]);
+  collectGarbage();
+  const before = process.memoryUsage().arrayBuffers;
+  for (const m of mtas) m.sendBytes(wire);
+  for (const m of mtas) {
+    for (let i = 0; i < 4; i++) assert.equal((await m.next())?.kind, 'continue');
+  }
+  // Write requests and the last frames' views are released within a few turns; old code kept each
+  // connection's 1-2 MiB accumulator for good (here 16 x 2 MiB), so this waited out its guard.
+  let held = Infinity;
+  await waitFor(
+    () => {
+      collectGarbage();
+      held = process.memoryUsage().arrayBuffers - before;
+      return held < 2 * 1024 * 1024;
+    },
+    `${N} idle connections to release their frame buffers`,
+    3000,
+  ).catch(() => assert.fail(`${N} idle connections still hold ${held} bytes of buffers`));
+  const connections = (server as unknown as { connections: Set<MilterConnection> }).connections;
+  assert.equal(connections.size, N);
+  for (const c of connections) assert.equal(c.retainedBytes, 0);
+});
+
+test('default frame limits: 64 KiB - 1 (libmilter), headers up to 128 KiB - 1 (Postfix), MDS raises both', async (t) => {
+  const errors: string[] = [];
+  const { address } = await startServer(t, {
+    filter: everyActionFilter(),
+    observer: { error: (code) => errors.push(code) },
+  });
+  const envelope: MilterCommand[] = [
+    { kind: 'connect', hostname: 'h', family: 'inet', port: 25, address: '192.0.2.1' },
+    { kind: 'mail', sender: '<s@example.org>', args: [] },
+    { kind: 'rcpt', recipient: '<r@example.net>', args: [] },
+    { kind: 'data' },
+  ];
+  // Postfix's default header_size_limit is 102400: such a header passes in one packet.
+  const postfix = await RawMta.connect(address);
+  t.after(() => postfix.destroy());
+  await postfix.negotiate();
+  postfix.send(...envelope, { kind: 'header', name: 'X-Long', value: 'v'.repeat(102_400) });
+  for (let i = 0; i < 5; i++) assert.equal((await postfix.next())?.kind, 'continue');
+  assert.equal(DEFAULT_MAX_HEADER_SIZE, 128 * 1024 - 1);
+
+  // Anything else above 64 KiB - 1 is refused, as libmilter does, unless MDS was negotiated.
+  const big = await RawMta.connect(address);
+  t.after(() => big.destroy());
+  await big.negotiate();
+  big.send(envelope[0] as MilterCommand);
+  big.sendBytes(rawFrame(SMFIC_BODY, Buffer.alloc(MILTER_MDS_64K + 1)));
+  assert.equal((await big.next())?.kind, 'continue');
+  assert.equal(await big.next(), undefined, 'closed without a reply');
+  assert.deepEqual(errors, ['ERR_MILTER_FRAME_TOO_LARGE']);
+
+  const mds = await RawMta.connect(address);
+  t.after(() => mds.destroy());
+  await mds.negotiate(6, SMFI_CURR_ACTS, SMFI_CURR_PROT | SMFIP_MDS_256K);
+  mds.send(...envelope, { kind: 'eoh' });
+  mds.sendBytes(rawFrame(SMFIC_BODY, Buffer.alloc(MILTER_MDS_256K)));
+  for (let i = 0; i < 6; i++) assert.equal((await mds.next())?.kind, 'continue');
 });

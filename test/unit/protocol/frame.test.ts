@@ -149,3 +149,79 @@ test('a frame larger than the initial accumulator grows it', () => {
   assert.equal(frames.length, 1);
   assert.deepEqual(frames[0]?.payload, body);
 });
+
+/** One frame on the wire: length, command, payload. */
+function wireFrame(command: number, payload: Buffer): Buffer {
+  const wire = Buffer.alloc(5 + payload.length);
+  wire.writeUInt32BE(payload.length + 1, 0);
+  wire[4] = command;
+  payload.copy(wire, 5);
+  return wire;
+}
+
+test('after a large frame the decoder keeps no memory; the frame was assembled in one buffer', () => {
+  const d = new FrameDecoder(1 << 20);
+  const body = Buffer.alloc((1 << 20) - 1, 9);
+  const wire = wireFrame(0x42, body);
+  // 64 KiB pieces, as reads from a socket arrive; the pieces are borrowed until retain().
+  let frame: { command: number; payload: Buffer } | undefined;
+  const capacities = new Set<number>();
+  for (let i = 0; i < wire.length; i += 65536) {
+    d.push(wire.subarray(i, i + 65536));
+    frame = d.next();
+    if (frame === undefined) {
+      d.retain();
+      capacities.add(d.capacity);
+    }
+  }
+  assert.deepEqual(frame?.payload, body);
+  assert.deepEqual([...capacities], [wire.length], 'sized for the whole frame once, no doubling');
+  assert.equal(d.capacity, 0, 'dropped once the frame was read');
+  assert.equal(d.bufferedBytes, 0);
+
+  // The payload view stays valid after the decoder dropped its memory, until the next push.
+  assert.equal(frame?.payload[12345], 9);
+
+  // A stream of frames that span reads keeps reusing one accumulator while bytes are pending.
+  const small = Buffer.concat(Array.from({ length: 40 }, () => wireFrame(0x42, Buffer.alloc(3000, 1))));
+  let count = 0;
+  for (let i = 0; i < small.length; i += 7000) {
+    d.push(small.subarray(i, i + 7000));
+    while (d.next() !== undefined) count++;
+    d.retain();
+  }
+  assert.equal(count, 40);
+  assert.equal(d.capacity, 0, 'nothing held once the stream is drained');
+});
+
+test('header frames may exceed maxDataSize up to maxHeaderSize; other commands may not', () => {
+  const big = Buffer.alloc(100_000, 0x41);
+  big[big.length - 1] = 0;
+  const header = wireFrame(0x4c /* SMFIC_HEADER */, big);
+  const body = wireFrame(0x42 /* SMFIC_BODY */, big);
+  const d = new FrameDecoder(65535, 131071);
+  d.push(header.subarray(0, 4));
+  assert.equal(d.next(), undefined, 'the command byte is needed to judge the length');
+  d.push(header.subarray(4));
+  assert.equal(d.next()?.payload.length, 100_000);
+
+  const e = new FrameDecoder(65535, 131071);
+  e.push(body.subarray(0, 5));
+  assert.equal(
+    errCode(() => e.next()),
+    'ERR_MILTER_FRAME_TOO_LARGE',
+  );
+  const f = new FrameDecoder(65535, 99_999);
+  f.push(header.subarray(0, 4));
+  assert.equal(
+    errCode(() => f.next()),
+    'ERR_MILTER_FRAME_TOO_LARGE',
+    'above maxHeaderSize: refused from the length alone',
+  );
+  // MDS raised maxDataSize above maxHeaderSize: headers follow it.
+  const g = new FrameDecoder(65535, 65535);
+  g.maxDataSize = 262143;
+  g.push(header);
+  assert.equal(g.next()?.payload.length, 100_000);
+  assert.equal(new FrameDecoder().maxHeaderSize, 65535, 'default: maxDataSize');
+});
