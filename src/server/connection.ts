@@ -55,6 +55,8 @@ export interface ConnectionOptions {
   maxHeaderSize: number;
   /** Time allowed from accept to the OPTNEG command; 0 = none. */
   negotiateTimeoutMs: number;
+  /** Time allowed to complete a frame once part of it arrived; 0 = none. */
+  frameTimeoutMs: number;
   /** Time allowed waiting for the next command; 0 = none. */
   idleTimeoutMs: number;
   /** Per-callback budget, passed to the session. */
@@ -122,6 +124,12 @@ export class MilterConnection {
   private paused = false;
   private inFlight = false;
   private waitingDrain = false;
+  /** Frames handed to the session so far (identifies the partial frame the frame timer watches). */
+  private framesHandled = 0;
+  /** `framesHandled` when the current partial frame was first seen, and performance.now() then. */
+  private partialSeq = -1;
+  private partialSince = 0;
+  private frameTimer: NodeJS.Timeout | undefined;
   /** Replies written straight to the handle (direct-write.ts) that libuv still holds. */
   private directQueued = 0;
   /** performance.now() of the last chunk read or command answered (idle timeout). */
@@ -286,6 +294,7 @@ export class MilterConnection {
         this.decoder.push(chunk);
         continue;
       }
+      this.framesHandled++;
       if (!this.dispatch(frame)) return;
     }
     if (this.dead || this.inFlight || this.waitingDrain) return;
@@ -295,11 +304,54 @@ export class MilterConnection {
       this.endAfterFlush();
       return;
     }
+    // Whatever the decoder still holds is the start of a frame the MTA has not finished sending.
+    if (this.decoder.bufferedBytes !== 0 && this.options.frameTimeoutMs > 0) this.watchPartialFrame();
     if (this.paused) {
       this.paused = false;
       this.socket.resume();
     }
   }
+
+  /**
+   * A partial frame is held: make sure the frame timer runs, timed from when this frame's first bytes
+   * were seen (a frame completed since then means a new partial frame, timed afresh).
+   */
+  private watchPartialFrame(): void {
+    if (this.partialSeq !== this.framesHandled) {
+      this.partialSeq = this.framesHandled;
+      this.partialSince = performance.now();
+    }
+    if (this.frameTimer === undefined) this.startFrameTimer(this.options.frameTimeoutMs);
+  }
+
+  private startFrameTimer(ms: number): void {
+    this.frameTimer = setTimeout(this.onFrameTimeout, ms);
+    this.frameTimer.unref();
+  }
+
+  /** Lazy like the idle timer: re-armed for the time left while a (later) partial frame is held. */
+  private readonly onFrameTimeout = (): void => {
+    this.frameTimer = undefined;
+    if (this.dead) return;
+    const timeoutMs = this.options.frameTimeoutMs;
+    // The bytes wait for us (a command running, a reply not flushed), not for the MTA.
+    if (this.inFlight || this.waitingDrain) {
+      this.startFrameTimer(timeoutMs);
+      return;
+    }
+    if (this.decoder.bufferedBytes === 0) return; // completed, nothing new started
+    const left = this.partialSince + timeoutMs - performance.now();
+    if (left > 0) {
+      this.startFrameTimer(Math.ceil(left));
+      return;
+    }
+    this.logger.warn(
+      { timeoutMs, bufferedBytes: this.decoder.bufferedBytes },
+      'frame not completed in time; closing',
+    );
+    this.observer?.error?.('ERR_MILTER_TIMEOUT');
+    this.abort('timeout');
+  };
 
   /** Decode and hand one frame to the session. Returns true when the loop may go on synchronously. */
   private dispatch(frame: Frame): boolean {
@@ -499,7 +551,9 @@ export class MilterConnection {
     this.pendingBytes = 0;
     if (this.negotiateTimer !== undefined) clearTimeout(this.negotiateTimer);
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    if (this.frameTimer !== undefined) clearTimeout(this.frameTimer);
     this.negotiateTimer = undefined;
+    this.frameTimer = undefined;
   }
 
   private readonly onEnd = (): void => {

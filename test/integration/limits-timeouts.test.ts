@@ -1,4 +1,4 @@
-/** Connection limit (fail fast), negotiation, idle and callback timeouts, frame limits and memory. */
+/** Connection limits (fail fast, per peer), negotiation, frame, idle and callback timeouts, frame limits and memory. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import v8 from 'node:v8';
@@ -14,7 +14,7 @@ import {
   SMFIP_MDS_256K,
   SMFIC_BODY,
 } from '../../src/protocol/constants.js';
-import { encodeCommands } from '../../src/protocol/encode.js';
+import { encodeCommand, encodeCommands } from '../../src/protocol/encode.js';
 import type { MilterCommand } from '../../src/protocol/types.js';
 import type { MilterConnection } from '../../src/server/connection.js';
 import { DEFAULT_MAX_HEADER_SIZE } from '../../src/server/server.js';
@@ -117,6 +117,94 @@ test('a callback over its time budget gets the failure decision and the session 
   assert.deepEqual(thrown, { kind: 'tempfail' }, 'a throwing callback gets the failure decision too');
   const next = await step(mta, protocol, { kind: 'mail', sender: '<fast@example.org>', args: [] });
   assert.deepEqual(next, { kind: 'continue' }, 'the connection still works after the timeout');
+});
+
+test('a peer that dribbles a frame is closed after the frame deadline, though it is never idle', async (t) => {
+  const log = memoryLogger();
+  const errors: string[] = [];
+  const { server, address } = await startServer(t, {
+    filter: everyActionFilter(),
+    logger: log.logger,
+    // Bytes come every 20 ms, far inside the idle timeout: only a frame deadline can end this.
+    timeouts: { frameMs: 150, idleMs: 60_000 },
+    observer: { error: (code) => errors.push(code) },
+  });
+  const mta = await RawMta.connect(address);
+  t.after(() => mta.destroy());
+  await mta.negotiate();
+  const frame = encodeCommand({ kind: 'helo', hostname: `slow-${'x'.repeat(200)}.example` });
+  let sent = 0;
+  let closed = false;
+  void mta.closed.then(() => (closed = true));
+  while (!closed && sent < frame.length - 1) {
+    mta.sendBytes(frame.subarray(sent, sent + 1));
+    sent++;
+    await sleep(20);
+  }
+  assert.ok(closed, `closed before the frame was complete (${sent} of ${frame.length} bytes sent)`);
+  assert.deepEqual(errors, ['ERR_MILTER_TIMEOUT']);
+  const line = log.lines.find((l) => l.timeoutMs === 150);
+  assert.ok(line !== undefined && line.level === 40, 'a warning names the frame deadline');
+  assert.ok(typeof line.bufferedBytes === 'number' && line.bufferedBytes > 0);
+  await waitFor(() => server.connectionCount === 0, 'the slot to be released');
+
+  // Frames that span reads but arrive promptly are untouched by the deadline.
+  const fine = await RawMta.connect(address);
+  t.after(() => fine.destroy());
+  const { protocol } = await fine.negotiate();
+  const connect = encodeCommand({
+    kind: 'connect',
+    hostname: 'h'.repeat(300),
+    family: 'inet',
+    port: 25,
+    address: '192.0.2.1',
+  });
+  fine.sendBytes(connect.subarray(0, 100));
+  await sleep(50);
+  fine.sendBytes(connect.subarray(100));
+  assert.equal((await fine.next())?.kind, 'continue');
+  await sleep(300);
+  assert.equal((await rawMessage(fine, protocol, 'accept', false)).final?.kind, 'accept');
+});
+
+test('maxConnectionsPerPeer refuses one address beyond its limit while another address connects', async (t) => {
+  const log = memoryLogger();
+  let refused = 0;
+  const { server, address } = await startServer(t, {
+    filter: everyActionFilter(),
+    logger: log.logger,
+    maxConnectionsPerPeer: 2,
+    observer: { connectionRefused: () => refused++ },
+  });
+  const [a, b] = await Promise.all([RawMta.connect(address), RawMta.connect(address)]);
+  t.after(() => [a, b].forEach((m) => m?.destroy()));
+  await Promise.all([a?.negotiate(), b?.negotiate()]);
+
+  const third = await RawMta.connect(address);
+  t.after(() => third.destroy());
+  third.send({ kind: 'optneg', version: 6, actions: 0x1ff, protocol: 0x1fffff });
+  await third.closed;
+  assert.equal(third.received.length, 0, 'the refused connection gets no reply');
+  assert.equal(refused, 1);
+  assert.ok(
+    log.lines.some((l) => l.level === 40 && l.limit === 2 && String(l.peer).startsWith('127.0.0.1:')),
+    'a warning names the peer and the limit',
+  );
+
+  // Linux routes all of 127/8 to the loopback interface: a second address on the same host.
+  const other = await RawMta.connect(address, '127.0.0.2');
+  t.after(() => other.destroy());
+  const { protocol } = await other.negotiate();
+  assert.equal((await rawMessage(other, protocol, 'accept', true)).final?.kind, 'accept');
+  assert.equal(server.connectionCount, 3);
+
+  // A slot of the first address frees up: it is served again.
+  a?.send({ kind: 'quit' });
+  await a?.closed;
+  await waitFor(() => server.connectionCount === 2, 'the quit connection to be released');
+  const again = await RawMta.connect(address);
+  t.after(() => again.destroy());
+  assert.equal((await again.negotiate()).kind, 'optneg');
 });
 
 /** Run V8's garbage collector (exposed on demand). */
