@@ -12,6 +12,12 @@
  * callback may still hold. Past a byte budget the socket is paused: the stream buffers at most its
  * high-water mark, then stops reading from the kernel, whose buffers fill so TCP flow control slows the
  * MTA down. A reply that does not flush (`write()` false) holds the next command until 'drain'.
+ *
+ * Fairness: commands answered synchronously, and async callbacks completing in microtasks, run without
+ * giving the event loop back, so one connection with pipelined commands could be served for its whole
+ * read budget (and libuv reads a socket up to 32 times per wake-up) while every other socket waits.
+ * After TURN_COMMANDS commands in one event-loop turn a connection yields: it goes on in setImmediate,
+ * after the other sockets' I/O. One message's commands arriving in one read never get that far.
  */
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -39,6 +45,32 @@ import { adoptSharedReads, type SharedReadRelay } from './shared-read.js';
 /** Length prefix + command byte: added to a payload's size to get its size on the wire. */
 const FRAME_OVERHEAD = 5;
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Commands one connection handles in one event-loop turn before it lets the others run (see the module
+ * comment). A whole Postfix message is about 25 frames; 64 keeps a flood's share of a turn near a
+ * millisecond.
+ * @internal
+ */
+export const TURN_COMMANDS = 64;
+
+/**
+ * Event-loop turn counter, advanced by a setImmediate scheduled only when a connection asks for it (when
+ * it reaches TURN_COMMANDS): a connection whose mark still equals `turn` has not seen the loop turn.
+ */
+let turn = 0;
+let turnTickPending = false;
+const advanceTurn = (): void => {
+  turn++;
+  turnTickPending = false;
+};
+function currentTurn(): number {
+  if (!turnTickPending) {
+    turnTickPending = true;
+    setImmediate(advanceTurn);
+  }
+  return turn;
+}
 
 /** Everything a connection needs; built by the server for each accepted socket. */
 export interface ConnectionOptions {
@@ -81,6 +113,8 @@ export const connectionDebugStats = {
   maxPendingBytes: 0,
   /** Times a connection waited for 'drain' before dispatching its next command. */
   drainWaits: 0,
+  /** Times a connection stopped after TURN_COMMANDS commands to let other sockets run. */
+  turnYields: 0,
   /** Connections that read into the shared buffer (the rest used ordinary stream reads). */
   sharedReads: 0,
   /** Direct writes (direct-write.ts) the kernel could not take at once: libuv queued them. */
@@ -92,6 +126,7 @@ export function resetConnectionDebugStats(): void {
   connectionDebugStats.pauses = 0;
   connectionDebugStats.maxPendingBytes = 0;
   connectionDebugStats.drainWaits = 0;
+  connectionDebugStats.turnYields = 0;
   connectionDebugStats.sharedReads = 0;
   connectionDebugStats.queuedDirectWrites = 0;
 }
@@ -124,6 +159,12 @@ export class MilterConnection {
   private paused = false;
   private inFlight = false;
   private waitingDrain = false;
+  /** Stopped for this event-loop turn (TURN_COMMANDS reached); `onTurn` goes on. */
+  private yielded = false;
+  /** Commands handled since `turnMark` was taken. */
+  private turnCommands = 0;
+  /** `turn` when this connection started counting; -1: not counting. */
+  private turnMark = -1;
   /** Frames handed to the session so far (identifies the partial frame the frame timer watches). */
   private framesHandled = 0;
   /** `framesHandled` when the current partial frame was first seen, and performance.now() then. */
@@ -246,7 +287,7 @@ export class MilterConnection {
    */
   private receive(chunk: Buffer, length: number, borrowed: boolean): void {
     if (this.dead) return;
-    if (this.inFlight || this.waitingDrain) {
+    if (this.inFlight || this.waitingDrain || this.yielded) {
       this.lastActivity = performance.now();
       const kept = borrowed ? Buffer.from(chunk.subarray(0, length)) : chunk;
       this.pending.push(kept);
@@ -274,7 +315,11 @@ export class MilterConnection {
    * (no microtask per command); an async one stops it until the promise settles.
    */
   private pump(): void {
-    while (!this.dead && !this.inFlight && !this.waitingDrain) {
+    while (!this.dead && !this.inFlight && !this.waitingDrain && !this.yielded) {
+      if (this.turnCommands >= TURN_COMMANDS && this.turnSpent()) {
+        this.yieldTurn();
+        return;
+      }
       let frame: Frame | undefined;
       try {
         frame = this.decoder.next();
@@ -294,10 +339,11 @@ export class MilterConnection {
         this.decoder.push(chunk);
         continue;
       }
+      this.turnCommands++;
       this.framesHandled++;
       if (!this.dispatch(frame)) return;
     }
-    if (this.dead || this.inFlight || this.waitingDrain) return;
+    if (this.dead || this.inFlight || this.waitingDrain || this.yielded) return;
     if (this.eofSeen) {
       // The MTA closed its side and every complete frame was handled: end like libmilter at EOF.
       this.terminate('eof');
@@ -311,6 +357,32 @@ export class MilterConnection {
       this.socket.resume();
     }
   }
+
+  /**
+   * TURN_COMMANDS reached: true when they were all handled in this event-loop turn (time to yield);
+   * otherwise start counting this turn afresh.
+   */
+  private turnSpent(): boolean {
+    const now = currentTurn();
+    if (this.turnMark === now) return true;
+    this.turnMark = now;
+    this.turnCommands = 0;
+    return false;
+  }
+
+  /** Let the other sockets' I/O run; go on after it (reads meanwhile queue up in `pending`). */
+  private yieldTurn(): void {
+    this.yielded = true;
+    connectionDebugStats.turnYields++;
+    setImmediate(this.onTurn);
+  }
+
+  private readonly onTurn = (): void => {
+    this.yielded = false;
+    this.turnCommands = 0;
+    this.turnMark = currentTurn();
+    if (!this.dead && !this.inFlight && !this.waitingDrain) this.pump();
+  };
 
   /**
    * A partial frame is held: make sure the frame timer runs, timed from when this frame's first bytes
@@ -335,7 +407,7 @@ export class MilterConnection {
     if (this.dead) return;
     const timeoutMs = this.options.frameTimeoutMs;
     // The bytes wait for us (a command running, a reply not flushed), not for the MTA.
-    if (this.inFlight || this.waitingDrain) {
+    if (this.inFlight || this.waitingDrain || this.yielded) {
       this.startFrameTimer(timeoutMs);
       return;
     }
