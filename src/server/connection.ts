@@ -247,9 +247,13 @@ export class MilterConnection {
     }
   }
 
-  /** True when ending this connection now loses nothing: no command running, session between QUIT_NC and CONNECT. */
+  /**
+   * True when ending this connection now loses nothing: no command running, session between QUIT_NC and
+   * CONNECT. Not before the MTA's first frame: a connection it just opened is about to negotiate and
+   * start a session, and closing it then fails that SMTP session ("read error in initial handshake").
+   */
   get atSafePoint(): boolean {
-    return !this.inFlight && this.session.idle;
+    return !this.inFlight && this.framesHandled !== 0 && this.session.idle;
   }
 
   /** Bytes this connection holds for frames not yet handled: decoder memory plus queued chunks. @internal */
