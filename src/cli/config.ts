@@ -200,10 +200,13 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     logLevel: s.logLevel,
     logPretty: s.logPretty,
     maxConnections: s.maxConnections,
+    maxConnectionsPerPeer: s.maxConnectionsPerPeer,
     backlog: s.backlog,
     sharedReadBuffer: s.sharedReadBuffer,
+    maxHeaderSize: s.maxHeaderSize,
     timeouts: {
       negotiate: formatDuration(s.timeoutNegotiate),
+      frame: formatDuration(s.timeoutFrame),
       idle: formatDuration(s.timeoutIdle),
       callback: formatDuration(s.timeoutCallback),
     },

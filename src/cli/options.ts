@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULT_MAX_HEADER_SIZE } from '../server/server.js';
 import type { FailureDecision } from '../session/types.js';
 import {
   FAILURE_DECISIONS,
@@ -42,9 +43,12 @@ export interface DaemonSettings {
   logLevel: LogLevel;
   logPretty: boolean;
   maxConnections: number;
+  maxConnectionsPerPeer: number;
   backlog: number;
   sharedReadBuffer: boolean;
+  maxHeaderSize: number;
   timeoutNegotiate: number;
+  timeoutFrame: number;
   timeoutIdle: number;
   timeoutCallback: number;
   failureDecision: FailureDecision;
@@ -150,6 +154,17 @@ export const SETTINGS: SettingsTable = {
     fromText: same((v) => parseInteger(v, 1)),
     fromFile: (v) => parseInteger(v, 1),
   },
+  maxConnectionsPerPeer: {
+    flags: '--max-connections-per-peer <n>',
+    env: 'MILTERD_MAX_CONNECTIONS_PER_PEER',
+    path: ['maxConnectionsPerPeer'],
+    description:
+      'milter connections served at once from one IP address (unix sockets are not counted); 0: no limit',
+    defaultValue: 0,
+    defaultText: '0',
+    fromText: same((v) => parseInteger(v, 0)),
+    fromFile: (v) => parseInteger(v, 0),
+  },
   backlog: {
     flags: '--backlog <n>',
     env: 'MILTERD_BACKLOG',
@@ -170,11 +185,32 @@ export const SETTINGS: SettingsTable = {
     fromText: same(parseBoolean),
     fromFile: parseBoolean,
   },
+  maxHeaderSize: {
+    flags: '--max-header-size <bytes>',
+    env: 'MILTERD_MAX_HEADER_SIZE',
+    path: ['maxHeaderSize'],
+    description:
+      "largest header packet accepted (other packets: 65535 unless the MTA negotiates more); keep it above Postfix's header_size_limit",
+    defaultValue: DEFAULT_MAX_HEADER_SIZE,
+    defaultText: String(DEFAULT_MAX_HEADER_SIZE),
+    fromText: same((v) => parseInteger(v, 65535)),
+    fromFile: (v) => parseInteger(v, 65535),
+  },
   timeoutNegotiate: {
     flags: '--timeout-negotiate <duration>',
     env: 'MILTERD_TIMEOUT_NEGOTIATE',
     path: ['timeouts', 'negotiate'],
     description: 'time the MTA has to send its option negotiation after connecting',
+    defaultValue: 10_000,
+    defaultText: '10s',
+    fromText: same(parseDuration),
+    fromFile: parseDuration,
+  },
+  timeoutFrame: {
+    flags: '--timeout-frame <duration>',
+    env: 'MILTERD_TIMEOUT_FRAME',
+    path: ['timeouts', 'frame'],
+    description: 'time the MTA has to finish a packet it started sending (0: none)',
     defaultValue: 10_000,
     defaultText: '10s',
     fromText: same(parseDuration),
