@@ -7,7 +7,10 @@ import { MILTER_LEN_BYTES, MILTER_MDS_64K, SMFIC_HEADER } from './constants.js';
 import type { Frame } from './types.js';
 
 const EMPTY = Buffer.alloc(0);
-/** Smallest accumulator: one 64 KiB body chunk (what both MTAs send per BODY packet) fits. */
+/**
+ * Smallest accumulator, and the largest one kept once drained: one 64 KiB body chunk (what both MTAs
+ * send per BODY packet) fits, so a body streamed in chunks that span reads reuses one buffer.
+ */
 const MIN_CAPACITY = 64 * 1024 + 8;
 
 /**
@@ -18,9 +21,10 @@ const MIN_CAPACITY = 64 * 1024 + 8;
  * growable accumulator, which is compacted in place instead of concatenated per chunk. A borrowed chunk
  * is never written to, because callers may push views of a buffer they still use. Once the length of the
  * frame being assembled is known (and accepted), the accumulator is sized for the whole frame at once:
- * each byte is copied once. The accumulator is dropped whenever every byte in it has been returned as a
- * frame (a payload view keeps that memory alive while it is used): a connection that goes quiet after a
- * large frame holds nothing, while a stream of frames that span reads keeps reusing one.
+ * each byte is copied once. An accumulator larger than MIN_CAPACITY is dropped as soon as every byte in it
+ * has been returned as a frame (a payload view keeps that memory alive while it is used); one of
+ * MIN_CAPACITY is kept for the next frame (allocating one per body chunk doubled the CPU per byte), until
+ * `release()`: a caller that sees the stream go quiet gives it back.
  *
  * Errors (thrown from `next()`, and again on every later call: the stream is unusable afterwards):
  * `ERR_MILTER_FRAME_EMPTY` for a length field of 0, `ERR_MILTER_FRAME_TOO_LARGE` as soon as a length
@@ -40,7 +44,7 @@ export class FrameDecoder {
   private end = 0;
   /** True when `buf` is our own accumulator (writable), false when it is a borrowed pushed chunk. */
   private owned = false;
-  /** The owned accumulator, kept between borrow phases so it is allocated once per connection. */
+  /** The owned accumulator, kept between borrow phases up to MIN_CAPACITY (see the class comment). */
   private acc: Buffer = EMPTY;
 
   /**
@@ -104,12 +108,12 @@ export class FrameDecoder {
     const command = this.buf[this.start + MILTER_LEN_BYTES] as number;
     const payload = this.buf.subarray(this.start + MILTER_LEN_BYTES + 1, frameEnd);
     if (frameEnd === this.end) {
-      // Fully drained: forget the chunk or the accumulator (see the class comment).
+      // Fully drained: forget the chunk, and an accumulator a large frame grew. `owned` stays: it tells
+      // the caller where the frame just returned lives.
       this.start = 0;
       this.end = 0;
       this.buf = EMPTY;
-      this.owned = false;
-      this.acc = EMPTY;
+      if (this.acc.length > MIN_CAPACITY) this.acc = EMPTY;
     } else {
       this.start = frameEnd;
     }
@@ -131,6 +135,14 @@ export class FrameDecoder {
       return;
     }
     this.moveToAccumulator(pending, pending);
+  }
+
+  /**
+   * Give the accumulator back when nothing is held (no-op otherwise): for a stream gone quiet. Payload
+   * views returned earlier stay valid.
+   */
+  release(): void {
+    if (this.end === this.start) this.acc = EMPTY;
   }
 
   /** True while frames come from a borrowed chunk rather than the decoder's own memory. */

@@ -55,6 +55,12 @@ const EMPTY = Buffer.alloc(0);
 export const TURN_COMMANDS = 64;
 
 /**
+ * Quiet time after which a connection gives its frame accumulator back (FrameDecoder.release): long
+ * enough that a body streamed in chunks reuses one buffer, short enough that idle connections hold none.
+ */
+const RELEASE_AFTER_MS = 1000;
+
+/**
  * Event-loop turn counter, advanced by a setImmediate scheduled only when a connection asks for it (when
  * it reaches TURN_COMMANDS): a connection whose mark still equals `turn` has not seen the loop turn.
  */
@@ -171,6 +177,8 @@ export class MilterConnection {
   private partialSeq = -1;
   private partialSince = 0;
   private frameTimer: NodeJS.Timeout | undefined;
+  /** Armed while the decoder keeps an accumulator with nothing in it (RELEASE_AFTER_MS). */
+  private releaseTimer: NodeJS.Timeout | undefined;
   /** Replies written straight to the handle (direct-write.ts) that libuv still holds. */
   private directQueued = 0;
   /** performance.now() of the last chunk read or command answered (idle timeout). */
@@ -355,7 +363,11 @@ export class MilterConnection {
       return;
     }
     // Whatever the decoder still holds is the start of a frame the MTA has not finished sending.
-    if (this.decoder.bufferedBytes !== 0 && this.options.frameTimeoutMs > 0) this.watchPartialFrame();
+    if (this.decoder.bufferedBytes !== 0) {
+      if (this.options.frameTimeoutMs > 0) this.watchPartialFrame();
+    } else if (this.decoder.capacity !== 0 && this.releaseTimer === undefined) {
+      this.startReleaseTimer(RELEASE_AFTER_MS);
+    }
     if (this.paused) {
       this.paused = false;
       this.socket.resume();
@@ -427,6 +439,22 @@ export class MilterConnection {
     );
     this.observer?.error?.('ERR_MILTER_TIMEOUT');
     this.abort('timeout');
+  };
+
+  private startReleaseTimer(ms: number): void {
+    this.releaseTimer = setTimeout(this.onReleaseTimer, ms);
+    this.releaseTimer.unref();
+  }
+
+  /** Lazy like the idle timer: gives the accumulator back once the connection was quiet long enough. */
+  private readonly onReleaseTimer = (): void => {
+    this.releaseTimer = undefined;
+    if (this.dead || this.decoder.capacity === 0) return;
+    const left = this.lastActivity + RELEASE_AFTER_MS - performance.now();
+    if (left > 0) this.startReleaseTimer(Math.ceil(left));
+    else if (this.inFlight || this.waitingDrain || this.yielded || this.decoder.bufferedBytes !== 0) {
+      this.startReleaseTimer(RELEASE_AFTER_MS); // in use: the bytes in it wait for us or for the MTA
+    } else this.decoder.release();
   };
 
   /** Decode and hand one frame to the session. Returns true when the loop may go on synchronously. */
@@ -628,8 +656,10 @@ export class MilterConnection {
     if (this.negotiateTimer !== undefined) clearTimeout(this.negotiateTimer);
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
     if (this.frameTimer !== undefined) clearTimeout(this.frameTimer);
+    if (this.releaseTimer !== undefined) clearTimeout(this.releaseTimer);
     this.negotiateTimer = undefined;
     this.frameTimer = undefined;
+    this.releaseTimer = undefined;
   }
 
   private readonly onEnd = (): void => {

@@ -247,6 +247,15 @@ test('connections that sent one maximum-size frame and went idle keep no frame m
   const connections = (server as unknown as { connections: Set<MilterConnection> }).connections;
   assert.equal(connections.size, N);
   for (const c of connections) assert.equal(c.retainedBytes, 0);
+
+  // A 64 KiB body chunk spans two reads: its accumulator is kept for the next chunk while the body
+  // streams, and given back once the connection is quiet.
+  const mta = mtas[0] as RawMta;
+  mta.send({ kind: 'eoh' }, { kind: 'body', chunk: Buffer.alloc(MILTER_MDS_64K, 0x61) });
+  for (let i = 0; i < 2; i++) assert.equal((await mta.next())?.kind, 'continue');
+  const streaming = [...connections].find((c) => c.retainedBytes !== 0);
+  assert.ok(streaming !== undefined, 'the accumulator is kept right after the chunk');
+  await waitFor(() => streaming.retainedBytes === 0, 'the quiet connection to give its buffer back');
 });
 
 test('default frame limits: 64 KiB - 1 (libmilter), headers up to 128 KiB - 1 (Postfix), MDS raises both', async (t) => {

@@ -159,7 +159,7 @@ function wireFrame(command: number, payload: Buffer): Buffer {
   return wire;
 }
 
-test('after a large frame the decoder keeps no memory; the frame was assembled in one buffer', () => {
+test('after a large frame the decoder keeps no memory; the frame was assembled in one buffer; release()', () => {
   const d = new FrameDecoder(1 << 20);
   const body = Buffer.alloc((1 << 20) - 1, 9);
   const wire = wireFrame(0x42, body);
@@ -191,7 +191,14 @@ test('after a large frame the decoder keeps no memory; the frame was assembled i
     d.retain();
   }
   assert.equal(count, 40);
-  assert.equal(d.capacity, 0, 'nothing held once the stream is drained');
+  assert.ok(d.capacity > 0 && d.capacity <= 65544, 'one 64 KiB accumulator kept for the next frame');
+  d.release();
+  assert.equal(d.capacity, 0, 'given back on request once drained');
+  d.push(small.subarray(0, 100));
+  d.retain();
+  d.release();
+  assert.equal(d.bufferedBytes, 100, 'never while it holds bytes');
+  assert.ok(d.capacity > 0);
 });
 
 test('header frames may exceed maxDataSize up to maxHeaderSize; other commands may not', () => {
