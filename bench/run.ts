@@ -78,8 +78,8 @@ const HELP = `usage: npm run bench -- [options]
   --e2e-candidates milterd,c-responder,go-milter  --e2e-sessions 16  --e2e-messages 5000
   --e2e-per-session 1        messages per SMTP session (smtp-source -d when > 1)
   --extras bigframes         RSS of N idle connections after one maximum-size header / macro frame each
-  --big-frame-connections 1000  --big-frame-size BYTES (default: the largest header / other frame milterd
-                             takes without MDS; above that the peers offer SMFIP_MDS_256K/1M)
+  --big-frame-connections 1000  --big-frame-size BYTES (default 65535, the largest frame milterd takes
+                             without MDS; above that the peers offer SMFIP_MDS_256K/1M)
   --extras flood             a healthy session's EOM latency while peers pipeline without reading
   --flooders 20 --flood-burst 10000 (header frames per write) --flood-messages 200 --flood-seconds 20
                              (bigframes and flood also run on milterd-alt when --alt-server is given)

@@ -203,7 +203,6 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     maxConnectionsPerPeer: s.maxConnectionsPerPeer,
     backlog: s.backlog,
     sharedReadBuffer: s.sharedReadBuffer,
-    maxHeaderSize: s.maxHeaderSize,
     timeouts: {
       negotiate: formatDuration(s.timeoutNegotiate),
       frame: formatDuration(s.timeoutFrame),

@@ -5,7 +5,6 @@
  */
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { DEFAULT_MAX_HEADER_SIZE } from '../server/server.js';
 import type { FailureDecision } from '../session/types.js';
 import {
   FAILURE_DECISIONS,
@@ -46,7 +45,6 @@ export interface DaemonSettings {
   maxConnectionsPerPeer: number;
   backlog: number;
   sharedReadBuffer: boolean;
-  maxHeaderSize: number;
   timeoutNegotiate: number;
   timeoutFrame: number;
   timeoutIdle: number;
@@ -184,17 +182,6 @@ export const SETTINGS: SettingsTable = {
     defaultText: 'true',
     fromText: same(parseBoolean),
     fromFile: parseBoolean,
-  },
-  maxHeaderSize: {
-    flags: '--max-header-size <bytes>',
-    env: 'MILTERD_MAX_HEADER_SIZE',
-    path: ['maxHeaderSize'],
-    description:
-      "largest header packet accepted (other packets: 65535 unless the MTA negotiates more); keep it above Postfix's header_size_limit",
-    defaultValue: DEFAULT_MAX_HEADER_SIZE,
-    defaultText: String(DEFAULT_MAX_HEADER_SIZE),
-    fromText: same((v) => parseInteger(v, 65535)),
-    fromFile: (v) => parseInteger(v, 65535),
   },
   timeoutNegotiate: {
     flags: '--timeout-negotiate <duration>',

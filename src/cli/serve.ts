@@ -43,7 +43,6 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'maxConnectionsPerPeer',
   'backlog',
   'sharedReadBuffer',
-  'maxHeaderSize',
   'timeoutNegotiate',
   'timeoutFrame',
   'timeoutIdle',
@@ -188,7 +187,6 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
     maxConnectionsPerPeer: settings.maxConnectionsPerPeer,
     backlog: settings.backlog,
     sharedReadBuffer: settings.sharedReadBuffer,
-    maxHeaderSize: settings.maxHeaderSize,
     failureDecision: settings.failureDecision,
     timeouts: {
       negotiateMs: settings.timeoutNegotiate,

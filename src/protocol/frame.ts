@@ -3,7 +3,7 @@
  * (milter-protocol.md §1.2). Pure: no I/O, throws only MilterProtocolError.
  */
 import { MilterProtocolError } from '../errors.js';
-import { MILTER_LEN_BYTES, MILTER_MDS_64K, SMFIC_HEADER } from './constants.js';
+import { MILTER_LEN_BYTES, MILTER_MDS_64K } from './constants.js';
 import type { Frame } from './types.js';
 
 const EMPTY = Buffer.alloc(0);
@@ -28,17 +28,11 @@ const MIN_CAPACITY = 64 * 1024 + 8;
  *
  * Errors (thrown from `next()`, and again on every later call: the stream is unusable afterwards):
  * `ERR_MILTER_FRAME_EMPTY` for a length field of 0, `ERR_MILTER_FRAME_TOO_LARGE` as soon as a length
- * field (and, above `maxDataSize`, the command byte) shows a payload above the limit, before any of that
- * payload is buffered.
+ * field announces a payload above `maxDataSize`, before any of that payload is buffered.
  */
 export class FrameDecoder {
   /** Largest accepted payload (`len - 1`); may be raised after MDS negotiation. */
   maxDataSize: number;
-  /**
-   * Largest accepted SMFIC_HEADER payload when above `maxDataSize`: Postfix sends each header in one
-   * packet, up to its `header_size_limit`, whatever limit the filter negotiated.
-   */
-  maxHeaderSize: number;
   private buf: Buffer = EMPTY;
   private start = 0;
   private end = 0;
@@ -47,13 +41,9 @@ export class FrameDecoder {
   /** The owned accumulator, kept between borrow phases up to MIN_CAPACITY (see the class comment). */
   private acc: Buffer = EMPTY;
 
-  /**
-   * @param maxDataSize payload limit (`len - 1`), default MILTER_MDS_64K (65535).
-   * @param maxHeaderSize payload limit of SMFIC_HEADER frames, default `maxDataSize`.
-   */
-  constructor(maxDataSize: number = MILTER_MDS_64K, maxHeaderSize: number = maxDataSize) {
+  /** @param maxDataSize payload limit (`len - 1`), default MILTER_MDS_64K (65535). */
+  constructor(maxDataSize: number = MILTER_MDS_64K) {
     this.maxDataSize = maxDataSize;
-    this.maxHeaderSize = maxHeaderSize;
   }
 
   /** Bytes held and not yet returned as frames. */
@@ -99,9 +89,10 @@ export class FrameDecoder {
       throw new MilterProtocolError('ERR_MILTER_FRAME_EMPTY', 'frame length 0 (no command byte)');
     }
     if (len - 1 > this.maxDataSize) {
-      if (len - 1 > this.maxHeaderSize) throw tooLarge(len, Math.max(this.maxDataSize, this.maxHeaderSize));
-      if (avail === MILTER_LEN_BYTES) return undefined; // the command byte decides
-      if (this.buf[this.start + MILTER_LEN_BYTES] !== SMFIC_HEADER) throw tooLarge(len, this.maxDataSize);
+      throw new MilterProtocolError(
+        'ERR_MILTER_FRAME_TOO_LARGE',
+        `frame payload of ${len - 1} bytes exceeds the limit of ${this.maxDataSize}`,
+      );
     }
     const frameEnd = this.start + MILTER_LEN_BYTES + len;
     if (frameEnd > this.end) return undefined;
@@ -168,17 +159,13 @@ export class FrameDecoder {
   }
 
   /**
-   * Wire size (length field included) of the frame starting at `start` when its header is there and
-   * its length accepted; 0 otherwise (`next()` reports a bad length: nothing is allocated for it).
+   * Wire size (length field included) of the frame starting at `start` when its length field is there
+   * and accepted; 0 otherwise (`next()` reports a bad length: nothing is allocated for it).
    */
   private announcedFrameSize(pending: number): number {
-    if (pending <= MILTER_LEN_BYTES) return 0;
+    if (pending < MILTER_LEN_BYTES) return 0;
     const len = this.buf.readUInt32BE(this.start);
-    const limit =
-      this.buf[this.start + MILTER_LEN_BYTES] === SMFIC_HEADER
-        ? Math.max(this.maxDataSize, this.maxHeaderSize)
-        : this.maxDataSize;
-    return len === 0 || len - 1 > limit ? 0 : MILTER_LEN_BYTES + len;
+    return len === 0 || len - 1 > this.maxDataSize ? 0 : MILTER_LEN_BYTES + len;
   }
 
   private adopt(buf: Buffer, pending: number): void {
@@ -187,11 +174,4 @@ export class FrameDecoder {
     this.start = 0;
     this.end = pending;
   }
-}
-
-function tooLarge(len: number, limit: number): MilterProtocolError {
-  return new MilterProtocolError(
-    'ERR_MILTER_FRAME_TOO_LARGE',
-    `frame payload of ${len - 1} bytes exceeds the limit of ${limit}`,
-  );
 }

@@ -89,8 +89,6 @@ export interface ConnectionOptions {
   observer: MilterObserver | undefined;
   failureDecision: FailureDecision | undefined;
   maxDataSize: number;
-  /** Largest SMFIC_HEADER payload (FrameDecoder.maxHeaderSize). */
-  maxHeaderSize: number;
   /** Time allowed from accept to the OPTNEG command; 0 = none. */
   negotiateTimeoutMs: number;
   /** Time allowed to complete a frame once part of it arrived; 0 = none. */
@@ -201,7 +199,7 @@ export class MilterConnection {
     this.socket = options.socket;
     this.logger = options.logger;
     this.observer = options.observer;
-    this.decoder = new FrameDecoder(options.maxDataSize, options.maxHeaderSize);
+    this.decoder = new FrameDecoder(options.maxDataSize);
     this.closed = new Promise<void>((resolve) => {
       this.resolveClosed = resolve;
     });

@@ -24,9 +24,6 @@ import {
 
 export type { ListenAddress } from './listen.js';
 
-/** Default of `maxHeaderSize`: Postfix's default header_size_limit (102400) fits, with room to spare. */
-export const DEFAULT_MAX_HEADER_SIZE = 128 * 1024 - 1;
-
 /** Timeouts in milliseconds; 0 disables one. */
 export interface MilterServerTimeouts {
   /** From accept to the MTA's OPTNEG. Default 30 s (MTAs send OPTNEG at once). */
@@ -66,15 +63,11 @@ export interface MilterServerOptions<P> {
   failureDecision?: FailureDecision;
   /**
    * Largest payload accepted unless the MTA negotiates a bigger one (SMFIP_MDS_256K/1M). Default
-   * 64 KiB - 1, libmilter's: neither MTA sends more without MDS, except Postfix's headers
-   * (`maxHeaderSize`).
+   * 64 KiB - 1, libmilter's: Sendmail never sends more without MDS, and Postfix, whose headers go out
+   * unsplit, caps header_size_limit at 60000 as soon as milters are configured (cleanup_message.c)
+   * so that they fit libmilter's limit; its body chunks are at most 65535 bytes.
    */
   maxDataSize?: number;
-  /**
-   * Largest SMFIC_HEADER payload, when above `maxDataSize`. Default 128 KiB - 1: Postfix sends each header
-   * in one packet, up to its `header_size_limit` (default 102400); raise this with that.
-   */
-  maxHeaderSize?: number;
   observer?: MilterObserver;
   /** chmod for Unix sockets (e.g. 0o660). */
   socketMode?: number;
@@ -131,7 +124,6 @@ const DEFAULTS = {
   idleMs: 7_210_000,
   callbackMs: 300_000,
   maxDataSize: MILTER_MDS_64K,
-  maxHeaderSize: DEFAULT_MAX_HEADER_SIZE,
   readBudgetBytes: 256 * 1024,
   backlog: DEFAULT_BACKLOG,
   sharedReadBuffer: true,
@@ -174,7 +166,6 @@ class Server implements MilterServer {
   private readonly peersAtLimit = new Set<string>();
   private readonly timeouts: Required<MilterServerTimeouts>;
   private readonly maxDataSize: number;
-  private readonly maxHeaderSize: number;
   private readonly readBudgetBytes: number;
   private readonly backlog: number;
   private readonly sharedReadBuffer: boolean;
@@ -195,7 +186,6 @@ class Server implements MilterServer {
     checkCount(options.timeouts?.idleMs, 'timeouts.idleMs', 0);
     checkCount(options.timeouts?.callbackMs, 'timeouts.callbackMs', 0);
     checkCount(options.maxDataSize, 'maxDataSize', MILTER_MDS_64K);
-    checkCount(options.maxHeaderSize, 'maxHeaderSize', MILTER_MDS_64K);
     checkCount(options.readBudgetBytes, 'readBudgetBytes', 1);
     checkCount(options.backlog, 'backlog', 1);
     checkCount(options.socketMode, 'socketMode', 0);
@@ -212,7 +202,6 @@ class Server implements MilterServer {
       callbackMs: options.timeouts?.callbackMs ?? DEFAULTS.callbackMs,
     };
     this.maxDataSize = options.maxDataSize ?? DEFAULTS.maxDataSize;
-    this.maxHeaderSize = options.maxHeaderSize ?? DEFAULTS.maxHeaderSize;
     this.readBudgetBytes = options.readBudgetBytes ?? DEFAULTS.readBudgetBytes;
     this.backlog = options.backlog ?? DEFAULTS.backlog;
     this.sharedReadBuffer = options.sharedReadBuffer ?? DEFAULTS.sharedReadBuffer;
@@ -297,7 +286,6 @@ class Server implements MilterServer {
         observer: this.observer,
         failureDecision: this.failureDecision,
         maxDataSize: this.maxDataSize,
-        maxHeaderSize: this.maxHeaderSize,
         negotiateTimeoutMs: this.timeouts.negotiateMs,
         frameTimeoutMs: this.timeouts.frameMs,
         idleTimeoutMs: this.timeouts.idleMs,

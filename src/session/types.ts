@@ -46,8 +46,7 @@ export interface SessionOptions {
   observer?: MilterObserver;
   /**
    * Largest payload accepted from the MTA unless it negotiates a bigger one (SMFIP_MDS_256K/1M).
-   * Default 64 KiB - 1, libmilter's (the server lets larger headers through its frame decoder:
-   * MilterServerOptions.maxHeaderSize).
+   * Default 64 KiB - 1, libmilter's: neither MTA sends more without MDS (MilterServerOptions.maxDataSize).
    */
   maxDataSize?: number;
 }

@@ -140,7 +140,6 @@ test('check-config prints the effective configuration; precedence is cli > env >
       'logLevel: debug',
       'maxConnections: 50',
       'timeouts: { callback: 5s, frame: 3s }',
-      'maxHeaderSize: 262143',
       'admin: inet:9901@127.0.0.1',
       'policy:',
       '  version: 1',
@@ -184,7 +183,6 @@ test('check-config prints the effective configuration; precedence is cli > env >
   assert.equal(doc.config.timeouts.idle, '10m');
   assert.equal(doc.sources['timeouts.idle'], 'default');
   assert.equal(doc.config.timeouts.frame, '3s');
-  assert.equal(doc.config.maxHeaderSize, 262143);
   assert.equal(doc.config.maxConnectionsPerPeer, 5);
   assert.equal(doc.sources.maxConnectionsPerPeer, 'cli');
   assert.deepEqual(

@@ -200,35 +200,3 @@ test('after a large frame the decoder keeps no memory; the frame was assembled i
   assert.equal(d.bufferedBytes, 100, 'never while it holds bytes');
   assert.ok(d.capacity > 0);
 });
-
-test('header frames may exceed maxDataSize up to maxHeaderSize; other commands may not', () => {
-  const big = Buffer.alloc(100_000, 0x41);
-  big[big.length - 1] = 0;
-  const header = wireFrame(0x4c /* SMFIC_HEADER */, big);
-  const body = wireFrame(0x42 /* SMFIC_BODY */, big);
-  const d = new FrameDecoder(65535, 131071);
-  d.push(header.subarray(0, 4));
-  assert.equal(d.next(), undefined, 'the command byte is needed to judge the length');
-  d.push(header.subarray(4));
-  assert.equal(d.next()?.payload.length, 100_000);
-
-  const e = new FrameDecoder(65535, 131071);
-  e.push(body.subarray(0, 5));
-  assert.equal(
-    errCode(() => e.next()),
-    'ERR_MILTER_FRAME_TOO_LARGE',
-  );
-  const f = new FrameDecoder(65535, 99_999);
-  f.push(header.subarray(0, 4));
-  assert.equal(
-    errCode(() => f.next()),
-    'ERR_MILTER_FRAME_TOO_LARGE',
-    'above maxHeaderSize: refused from the length alone',
-  );
-  // MDS raised maxDataSize above maxHeaderSize: headers follow it.
-  const g = new FrameDecoder(65535, 65535);
-  g.maxDataSize = 262143;
-  g.push(header);
-  assert.equal(g.next()?.payload.length, 100_000);
-  assert.equal(new FrameDecoder().maxHeaderSize, 65535, 'default: maxDataSize');
-});
