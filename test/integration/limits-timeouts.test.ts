@@ -257,7 +257,7 @@ test('connections that sent one maximum-size frame and went idle keep no frame m
   await waitFor(() => streaming.retainedBytes === 0, 'the quiet connection to give its buffer back');
 });
 
-test('default frame limits: 64 KiB - 1 (libmilter), headers up to 128 KiB - 1 (Postfix), MDS raises both', async (t) => {
+test('default frame limit: 64 KiB - 1 (libmilter), which the largest Postfix header fits; MDS raises it', async (t) => {
   const errors: string[] = [];
   const { address } = await startServer(t, {
     filter: everyActionFilter(),
