@@ -26,6 +26,7 @@ import { logStall, logStallTable, type LogStallResult } from './lib/log-stall.js
 import { peakRssKiB, rssKiB } from './lib/proc.js';
 import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
+import { hostileExtras, type HostileArgs } from './lib/hostile.js';
 import type { DriverName } from './loadgen/types.js';
 
 interface Args {
@@ -66,6 +67,8 @@ interface Args {
   e2ePerSession: number;
   /** Another build of bench/servers/milterd-server.js (A/B test of a patch), run as candidate `milterd-alt`. */
   altServer: string | undefined;
+  /** The bigframes and flood extras (bench/lib/hostile.ts). */
+  hostile: Omit<HostileArgs, 'extras'>;
 }
 
 const HELP = `usage: npm run bench -- [options]
@@ -90,6 +93,12 @@ const HELP = `usage: npm run bench -- [options]
   --extras postfix           end-to-end: private Postfix fed by smtp-source, discard transport
   --e2e-candidates milterd,c-responder,go-milter  --e2e-sessions 16  --e2e-messages 5000
   --e2e-per-session 1        messages per SMTP session (smtp-source -d when > 1)
+  --extras bigframes         RSS of N idle connections after one maximum-size header / macro frame each
+  --big-frame-connections 1000  --big-frame-size BYTES (default 65535, the largest frame milterd takes
+                             without MDS; above that the peers offer SMFIP_MDS_256K/1M)
+  --extras flood             a healthy session's EOM latency while peers pipeline without reading
+  --flooders 20 --flood-burst 10000 (header frames per write) --flood-messages 200 --flood-seconds 20
+                             (bigframes and flood also run on milterd-alt when --alt-server is given)
   --no-matrix                only the extras
   --alt-server PATH          another build's dist/bench/servers/milterd-server.js, as candidate milterd-alt (A/B)
   --node-flags "..."         extra node flags for the milterd candidates (e.g. --max-semi-space-size=4)
@@ -119,7 +128,7 @@ function parseArgs(argv: readonly string[]): Args {
     generators: ['node'],
     milterloadSrc: path.resolve('../shared/bench/milterload.c'),
     timeoutMs: 10000,
-    extras: quick ? [] : ['idle', 'rss', 'cluster', 'bodymem', 'postfix', 'logstall'],
+    extras: quick ? [] : ['idle', 'rss', 'cluster', 'bodymem', 'postfix', 'logstall', 'bigframes', 'flood'],
     stallSeconds: 60,
     idleConnections: 10000,
     install: true,
@@ -132,6 +141,14 @@ function parseArgs(argv: readonly string[]): Args {
     e2eMessages: quick ? 1000 : 5000,
     e2ePerSession: 1,
     altServer: undefined,
+    hostile: {
+      bigFrameConnections: 1000,
+      bigFrameSize: undefined,
+      flooders: 20,
+      floodBurst: 10000,
+      floodMessages: 200,
+      floodMs: 20000,
+    },
   };
   const nums = (s: string): number[] => s.split(',').filter(Boolean).map(Number);
   for (let i = 0; i < argv.length; i++) {
@@ -238,6 +255,24 @@ function parseArgs(argv: readonly string[]): Args {
         break;
       case '--alt-server':
         a.altServer = path.resolve(v());
+        break;
+      case '--big-frame-connections':
+        a.hostile.bigFrameConnections = Number(v());
+        break;
+      case '--big-frame-size':
+        a.hostile.bigFrameSize = Number(v());
+        break;
+      case '--flooders':
+        a.hostile.flooders = Number(v());
+        break;
+      case '--flood-burst':
+        a.hostile.floodBurst = Number(v());
+        break;
+      case '--flood-messages':
+        a.hostile.floodMessages = Number(v());
+        break;
+      case '--flood-seconds':
+        a.hostile.floodMs = Number(v()) * 1000;
         break;
       case '--no-matrix':
         a.matrix = false;
@@ -635,7 +670,11 @@ async function main(): Promise<void> {
   // The load generator threads live in this process: with many connections they need more fds than the
   // usual soft limit. Raise it for the bench only, by re-running ourselves under `ulimit -n HARD`.
   const needFds =
-    Math.max(...args.connections, args.extras.includes('idle') ? args.idleConnections : 0) + 256;
+    Math.max(
+      ...args.connections,
+      args.extras.includes('idle') ? args.idleConnections : 0,
+      args.extras.includes('bigframes') ? args.hostile.bigFrameConnections : 0,
+    ) + 256;
   if (fdSoft() < needFds && process.env.MILTERD_BENCH_ULIMIT !== '1') {
     const hard = fdHard();
     const r = spawnSync(
@@ -763,6 +802,7 @@ async function main(): Promise<void> {
 
   // ---- extras
   const extras: Record<string, unknown> = {};
+  const hostileTargets: TargetCheck[] = [];
   const milterd = defs.get('milterd')!;
   if (args.extras.includes('rss')) {
     log('extra: peak RSS with 1000 open (idle) connections on milterd');
@@ -926,6 +966,21 @@ async function main(): Promise<void> {
       log(`  FAILED ${err instanceof Error ? err.message : String(err)}`);
     }
   }
+  if (args.extras.includes('bigframes') || args.extras.includes('flood')) {
+    const hostile = await hostileExtras(
+      ['milterd', 'milterd-alt'].map((n) => defs.get(n)).filter((d): d is CandidateDef => d !== undefined),
+      { extras: args.extras, ...args.hostile },
+      logFile,
+      fdHard(),
+      log,
+    );
+    Object.assign(extras, hostile.extras);
+    hostileTargets.push(...hostile.targets);
+    for (const block of hostile.blocks) {
+      blocks.push(block);
+      process.stdout.write('\n' + block + '\n');
+    }
+  }
   if (extras.rss1000 !== undefined || extras.idle !== undefined) {
     const rowsIdle = (['rss1000', 'idle'] as const)
       .map(
@@ -971,13 +1026,16 @@ async function main(): Promise<void> {
     }
   }
   // Targets per generator: each one's rows against each other, never a ratio across generators.
-  const checks = generators.flatMap((g) =>
-    targets(
-      summaries.filter((s) => s.generator === g),
-      args,
-      g === 'node' ? extras : {},
-    ).map((c) => ({ ...c, generator: g })),
-  );
+  const checks = [
+    ...generators.flatMap((g) =>
+      targets(
+        summaries.filter((s) => s.generator === g),
+        args,
+        g === 'node' ? extras : {},
+      ).map((c) => ({ ...c, generator: g })),
+    ),
+    ...hostileTargets.map((c) => ({ ...c, generator: 'node' })),
+  ];
   if (checks.length > 0) {
     const block =
       `### targets (${args.mta} packet pattern)\n\n` +

@@ -244,10 +244,12 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     logPretty: s.logPretty,
     logBuffer: s.logBuffer,
     maxConnections: s.maxConnections,
+    maxConnectionsPerPeer: s.maxConnectionsPerPeer,
     backlog: s.backlog,
     sharedReadBuffer: s.sharedReadBuffer,
     timeouts: {
       negotiate: formatDuration(s.timeoutNegotiate),
+      frame: formatDuration(s.timeoutFrame),
       idle: formatDuration(s.timeoutIdle),
       callback: formatDuration(s.timeoutCallback),
     },

@@ -45,9 +45,11 @@ export interface DaemonSettings {
   /** Bytes of log lines buffered while stdout is not read; beyond them lines are dropped. */
   logBuffer: number;
   maxConnections: number;
+  maxConnectionsPerPeer: number;
   backlog: number;
   sharedReadBuffer: boolean;
   timeoutNegotiate: number;
+  timeoutFrame: number;
   timeoutIdle: number;
   timeoutCallback: number;
   failureDecision: FailureDecision;
@@ -166,6 +168,17 @@ export const SETTINGS: SettingsTable = {
     fromText: same((v) => parseInteger(v, 1)),
     fromFile: (v) => parseInteger(v, 1),
   },
+  maxConnectionsPerPeer: {
+    flags: '--max-connections-per-peer <n>',
+    env: 'MILTERD_MAX_CONNECTIONS_PER_PEER',
+    path: ['maxConnectionsPerPeer'],
+    description:
+      'milter connections served at once from one IP address (unix sockets are not counted); 0: no limit',
+    defaultValue: 0,
+    defaultText: '0',
+    fromText: same((v) => parseInteger(v, 0)),
+    fromFile: (v) => parseInteger(v, 0),
+  },
   backlog: {
     flags: '--backlog <n>',
     env: 'MILTERD_BACKLOG',
@@ -191,6 +204,16 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_TIMEOUT_NEGOTIATE',
     path: ['timeouts', 'negotiate'],
     description: 'time the MTA has to send its option negotiation after connecting',
+    defaultValue: 10_000,
+    defaultText: '10s',
+    fromText: same(parseDuration),
+    fromFile: parseDuration,
+  },
+  timeoutFrame: {
+    flags: '--timeout-frame <duration>',
+    env: 'MILTERD_TIMEOUT_FRAME',
+    path: ['timeouts', 'frame'],
+    description: 'time the MTA has to finish a packet it started sending (0: none)',
     defaultValue: 10_000,
     defaultText: '10s',
     fromText: same(parseDuration),

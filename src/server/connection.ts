@@ -12,6 +12,12 @@
  * callback may still hold. Past a byte budget the socket is paused: the stream buffers at most its
  * high-water mark, then stops reading from the kernel, whose buffers fill so TCP flow control slows the
  * MTA down. A reply that does not flush (`write()` false) holds the next command until 'drain'.
+ *
+ * Fairness: commands answered synchronously, and async callbacks completing in microtasks, run without
+ * giving the event loop back, so one connection with pipelined commands could be served for its whole
+ * read budget (and libuv reads a socket up to 32 times per wake-up) while every other socket waits.
+ * After TURN_COMMANDS commands in one event-loop turn a connection yields: it goes on in setImmediate,
+ * after the other sockets' I/O. One message's commands arriving in one read never get that far.
  */
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -41,6 +47,38 @@ import { adoptSharedReads, type SharedReadRelay } from './shared-read.js';
 const FRAME_OVERHEAD = 5;
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Commands one connection handles in one event-loop turn before it lets the others run (see the module
+ * comment). A whole Postfix message is about 25 frames; 64 keeps a flood's share of a turn near a
+ * millisecond.
+ * @internal
+ */
+export const TURN_COMMANDS = 64;
+
+/**
+ * Quiet time after which a connection gives its frame accumulator back (FrameDecoder.release): long
+ * enough that a body streamed in chunks reuses one buffer, short enough that idle connections hold none.
+ */
+const RELEASE_AFTER_MS = 1000;
+
+/**
+ * Event-loop turn counter, advanced by a setImmediate scheduled only when a connection asks for it (when
+ * it reaches TURN_COMMANDS): a connection whose mark still equals `turn` has not seen the loop turn.
+ */
+let turn = 0;
+let turnTickPending = false;
+const advanceTurn = (): void => {
+  turn++;
+  turnTickPending = false;
+};
+function currentTurn(): number {
+  if (!turnTickPending) {
+    turnTickPending = true;
+    setImmediate(advanceTurn);
+  }
+  return turn;
+}
+
 /** Everything a connection needs; built by the server for each accepted socket. */
 export interface ConnectionOptions {
   /** Process-unique connection id (also bound in the logger). */
@@ -54,6 +92,8 @@ export interface ConnectionOptions {
   maxDataSize: number;
   /** Time allowed from accept to the OPTNEG command; 0 = none. */
   negotiateTimeoutMs: number;
+  /** Time allowed to complete a frame once part of it arrived; 0 = none. */
+  frameTimeoutMs: number;
   /** Time allowed waiting for the next command; 0 = none. */
   idleTimeoutMs: number;
   /** Per-callback budget, passed to the session. */
@@ -80,6 +120,8 @@ export const connectionDebugStats = {
   maxPendingBytes: 0,
   /** Times a connection waited for 'drain' before dispatching its next command. */
   drainWaits: 0,
+  /** Times a connection stopped after TURN_COMMANDS commands to let other sockets run. */
+  turnYields: 0,
   /** Connections that read into the shared buffer (the rest used ordinary stream reads). */
   sharedReads: 0,
   /** Direct writes (direct-write.ts) the kernel could not take at once: libuv queued them. */
@@ -91,6 +133,7 @@ export function resetConnectionDebugStats(): void {
   connectionDebugStats.pauses = 0;
   connectionDebugStats.maxPendingBytes = 0;
   connectionDebugStats.drainWaits = 0;
+  connectionDebugStats.turnYields = 0;
   connectionDebugStats.sharedReads = 0;
   connectionDebugStats.queuedDirectWrites = 0;
 }
@@ -123,6 +166,20 @@ export class MilterConnection {
   private paused = false;
   private inFlight = false;
   private waitingDrain = false;
+  /** Stopped for this event-loop turn (TURN_COMMANDS reached); `onTurn` goes on. */
+  private yielded = false;
+  /** Commands handled since `turnMark` was taken. */
+  private turnCommands = 0;
+  /** `turn` when this connection started counting; -1: not counting. */
+  private turnMark = -1;
+  /** Frames handed to the session so far (identifies the partial frame the frame timer watches). */
+  private framesHandled = 0;
+  /** `framesHandled` when the current partial frame was first seen, and performance.now() then. */
+  private partialSeq = -1;
+  private partialSince = 0;
+  private frameTimer: NodeJS.Timeout | undefined;
+  /** Armed while the decoder keeps an accumulator with nothing in it (RELEASE_AFTER_MS). */
+  private releaseTimer: NodeJS.Timeout | undefined;
   /** Replies written straight to the handle (direct-write.ts) that libuv still holds. */
   private directQueued = 0;
   /** performance.now() of the last chunk read or command answered (idle timeout). */
@@ -200,9 +257,18 @@ export class MilterConnection {
     }
   }
 
-  /** True when ending this connection now loses nothing: no command running, session between QUIT_NC and CONNECT. */
+  /**
+   * True when ending this connection now loses nothing: no command running, session between QUIT_NC and
+   * CONNECT. Not before the MTA's first frame: a connection it just opened is about to negotiate and
+   * start a session, and closing it then fails that SMTP session ("read error in initial handshake").
+   */
   get atSafePoint(): boolean {
-    return !this.inFlight && this.session.idle;
+    return !this.inFlight && this.framesHandled !== 0 && this.session.idle;
+  }
+
+  /** Bytes this connection holds for frames not yet handled: decoder memory plus queued chunks. @internal */
+  get retainedBytes(): number {
+    return this.decoder.capacity + this.pendingBytes;
   }
 
   /**
@@ -235,7 +301,7 @@ export class MilterConnection {
    */
   private receive(chunk: Buffer, length: number, borrowed: boolean): void {
     if (this.dead) return;
-    if (this.inFlight || this.waitingDrain) {
+    if (this.inFlight || this.waitingDrain || this.yielded) {
       this.lastActivity = performance.now();
       const kept = borrowed ? Buffer.from(chunk.subarray(0, length)) : chunk;
       this.pending.push(kept);
@@ -263,7 +329,11 @@ export class MilterConnection {
    * (no microtask per command); an async one stops it until the promise settles.
    */
   private pump(): void {
-    while (!this.dead && !this.inFlight && !this.waitingDrain) {
+    while (!this.dead && !this.inFlight && !this.waitingDrain && !this.yielded) {
+      if (this.turnCommands >= TURN_COMMANDS && this.turnSpent()) {
+        this.yieldTurn();
+        return;
+      }
       let frame: Frame | undefined;
       try {
         frame = this.decoder.next();
@@ -283,20 +353,111 @@ export class MilterConnection {
         this.decoder.push(chunk);
         continue;
       }
+      this.turnCommands++;
+      this.framesHandled++;
       if (!this.dispatch(frame)) return;
     }
-    if (this.dead || this.inFlight || this.waitingDrain) return;
+    if (this.dead || this.inFlight || this.waitingDrain || this.yielded) return;
     if (this.eofSeen) {
       // The MTA closed its side and every complete frame was handled: end like libmilter at EOF.
       this.terminate('eof');
       this.endAfterFlush();
       return;
     }
+    // Whatever the decoder still holds is the start of a frame the MTA has not finished sending.
+    if (this.decoder.bufferedBytes !== 0) {
+      if (this.options.frameTimeoutMs > 0) this.watchPartialFrame();
+    } else if (this.decoder.capacity !== 0 && this.releaseTimer === undefined) {
+      this.startReleaseTimer(RELEASE_AFTER_MS);
+    }
     if (this.paused) {
       this.paused = false;
       this.socket.resume();
     }
   }
+
+  /**
+   * TURN_COMMANDS reached: true when they were all handled in this event-loop turn (time to yield);
+   * otherwise start counting this turn afresh.
+   */
+  private turnSpent(): boolean {
+    const now = currentTurn();
+    if (this.turnMark === now) return true;
+    this.turnMark = now;
+    this.turnCommands = 0;
+    return false;
+  }
+
+  /** Let the other sockets' I/O run; go on after it (reads meanwhile queue up in `pending`). */
+  private yieldTurn(): void {
+    this.yielded = true;
+    connectionDebugStats.turnYields++;
+    setImmediate(this.onTurn);
+  }
+
+  private readonly onTurn = (): void => {
+    this.yielded = false;
+    this.turnCommands = 0;
+    this.turnMark = currentTurn();
+    if (!this.dead && !this.inFlight && !this.waitingDrain) this.pump();
+  };
+
+  /**
+   * A partial frame is held: make sure the frame timer runs, timed from when this frame's first bytes
+   * were seen (a frame completed since then means a new partial frame, timed afresh).
+   */
+  private watchPartialFrame(): void {
+    if (this.partialSeq !== this.framesHandled) {
+      this.partialSeq = this.framesHandled;
+      this.partialSince = performance.now();
+    }
+    if (this.frameTimer === undefined) this.startFrameTimer(this.options.frameTimeoutMs);
+  }
+
+  private startFrameTimer(ms: number): void {
+    this.frameTimer = setTimeout(this.onFrameTimeout, ms);
+    this.frameTimer.unref();
+  }
+
+  /** Lazy like the idle timer: re-armed for the time left while a (later) partial frame is held. */
+  private readonly onFrameTimeout = (): void => {
+    this.frameTimer = undefined;
+    if (this.dead) return;
+    const timeoutMs = this.options.frameTimeoutMs;
+    // The bytes wait for us (a command running, a reply not flushed), not for the MTA.
+    if (this.inFlight || this.waitingDrain || this.yielded) {
+      this.startFrameTimer(timeoutMs);
+      return;
+    }
+    if (this.decoder.bufferedBytes === 0) return; // completed, nothing new started
+    const left = this.partialSince + timeoutMs - performance.now();
+    if (left > 0) {
+      this.startFrameTimer(Math.ceil(left));
+      return;
+    }
+    this.logger.warn(
+      { timeoutMs, bufferedBytes: this.decoder.bufferedBytes },
+      'frame not completed in time; closing',
+    );
+    this.observer?.error?.('ERR_MILTER_TIMEOUT');
+    this.abort('timeout');
+  };
+
+  private startReleaseTimer(ms: number): void {
+    this.releaseTimer = setTimeout(this.onReleaseTimer, ms);
+    this.releaseTimer.unref();
+  }
+
+  /** Lazy like the idle timer: gives the accumulator back once the connection was quiet long enough. */
+  private readonly onReleaseTimer = (): void => {
+    this.releaseTimer = undefined;
+    if (this.dead || this.decoder.capacity === 0) return;
+    const left = this.lastActivity + RELEASE_AFTER_MS - performance.now();
+    if (left > 0) this.startReleaseTimer(Math.ceil(left));
+    else if (this.inFlight || this.waitingDrain || this.yielded || this.decoder.bufferedBytes !== 0) {
+      this.startReleaseTimer(RELEASE_AFTER_MS); // in use: the bytes in it wait for us or for the MTA
+    } else this.decoder.release();
+  };
 
   /** Decode and hand one frame to the session. Returns true when the loop may go on synchronously. */
   private dispatch(frame: Frame): boolean {
@@ -502,7 +663,11 @@ export class MilterConnection {
     this.pendingBytes = 0;
     if (this.negotiateTimer !== undefined) clearTimeout(this.negotiateTimer);
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    if (this.frameTimer !== undefined) clearTimeout(this.frameTimer);
+    if (this.releaseTimer !== undefined) clearTimeout(this.releaseTimer);
     this.negotiateTimer = undefined;
+    this.frameTimer = undefined;
+    this.releaseTimer = undefined;
   }
 
   private readonly onEnd = (): void => {

@@ -10,7 +10,7 @@ import type { Filter } from '../filter.js';
 import { silentLogger } from '../logging/logger.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
 import type { MilterObserver } from '../observer.js';
-import { MILTER_MDS_1M, MILTER_MDS_64K } from '../protocol/constants.js';
+import { MILTER_MDS_64K } from '../protocol/constants.js';
 import type { FailureDecision } from '../session/types.js';
 import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 import { MilterConnection } from './connection.js';
@@ -31,6 +31,12 @@ export type { ListenAddress } from './listen.js';
 export interface MilterServerTimeouts {
   /** From accept to the MTA's OPTNEG. Default 30 s (MTAs send OPTNEG at once). */
   negotiateMs?: number;
+  /**
+   * From the first byte of a frame to its last. Default 10 s: Postfix and Sendmail write each packet at
+   * once (Sendmail gives up writing after its own `S:` timeout, 10 s by default), so only a peer that
+   * dribbles bytes to hold a connection slot ever needs longer.
+   */
+  frameMs?: number;
   /** Waiting for the MTA's next command. Default 7210 s, libmilter's I/O timeout (§11.1). */
   idleMs?: number;
   /** One filter callback; on expiry the failure decision is sent. Default 300 s (Sendmail's E:5m). */
@@ -47,10 +53,23 @@ export interface MilterServerOptions<P> {
   logger?: Logger;
   /** Live connections allowed; beyond it new ones are accepted and closed at once. Default 1000. */
   maxConnections?: number;
+  /**
+   * Live connections allowed from one remote address (Unix-socket peers are not counted); beyond it new
+   * ones from that address are accepted and closed at once. Default 0: no per-peer limit (an MTA opens
+   * one milter connection per SMTP session, and with milterd on loopback the MTA and anybody else share
+   * one address). With several MTA hosts, set it well above each one's own concurrency (Postfix: its
+   * smtpd process limits) and below `maxConnections`.
+   */
+  maxConnectionsPerPeer?: number;
   timeouts?: MilterServerTimeouts;
   /** Decision sent when a callback throws or times out. Default 'tempfail'. */
   failureDecision?: FailureDecision;
-  /** Largest payload accepted before MDS negotiation. Default 1 MiB - 1 (Postfix sends big headers). */
+  /**
+   * Largest payload accepted unless the MTA negotiates a bigger one (SMFIP_MDS_256K/1M). Default
+   * 64 KiB - 1, libmilter's: Sendmail never sends more without MDS, and Postfix, whose headers go out
+   * unsplit, caps header_size_limit at 60000 as soon as milters are configured (cleanup_message.c)
+   * so that they fit libmilter's limit; its body chunks are at most 65535 bytes.
+   */
   maxDataSize?: number;
   observer?: MilterObserver;
   /** chmod for Unix sockets (e.g. 0o660). */
@@ -115,10 +134,12 @@ export interface MilterServer {
 
 const DEFAULTS = {
   maxConnections: 1000,
+  maxConnectionsPerPeer: 0,
   negotiateMs: 30_000,
+  frameMs: 10_000,
   idleMs: 7_210_000,
   callbackMs: 300_000,
-  maxDataSize: MILTER_MDS_1M,
+  maxDataSize: MILTER_MDS_64K,
   readBudgetBytes: 256 * 1024,
   backlog: DEFAULT_BACKLOG,
   sharedReadBuffer: true,
@@ -155,6 +176,11 @@ class Server implements MilterServer {
   private readonly observer: MilterObserver | undefined;
   private readonly failureDecision: FailureDecision | undefined;
   private readonly maxConnections: number;
+  private readonly maxConnectionsPerPeer: number;
+  /** Live connections per remote address (only with maxConnectionsPerPeer). */
+  private readonly perPeer = new Map<string, number>();
+  /** Addresses refused (and logged) since they reached maxConnectionsPerPeer: logged once until below. */
+  private readonly peersAtLimit = new Set<string>();
   private readonly timeouts: Required<MilterServerTimeouts>;
   private readonly maxDataSize: number;
   private readonly readBudgetBytes: number;
@@ -175,7 +201,9 @@ class Server implements MilterServer {
       throw new MilterConfigError('filter must be an object of callbacks', { field: 'filter' });
     }
     checkCount(options.maxConnections, 'maxConnections', 1);
+    checkCount(options.maxConnectionsPerPeer, 'maxConnectionsPerPeer', 0);
     checkCount(options.timeouts?.negotiateMs, 'timeouts.negotiateMs', 0);
+    checkCount(options.timeouts?.frameMs, 'timeouts.frameMs', 0);
     checkCount(options.timeouts?.idleMs, 'timeouts.idleMs', 0);
     checkCount(options.timeouts?.callbackMs, 'timeouts.callbackMs', 0);
     checkCount(options.maxDataSize, 'maxDataSize', MILTER_MDS_64K);
@@ -188,8 +216,10 @@ class Server implements MilterServer {
     this.observer = options.observer;
     this.failureDecision = options.failureDecision;
     this.maxConnections = options.maxConnections ?? DEFAULTS.maxConnections;
+    this.maxConnectionsPerPeer = options.maxConnectionsPerPeer ?? DEFAULTS.maxConnectionsPerPeer;
     this.timeouts = {
       negotiateMs: options.timeouts?.negotiateMs ?? DEFAULTS.negotiateMs,
+      frameMs: options.timeouts?.frameMs ?? DEFAULTS.frameMs,
       idleMs: options.timeouts?.idleMs ?? DEFAULTS.idleMs,
       callbackMs: options.timeouts?.callbackMs ?? DEFAULTS.callbackMs,
     };
@@ -290,6 +320,9 @@ class Server implements MilterServer {
       }
       return;
     }
+    // Unix-socket peers have no address: not counted (the socket's mode and group decide who connects).
+    const remote = this.maxConnectionsPerPeer > 0 ? socket.remoteAddress : undefined;
+    if (remote !== undefined && !this.admitPeer(remote, socket, peer)) return;
     const id = String(++connectionSeq);
     let connection: MilterConnection;
     try {
@@ -302,6 +335,7 @@ class Server implements MilterServer {
         failureDecision: this.failureDecision,
         maxDataSize: this.maxDataSize,
         negotiateTimeoutMs: this.timeouts.negotiateMs,
+        frameTimeoutMs: this.timeouts.frameMs,
         idleTimeoutMs: this.timeouts.idleMs,
         callbackTimeoutMs: this.timeouts.callbackMs,
         readBudgetBytes: this.readBudgetBytes,
@@ -314,16 +348,46 @@ class Server implements MilterServer {
       this.logger.error({ err, conn: id, peer }, 'could not set up the connection');
       socket.on('error', () => undefined);
       socket.destroy();
+      if (remote !== undefined) this.releasePeer(remote);
       return;
     }
     this.connections.add(connection);
     this.observer?.connectionOpened?.();
     void connection.closed.then(() => {
       this.connections.delete(connection);
+      if (remote !== undefined) this.releasePeer(remote);
       this.observer?.connectionClosed?.();
     });
     connection.logger.debug('connection accepted');
     connection.start();
+  }
+
+  /** Count a connection from `remote`, or refuse it (closed at once) when that address is at its limit. */
+  private admitPeer(remote: string, socket: net.Socket, peer: string): boolean {
+    const live = this.perPeer.get(remote) ?? 0;
+    if (live < this.maxConnectionsPerPeer) {
+      this.perPeer.set(remote, live + 1);
+      return true;
+    }
+    socket.on('error', () => undefined);
+    socket.destroy();
+    // Once per episode: a peer hammering at its limit must not flood the log.
+    if (!this.peersAtLimit.has(remote)) {
+      this.peersAtLimit.add(remote);
+      this.logger.warn(
+        { peer, limit: this.maxConnectionsPerPeer },
+        'per-peer connection limit reached; refusing (logged again once the peer is under the limit)',
+      );
+    }
+    this.observer?.connectionRefused?.();
+    return false;
+  }
+
+  private releasePeer(remote: string): void {
+    const live = (this.perPeer.get(remote) ?? 1) - 1;
+    if (live > 0) this.perPeer.set(remote, live);
+    else this.perPeer.delete(remote);
+    this.peersAtLimit.delete(remote);
   }
 
   close(options: { deadlineMs?: number } = {}): Promise<void> {

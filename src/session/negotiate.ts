@@ -15,6 +15,7 @@ import { MilterProtocolError } from '../errors.js';
 import {
   MILTER_MDS_1M,
   MILTER_MDS_256K,
+  MILTER_MDS_64K,
   SMFIF_ADDHDRS,
   SMFIF_ADDRCPT,
   SMFIF_ADDRCPT_PAR,
@@ -155,14 +156,15 @@ export function requestFromFilter(filter: Filter<unknown>, offer: NegotiationOff
 /**
  * Negotiate. `override` is the result of the filter's own `negotiate` callback, if it has one.
  *
- * @param maxDataSize payload floor configured for the session (default 1 MiB - 1); MDS bits only raise it.
+ * @param maxDataSize payload floor configured for the session (default 64 KiB - 1, libmilter's); an
+ *   MDS bit the MTA offers raises it to that size.
  * @throws MilterProtocolError `ERR_MILTER_NEGOTIATION` when the session must be refused (version < 2,
  *   actions or protocol bits requested that the MTA did not offer, malformed override).
  */
 export function negotiate(
   filter: Filter<unknown>,
   rawOffer: NegotiationOffer,
-  maxDataSize: number = MILTER_MDS_1M,
+  maxDataSize: number = MILTER_MDS_64K,
   override?: NegotiateResult,
 ): NegotiationOutcome {
   if (!isWord(rawOffer.version) || rawOffer.version < SMFI_PROT_VERSION_MIN) {

@@ -18,7 +18,7 @@ import type {
   TerminationReason,
 } from './types.js';
 import { MilterError, MilterFilterError, MilterProtocolError } from '../errors.js';
-import { MILTER_MDS_1M, SMFIP_NR_BODY, SMFIP_SKIP } from '../protocol/constants.js';
+import { MILTER_MDS_64K, SMFIP_NR_BODY, SMFIP_SKIP } from '../protocol/constants.js';
 import { PackedMacros } from '../protocol/packed-macros.js';
 import { ConnectionContext, MessageEomContext } from './context.js';
 import {
@@ -96,7 +96,7 @@ class MilterSession implements Session {
       options.failureDecision ?? 'tempfail',
     );
     this.observer = options.observer;
-    this.floor = options.maxDataSize ?? MILTER_MDS_1M;
+    this.floor = options.maxDataSize ?? MILTER_MDS_64K;
     this.logLimiter = options.logLimiter;
   }
 

@@ -47,7 +47,7 @@ export interface SessionOptions {
   observer?: MilterObserver;
   /**
    * Largest payload accepted from the MTA unless it negotiates a bigger one (SMFIP_MDS_256K/1M).
-   * Default 1 MiB - 1: Postfix sends headers up to 100 KiB unsplit, which libmilter's 64 KiB would drop.
+   * Default 64 KiB - 1, libmilter's: neither MTA sends more without MDS (MilterServerOptions.maxDataSize).
    */
   maxDataSize?: number;
   /** Process-wide limit on lines a peer can cause (a refused negotiation); default: no limit. */

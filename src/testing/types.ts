@@ -44,7 +44,7 @@ export interface TestSessionOptions {
   callbackTimeoutMs?: number;
   /** Decision sent when a callback throws or times out; default `tempfail`. */
   failureDecision?: FailureDecision;
-  /** Largest payload the session accepts unless MDS is negotiated; default 1 MiB - 1. */
+  /** Largest payload the session accepts unless MDS is negotiated; default 64 KiB - 1. */
   maxDataSize?: number;
 }
 

@@ -161,7 +161,7 @@ test('check-config prints the effective configuration; precedence is cli > env >
       'socketMode: "0660"',
       'logLevel: debug',
       'maxConnections: 50',
-      'timeouts: { callback: 5s }',
+      'timeouts: { callback: 5s, frame: 3s }',
       'admin: inet:9901@127.0.0.1',
       'policy:',
       '  version: 1',
@@ -171,14 +171,17 @@ test('check-config prints the effective configuration; precedence is cli > env >
       '',
     ].join('\n'),
   );
-  const r = await runMilterd(['check-config', file, '--max-connections', '7'], {
-    env: {
-      MILTERD_LOG_LEVEL: 'warn',
-      MILTERD_MAX_CONNECTIONS: '9',
-      MILTERD_DRAIN_TIMEOUT: '2m',
-      MILTERD_SHARED_READ_BUFFER: 'false',
+  const r = await runMilterd(
+    ['check-config', file, '--max-connections', '7', '--max-connections-per-peer', '5'],
+    {
+      env: {
+        MILTERD_LOG_LEVEL: 'warn',
+        MILTERD_MAX_CONNECTIONS: '9',
+        MILTERD_DRAIN_TIMEOUT: '2m',
+        MILTERD_SHARED_READ_BUFFER: 'false',
+      },
     },
-  });
+  );
   assert.equal(r.code, 0, r.stderr);
   const doc = JSON.parse(r.stdout) as {
     config: Record<string, unknown> & { timeouts: Record<string, string> };
@@ -201,6 +204,9 @@ test('check-config prints the effective configuration; precedence is cli > env >
   assert.equal(doc.sources.sharedReadBuffer, 'env');
   assert.equal(doc.config.timeouts.idle, '10m');
   assert.equal(doc.sources['timeouts.idle'], 'default');
+  assert.equal(doc.config.timeouts.frame, '3s');
+  assert.equal(doc.config.maxConnectionsPerPeer, 5);
+  assert.equal(doc.sources.maxConnectionsPerPeer, 'cli');
   assert.deepEqual(
     doc.policy.rules.map((x) => x.name),
     ['few'],

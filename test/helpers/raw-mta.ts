@@ -43,13 +43,17 @@ export class RawMta {
     });
   }
 
-  /** Connect to a listen address (TCP or Unix). */
-  static connect(address: ListenAddress): Promise<RawMta> {
+  /** Connect to a listen address (TCP or Unix), optionally from a given local address (TCP). */
+  static connect(address: ListenAddress, localAddress?: string): Promise<RawMta> {
     return new Promise((resolve, reject) => {
       const socket =
         address.kind === 'unix'
           ? net.connect({ path: address.path as string })
-          : net.connect({ host: address.host as string, port: address.port as number });
+          : net.connect({
+              host: address.host as string,
+              port: address.port as number,
+              ...(localAddress === undefined ? {} : { localAddress }),
+            });
       socket.once('connect', () => resolve(new RawMta(socket)));
       socket.once('error', reject);
     });

@@ -7,6 +7,7 @@ import { isMilterError } from '../../src/errors.js';
 import type { Filter } from '../../src/filter.js';
 import { everyActionFilter, newRecord } from '../helpers/filters.js';
 import { assertEomOutcome, assertPassed, clientMessage } from '../helpers/mta.js';
+import { RawMta, rawMessage } from '../helpers/raw-mta.js';
 import { startServer } from '../helpers/server.js';
 import { deferred, sleep, waitFor } from '../helpers/wait.js';
 
@@ -68,6 +69,31 @@ test('close() waits for a session in flight to reach QUIT', async (t) => {
   assert.equal(closed, false, 'still waiting: the session has not quit');
   await client.quit();
   await closing;
+  assert.deepEqual([...record.closes.values()], [1]);
+  assert.equal(server.connectionCount, 0);
+});
+
+test('a connection accepted but not yet negotiating when close() starts gets its whole session', async (t) => {
+  const record = newRecord();
+  const { server, address } = await startServer(t, { filter: everyActionFilter(record) });
+  // Postfix connects, then negotiates: SIGTERM may come in between.
+  const mta = await RawMta.connect(address);
+  t.after(() => mta.destroy());
+  await waitFor(() => server.connectionCount === 1, 'the connection to be accepted');
+  let closed = false;
+  const closing = server.close({ deadlineMs: 60_000 });
+  void closing.then(() => (closed = true));
+  assert.equal(await refused(address.port as number), true, 'no longer accepting');
+
+  // Before: the socket was closed at once (Postfix: "read error in initial handshake", tempfail).
+  const { protocol } = await mta.negotiate();
+  assert.equal((await rawMessage(mta, protocol, 'accept', true)).final?.kind, 'accept');
+  assert.equal(closed, false, 'still waiting: the session has not quit');
+  // After the message Postfix sends ABORT; the session ends at QUIT, the safe point.
+  mta.send({ kind: 'abort' }, { kind: 'quit' });
+  await mta.closed;
+  await closing;
+  assert.equal(record.eoms, 1);
   assert.deepEqual([...record.closes.values()], [1]);
   assert.equal(server.connectionCount, 0);
 });

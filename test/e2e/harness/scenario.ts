@@ -92,7 +92,7 @@ export type StepExpect = number | (ReplyExpect & { postfix?: ReplyExpect; sendma
 export interface MessageSpec {
   subject?: string;
   /** Extra header lines in order, after From/To/Subject. */
-  headers?: Array<[string, string]>;
+  headers?: Array<[string, Content]>;
   body?: Content;
   /** Leave out the default From/To/Subject headers. */
   noDefaultHeaders?: boolean;

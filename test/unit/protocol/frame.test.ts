@@ -149,3 +149,54 @@ test('a frame larger than the initial accumulator grows it', () => {
   assert.equal(frames.length, 1);
   assert.deepEqual(frames[0]?.payload, body);
 });
+
+/** One frame on the wire: length, command, payload. */
+function wireFrame(command: number, payload: Buffer): Buffer {
+  const wire = Buffer.alloc(5 + payload.length);
+  wire.writeUInt32BE(payload.length + 1, 0);
+  wire[4] = command;
+  payload.copy(wire, 5);
+  return wire;
+}
+
+test('after a large frame the decoder keeps no memory; the frame was assembled in one buffer; release()', () => {
+  const d = new FrameDecoder(1 << 20);
+  const body = Buffer.alloc((1 << 20) - 1, 9);
+  const wire = wireFrame(0x42, body);
+  // 64 KiB pieces, as reads from a socket arrive; the pieces are borrowed until retain().
+  let frame: { command: number; payload: Buffer } | undefined;
+  const capacities = new Set<number>();
+  for (let i = 0; i < wire.length; i += 65536) {
+    d.push(wire.subarray(i, i + 65536));
+    frame = d.next();
+    if (frame === undefined) {
+      d.retain();
+      capacities.add(d.capacity);
+    }
+  }
+  assert.deepEqual(frame?.payload, body);
+  assert.deepEqual([...capacities], [wire.length], 'sized for the whole frame once, no doubling');
+  assert.equal(d.capacity, 0, 'dropped once the frame was read');
+  assert.equal(d.bufferedBytes, 0);
+
+  // The payload view stays valid after the decoder dropped its memory, until the next push.
+  assert.equal(frame?.payload[12345], 9);
+
+  // A stream of frames that span reads keeps reusing one accumulator while bytes are pending.
+  const small = Buffer.concat(Array.from({ length: 40 }, () => wireFrame(0x42, Buffer.alloc(3000, 1))));
+  let count = 0;
+  for (let i = 0; i < small.length; i += 7000) {
+    d.push(small.subarray(i, i + 7000));
+    while (d.next() !== undefined) count++;
+    d.retain();
+  }
+  assert.equal(count, 40);
+  assert.ok(d.capacity > 0 && d.capacity <= 65544, 'one 64 KiB accumulator kept for the next frame');
+  d.release();
+  assert.equal(d.capacity, 0, 'given back on request once drained');
+  d.push(small.subarray(0, 100));
+  d.retain();
+  d.release();
+  assert.equal(d.bufferedBytes, 100, 'never while it holds bytes');
+  assert.ok(d.capacity > 0);
+});
