@@ -435,10 +435,13 @@ export class MilterConnection {
       this.startFrameTimer(Math.ceil(left));
       return;
     }
-    this.logger.warn(
-      { timeoutMs, bufferedBytes: this.decoder.bufferedBytes },
-      'frame not completed in time; closing',
-    );
+    // A peer can cause timeouts at will, like protocol errors: the same rate limit.
+    if (this.options.logLimiter.allow('frame-timeout')) {
+      this.logger.warn(
+        { timeoutMs, bufferedBytes: this.decoder.bufferedBytes },
+        'frame not completed in time; closing',
+      );
+    }
     this.observer?.error?.('ERR_MILTER_TIMEOUT');
     this.abort('timeout');
   };
@@ -586,10 +589,12 @@ export class MilterConnection {
   private readonly onNegotiateTimeout = (): void => {
     this.negotiateTimer = undefined;
     if (this.dead) return;
-    this.logger.warn(
-      { timeoutMs: this.options.negotiateTimeoutMs },
-      'no option negotiation in time; closing',
-    );
+    if (this.options.logLimiter.allow('negotiate-timeout')) {
+      this.logger.warn(
+        { timeoutMs: this.options.negotiateTimeoutMs },
+        'no option negotiation in time; closing',
+      );
+    }
     this.observer?.error?.('ERR_MILTER_TIMEOUT');
     this.abort('timeout');
   };
@@ -608,7 +613,9 @@ export class MilterConnection {
       this.startIdleTimer(Math.ceil(left));
       return;
     }
-    this.logger.warn({ timeoutMs: this.options.idleTimeoutMs }, 'MTA idle for too long; closing');
+    if (this.options.logLimiter.allow('idle-timeout')) {
+      this.logger.warn({ timeoutMs: this.options.idleTimeoutMs }, 'MTA idle for too long; closing');
+    }
     this.observer?.error?.('ERR_MILTER_TIMEOUT');
     this.abort('timeout');
   };
