@@ -15,6 +15,7 @@ import {
 } from '../../src/filter.js';
 import { SMFI_CURR_ACTS, SMFI_CURR_PROT, STAGE_BITS, type StageName } from '../../src/protocol/constants.js';
 import type { MilterCommand, MilterResponse } from '../../src/protocol/types.js';
+import { isDecision } from './raw-mta.js';
 
 /** How the model reaches the filter: a session in memory or a server over a socket. */
 export interface Transport {
@@ -28,35 +29,8 @@ export interface Transport {
   quit(): Promise<void>;
 }
 
-const DECISIONS = new Set<MilterResponse['kind']>([
-  'continue',
-  'accept',
-  'reject',
-  'tempfail',
-  'discard',
-  'replyCode',
-  'skip',
-  'shutdown',
-  'connFail',
-]);
-
-/** A response that answers a command (as opposed to a modification or progress). */
-export function isDecision(r: MilterResponse): boolean {
-  return DECISIONS.has(r.kind);
-}
-
-/** Stages an MTA may be told not to wait for (all NR_* bits). */
-export const NO_REPLY_STAGES: readonly NoReplyStage[] = [
-  'connect',
-  'helo',
-  'envfrom',
-  'envrcpt',
-  'data',
-  'unknown',
-  'header',
-  'eoh',
-  'body',
-];
+/** Stages an MTA may be told not to wait for (all NR_* bits): the protocol's own table. */
+export const NO_REPLY_STAGES = Object.keys(STAGE_BITS) as readonly NoReplyStage[];
 
 const STAGE_OF: Partial<Record<MilterCommand['kind'], StageName>> = {
   connect: 'connect',

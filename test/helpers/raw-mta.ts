@@ -118,16 +118,22 @@ const STEP_BITS = {
   body: [STAGE_BITS.body.no, STAGE_BITS.body.nr],
 } as const;
 
-const FINAL = new Set([
-  'accept',
+const DECISIONS = new Set<MilterResponse['kind']>([
   'continue',
+  'accept',
   'reject',
   'tempfail',
   'discard',
   'replyCode',
   'skip',
   'shutdown',
+  'connFail',
 ]);
+
+/** A response that answers a command (as opposed to a modification or progress). */
+export function isDecision(r: MilterResponse): boolean {
+  return DECISIONS.has(r.kind);
+}
 
 /**
  * Send one command the way an MTA does: not at all when its SMFIP_NO* bit was negotiated, without
@@ -154,7 +160,7 @@ export async function endOfMessage(
   let progress = 0;
   for (;;) {
     const r = await mta.next();
-    if (r === undefined || FINAL.has(r.kind)) return { final: r, modifications, progress };
+    if (r === undefined || isDecision(r)) return { final: r, modifications, progress };
     if (r.kind === 'progress') progress++;
     else modifications.push(r);
   }

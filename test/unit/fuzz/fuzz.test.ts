@@ -15,7 +15,6 @@ import { silentLogger } from '../../../src/logging/logger.js';
 import { Decision, type Filter } from '../../../src/filter.js';
 import type { MilterCommand, MilterResponse } from '../../../src/protocol/types.js';
 import {
-  isDecision,
   playRandomConnection,
   randomDecisionFilter,
   randomNoReply,
@@ -23,7 +22,7 @@ import {
   type Transport,
 } from '../../helpers/mta-model.js';
 import { prng } from '../../helpers/prng.js';
-import { RawMta } from '../../helpers/raw-mta.js';
+import { isDecision, RawMta } from '../../helpers/raw-mta.js';
 import { startServer } from '../../helpers/server.js';
 
 const COMMAND_BYTES = Buffer.from('ABCDEHKLMNOQRTU');
