@@ -168,11 +168,11 @@ export class MilterConnection {
   private waitingDrain = false;
   /** Stopped for this event-loop turn (TURN_COMMANDS reached); `onTurn` goes on. */
   private yielded = false;
-  /** Commands handled since `turnMark` was taken. */
-  private turnCommands = 0;
+  /** `framesHandled` when this turn's count started: the commands handled in it are the difference. */
+  private turnStart = 0;
   /** `turn` when this connection started counting; -1: not counting. */
   private turnMark = -1;
-  /** Frames handed to the session so far (identifies the partial frame the frame timer watches). */
+  /** Frames handed to the session so far (a turn's command count, the partial frame the frame timer watches). */
   private framesHandled = 0;
   /** `framesHandled` when the current partial frame was first seen, and performance.now() then. */
   private partialSeq = -1;
@@ -330,7 +330,7 @@ export class MilterConnection {
    */
   private pump(): void {
     while (!this.dead && !this.inFlight && !this.waitingDrain && !this.yielded) {
-      if (this.turnCommands >= TURN_COMMANDS && this.turnSpent()) {
+      if (this.framesHandled - this.turnStart >= TURN_COMMANDS && this.turnSpent()) {
         this.yieldTurn();
         return;
       }
@@ -353,7 +353,6 @@ export class MilterConnection {
         this.decoder.push(chunk);
         continue;
       }
-      this.turnCommands++;
       this.framesHandled++;
       if (!this.dispatch(frame)) return;
     }
@@ -384,7 +383,7 @@ export class MilterConnection {
     const now = currentTurn();
     if (this.turnMark === now) return true;
     this.turnMark = now;
-    this.turnCommands = 0;
+    this.turnStart = this.framesHandled;
     return false;
   }
 
@@ -397,7 +396,7 @@ export class MilterConnection {
 
   private readonly onTurn = (): void => {
     this.yielded = false;
-    this.turnCommands = 0;
+    this.turnStart = this.framesHandled;
     this.turnMark = currentTurn();
     if (!this.dead && !this.inFlight && !this.waitingDrain) this.pump();
   };
@@ -435,15 +434,11 @@ export class MilterConnection {
       this.startFrameTimer(Math.ceil(left));
       return;
     }
-    // A peer can cause timeouts at will, like protocol errors: the same rate limit.
-    if (this.options.logLimiter.allow('frame-timeout')) {
-      this.logger.warn(
-        { timeoutMs, bufferedBytes: this.decoder.bufferedBytes },
-        'frame not completed in time; closing',
-      );
-    }
-    this.observer?.error?.('ERR_MILTER_TIMEOUT');
-    this.abort('timeout');
+    this.timedOut(
+      'frame-timeout',
+      { timeoutMs, bufferedBytes: this.decoder.bufferedBytes },
+      'frame not completed in time; closing',
+    );
   };
 
   private startReleaseTimer(ms: number): void {
@@ -589,14 +584,11 @@ export class MilterConnection {
   private readonly onNegotiateTimeout = (): void => {
     this.negotiateTimer = undefined;
     if (this.dead) return;
-    if (this.options.logLimiter.allow('negotiate-timeout')) {
-      this.logger.warn(
-        { timeoutMs: this.options.negotiateTimeoutMs },
-        'no option negotiation in time; closing',
-      );
-    }
-    this.observer?.error?.('ERR_MILTER_TIMEOUT');
-    this.abort('timeout');
+    this.timedOut(
+      'negotiate-timeout',
+      { timeoutMs: this.options.negotiateTimeoutMs },
+      'no option negotiation in time; closing',
+    );
   };
 
   private readonly onIdleTimeout = (): void => {
@@ -613,12 +605,15 @@ export class MilterConnection {
       this.startIdleTimer(Math.ceil(left));
       return;
     }
-    if (this.options.logLimiter.allow('idle-timeout')) {
-      this.logger.warn({ timeoutMs: this.options.idleTimeoutMs }, 'MTA idle for too long; closing');
-    }
+    this.timedOut('idle-timeout', { timeoutMs: idleMs }, 'MTA idle for too long; closing');
+  };
+
+  /** End the connection on a timeout: a rate-limited line (a peer can cause timeouts at will), counted. */
+  private timedOut(key: string, fields: Record<string, number>, msg: string): void {
+    if (this.options.logLimiter.allow(key)) this.logger.warn(fields, msg);
     this.observer?.error?.('ERR_MILTER_TIMEOUT');
     this.abort('timeout');
-  };
+  }
 
   /** A protocol error (or an internal bug) ends this connection only: log, count, no reply, destroy. */
   private fail(err: unknown): void {
