@@ -5,6 +5,8 @@
  */
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { ADMIN_DEFAULTS } from '../admin/server.js';
+import { ASYNC_LOG_DEFAULTS } from '../logging/async-destination.js';
 import type { FailureDecision } from '../session/types.js';
 import {
   FAILURE_DECISIONS,
@@ -153,7 +155,7 @@ export const SETTINGS: SettingsTable = {
     description:
       'log lines buffered while stdout is not read (e.g. 1MiB, 256KiB); beyond it lines are dropped and ' +
       'counted, never waited for',
-    defaultValue: 1024 * 1024,
+    defaultValue: ASYNC_LOG_DEFAULTS.maxBufferBytes,
     defaultText: '1MiB',
     fromText: same(parseByteSize),
     fromFile: parseByteSize,
@@ -276,8 +278,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_ADMIN_MAX_CONNECTIONS',
     path: ['adminMaxConnections'],
     description: 'admin endpoint connections at once; more are closed at accept',
-    defaultValue: 64,
-    defaultText: '64',
+    defaultValue: ADMIN_DEFAULTS.maxConnections,
+    defaultText: String(ADMIN_DEFAULTS.maxConnections),
     fromText: same((v) => parseInteger(v, 1)),
     fromFile: (v) => parseInteger(v, 1),
   },

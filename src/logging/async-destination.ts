@@ -26,6 +26,8 @@ export const ASYNC_LOG_DEFAULTS = {
   /** First retry after EAGAIN; doubles up to `retryMaxMs`. */
   retryMinMs: 5,
   retryMaxMs: 100,
+  /** Longest wait of pino's `logger.flush(cb)` before it calls back anyway. */
+  flushTimeoutMs: 10_000,
 } as const;
 
 /** The fs.write this module uses (injectable for tests). */
@@ -128,9 +130,9 @@ export class AsyncLogDestination implements DestinationStream {
     });
   }
 
-  /** pino's `logger.flush(cb)`: calls back once written (or after 10 s at most), never with an error. */
+  /** pino's `logger.flush(cb)`: calls back once written (or after `flushTimeoutMs`), never with an error. */
   flush(cb?: (err?: Error) => void): void {
-    void this.drain(10_000).then(() => cb?.());
+    void this.drain(ASYNC_LOG_DEFAULTS.flushTimeoutMs).then(() => cb?.());
   }
 
   private drop(lines: number): void {
