@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import { MilterConfigError, MilterFilterError } from '../errors.js';
 import { MAX_REPLY_LINE_LENGTH } from '../protocol/constants.js';
 import { MemoryPolicyStore, type PolicyStore } from './store.js';
-import { clientKey, DEFAULT_CLIENT_PREFIX, type ClientPrefix } from './values.js';
+import { clientKey, DEFAULT_CLIENT_PREFIX, MAX_PREFIX, type ClientPrefix } from './values.js';
 import type {
   DeliveryRecord,
   HookOptions,
@@ -165,10 +165,8 @@ export class ShutdownPolicy {
     this.now = options.now ?? Date.now;
     this.store = options.store ?? new MemoryPolicyStore();
     this.clientPrefix = Object.freeze({ ...DEFAULT_CLIENT_PREFIX, ...definedOnly(options.clientPrefix) });
-    for (const [family, max] of [
-      ['ipv4', 32],
-      ['ipv6', 128],
-    ] as const) {
+    for (const family of ['ipv4', 'ipv6'] as const) {
+      const max = MAX_PREFIX[family];
       const bits = this.clientPrefix[family];
       if (!Number.isInteger(bits) || bits < 0 || bits > max) {
         throw new MilterConfigError(`clientPrefix.${family} must be a whole number 0..${max}`, {

@@ -13,7 +13,7 @@ import {
   type PolicyRule,
   type RuleLimit,
 } from './rules.js';
-import { parseCidr, parseDuration, parseSize, type Cidr } from './values.js';
+import { MAX_PREFIX, parseCidr, parseDuration, parseSize, type Cidr } from './values.js';
 import { checkYamlSize, parseYamlDocument, readYamlFile, YamlFileTooLargeError } from './yaml-file.js';
 
 const TOP_KEYS = [
@@ -25,7 +25,7 @@ const TOP_KEYS = [
   'client-prefix',
   'rules',
 ] as const;
-const PREFIX_KEYS = ['ipv4', 'ipv6'] as const;
+const PREFIX_KEYS = Object.keys(MAX_PREFIX) as ReadonlyArray<keyof typeof MAX_PREFIX>;
 const RULE_KEYS = ['name', 'text', 'dry-run', 'when', 'min-attempts', 'window', ...LIMIT_KINDS] as const;
 const WHEN_KEYS = ['client', 'not-client', 'authenticated', 'helo'] as const;
 
@@ -187,10 +187,11 @@ export function parsePolicy(text: string, file = '<policy>'): PolicyConfig {
       case 'client-prefix': {
         const prefix: { ipv4?: number; ipv6?: number } = {};
         for (const p of w.map(e.value, f, PREFIX_KEYS, e.keyNode)) {
-          const max = p.key === 'ipv4' ? 32 : 128;
+          const family = p.key as keyof typeof MAX_PREFIX;
+          const max = MAX_PREFIX[family];
           const bits = w.int(p, `${f}.${p.key}`, 0);
           if (bits > max) w.fail(p.value, `${f}.${p.key}`, `expected a prefix length 0..${max}`);
-          prefix[p.key as 'ipv4' | 'ipv6'] = bits;
+          prefix[family] = bits;
         }
         config.clientPrefix = prefix;
         break;

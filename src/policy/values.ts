@@ -66,6 +66,9 @@ export interface Cidr {
   readonly type: 'ipv4' | 'ipv6';
 }
 
+/** Longest prefix (the address length in bits) per family. */
+export const MAX_PREFIX = { ipv4: 32, ipv6: 128 } as const;
+
 /** `192.0.2.0/24`, `2001:db8::/32`, or a single address (`/32` or `/128` implied). */
 export function parseCidr(text: unknown): Cidr {
   if (typeof text !== 'string') throw new Error('expected a CIDR block such as 192.0.2.0/24');
@@ -73,7 +76,7 @@ export function parseCidr(text: unknown): Cidr {
   const address = (slash < 0 ? text : text.slice(0, slash)).trim();
   const family = isIP(address);
   if (family === 0) throw new Error(`"${text}" is not an IP address or CIDR block`);
-  const max = family === 4 ? 32 : 128;
+  const max = family === 4 ? MAX_PREFIX.ipv4 : MAX_PREFIX.ipv6;
   const prefixText = slash < 0 ? String(max) : text.slice(slash + 1).trim();
   const prefix = /^\d{1,3}$/.test(prefixText) ? Number(prefixText) : NaN;
   if (!(prefix >= 0 && prefix <= max)) throw new Error(`"${text}": prefix length must be 0..${max}`);
