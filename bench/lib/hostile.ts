@@ -324,6 +324,22 @@ export interface HostileOutput {
 const mib = (x: number): string => x.toFixed(1);
 const ms = (x: number): string => (Number.isFinite(x) ? x.toFixed(1) : '-');
 
+/** One measurement: its row is kept and logged; a failure is logged and the other rows go on. */
+async function addRow<R extends object>(
+  rows: Array<R & { candidate: string }>,
+  candidate: string,
+  log: (s: string) => void,
+  run: () => Promise<R>,
+): Promise<void> {
+  try {
+    const r = await run();
+    rows.push({ candidate, ...r });
+    log(`  ${JSON.stringify(r)}`);
+  } catch (err) {
+    log(`  FAILED ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
 /** Run the `bigframes` and `flood` extras that `a.extras` selects, on every candidate in `defs`. */
 export async function hostileExtras(
   defs: readonly CandidateDef[],
@@ -343,22 +359,9 @@ export async function hostileExtras(
         log(
           `extra: ${def.name}, ${a.bigFrameConnections} idle connections after one ${size}-byte ${variant} frame`,
         );
-        try {
-          const r = await bigFrameIdle(
-            def,
-            a.bigFrameConnections,
-            variant,
-            size,
-            floor,
-            logFile,
-            fdLimit,
-            log,
-          );
-          rows.push({ candidate: def.name, ...r });
-          log(`  ${JSON.stringify(r)}`);
-        } catch (err) {
-          log(`  FAILED ${err instanceof Error ? err.message : String(err)}`);
-        }
+        await addRow(rows, def.name, log, () =>
+          bigFrameIdle(def, a.bigFrameConnections, variant, size, floor, logFile, fdLimit, log),
+        );
       }
     }
     out.extras.bigframes = rows;
@@ -401,8 +404,8 @@ export async function hostileExtras(
       log(
         `extra: ${def.name}, healthy session while ${a.flooders} peers pipeline header frames without reading`,
       );
-      try {
-        const r = await floodLatency(
+      await addRow(rows, def.name, log, () =>
+        floodLatency(
           def,
           {
             flooders: a.flooders,
@@ -413,12 +416,8 @@ export async function hostileExtras(
           logFile,
           fdLimit,
           log,
-        );
-        rows.push({ candidate: def.name, ...r });
-        log(`  ${JSON.stringify(r)}`);
-      } catch (err) {
-        log(`  FAILED ${err instanceof Error ? err.message : String(err)}`);
-      }
+        ),
+      );
     }
     out.extras.flood = rows;
     out.blocks.push(
