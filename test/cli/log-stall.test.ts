@@ -9,6 +9,20 @@ import { test } from 'node:test';
 import { MilterClient, playMessage } from '../../src/client/index.js';
 import { Daemon, httpGet, parsePrometheus, sampleValue } from './helpers.js';
 
+/** A daemon on loopback with the admin endpoint, logging at trace. */
+function stallingDaemon(...extra: string[]): Daemon {
+  // Every session logs a dozen lines at trace: a few hundred sessions overflow the 1 MiB buffer.
+  return new Daemon([
+    '--listen',
+    'inet:0@127.0.0.1',
+    '--admin',
+    'inet:0@127.0.0.1',
+    '--log-level',
+    'trace',
+    ...extra,
+  ]);
+}
+
 /** One whole message through the daemon; returns what it answered. */
 async function oneMessage(milter: string, n: number): Promise<{ stoppedAt: string; header: boolean }> {
   // A short client timeout: a daemon whose event loop hangs on a write fails here instead of hanging.
@@ -61,15 +75,7 @@ async function stall(d: Daemon, milter: string, adminPort: number, atLeast: numb
 }
 
 test('a stalled stdout changes no milter reply and no /healthz answer; logging resumes after it', async (t) => {
-  const d = new Daemon([
-    '--listen',
-    'inet:0@127.0.0.1',
-    '--admin',
-    'inet:0@127.0.0.1',
-    // Every session logs a dozen lines at trace: a few hundred sessions overflow the 1 MiB buffer.
-    '--log-level',
-    'trace',
-  ]);
+  const d = stallingDaemon();
   t.after(() => d.kill());
   const { milter, adminPort } = await d.started();
   assert.ok(adminPort);
@@ -100,15 +106,7 @@ test('a stalled stdout changes no milter reply and no /healthz answer; logging r
 });
 
 test('--log-pretty: a stalled stdout blocks nothing either, and the text lines resume', async (t) => {
-  const d = new Daemon([
-    '--listen',
-    'inet:0@127.0.0.1',
-    '--admin',
-    'inet:0@127.0.0.1',
-    '--log-level',
-    'trace',
-    '--log-pretty',
-  ]);
+  const d = stallingDaemon('--log-pretty');
   t.after(() => d.kill());
   // Pretty lines are not JSON: they land in strayStdout. Ports come from the started line.
   let started: RegExpExecArray | null = null;
