@@ -23,6 +23,12 @@ const SP = 0x20;
 const HT = 0x09;
 const COLON = 0x3a;
 
+/** End of the line starting at `pos` whose LF is at `lf` (-1: none, the data's end): a CR before the LF excluded. */
+function lineEnd(data: Buffer, pos: number, lf: number): number {
+  if (lf < 0) return data.length;
+  return lf > pos && data[lf - 1] === CR ? lf - 1 : lf;
+}
+
 /**
  * Length of the field name of a header line, as Postfix's is_header(): printable ASCII other than the
  * colon, optionally followed by spaces or tabs (RFC 822's obsolete syntax), then the colon. Returns the
@@ -53,7 +59,7 @@ export function parseEml(data: Buffer): ParsedMessage {
   while (pos < data.length) {
     const lf = data.indexOf(LF, pos);
     const next = lf < 0 ? data.length : lf + 1;
-    const end = lf > pos && data[lf - 1] === CR ? lf - 1 : lf < 0 ? data.length : lf;
+    const end = lineEnd(data, pos, lf);
     if (end === pos) {
       pos = next; // the empty line is not part of the body
       break;
@@ -83,7 +89,7 @@ function crlfLines(data: Buffer, start: number): Buffer {
   let pos = start;
   while (pos < data.length) {
     const lf = data.indexOf(LF, pos);
-    const end = lf < 0 ? data.length : lf > pos && data[lf - 1] === CR ? lf - 1 : lf;
+    const end = lineEnd(data, pos, lf);
     parts.push(data.subarray(pos, end), crlf);
     pos = lf < 0 ? data.length : lf + 1;
   }
