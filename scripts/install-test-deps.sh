@@ -10,6 +10,8 @@
 #   * sendmail-cf (m4 macros; installed normally unless apt would remove something for it, then it is
 #     unpacked privately into the same folder), m4, swaks, strace, miltertest, libmilter-dev, gcc;
 #   * sasl2-bin + SASL plugins (saslpasswd2 and the PLAIN/sasldb modules: the private Sendmail's SMTP AUTH);
+#   * systemd, for systemd-analyze (test/package/systemd.test.ts checks examples/systemd/). Only the
+#     package: it does not become init (that is systemd-sysv) and nothing is started;
 #   * podman, runc, debootstrap, iptables, with their recommends (the container test builds and runs the
 #     Dockerfile offline, docs in scripts/container-base.sh).
 #
@@ -25,7 +27,7 @@ for arg in "$@"; do
   case "$arg" in
     --if-missing) IF_MISSING=1 ;;
     -h | --help)
-      sed -n '2,17p' "$0"
+      sed -n '2,19p' "$0"
       exit 0
       ;;
     *)
@@ -42,7 +44,7 @@ die() {
 }
 
 # Packages installed the ordinary way (binary we check for -> package).
-APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db)
+APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd)
 # Container tooling, installed with recommends as in the verified podman recipe (netavark, buildah...).
 CONTAINER_PACKAGES=(podman runc debootstrap iptables)
 have_pkg() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }

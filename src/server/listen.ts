@@ -8,7 +8,7 @@
  * (see {@link listenPrivately}).
  */
 import { promises as fs } from 'node:fs';
-import net from 'node:net';
+import * as net from 'node:net';
 import { dirname, join } from 'node:path';
 import { MilterConfigError, MilterError } from '../errors.js';
 import { formatSocketSpec, type SocketSpec } from '../socket-spec.js';

@@ -3,7 +3,7 @@
  * implements graceful shutdown. Everything protocol-related lives in the session; everything per-socket
  * in MilterConnection.
  */
-import net from 'node:net';
+import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { MilterConfigError, MilterError } from '../errors.js';
 import type { Filter } from '../filter.js';
