@@ -22,10 +22,12 @@ function invalid(message: string): MilterFilterError {
 function escapeLine(line: string): string {
   if (typeof line !== 'string') throw invalid('reply text lines must be strings');
   if (/[\r\n\0]/.test(line)) throw invalid('reply text must not contain CR, LF or NUL');
-  if (wireByteLength(line) > MAX_REPLY_LINE_LENGTH) {
-    throw invalid(`reply line longer than ${MAX_REPLY_LINE_LENGTH} bytes`);
+  const escaped = line.includes('%') ? line.replace(/%/g, '%%') : line;
+  // Counted as sent: after the `%` doubling, in wire bytes (a raw 8-bit byte is one byte).
+  if (wireByteLength(escaped) > MAX_REPLY_LINE_LENGTH) {
+    throw invalid(`reply line longer than ${MAX_REPLY_LINE_LENGTH} bytes once % is doubled`);
   }
-  return line.includes('%') ? line.replace(/%/g, '%%') : line;
+  return escaped;
 }
 
 /** The decision a reply code implies: 4xx → tempfail, 5xx → reject. Throws on a malformed code. */

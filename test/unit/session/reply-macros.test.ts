@@ -40,6 +40,9 @@ test('formatReply: malformed replies throw ERR_MILTER_INVALID_REPLY', () => {
     [{ code: 550, text: [] }, 'reject'],
     [{ code: 550, text: new Array<string>(33).fill('x') }, 'reject'],
     [{ code: 550, text: 'x'.repeat(981) }, 'reject'],
+    // 600 bytes as given, 1,200 once every % is doubled for Sendmail: counted as sent.
+    [{ code: 550, text: '%'.repeat(600) }, 'reject'],
+    [{ code: 550, text: ['ok', '%'.repeat(491)] }, 'reject'],
   ];
   for (const [reply, decision] of rows) assert.throws(() => formatReply(reply, decision), invalidReply);
   assert.equal(
@@ -47,6 +50,7 @@ test('formatReply: malformed replies throw ERR_MILTER_INVALID_REPLY', () => {
     32,
   );
   assert.equal(formatReply({ code: 550, text: 'x'.repeat(980) }, 'reject').length, 984);
+  assert.equal(formatReply({ code: 550, text: '%'.repeat(490) }, 'reject').length, 984);
   assert.equal(replyDecisionOf(421), 'tempfail');
   assert.equal(replyDecisionOf('554'), 'reject');
 });
