@@ -90,7 +90,25 @@ export class MilterClient {
   static async connect(spec: string | SocketSpec, options: MilterClientOptions = {}): Promise<MilterClient> {
     const socket = await openSocket(spec, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     const client = new MilterClient(socket, options);
-    const reply = await client.send<OptnegResponse>({ kind: 'optneg', ...client.offer }, 'optneg');
+    let reply: OptnegResponse;
+    try {
+      reply = await client.send<OptnegResponse>({ kind: 'optneg', ...client.offer }, 'optneg');
+    } catch (err) {
+      // Accepted, then closed before any reply: how milterd (and libmilter) turn a connection away while
+      // draining or at the connection limit. Say so instead of a bare "connection closed".
+      if (
+        err instanceof MilterError &&
+        err.code === 'ERR_MILTER_CONNECTION_CLOSED' &&
+        client.decoder.bufferedBytes === 0
+      ) {
+        throw new MilterError(
+          'ERR_MILTER_CONNECTION_CLOSED',
+          'refused while draining (or at the connection limit): the milter closed the connection before negotiating',
+          { cause: err },
+        );
+      }
+      throw err;
+    }
     try {
       client.agreed = validateNegotiation(client.offer, reply);
     } catch (err) {

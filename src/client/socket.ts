@@ -8,9 +8,26 @@ export function closedError(cause?: unknown): MilterError {
   return new MilterError('ERR_MILTER_CONNECTION_CLOSED', 'milter connection closed', { cause });
 }
 
+/** Why a connect failed, in words an operator can act on (the errno stays in the message and `cause`). */
+const CONNECT_ERRORS: Readonly<Record<string, string>> = {
+  ECONNREFUSED: 'connection refused (ECONNREFUSED): nothing listens there (or a milterd is draining)',
+  ENOENT: 'no such socket (ENOENT)',
+  EACCES: 'permission denied (EACCES)',
+  ECONNRESET: 'connection reset (ECONNRESET)',
+  ENOTSOCK: 'not a socket (ENOTSOCK)',
+};
+
+function connectError(err: NodeJS.ErrnoException): MilterError {
+  const known = err.code === undefined ? undefined : CONNECT_ERRORS[err.code];
+  return new MilterError('ERR_MILTER_CONNECTION_CLOSED', `cannot connect: ${known ?? err.message}`, {
+    cause: err,
+  });
+}
+
 /**
  * Connect to `spec` (a libmilter-style spec string or a parsed SocketSpec). Rejects with ERR_MILTER_TIMEOUT
- * after `timeoutMs`, with ERR_MILTER_CONNECTION_CLOSED (cause: the socket error) when refused; a bad spec
+ * after `timeoutMs`, with ERR_MILTER_CONNECTION_CLOSED (cause: the socket error; the message names the errno: connection
+ * refused, no such socket…) when the connect fails; a bad spec
  * throws MilterConfigError (ERR_MILTER_LISTEN_SPEC).
  */
 export async function openSocket(spec: string | SocketSpec, timeoutMs: number): Promise<net.Socket> {
@@ -24,9 +41,9 @@ export async function openSocket(spec: string | SocketSpec, timeoutMs: number): 
       socket.destroy();
       reject(new MilterError('ERR_MILTER_TIMEOUT', `connecting took more than ${timeoutMs} ms`));
     }, timeoutMs);
-    const onError = (err: Error): void => {
+    const onError = (err: NodeJS.ErrnoException): void => {
       clearTimeout(timer);
-      reject(closedError(err));
+      reject(connectError(err));
     };
     socket.once('error', onError);
     socket.once('connect', () => {
