@@ -14,6 +14,8 @@ export const EXIT = {
   LISTEN: 4,
   /** `test` could not talk to the milter: connection refused, timeout, protocol error. */
   MILTER: 5,
+  /** `test --expect`: the conversation ran, but the milter decided otherwise than expected. */
+  EXPECT: 6,
 } as const;
 
 /** One of the {@link EXIT} values. */
@@ -26,4 +28,5 @@ export const EXIT_CODES_HELP = `Exit codes:
   2  usage error (unknown option, bad argument)
   3  invalid configuration (config file, policy file or setting; printed as FILE:LINE: field: problem)
   4  serve: cannot listen (address in use, permission denied, unknown socket group)
-  5  test: cannot talk to the milter (refused, timeout, protocol error)`;
+  5  test: cannot talk to the milter (refused, timeout, protocol error)
+  6  test: the milter decided otherwise than an --expect said`;

@@ -100,7 +100,7 @@ export function buildProgram(io: CliIO, result: { code: ExitCode; milterError: E
   const testCmd = addTestCommand(program);
   testCmd.action(async (file: string) => {
     result.milterError = EXIT.MILTER;
-    result.code = await runTest(file, testCmd.opts<TestCommandOptions>(), io.stdout);
+    result.code = await runTest(file, testCmd.opts<TestCommandOptions>(), io.stdout, io.stderr);
   });
   return program;
 }

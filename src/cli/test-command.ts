@@ -6,7 +6,13 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { MilterClient, playMessage, type ClientReply, type MessageResult } from '../client/index.js';
+import {
+  MilterClient,
+  playMessage,
+  type ClientReply,
+  type MessageResult,
+  type MessageStage,
+} from '../client/index.js';
 import type { ConnectionInfo, MacroStage } from '../filter.js';
 import { MilterConfigError, MilterError, isMilterError } from '../errors.js';
 import { SMFIP_HDR_LEADSPC } from '../protocol/constants.js';
@@ -23,11 +29,100 @@ export interface TestCommandOptions {
   connectAddr: string;
   connectPort: number;
   connectName?: string;
-  helo: string;
+  helo?: string;
   queueId?: string;
   macro?: Array<[MacroStage, string, string]>;
   timeout: number;
   json?: boolean;
+  expect?: Expectation[];
+}
+
+/** The decisions `--expect` knows: the reply kinds of the report (replyCode 5xx/4xx count as reject/tempfail). */
+const DECISIONS = [
+  'continue',
+  'accept',
+  'reject',
+  'tempfail',
+  'discard',
+  'skip',
+  'shutdown',
+  'connFail',
+  'noreply',
+  'skipped',
+] as const;
+type Decision = (typeof DECISIONS)[number];
+/** The stages of the report's steps. */
+const STEP_STAGES: readonly MessageStage[] = [
+  'connect',
+  'helo',
+  'mail',
+  'rcpt',
+  'data',
+  'header',
+  'eoh',
+  'body',
+  'eom',
+];
+
+/**
+ * `--expect DECISION[@STAGE]`: without a stage, the decision that ended the message (a continue at end of
+ * message counts as accept, as for the MTA); with one, the reply at that stage (one of them, for rcpt/header).
+ */
+export interface Expectation {
+  decision: Decision;
+  stage?: MessageStage;
+}
+
+function parseExpectation(v: string): Expectation {
+  const [d, stage, extra] = v.split('@');
+  const decision = DECISIONS.find((x) => x === d);
+  if (decision === undefined || extra !== undefined)
+    throw new InvalidArgumentError(`expected DECISION[@STAGE], DECISION one of: ${DECISIONS.join(', ')}`);
+  if (stage === undefined) return { decision };
+  const st = STEP_STAGES.find((x) => x === stage);
+  if (st === undefined)
+    throw new InvalidArgumentError(`unknown stage "${stage}"; stages: ${STEP_STAGES.join(', ')}`);
+  return { decision, stage: st };
+}
+
+/** A reply as a decision: what an MTA makes of a custom reply code. */
+function decisionOf(reply: ClientReply): Decision | 'replyCode' {
+  if (reply.kind !== 'replyCode') return reply.kind;
+  return reply.text.startsWith('5') ? 'reject' : reply.text.startsWith('4') ? 'tempfail' : 'replyCode';
+}
+
+/** The unmet expectations, each as a line saying what the milter decided instead. */
+function unmetExpectations(
+  expect: readonly Expectation[],
+  steps: readonly TestStep[],
+  result: MessageResult,
+): string[] {
+  const out: string[] = [];
+  for (const e of expect) {
+    if (e.stage === undefined) {
+      // At end of message the MTA treats continue as accept; so does the final decision.
+      const raw = decisionOf(result.reply);
+      const got = raw === 'continue' && result.stoppedAt === 'eom' ? 'accept' : raw;
+      if (got !== e.decision)
+        out.push(`expected ${e.decision}, the milter decided ${got} at ${result.stoppedAt}`);
+      continue;
+    }
+    // A stage seen several times (rcpt, header) meets the expectation when one of its replies does.
+    const got = steps.filter((s) => s.stage === e.stage).map((s) => decisionOf(s.reply));
+    if (!got.includes(e.decision))
+      out.push(
+        `expected ${e.decision}@${e.stage}, the milter decided ${got.length === 0 ? 'nothing (not reached)' : got.join(', ')} at ${e.stage}`,
+      );
+  }
+  return out;
+}
+
+/** Postfix writes `inet:HOST:PORT`; libmilter (and milterd) `inet:PORT@HOST`. */
+function postfixFormHint(v: string): string {
+  const m = /^inet6?:(.+):(\d+)$/i.exec(v);
+  if (m === null || v.includes('@')) return '';
+  const host = (m[1] as string).replace(/^\[(.*)\]$/, '$1');
+  return ` (did you mean ${isIP(host) === 6 ? 'inet6' : 'inet'}:${m[2] as string}@${host}?)`;
 }
 
 const MACRO_STAGES: readonly MacroStage[] = ['connect', 'helo', 'envfrom', 'envrcpt', 'data', 'eoh', 'eom'];
@@ -63,7 +158,7 @@ export function addTestCommand(program: Command): Command {
       new Option('-m, --milter <spec>', 'milter to test: inet:PORT@HOST, inet6:PORT@HOST or unix:/path')
         .default('inet:8890@127.0.0.1')
         .env('MILTERD_TEST_MILTER')
-        .argParser((v) => wrap(() => parseListenSpec(v))),
+        .argParser((v) => wrap(() => parseListenSpec(v), postfixFormHint(v))),
     )
     .option('-f, --from <address>', 'envelope sender (default: the From: header, else <>)')
     .option('-r, --rcpt <address>', 'envelope recipient, repeatable (default: To: and Cc: headers)', collect)
@@ -77,7 +172,7 @@ export function addTestCommand(program: Command): Command {
       '--connect-name <hostname>',
       'SMTP client host name (default: "[ADDR]", as for an unresolved client)',
     )
-    .option('--helo <hostname>', 'HELO/EHLO argument', 'localhost')
+    .option('--helo <hostname>', 'HELO/EHLO argument (default: --connect-name, else "[ADDR]")')
     .option('--queue-id <id>', 'queue id sent as macro i (default: random, Postfix-style)')
     .addOption(
       new Option(
@@ -86,7 +181,10 @@ export function addTestCommand(program: Command): Command {
       ).argParser((v: string, prev: Array<[MacroStage, string, string]> | undefined) => {
         const m = /^([a-z]+):([^=]+)=(.*)$/.exec(v);
         const stage = MACRO_STAGES.find((s) => s === m?.[1]);
-        if (m === null || stage === undefined) throw new InvalidArgumentError('expected stage:name=value');
+        if (m === null || stage === undefined)
+          throw new InvalidArgumentError(
+            `expected stage:name=value, stage one of: ${MACRO_STAGES.join(', ')}`,
+          );
         const entry: [MacroStage, string, string] = [stage, m[2] as string, m[3] as string];
         return [...(prev ?? []), entry];
       }),
@@ -96,14 +194,22 @@ export function addTestCommand(program: Command): Command {
         .default(10_000, '10s')
         .argParser((v) => wrap(() => parseDuration(v))),
     )
-    .option('--json', 'print a JSON report instead of text');
+    .option('--json', 'print a JSON report instead of text')
+    .addOption(
+      new Option(
+        '--expect <decision[@stage]>',
+        `expected decision, repeatable; without @stage the one that ended the message; exit ${EXIT.EXPECT} ` +
+          `when the milter decided otherwise. Decisions: ${DECISIONS.join(', ')} (a 5xx/4xx reply ` +
+          `code counts as reject/tempfail, continue at end of message as accept); stages: ${STEP_STAGES.join(', ')}`,
+      ).argParser((v: string, prev: Expectation[] | undefined) => [...(prev ?? []), parseExpectation(v)]),
+    );
 }
 
-function wrap<T>(fn: () => T): T {
+function wrap<T>(fn: () => T, hint = ''): T {
   try {
     return fn();
   } catch (err) {
-    throw new InvalidArgumentError(err instanceof Error ? err.message : String(err));
+    throw new InvalidArgumentError((err instanceof Error ? err.message : String(err)) + hint);
   }
 }
 
@@ -167,7 +273,8 @@ function stepsOf(
 
 /**
  * Run `milterd test FILE` with parsed options and print the report with `write`. Resolves with 0 once the
- * conversation ran (whatever the milter decided). Rejects with MilterConfigError for bad input (file,
+ * conversation ran and every `--expect` held (whatever the milter decided without one), else with
+ * EXIT.EXPECT after one `warn` line per unmet expectation. Rejects with MilterConfigError for bad input (file,
  * envelope) and with a MilterError (ERR_MILTER_TIMEOUT, ERR_MILTER_CONNECTION_CLOSED, a protocol code…)
  * when the milter cannot be reached or breaks the protocol.
  */
@@ -175,6 +282,7 @@ export async function runTest(
   file: string,
   o: TestCommandOptions,
   write: (text: string) => void,
+  warn: (text: string) => void = write,
 ): Promise<ExitCode> {
   let data: Buffer;
   try {
@@ -212,13 +320,15 @@ export async function runTest(
     address: o.connectAddr,
   };
   const queueId = o.queueId ?? randomBytes(5).toString('hex').toUpperCase();
+  // As a real client: its own name, or an address literal (a bare "localhost" alone scores as spam).
+  const helo = o.helo ?? o.connectName ?? `[${o.connectAddr}]`;
 
   let client: MilterClient;
   try {
     client = await MilterClient.connect(o.milter, { timeoutMs: o.timeout });
   } catch (err) {
     if (!isMilterError(err) || err instanceof MilterConfigError) throw err;
-    throw new MilterError(err.code, `cannot negotiate with ${o.milter}: ${err.message}`, { cause: err });
+    throw new MilterError(err.code, `${o.milter}: ${err.message}`, { cause: err });
   }
   try {
     const leadSpace = (client.negotiated.protocol & SMFIP_HDR_LEADSPC) !== 0;
@@ -226,21 +336,19 @@ export async function runTest(
     const result = await playMessage(client, {
       macros: macrosFor(o, conn, queueId),
       connect: conn,
-      helo: o.helo,
+      helo,
       sender: from,
       recipients: rcpts,
       headers,
       body: message.body,
     });
-    const report = buildReport(
-      o.milter,
-      client.negotiated,
-      stepsOf(result, { from, rcpts, helo: o.helo, conn }, message.headers, message.body.length),
-      result,
-    );
+    const steps = stepsOf(result, { from, rcpts, helo, conn }, message.headers, message.body.length);
+    const report = buildReport(o.milter, client.negotiated, steps, result);
     write(o.json === true ? JSON.stringify(report, null, 2) + '\n' : formatReportText(report));
     await client.quit();
-    return EXIT.OK;
+    const unmet = unmetExpectations(o.expect ?? [], steps, result);
+    for (const line of unmet) warn(`milterd: ${line}\n`);
+    return unmet.length === 0 ? EXIT.OK : EXIT.EXPECT;
   } catch (err) {
     client.close();
     if (!isMilterError(err)) throw err;

@@ -169,4 +169,30 @@ test('milterd test against a libmilter filter (gcc + libmilter-dev)', async (t) 
   );
   assert.match(text.stdout, /add recipient\s+<audit@example\.net>/);
   assert.match(text.stdout, /^result\s+accepted \(decided at eom: accept\)$/m);
+
+  // --expect against libmilter: its 550 reply at RCPT counts as reject, its EOM accept as the final decision.
+  const rcptArgs = ['--rcpt', '<reject-me@example.net>', '--rcpt', '<bob@example.net>'];
+  const met = await runMilterd([
+    'test',
+    EML,
+    '--milter',
+    `unix:${sock}`,
+    ...rcptArgs,
+    '--expect',
+    'reject@rcpt',
+    '--expect',
+    'accept',
+  ]);
+  assert.equal(met.code, 0, met.stderr);
+  const unmet = await runMilterd([
+    'test',
+    EML,
+    '--milter',
+    `unix:${sock}`,
+    ...rcptArgs,
+    '--expect',
+    'discard',
+  ]);
+  assert.equal(unmet.code, 6);
+  assert.equal(unmet.stderr, 'milterd: expected discard, the milter decided accept at eom\n');
 });
