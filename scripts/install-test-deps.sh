@@ -12,6 +12,8 @@
 #   * sasl2-bin + SASL plugins (saslpasswd2 and the PLAIN/sasldb modules: the private Sendmail's SMTP AUTH);
 #   * systemd, for systemd-analyze (test/package/systemd.test.ts checks examples/systemd/). Only the
 #     package: it does not become init (that is systemd-sysv) and nothing is started;
+#   * prometheus, for promtool (test/cli/promtool.test.ts checks examples/prometheus/ and a live scrape);
+#     its service is never started (policy-rc.d);
 #   * podman, runc, debootstrap, iptables, with their recommends (the container test builds and runs the
 #     Dockerfile offline, docs in scripts/container-base.sh).
 #
@@ -44,7 +46,9 @@ die() {
 }
 
 # Packages installed the ordinary way (binary we check for -> package).
-APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd)
+# prometheus ships promtool (`check rules`, `check metrics` in test/cli); its service is never started
+# (policy-rc.d below) and the tests run promtool only.
+APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd prometheus)
 # Container tooling, installed with recommends as in the verified podman recipe (netavark, buildah...).
 CONTAINER_PACKAGES=(podman runc debootstrap iptables)
 have_pkg() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
@@ -69,6 +73,7 @@ missing() {
   have_pkg postfix && [ -x /usr/sbin/postfix ] || out+=(postfix)
   sendmail_ok || out+=(sendmail-bin)
   sendmail_cf_dir >/dev/null || out+=(sendmail-cf)
+  command -v promtool >/dev/null || out+=(promtool)
   local p
   for p in "${APT_PACKAGES[@]}" "${CONTAINER_PACKAGES[@]}"; do have_pkg "$p" || out+=("$p"); done
   echo "${out[*]:-}"

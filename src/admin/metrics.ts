@@ -102,6 +102,12 @@ abstract class Metric<S> {
 /** A monotonically increasing counter. By convention its name ends in `_total`. */
 export class Counter extends Metric<{ value: number }> {
   readonly type = 'counter';
+  private readonly collect: (() => number) | undefined;
+  /** `collect`, when given, supplies the value of the unlabelled series at each scrape (a running total). */
+  constructor(options: MetricOptions & { collect?: () => number }) {
+    super(options);
+    this.collect = options.collect;
+  }
   protected initial(): { value: number } {
     return { value: 0 };
   }
@@ -119,6 +125,7 @@ export class Counter extends Metric<{ value: number }> {
     return this.state(labels).value;
   }
   protected samples(): string[] {
+    if (this.collect) this.state(undefined).value = this.collect();
     return [...this.series.values()].map(
       (s) => `${this.name}${this.labelText(s.labels)} ${formatValue(s.state.value)}`,
     );
@@ -232,7 +239,7 @@ export class Registry {
     return metric;
   }
   /** Register a counter; throws TypeError for an invalid or duplicate name. */
-  counter(options: MetricOptions): Counter {
+  counter(options: MetricOptions & { collect?: () => number }): Counter {
     return this.add(new Counter(options));
   }
   /** Register a gauge; throws TypeError for an invalid or duplicate name. */

@@ -7,6 +7,7 @@ import type { DecisionStage, MilterObserver, ObservedDecision } from '../observe
 import type { MilterCommandKind } from '../protocol/types.js';
 import type { MilterErrorCode } from '../errors.js';
 import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
+import { ProcessMetrics } from './process-metrics.js';
 
 /** Names of every metric milterd exports (also documented in the README). */
 export const METRIC_NAMES = {
@@ -22,12 +23,47 @@ export const METRIC_NAMES = {
   bytesIn: 'milterd_received_bytes_total',
   bytesOut: 'milterd_sent_bytes_total',
   reloads: 'milterd_config_reloads_total',
+  reloadSuccessful: 'milterd_config_last_reload_successful',
+  reloadSuccessTime: 'milterd_config_last_reload_success_timestamp_seconds',
+  maxConnections: 'milterd_max_connections',
+  messages: 'milterd_messages_total',
   logLinesDropped: 'milterd_log_lines_dropped_total',
   acceptErrors: 'milterd_accept_errors_total',
   draining: 'milterd_draining',
   buildInfo: 'milterd_build_info',
   startTime: 'milterd_start_time_seconds',
 } as const;
+
+/** Values of `milterd_messages_total{outcome}`. */
+export type MessageOutcome = 'accept' | 'reject' | 'tempfail' | 'discard';
+
+/**
+ * The outcome of a message when `decision` at `stage` ends it, else undefined. A message ends with any
+ * decision at end-of-message (continue means accept there), or earlier with a decision that applies to the
+ * whole message: accept (no more callbacks for it), discard, and reject/tempfail at MAIL FROM, DATA,
+ * headers or body. At RCPT TO reject/tempfail refuse one recipient only, and connect/HELO/unknown are
+ * before or outside any message.
+ */
+export function messageOutcome(stage: DecisionStage, decision: ObservedDecision): MessageOutcome | undefined {
+  switch (stage) {
+    case 'eom':
+      if (decision === 'continue' || decision === 'accept') return 'accept';
+      break;
+    case 'envrcpt':
+      if (decision === 'accept' || decision === 'discard') return decision;
+      return undefined;
+    case 'envfrom':
+    case 'data':
+    case 'header':
+    case 'eoh':
+    case 'body':
+      if (decision === 'accept') return 'accept';
+      break;
+    default:
+      return undefined;
+  }
+  return decision === 'reject' || decision === 'tempfail' || decision === 'discard' ? decision : undefined;
+}
 
 /** Metrics of one daemon process. Create one per process; `observer` goes to `createMilterServer`. */
 export class DaemonMetrics {
@@ -47,6 +83,12 @@ export class DaemonMetrics {
   readonly logLinesDropped: Counter;
   readonly acceptErrors: Counter;
   readonly draining: Gauge;
+  readonly reloadSuccessful: Gauge;
+  readonly reloadSuccessTime: Gauge;
+  readonly maxConnections: Gauge;
+  readonly messages: Counter;
+  /** CPU, memory, descriptors, event loop, GC. */
+  readonly process: ProcessMetrics;
   /** The observer to hand to the milter server. */
   readonly observer: MilterObserver;
 
@@ -116,6 +158,24 @@ export class DaemonMetrics {
       labelNames: ['listener', 'code'],
     });
     this.draining = r.gauge({ name: n.draining, help: '1 while the daemon drains before exiting.' });
+    this.reloadSuccessful = r.gauge({
+      name: n.reloadSuccessful,
+      help: '1 when the last configuration load (start or SIGHUP) succeeded, 0 when it was refused.',
+    });
+    this.reloadSuccessTime = r.gauge({
+      name: n.reloadSuccessTime,
+      help: 'Time of the last successful configuration load, in seconds since the Unix epoch.',
+    });
+    this.maxConnections = r.gauge({
+      name: n.maxConnections,
+      help: 'Milter connections allowed at once (--max-connections).',
+    });
+    this.messages = r.counter({
+      name: n.messages,
+      help: 'Messages by final outcome (accept, reject, tempfail, discard) as decided by the filter.',
+      labelNames: ['outcome'],
+    });
+    this.process = new ProcessMetrics(r);
     // Export the unlabelled series and the reload results from the first scrape on.
     this.sessionsOpen.set(0);
     this.draining.set(0);
@@ -126,6 +186,10 @@ export class DaemonMetrics {
     this.logLinesDropped.init();
     this.reloads.init({ result: 'ok' });
     this.reloads.init({ result: 'error' });
+    // The daemon only starts with a valid configuration: that first load counts as a success.
+    this.configLoaded(true);
+    for (const outcome of ['accept', 'reject', 'tempfail', 'discard'] as const)
+      this.messages.init({ outcome });
     this.observer = this.createObserver();
   }
 
@@ -145,6 +209,8 @@ export class DaemonMetrics {
       decision: (stage: DecisionStage, decision: ObservedDecision, seconds: number) => {
         this.decisions.inc({ stage, decision });
         this.callbackSeconds.observe(seconds, { stage });
+        const outcome = messageOutcome(stage, decision);
+        if (outcome !== undefined) this.messages.inc({ outcome });
       },
       error: (code: MilterErrorCode) => this.errors.inc({ code }),
       acceptError: (listener: string, code: string) => this.acceptErrors.inc({ listener, code }),
@@ -156,8 +222,27 @@ export class DaemonMetrics {
     this.policyFirings.inc({ reason });
   }
 
-  /** Render the whole exposition. */
+  /** A configuration load (SIGHUP) succeeded or was refused. */
+  configLoaded(ok: boolean): void {
+    this.reloadSuccessful.set(ok ? 1 : 0);
+    if (ok) this.reloadSuccessTime.set(Math.floor(Date.now() / 1000));
+  }
+
+  /** Render the whole exposition (the series computed at scrape time included). */
   render(): string {
     return this.registry.render();
+  }
+
+  /** What `/metrics` serves: refresh the series that need I/O, then render. */
+  async scrape(): Promise<string> {
+    await this.process.refresh();
+    const text = this.render();
+    this.process.afterRender();
+    return text;
+  }
+
+  /** Stop the runtime samplers (at shutdown). */
+  stop(): void {
+    this.process.stop();
   }
 }

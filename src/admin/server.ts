@@ -54,8 +54,8 @@ export interface AdminServerOptions {
   listen: string;
   /** Current readiness inputs. */
   readiness: () => ReadinessState;
-  /** The metrics text. */
-  metrics: () => string;
+  /** The metrics text (a promise when some series are read asynchronously at scrape time). */
+  metrics: () => string | Promise<string>;
   logger: Logger;
   /** Connections served at once; more are closed at accept. Default {@link ADMIN_DEFAULTS}.maxConnections. */
   maxConnections?: number;
@@ -107,7 +107,12 @@ export function handleAdminRequest(
       return;
     }
     case '/metrics':
-      send(res, 200, PROMETHEUS_CONTENT_TYPE, options.metrics());
+      Promise.resolve()
+        .then(() => options.metrics())
+        .then(
+          (text) => send(res, 200, PROMETHEUS_CONTENT_TYPE, text),
+          (err: unknown) => send(res, 500, json, JSON.stringify({ error: String(err) }) + '\n'),
+        );
       return;
     default:
       send(

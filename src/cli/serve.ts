@@ -96,6 +96,7 @@ class Daemon {
       );
       await this.server.close({ deadlineMs: this.settings.drainTimeout });
       await this.admin?.close();
+      this.metrics.stop();
       this.logger.info({ signal }, 'milterd stopped');
       return EXIT.OK;
     })();
@@ -131,6 +132,7 @@ class Daemon {
       this.policy = policy;
     } catch (err) {
       this.metrics.reloads.inc({ result: 'error' });
+      this.metrics.configLoaded(false);
       const where =
         err instanceof MilterConfigError ? { file: err.file, line: err.line, field: err.field } : {};
       this.logger.error({ err, ...where }, 'reload refused: the previous configuration stays in force');
@@ -147,6 +149,7 @@ class Daemon {
     for (const k of RESTART_ONLY) (kept as Record<string, unknown>)[k] = this.settings[k];
     this.settings = { ...next.settings, ...kept };
     this.metrics.reloads.inc({ result: 'ok' });
+    this.metrics.configLoaded(true);
     this.logger.info(
       {
         policy: describePolicy(next.settings.policy),
@@ -166,6 +169,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   const { settings } = await resolve(options);
   const policyConfig = await loadPolicySetting(settings.policy);
   const metrics = new DaemonMetrics({ version: options.version });
+  metrics.maxConnections.set(settings.maxConnections);
   const { logger, destination } = createDaemonLogger({
     level: settings.logLevel,
     pretty: settings.logPretty,
@@ -243,7 +247,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
         maxConnections: settings.adminMaxConnections,
         onAcceptError: (code) => metrics.observer.acceptError?.(ADMIN_LISTENER, code),
         readiness: () => daemon.readiness(),
-        metrics: () => metrics.render(),
+        metrics: () => metrics.scrape(),
       });
       logger.info({ admin: daemon.admin.address }, 'admin endpoint listening');
     }
