@@ -16,6 +16,7 @@ import {
 import type { ConnectionInfo, MacroStage } from '../filter.js';
 import { MilterConfigError, MilterError, isMilterError } from '../errors.js';
 import { SMFIP_HDR_LEADSPC } from '../protocol/constants.js';
+import { MESSAGE_STAGES } from '../client/transaction.js';
 import { headerValueToSend, parseEml } from './eml.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { buildReport, formatReportText, type TestStep } from './test-report.js';
@@ -38,6 +39,7 @@ export interface TestCommandOptions {
 }
 
 /** The decisions `--expect` knows: the reply kinds of the report (replyCode 5xx/4xx count as reject/tempfail). */
+type Decision = Exclude<ClientReply['kind'], 'replyCode'>;
 const DECISIONS = [
   'continue',
   'accept',
@@ -49,20 +51,12 @@ const DECISIONS = [
   'connFail',
   'noreply',
   'skipped',
-] as const;
-type Decision = (typeof DECISIONS)[number];
+] as const satisfies readonly Decision[];
+// Every reply kind is listed: a new one fails to compile here rather than being unknown to --expect.
+const ALL_DECISIONS_LISTED: [Decision] extends [(typeof DECISIONS)[number]] ? true : never = true;
+void ALL_DECISIONS_LISTED;
 /** The stages of the report's steps. */
-const STEP_STAGES: readonly MessageStage[] = [
-  'connect',
-  'helo',
-  'mail',
-  'rcpt',
-  'data',
-  'header',
-  'eoh',
-  'body',
-  'eom',
-];
+const STEP_STAGES: readonly MessageStage[] = MESSAGE_STAGES;
 
 /**
  * `--expect DECISION[@STAGE]`: without a stage, the decision that ended the message (a continue at end of

@@ -32,8 +32,21 @@ export interface MessageScript {
   abortAfter?: boolean;
 }
 
+/** The stages of one message as the client plays them, in order (the one list; `MessageStage` derives from it). */
+export const MESSAGE_STAGES = [
+  'connect',
+  'helo',
+  'mail',
+  'rcpt',
+  'data',
+  'header',
+  'eoh',
+  'body',
+  'eom',
+] as const;
+
 /** Where a message ended: the stage whose reply decided it, or `eom` when it ran to the end. */
-export type MessageStage = 'connect' | 'helo' | 'mail' | 'rcpt' | 'data' | 'header' | 'eoh' | 'body' | 'eom';
+export type MessageStage = (typeof MESSAGE_STAGES)[number];
 
 /** Every reply of one message, and where and how it ended. */
 export interface MessageResult {
