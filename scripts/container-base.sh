@@ -40,7 +40,14 @@ printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n[engine
 mv "$CONF.tmp" "$CONF"
 export CONTAINERS_CONF="$CONF"
 
-if [ "${FORCE:-}" = 1 ] || ! podman image exists "$BASE"; then
+# "VERSION PATH" of the pinned $NODE_LINE.x binary (fetched and integrity-checked once, then cached).
+read -r NODE_VERSION NODE_BIN < <(bash scripts/test-nodes.sh | awk -v l="$NODE_LINE" 'index($1, l ".") == 1')
+[ -x "${NODE_BIN:-}" ] || { echo "container-base: scripts/test-nodes.sh pins no Node $NODE_LINE.x" >&2; exit 1; }
+# The Node an existing stand-in carries: rebuilt when the pin has moved.
+HAVE=$(podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$BASE" 2>/dev/null |
+  sed -n 's/^NODE_VERSION=//p' || true)
+
+if [ "${FORCE:-}" = 1 ] || [ "$HAVE" != "$NODE_VERSION" ]; then
   WORK=$(mktemp -d "$DIR/base.XXXXXX")
   trap 'rm -rf "$WORK"' EXIT
   MIRROR=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -49,9 +56,6 @@ if [ "${FORCE:-}" = 1 ] || ! podman image exists "$BASE"; then
   echo "container-base: debootstrap bookworm from $MIRROR" >&2
   debootstrap --variant=minbase bookworm "$R" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
     { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
-  # "VERSION PATH" of the pinned $NODE_LINE.x binary (fetched and integrity-checked once, then cached).
-  read -r NODE_VERSION NODE_BIN < <(bash scripts/test-nodes.sh | awk -v l="$NODE_LINE" 'index($1, l ".") == 1')
-  [ -x "${NODE_BIN:-}" ] || { echo "container-base: scripts/test-nodes.sh pins no Node $NODE_LINE.x" >&2; exit 1; }
   (cd "$WORK" && npm pack -q "npm@$NPM_VERSION" >/dev/null)
   install -m 0755 "$NODE_BIN" "$R/usr/local/bin/node"
   mkdir -p "$R/usr/local/lib/node_modules/npm"
