@@ -477,7 +477,13 @@ async function converse(
     client = await MilterClient.connect(o.milter, options);
   } catch (err) {
     if (!isMilterError(err) || err instanceof MilterConfigError) throw err;
-    throw new MilterError(err.code, `${o.milter}: ${err.message}`, { cause: err });
+    // libmilter hangs up on an offer that lacks what the filter needs (actions, protocol steps).
+    const offerHint =
+      err.code === 'ERR_MILTER_CONNECTION_CLOSED' &&
+      (o.version !== undefined || o.actions !== undefined || o.protocol !== undefined)
+        ? '; or it refused the offer of --version/--actions/--protocol'
+        : '';
+    throw new MilterError(err.code, `${o.milter}: ${err.message}${offerHint}`, { cause: err });
   }
   try {
     const leadSpace = (client.negotiated.protocol & SMFIP_HDR_LEADSPC) !== 0;

@@ -603,4 +603,27 @@ test('every flag against a libmilter filter (gcc + libmilter-dev): what libmilte
   assert.deepEqual([s.completed, s.failed, s.outcomes], [6, 0, { accepted: 6 }]);
   assert.equal(rep.lines.filter((l) => l.event === 'eom').length, 6);
   assert.equal(rep.lines.filter((l) => l.event === 'connect').length, 6);
+
+  // A filter built without xxfi_negotiate: libmilter hangs up on an offer lacking the actions it registered.
+  const strict = path.join(dir, 'libmilter-filter');
+  await promisify(execFile)('gcc', [
+    '-O1',
+    '-o',
+    strict,
+    `${FIXTURES}libmilter-filter.c`,
+    '-lmilter',
+    '-lpthread',
+  ]);
+  const strictSock = path.join(dir, 'strict.sock');
+  const strictFilter = spawn(strict, [`unix:${strictSock}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.after(async () => {
+    if (strictFilter.exitCode === null && strictFilter.signalCode === null) {
+      strictFilter.kill('SIGKILL');
+      await once(strictFilter, 'exit');
+    }
+  });
+  await once(strictFilter.stdout, 'data');
+  const refused = await runMilterd(['test', EML, '--milter', `unix:${strictSock}`, '--actions', 'addHeader']);
+  assert.equal(refused.code, 5);
+  assert.match(refused.stderr, /or it refused the offer of --version\/--actions\/--protocol/);
 });
