@@ -279,6 +279,27 @@ test("--mta postfix / sendmail against milterd: each MTA's offer, macros, UNKNOW
   assert.match(plain.out, /^helo .*\nunknown\s+XFOO bar\s+-> continue\nmail /m);
 });
 
+test('--unknown: a reject refuses that command only, the message goes on; --expect sees it at unknown', async (t) => {
+  const filter: Filter = { unknown: () => 'reject', eom: () => 'accept' };
+  const { address } = await startServer(t, { filter });
+  const milter = `inet:${address.port}@127.0.0.1`;
+  const r = await runMilterd([
+    'test',
+    EML,
+    '--milter',
+    milter,
+    '--unknown',
+    'XFOO',
+    '--expect',
+    'reject@unknown',
+    '--expect',
+    'accept',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^unknown\s+XFOO\s+-> reject$/m);
+  assert.match(r.stdout, /^result\s+accepted \(decided at eom: accept\)$/m);
+});
+
 test('--mta: the macros of an event the milter turned off still arrive, as both MTAs send them', async (t) => {
   const seen: Seen[] = [];
   const filter = recorder(seen, ['negotiate', 'envfrom']);
