@@ -62,6 +62,8 @@ export function buildProgram(io: CliIO, result: { code: ExitCode; milterError: E
   const program = new Command('milterd')
     .description('milterd: a milter daemon for Postfix and Sendmail, and a milter test tool')
     .version(version, '-V, --version', 'print the version and exit')
+    // Options after a command are that command's: `milterd test --version 2` is the offered protocol version.
+    .enablePositionalOptions()
     .helpOption('-h, --help', 'show help')
     .showHelpAfterError('(run "milterd --help" or "milterd COMMAND --help" for usage)')
     .exitOverride()
