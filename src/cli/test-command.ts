@@ -20,6 +20,7 @@ import { MESSAGE_STAGES } from '../client/transaction.js';
 import { headerValueToSend, parseEml } from './eml.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { buildReport, formatReportText, type TestStep } from './test-report.js';
+import { writeOutputMessage } from './test-output.js';
 import { parseDuration, parseInteger, parseListenSpec } from './values.js';
 
 /** Options of `milterd test`, as commander hands them over. */
@@ -36,6 +37,8 @@ export interface TestCommandOptions {
   timeout: number;
   json?: boolean;
   expect?: Expectation[];
+  /** `--output-message FILE|-` (see test-output.ts). */
+  outputMessage?: string;
 }
 
 /** The decisions `--expect` knows: the reply kinds of the report (replyCode 5xx/4xx count as reject/tempfail). */
@@ -189,6 +192,12 @@ export function addTestCommand(program: Command): Command {
         .argParser((v) => wrap(() => parseDuration(v))),
     )
     .option('--json', 'print a JSON report instead of text')
+    .option(
+      '--output-message <file>',
+      'write the message as Postfix would deliver it after the milter\'s changes ("-": stdout, the report ' +
+        'then goes to stderr); a changed envelope goes above it as X-Milterd-Envelope-* fields, or with ' +
+        '--json into the report',
+    )
     .addOption(
       new Option(
         '--expect <decision[@stage]>',
@@ -338,7 +347,21 @@ export async function runTest(
     });
     const steps = stepsOf(result, { from, rcpts, helo, conn }, message.headers, message.body.length);
     const report = buildReport(o.milter, client.negotiated, steps, result);
-    write(o.json === true ? JSON.stringify(report, null, 2) + '\n' : formatReportText(report));
+    if (o.outputMessage !== undefined) {
+      const received = { message, sender: from, recipients: result.acceptedRecipients };
+      const options = { leadingSpace: leadSpace, json: o.json === true };
+      report.delivered = await writeOutputMessage(
+        o.outputMessage,
+        received,
+        result,
+        report.result.outcome,
+        options,
+      );
+    }
+    // With the message on stdout, the report goes to stderr.
+    (o.outputMessage === '-' ? warn : write)(
+      o.json === true ? JSON.stringify(report, null, 2) + '\n' : formatReportText(report),
+    );
     await client.quit();
     const unmet = unmetExpectations(o.expect ?? [], steps, result);
     for (const line of unmet) warn(`milterd: ${line}\n`);
