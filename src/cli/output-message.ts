@@ -1,9 +1,12 @@
 /**
  * The message as the MTA delivers it after a milter's end-of-message modifications, with Postfix 3.7's
  * rules (src/cleanup/cleanup_milter.c, src/milter/milter8.c), byte for byte: the bytes a milter did not
- * change stay as they were in the file (lines end in CRLF, as over SMTP).
+ * change stay as they were in the file (lines end in CRLF, as over SMTP), except where Postfix itself
+ * changes them (below).
  *
  * Header rules (Postfix):
+ * - The obsolete `Name  : value` form (space before the colon) is delivered as `Name: value`: Postfix's
+ *   MIME processor normalizes it when it receives the message (mime_state.c).
  * - The MTA's own Received: header is on top of the message but hidden from the milter. Insert indices
  *   count it (SMFIR_INSHEADER index i goes before the i-th header of the delivered message, so 0 lands
  *   above that Received: and 1 just below it); change/delete indices do not (they count the headers the
@@ -18,8 +21,9 @@
  * - SMFIR_REPLBODY chunks form the new body: split at LF, one CR before each LF dropped, a last line
  *   without LF kept; every line then ends in CRLF. Body chunks mixed with other requests after them are
  *   refused by Postfix (the message then gets milter_default_action): reported in `problems`.
- * Envelope: chgfrom replaces the sender; addrcpt appends a recipient unless it is already there (the
- * cleanup duplicate filter); delrcpt removes every recipient with that address.
+ * Envelope: chgfrom replaces the sender; addrcpt appends a recipient, even one already there (Postfix
+ * then relays to it twice: its duplicate filter keys differ); delrcpt removes every recipient with that
+ * address.
  *
  * Not modelled: header_checks on milter headers, Postfix's line length limits (smtp_line_length_limit
  * folds lines longer than 998 bytes on output, header_size_limit truncates), the headers Postfix adds
@@ -133,6 +137,13 @@ export function replacedBodyBytes(body: Buffer): Buffer {
   return Buffer.concat(parts);
 }
 
+/** A header of the file as Postfix stores it: white space between name and colon removed (mime_state.c). */
+function receivedHeaderBytes(raw: Buffer, nameLength: number): Buffer {
+  let colon = nameLength;
+  while (raw[colon] === SP || raw[colon] === HT) colon++;
+  return colon === nameLength ? raw : Buffer.concat([raw.subarray(0, nameLength), raw.subarray(colon)]);
+}
+
 /** Index in `fields` of the `index`-th (1-based) visible header called `name`, or -1. */
 function findNamed(fields: readonly Field[], name: string, index: number): number {
   let n = index;
@@ -156,7 +167,10 @@ export function deliveredMessage(
   const { message } = received;
   const fields: Field[] = [
     MTA_RECEIVED,
-    ...message.headers.map(([name], i): Field => ({ name, bytes: message.rawHeaders[i] ?? Buffer.alloc(0) })),
+    ...message.headers.map(([name], i): Field => ({
+      name,
+      bytes: receivedHeaderBytes(message.rawHeaders[i] ?? Buffer.alloc(0), name.length),
+    })),
   ];
   const envelope: DeliveredEnvelope = {
     sender: received.sender,
@@ -196,7 +210,6 @@ export function deliveredMessage(
       case 'addRecipient':
       case 'addRecipientWithArgs': {
         const address = bracket(m.recipient);
-        if (envelope.recipients.some((r) => bare(r.address) === bare(address))) break;
         const args = m.kind === 'addRecipientWithArgs' ? m.args : undefined;
         envelope.recipients.push(
           args === undefined ? { address, added: true } : { address, args, added: true },
