@@ -26,7 +26,7 @@ import type { Filter } from '../../src/filter.js';
 import { runMilterd } from '../cli/helpers.js';
 import { PostfixMta } from './harness/postfix.js';
 import { makeWorkDir, stopPid, waitExit, waitFor } from './harness/proc.js';
-import { SmtpSink, type SinkMessage } from './harness/sink.js';
+import { SmtpSink, withoutPostfixReceived, type SinkMessage } from './harness/sink.js';
 import { SmtpClient } from './harness/smtp-client.js';
 
 const FIXTURES = fileURLToPath(new URL('../../../test/e2e/fixtures/', import.meta.url));
@@ -146,21 +146,6 @@ async function deliverThroughPostfix(): Promise<SinkMessage> {
   return waitFor('the sink to receive the message', () => sink.messages[before], { timeoutMs: 30_000 });
 }
 
-/**
- * The sink's bytes without Postfix's own Received: header (see the file comment); fails unless there
- * is exactly one.
- */
-function withoutPostfixReceived(raw: Buffer): Buffer {
-  const text = raw.toString('latin1');
-  const end = text.indexOf('\r\n\r\n');
-  const head = end < 0 ? text : text.slice(0, end + 2);
-  const fields = head.split(/\r\n(?![ \t])/).filter((f) => f !== '');
-  const ours = /^Received: from [^\r\n]*\r\n\tby mta\.test \(Postfix\) with ESMTP id [0-9A-Z]+/;
-  const kept = fields.filter((f) => !ours.test(f));
-  assert.equal(fields.length - kept.length, 1, `exactly one Received: of Postfix expected in:\n${head}`);
-  return Buffer.from(kept.map((f) => `${f}\r\n`).join('') + (end < 0 ? '' : text.slice(end + 2)), 'latin1');
-}
-
 interface Delivered {
   written: boolean;
   envelope: { sender: string; recipients: Array<{ address: string; added: boolean }>; deleted: string[] };
@@ -182,7 +167,12 @@ async function compare(label: string): Promise<{ sink: SinkMessage; ours: Buffer
   const out = path.join(dir, `${label}.eml`);
   const report = await milterdTest(out);
   const ours = await readFile(out);
-  const theirs = withoutPostfixReceived(delivered.raw);
+  const { message: theirs, removed } = withoutPostfixReceived(delivered.raw);
+  assert.equal(
+    removed,
+    1,
+    `exactly one Received: of Postfix expected in:\n${delivered.raw.toString('latin1')}`,
+  );
   assert.equal(ours.toString('latin1'), theirs.toString('latin1'), `${label}: output differs from Postfix's`);
   assert.ok(ours.equals(theirs));
   // The envelope Postfix relayed (recipients in its own order, sorted here) is the one reported.
