@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import { MilterClient, playMessage } from '../../src/client/index.js';
 import { formatInspectEvent, INSPECT_MACROS } from '../../src/cli/inspect.js';
 import { SMFIF_SETSYMLIST, SMFIP_HDR_LEADSPC, SMFIP_RCPT_REJ } from '../../src/protocol/constants.js';
-import { BIN, cleanEnv } from './helpers.js';
+import { BIN, cleanEnv, runMilterd } from './helpers.js';
 
 /** Start `milterd inspect` on an ephemeral port; its stdout lines, and its milter spec. */
 async function startInspect(t: import('node:test').TestContext, args: string[] = []) {
@@ -127,4 +127,17 @@ test('inspect text format: bare tokens when plain, JSON-quoted otherwise, 8-bit 
     }),
     'T #3 header name=X value="caf\\udce9 \\"q\\"" | {a}="" b=plain',
   );
+});
+
+test('milterd inspect: a socket in use exits 4, a bad spec 2, without a stack trace', async (t) => {
+  const busy = net.createServer();
+  await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => busy.close(() => resolve())));
+  const port = (busy.address() as net.AddressInfo).port;
+  const r = await runMilterd(['inspect', '--listen', `inet:${port}@127.0.0.1`]);
+  assert.equal(r.code, 4, r.stderr);
+  assert.match(r.stderr, /ERR_MILTER_SOCKET_IN_USE/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
+  const bad = await runMilterd(['inspect', '--listen', 'tcp:nonsense']);
+  assert.equal(bad.code, 2);
 });
