@@ -368,7 +368,7 @@ export async function runTest(
     return unmet.length === 0 ? EXIT.OK : EXIT.EXPECT;
   } catch (err) {
     client.close();
-    if (!isMilterError(err)) throw err;
+    if (!isMilterError(err) || err instanceof MilterConfigError) throw err; // an --output-message file error
     throw new MilterError(err.code, `conversation with ${o.milter} failed: ${err.message}`, { cause: err });
   }
 }

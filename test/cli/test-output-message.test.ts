@@ -81,3 +81,18 @@ test('--output-message writes nothing for a rejected message, and says why', asy
   assert.match(r.stdout, /^output\s+nothing written: the MTA would not deliver the message \(rejected\)$/m);
   await assert.rejects(stat(out), { code: 'ENOENT' });
 });
+
+test('--output-message into a folder that does not exist: exit 3 (bad input), one line', async (t) => {
+  const { address } = await startServer(t, { filter: editor });
+  const r = await runMilterd([
+    'test',
+    EML,
+    '--milter',
+    address.spec,
+    '--output-message',
+    '/nonexistent/dir/out.eml',
+  ]);
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, /cannot write \/nonexistent\/dir\/out\.eml: ENOENT/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
+});
