@@ -124,8 +124,8 @@ after(async () => {
   if (process.env.MILTERD_E2E_KEEP !== '1') await rm(dir, { recursive: true, force: true });
 });
 
-/** Relay MESSAGE through Postfix (and the milter on `sock`); resolve with what the sink received. */
-async function deliverThroughPostfix(): Promise<SinkMessage> {
+/** Relay `message` through Postfix (and the milter on `sock`); resolve with what the sink received. */
+async function deliverThroughPostfix(message: Buffer): Promise<SinkMessage> {
   if (mta === undefined) throw new Error('Postfix is not running');
   const before = sink.messages.length;
   const client = new SmtpClient();
@@ -136,7 +136,7 @@ async function deliverThroughPostfix(): Promise<SinkMessage> {
     assert.equal((await client.command(`MAIL FROM:${FROM}`)).code, 250);
     for (const r of RCPTS) assert.equal((await client.command(`RCPT TO:${r}`)).code, 250);
     assert.equal((await client.command('DATA')).code, 354);
-    const data = Buffer.from(MESSAGE.toString('latin1').replace(/\n/g, '\r\n'), 'latin1');
+    const data = Buffer.from(message.toString('latin1').replace(/\n/g, '\r\n'), 'latin1');
     const reply = await client.content(data);
     assert.equal(reply.code, 250, `Postfix refused the message: ${reply.text}\n${await mta.log()}`);
     await client.command('QUIT');
@@ -152,8 +152,8 @@ interface Delivered {
 }
 
 /** `milterd test --output-message` with the same message and envelope; its report's `delivered`. */
-async function milterdTest(out: string): Promise<Delivered> {
-  const args = ['test', messageFile, '--milter', `unix:${sock}`, '--from', FROM];
+async function milterdTest(file: string, out: string): Promise<Delivered> {
+  const args = ['test', file, '--milter', `unix:${sock}`, '--from', FROM];
   for (const r of RCPTS) args.push('--rcpt', r);
   const r = await runMilterd([...args, '--json', '--output-message', out]);
   assert.equal(r.code, 0, r.stderr);
@@ -162,10 +162,12 @@ async function milterdTest(out: string): Promise<Delivered> {
   return report.delivered;
 }
 
-async function compare(label: string): Promise<{ sink: SinkMessage; ours: Buffer }> {
-  const delivered = await deliverThroughPostfix();
+async function compare(label: string, message = MESSAGE): Promise<{ sink: SinkMessage; ours: Buffer }> {
+  const file = message === MESSAGE ? messageFile : path.join(dir, `${label}-in.eml`);
+  if (message !== MESSAGE) await writeFile(file, message);
+  const delivered = await deliverThroughPostfix(message);
   const out = path.join(dir, `${label}.eml`);
-  const report = await milterdTest(out);
+  const report = await milterdTest(file, out);
   const ours = await readFile(out);
   const { message: theirs, removed } = withoutPostfixReceived(delivered.raw);
   assert.equal(
@@ -210,6 +212,33 @@ test('--output-message equals what Postfix delivered through a milterd filter', 
       '<bob@example.net>',
       '<bob@example.net>',
     ]);
+  } finally {
+    await server.close({ deadlineMs: 2000 });
+  }
+});
+
+test('--output-message equals what Postfix delivered for messages without a body or an empty line', async () => {
+  const filter: Filter = {
+    eom(ctx) {
+      ctx.addHeader('X-Added', 'at the end');
+      ctx.insertHeader(99, 'X-Past-End', 'appended too');
+      return 'accept' as const;
+    },
+  };
+  const server = createMilterServer({ filter, socketMode: 0o666 });
+  await server.listen(`unix:${sock}`);
+  try {
+    const head =
+      'From: alice@example.org\nTo: bob@example.net\nDate: Sun, 06 Dec 2026 01:00:00 +0000\n' +
+      'Message-ID: <no-body@example.org>\nSubject: no body\n';
+    // Headers only, no empty line: Postfix delivers none either.
+    const { ours } = await compare('no-body', Buffer.from(head));
+    assert.ok(
+      ours.toString().endsWith('Subject: no body\r\nX-Added: at the end\r\nX-Past-End: appended too\r\n'),
+    );
+    // A line that is not a header field ends the headers: Postfix puts an empty line before it.
+    const { ours: garbage } = await compare('not-a-header', Buffer.from(`${head}this is no header\nbody\n`));
+    assert.ok(garbage.toString().endsWith('X-Past-End: appended too\r\n\r\nthis is no header\r\nbody\r\n'));
   } finally {
     await server.close({ deadlineMs: 2000 });
   }
