@@ -7,7 +7,7 @@
  * attached to the command that follows them (an MTA sends them right before), whatever the session would
  * do with them. It negotiates every step (no SMFIP_NO* / NR* bit), asks for header values with their
  * leading space and for recipients the MTA rejected itself (when offered), and requests every macro
- * Postfix or Sendmail can send at every stage (SMFIR_SETSYMLIST); an MTA sends those it has.
+ * Postfix can send and Sendmail's usual ones at every stage (SMFIR_SETSYMLIST); an MTA sends those it has.
  *
  * Safe to point at production mail: it asks for no modification action (only SETSYMLIST), answers
  * `continue` to every event (at end of message that means accept, unchanged), and a packet it cannot

@@ -22,7 +22,7 @@
  *   without LF kept; every line then ends in CRLF. Body chunks mixed with other requests after them are
  *   refused by Postfix (the message then gets milter_default_action): reported in `problems`.
  * Envelope: chgfrom replaces the sender; addrcpt appends a recipient, even one already there (Postfix
- * then relays to it twice: its duplicate filter keys differ); delrcpt removes every recipient with that
+ * then relays to it twice: test/e2e/output-message.test.ts); delrcpt removes every recipient with that
  * address.
  *
  * Not modelled: header_checks on milter headers, Postfix's line length limits (smtp_line_length_limit
