@@ -2,7 +2,8 @@
  * `milterd inspect` behind a real Postfix 3.7: the built binary listens on a Unix socket (--json), a
  * private Postfix uses it as its milter, and one SMTP session (XCLIENT login, MAIL with a parameter, a
  * recipient, a message, an unknown command) must show up as the events and macros Postfix really sends.
- * The message must be delivered exactly as sent (inspect never modifies mail).
+ * The message must be delivered exactly as sent (inspect never modifies mail). Then the same behind a
+ * private Sendmail 8.17, which must honour the macro lists inspect asks for (SMFIR_SETSYMLIST).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -13,6 +14,7 @@ import { SMFIF_SETSYMLIST, SMFIP_HDR_LEADSPC } from '../../src/protocol/constant
 import type { InspectEvent } from '../../src/cli/inspect.js';
 import { BIN, cleanEnv } from '../cli/helpers.js';
 import { PostfixMta } from './harness/postfix.js';
+import { SendmailMta } from './harness/sendmail.js';
 import { makeWorkDir, stopPid, waitExit, waitFor } from './harness/proc.js';
 import { SmtpSink, withoutPostfixReceived } from './harness/sink.js';
 import { SmtpClient } from './harness/smtp-client.js';
@@ -34,6 +36,7 @@ const sink = new SmtpSink();
 let inspector: ReturnType<typeof spawn> | undefined;
 const events: InspectEvent[] = [];
 let stderr = '';
+let inetPort = 0;
 
 before(async () => {
   dir = await makeWorkDir('milterd-e2e-inspect-');
@@ -41,7 +44,18 @@ before(async () => {
   sock = path.join(dir, 'inspect.sock');
   const child = spawn(
     process.execPath,
-    [BIN, 'inspect', '--listen', `unix:${sock}`, '--socket-mode', '0666', '--json'],
+    // Two sockets: Postfix uses the Unix one; Sendmail refuses a socket under /tmp (world-writable).
+    [
+      BIN,
+      'inspect',
+      '--listen',
+      `unix:${sock}`,
+      '--listen',
+      'inet:0@127.0.0.1',
+      '--socket-mode',
+      '0666',
+      '--json',
+    ],
     { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
   );
   inspector = child;
@@ -54,9 +68,14 @@ before(async () => {
     }
   });
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  await waitFor('milterd inspect to listen', () => (stderr.includes('listening on') ? true : undefined), {
-    timeoutMs: 15_000,
-  });
+  inetPort = await waitFor(
+    'milterd inspect to listen',
+    () => {
+      const m = /listening on unix:\S+, inet:(\d+)@127\.0\.0\.1/.exec(stderr);
+      return m ? Number(m[1]) : undefined;
+    },
+    { timeoutMs: 15_000 },
+  );
   await sink.start();
   mta = await PostfixMta.start({
     dir: path.join(dir, 'postfix'),
@@ -174,4 +193,70 @@ test('milterd inspect logs every event and macro Postfix sends, and lets the mes
   assert.match(queueId, /^[0-9A-Z]+$/);
   assert.match(delivered.raw.toString('latin1'), new RegExp(` id ${queueId}\\b`));
   assert.deepEqual(ev('unknown').fields, { line: 'FOO' });
+});
+
+test("milterd inspect behind Sendmail: every event, and the macros it asked for beyond Sendmail's defaults", async (t) => {
+  sink.reset();
+  const sendmail = await SendmailMta.start({
+    dir: path.join(dir, 'sendmail'),
+    sinkPort: sink.port,
+    milter: { kind: 'inet', port: inetPort },
+  });
+  t.after(() => sendmail.stop());
+  const seen = new Set(events.map((e) => e.conn));
+  const client = new SmtpClient();
+  await client.connect('127.0.0.1', sendmail.port);
+  try {
+    assert.equal((await client.readReply()).code, 220);
+    assert.equal((await client.command('EHLO client.example.org')).code, 250);
+    assert.equal((await client.command('MAIL FROM:<alice@example.org>')).code, 250);
+    assert.equal((await client.command('RCPT TO:<bob@example.net>')).code, 250);
+    assert.equal((await client.command('DATA')).code, 354);
+    assert.equal((await client.content(Buffer.from(MESSAGE, 'latin1'))).code, 250);
+    assert.equal((await client.command('QUIT')).code, 221);
+  } finally {
+    client.close();
+  }
+  const delivered = await waitFor('the sink to receive the message', () => sink.messages[0], {
+    timeoutMs: 30_000,
+  });
+  assert.equal(delivered.body.toString('latin1'), 'Body line.\r\n');
+  assert.ok(delivered.raw.toString('latin1').includes('\r\nX-Spaces:  two leading spaces\r\n'));
+  await waitFor('the close of the milter connection', () =>
+    events.some(
+      (e) =>
+        !seen.has(e.conn) &&
+        e.event === 'close' &&
+        events.some((m) => m.event === 'eom' && m.conn === e.conn),
+    )
+      ? true
+      : undefined,
+  );
+  const conn = events.find((e) => !seen.has(e.conn) && e.event === 'eom')?.conn;
+  const mine = events.filter((e) => e.conn === conn);
+  const kinds = mine.map((e) => e.event);
+  for (const k of [
+    'optneg',
+    'connect',
+    'helo',
+    'mail',
+    'rcpt',
+    'data',
+    'header',
+    'eoh',
+    'body',
+    'eom',
+  ] as const)
+    assert.ok(kinds.includes(k), `${k} in ${kinds.join(' ')}`);
+  const ev = (kind: InspectEvent['event']): InspectEvent =>
+    mine.find((e) => e.event === kind) as InspectEvent;
+  const connect = ev('connect').macros ?? {};
+  // Not in Sendmail's default connect macros (j _ {daemon_name} {if_name} {if_addr}): asked for.
+  assert.match(connect.v ?? '', /^8\./);
+  assert.equal(connect['{client_addr}'], '127.0.0.1');
+  assert.equal(ev('mail').macros?.['{mail_addr}'], 'alice@example.org');
+  assert.equal(ev('rcpt').macros?.['{rcpt_addr}'], 'bob@example.net');
+  assert.match(ev('eom').macros?.i ?? '', /^\w+$/);
+  const spaces = mine.find((e) => e.event === 'header' && e.fields.name === 'X-Spaces');
+  assert.equal(spaces?.fields.value, '  two leading spaces');
 });
