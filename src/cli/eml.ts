@@ -13,8 +13,18 @@ export interface ParsedMessage {
    * which the MTA removes unless SMFIP_HDR_LEADSPC is negotiated: see {@link headerValueToSend}).
    */
   headers: Array<[name: string, value: string]>;
+  /**
+   * Each header field's bytes as an MTA delivers it, in file order: its lines exactly as in the file (the
+   * name, any space before the colon, the value), joined with CRLF, without the final CRLF.
+   */
+  rawHeaders: Buffer[];
   /** Body with CRLF line ends. */
   body: Buffer;
+  /**
+   * False when the file ends inside the header block (no empty line, no body): an MTA then delivers the
+   * header lines alone, without an empty separator line.
+   */
+  separator: boolean;
 }
 
 const LF = 0x0a;
@@ -22,6 +32,7 @@ const CR = 0x0d;
 const SP = 0x20;
 const HT = 0x09;
 const COLON = 0x3a;
+const CRLF = Buffer.from('\r\n');
 
 /** End of the line starting at `pos` whose LF is at `lf` (-1: none, the data's end): a CR before the LF excluded. */
 function lineEnd(data: Buffer, pos: number, lf: number): number {
@@ -54,7 +65,9 @@ function fieldName(data: Buffer, start: number, end: number): [number, number] |
  */
 export function parseEml(data: Buffer): ParsedMessage {
   const headers: Array<[string, string]> = [];
+  const rawHeaders: Buffer[][] = [];
   let pos = 0;
+  let separator = false;
   // Bounded: every iteration consumes one line.
   while (pos < data.length) {
     const lf = data.indexOf(LF, pos);
@@ -62,6 +75,7 @@ export function parseEml(data: Buffer): ParsedMessage {
     const end = lineEnd(data, pos, lf);
     if (end === pos) {
       pos = next; // the empty line is not part of the body
+      separator = true;
       break;
     }
     const first = data[pos] as number;
@@ -69,6 +83,7 @@ export function parseEml(data: Buffer): ParsedMessage {
     if ((first === SP || first === HT) && last !== undefined) {
       // An LF is never part of a multi-byte sequence: decoding line by line = decoding the joined bytes.
       last[1] += '\n' + decodeWireString(data, pos, end);
+      rawHeaders[rawHeaders.length - 1]?.push(data.subarray(pos, end));
       pos = next;
       continue;
     }
@@ -76,21 +91,35 @@ export function parseEml(data: Buffer): ParsedMessage {
     if (field === undefined) break;
     const [nameLength, colon] = field;
     headers.push([data.toString('latin1', pos, pos + nameLength), decodeWireString(data, colon + 1, end)]);
+    rawHeaders.push([data.subarray(pos, end)]);
     pos = next;
   }
   if (headers.length === 0) throw new Error('no header fields found: is this an RFC 5322 message (.eml)?');
-  return { headers, body: crlfLines(data, pos) };
+  const body = crlfLines(data, pos);
+  return {
+    headers,
+    rawHeaders: rawHeaders.map((lines) => joinCrlf(lines)),
+    body,
+    // A line that is not a header field also ends the block: the MTA inserts the empty line before it.
+    separator: separator || body.length > 0,
+  };
+}
+
+/** Lines joined with CRLF (no final one). */
+function joinCrlf(lines: readonly Buffer[]): Buffer {
+  const parts: Buffer[] = [];
+  lines.forEach((line, i) => parts.push(...(i === 0 ? [line] : [CRLF, line])));
+  return Buffer.concat(parts);
 }
 
 /** `data[start..]` with every line ended by CRLF (the file's final newline ends the last line). */
 function crlfLines(data: Buffer, start: number): Buffer {
   const parts: Buffer[] = [];
-  const crlf = Buffer.from('\r\n');
   let pos = start;
   while (pos < data.length) {
     const lf = data.indexOf(LF, pos);
     const end = lineEnd(data, pos, lf);
-    parts.push(data.subarray(pos, end), crlf);
+    parts.push(data.subarray(pos, end), CRLF);
     pos = lf < 0 ? data.length : lf + 1;
   }
   return Buffer.concat(parts);

@@ -11,7 +11,7 @@ export const EXIT = {
   USAGE: 2,
   /** Invalid configuration: config file, policy file, or an invalid setting. */
   CONFIG: 3,
-  /** `serve` could not listen: address in use, permission denied, unknown socket group. */
+  /** `serve` or `inspect` could not listen: address in use, permission denied, unknown socket group. */
   LISTEN: 4,
   /** `test` could not talk to the milter: connection refused, timeout, protocol error. */
   MILTER: 5,
@@ -28,6 +28,6 @@ export const EXIT_CODES_HELP = `Exit codes:
   1  runtime error (see the log); health: the daemon did not answer
   2  usage error (unknown option, bad argument)
   3  invalid configuration (config file, policy file or setting; printed as FILE:LINE: field: problem)
-  4  serve: cannot listen (address in use, permission denied, unknown socket group)
+  4  serve, inspect: cannot listen (address in use, permission denied, unknown socket group)
   5  test: cannot talk to the milter (refused, timeout, protocol error)
   6  test: the milter decided otherwise than an --expect said`;

@@ -13,6 +13,7 @@ import { health } from './health.js';
 import { addSettingOptions, SETTING_KEYS } from './options.js';
 import { serve } from './serve.js';
 import { addTestCommand, runTest, type TestCommandOptions } from './test-command.js';
+import { addInspectCommand, runInspect, type InspectCommandOptions } from './inspect.js';
 
 /** The package version (package.json sits three levels above dist/src/cli/). */
 export function packageVersion(): string {
@@ -119,6 +120,12 @@ export function buildProgram(io: CliIO, result: { code: ExitCode; milterError: E
   testCmd.action(async (file: string) => {
     result.milterError = EXIT.MILTER;
     result.code = await runTest(file, testCmd.opts<TestCommandOptions>(), io.stdout, io.stderr);
+  });
+
+  const inspectCmd = addInspectCommand(program);
+  inspectCmd.action(async () => {
+    result.milterError = EXIT.LISTEN;
+    result.code = await runInspect(inspectCmd.opts<InspectCommandOptions>(), io.stdout, io.stderr);
   });
   return program;
 }

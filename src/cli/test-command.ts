@@ -35,6 +35,7 @@ import {
   type TestReport,
   type TestStep,
 } from './test-report.js';
+import { writeOutputMessage } from './test-output.js';
 import { parseDuration, parseInteger, parseListenSpec } from './values.js';
 
 /** Options of `milterd test`, as commander hands them over. */
@@ -51,6 +52,8 @@ export interface TestCommandOptions {
   timeout: number;
   json?: boolean;
   expect?: Expectation[];
+  /** `--output-message FILE|-` (see test-output.ts). */
+  outputMessage?: string;
   // The MTA's offer, macros and event order; more SMTP events; load (issue 16).
   mta?: MtaName;
   version?: number;
@@ -284,6 +287,12 @@ export function addTestCommand(program: Command): Command {
           .argParser((v) => wrap(() => parseDuration(v))),
       )
       .option('--json', 'print a JSON report instead of text')
+      .option(
+        '--output-message <file>',
+        'write the message as Postfix would deliver it after the milter\'s changes ("-": stdout, the report ' +
+          'then goes to stderr); a changed envelope goes above it as X-Milterd-Envelope-* fields, or with ' +
+          '--json into the report',
+      )
       .addOption(
         new Option(
           '--expect <decision[@stage]>',
@@ -460,7 +469,7 @@ interface Conversation {
 async function converse(
   c: Conversation,
   queueId: string,
-): Promise<{ report: TestReport; steps: TestStep[]; result: MessageResult }> {
+): Promise<{ report: TestReport; steps: TestStep[]; result: MessageResult; leadSpace: boolean }> {
   const { o, message, from, rcpts, conn, helo } = c;
   const profile = o.mta === undefined ? undefined : MTA_PROFILES[o.mta];
   // Without --mta, the client's own default offer (the same as today's MTAs').
@@ -505,7 +514,7 @@ async function converse(
     // Postfix ends with ABORT, QUIT (an ABORT the filter must take outside a message).
     if (!client.closed) for (const p of profile?.beforeQuit ?? []) if (p.kind === 'abort') client.abort();
     await client.quit();
-    return { report, steps, result };
+    return { report, steps, result, leadSpace };
   } catch (err) {
     client.close();
     if (!isMilterError(err)) throw err;
@@ -573,10 +582,33 @@ export async function runTest(
   const helo = o.helo ?? o.connectName ?? `[${o.connectAddr}]`;
   const messageId = header('message-id')?.trim();
   const c: Conversation = { o, message, from, rcpts, conn, helo, messageId };
+  // The delivered-message model is Postfix 3.7's (output-message.ts); Sendmail places headers otherwise.
+  if (o.outputMessage !== undefined && (o.mta === 'sendmail' || (o.repeat ?? 1) > 1)) {
+    throw new MilterConfigError(
+      o.mta === 'sendmail'
+        ? '--output-message models Postfix 3.7 delivery; it cannot be combined with --mta sendmail'
+        : '--output-message writes one message; it cannot be combined with --repeat',
+      { field: 'output-message' },
+    );
+  }
 
   if ((o.repeat ?? 1) > 1) return runRepeated(c, write, warn);
-  const { report, steps, result } = await converse(c, o.queueId ?? newQueueId());
-  write(o.json === true ? JSON.stringify(report, null, 2) + '\n' : formatReportText(report));
+  const { report, steps, result, leadSpace } = await converse(c, o.queueId ?? newQueueId());
+  if (o.outputMessage !== undefined) {
+    const received = { message, sender: from, recipients: result.acceptedRecipients };
+    const options = { leadingSpace: leadSpace, json: o.json === true };
+    report.delivered = await writeOutputMessage(
+      o.outputMessage,
+      received,
+      result,
+      report.result.outcome,
+      options,
+    );
+  }
+  // With the message on stdout, the report goes to stderr.
+  (o.outputMessage === '-' ? warn : write)(
+    o.json === true ? JSON.stringify(report, null, 2) + '\n' : formatReportText(report),
+  );
   const unmet = unmetExpectations(o.expect ?? [], steps, result);
   for (const line of unmet) warn(`milterd: ${line}\n`);
   return unmet.length === 0 ? EXIT.OK : EXIT.EXPECT;

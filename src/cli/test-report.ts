@@ -4,6 +4,7 @@
  */
 import type { ClientReply, MessageResult, NegotiatedClientOptions } from '../client/index.js';
 import type { ModificationResponse } from '../protocol/types.js';
+import type { OutputMessageSummary } from './test-output.js';
 
 export const ACTION_NAMES: Array<[number, string]> = [
   [0x001, 'addHeader'],
@@ -75,6 +76,8 @@ export interface TestReport {
     acceptedRecipients: string[];
     progress: number;
   };
+  /** `--output-message`: what was written, and the envelope after the milter's changes. */
+  delivered?: OutputMessageSummary;
 }
 
 /** What the MTA does with the message given the deciding reply. */
@@ -222,5 +225,25 @@ export function formatReportText(r: TestReport): string {
   const res = r.result;
   lines.push('');
   lines.push(`result     ${res.outcome} (decided at ${res.stoppedAt}: ${describeReply(res.reply)})`);
+  if (r.delivered !== undefined) lines.push(...deliveredLines(r.delivered));
   return lines.join('\n') + '\n';
+}
+
+/** The `--output-message` summary in words. */
+function deliveredLines(d: OutputMessageSummary): string[] {
+  const lines: string[] = [];
+  const e = d.envelope;
+  const was = e.originalSender === undefined ? '' : ` (changed, was ${e.originalSender})`;
+  lines.push(`envelope   from ${e.sender}${e.senderArgs === undefined ? '' : ` ${e.senderArgs}`}${was}`);
+  for (const rcpt of e.recipients)
+    lines.push(
+      `           to ${rcpt.address}${rcpt.args === undefined ? '' : ` ${rcpt.args}`}${rcpt.added ? ' (added)' : ''}`,
+    );
+  for (const gone of e.deleted) lines.push(`           deleted ${gone}`);
+  lines.push(
+    d.written
+      ? `output     ${d.file === '-' ? 'stdout' : d.file} (${d.bytes ?? 0} bytes)`
+      : `output     nothing written: ${d.reason ?? ''}`,
+  );
+  return lines;
 }

@@ -19,7 +19,14 @@ async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise
 test('--help lists the commands and the exit codes', async () => {
   const r = await runMilterd(['--help']);
   assert.equal(r.code, 0);
-  for (const word of ['serve', 'check-config', 'test', 'Exit codes:', '3  invalid configuration']) {
+  for (const word of [
+    'serve',
+    'check-config',
+    'test',
+    'inspect',
+    'Exit codes:',
+    '3  invalid configuration',
+  ]) {
     assert.ok(r.stdout.includes(word), `help mentions ${word}`);
   }
 });

@@ -196,3 +196,22 @@ export class SmtpSink {
     });
   }
 }
+
+/**
+ * A delivered message without the Received: header Postfix prepends itself (`from … by mta.test
+ * (Postfix) with ESMTP id …`; ESMTPA after AUTH or XCLIENT LOGIN, ESMTPS with TLS), and how many such headers there were: the one difference between what
+ * a milter saw and what Postfix delivered that no tool can predict (queue id, time).
+ */
+export function withoutPostfixReceived(raw: Buffer): { message: Buffer; removed: number } {
+  const text = raw.toString('latin1');
+  const end = text.indexOf('\r\n\r\n');
+  const head = end < 0 ? text : text.slice(0, end + 2);
+  const fields = head.split(/\r\n(?![ \t])/).filter((f) => f !== '');
+  const ours = /^Received: from [^\r\n]*\r\n\tby mta\.test \(Postfix\) with E?SMTPS?A? id [0-9A-Z]+/;
+  const kept = fields.filter((f) => !ours.test(f));
+  const rest = end < 0 ? '' : text.slice(end + 2);
+  return {
+    message: Buffer.from(kept.map((f) => `${f}\r\n`).join('') + rest, 'latin1'),
+    removed: fields.length - kept.length,
+  };
+}
