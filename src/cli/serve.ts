@@ -10,11 +10,16 @@ import { createDaemonFilter } from '../filters/default.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
 import type { ShutdownPolicy } from '../policy/index.js';
 import { createMilterServer, type MilterServer } from '../server/server.js';
-import { resolveSettings, type ResolvedSettings, type SettingOverrides } from './config.js';
+import {
+  formatConfigProblem,
+  loadConfiguration,
+  type ResolvedSettings,
+  type SettingOverrides,
+} from './config.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { createDaemonLogger } from './log-output.js';
 import type { DaemonSettings } from './options.js';
-import { buildPolicy, describePolicy, loadPolicySetting } from './policy-source.js';
+import { buildPolicy, describePolicy } from './policy-source.js';
 import { ReloadableFilter } from './reloadable-filter.js';
 import { loadReloadOffThread } from './reload-worker.js';
 
@@ -52,10 +57,6 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'admin',
   'adminMaxConnections',
 ];
-
-function resolve(options: ServeOptions): Promise<ResolvedSettings> {
-  return resolveSettings(options.overrides, options.configFile);
-}
 
 /** The running daemon's mutable state. */
 class Daemon {
@@ -166,8 +167,13 @@ class Daemon {
  * the logger exists are thrown as MilterConfigError (main prints them, exit 3).
  */
 export async function serve(options: ServeOptions): Promise<ExitCode> {
-  const { settings } = await resolve(options);
-  const policyConfig = await loadPolicySetting(settings.policy);
+  // Every problem of the config file and the policy at once, as check-config lists them.
+  const loaded = await loadConfiguration(options.overrides, options.configFile);
+  if (loaded.problems.length > 0 || loaded.policy === undefined) {
+    throw MilterConfigError.of(loaded.problems, formatConfigProblem);
+  }
+  const { settings } = loaded.resolved;
+  const policyConfig = loaded.policy;
   const metrics = new DaemonMetrics({ version: options.version });
   metrics.maxConnections.set(settings.maxConnections);
   const { logger, destination } = createDaemonLogger({
