@@ -12,6 +12,7 @@ import { parse } from 'yaml';
 import { parseConfigText, settingsToConfigObject } from '../../../src/cli/config.js';
 import { defaultSettings, SETTING_KEYS, SETTINGS } from '../../../src/cli/options.js';
 import { FAILURE_DECISIONS, LOG_LEVELS } from '../../../src/cli/values.js';
+import { SYSLOG_FACILITIES, SYSLOG_FORMATS } from '../../../src/logging/syslog.js';
 import { DEFAULT_POLICY_YAML } from '../../../src/policy/default-policy.js';
 import { checkPolicy, PREFIX_KEYS, RULE_KEYS, TOP_KEYS, WHEN_KEYS } from '../../../src/policy/load.js';
 import { LIMIT_KINDS } from '../../../src/policy/rules.js';
@@ -53,6 +54,8 @@ test('config schema: exactly the fields of the settings table (SETTINGS paths), 
   assert.deepEqual(paths.sort(), sorted(SETTING_KEYS.map((k) => SETTINGS[k].path.join('.'))));
   assert.deepEqual(configSchema.properties?.logLevel?.enum, [...LOG_LEVELS]);
   assert.deepEqual(configSchema.properties?.failureDecision?.enum, [...FAILURE_DECISIONS]);
+  assert.deepEqual(configSchema.properties?.logSyslogFacility?.enum, Object.keys(SYSLOG_FACILITIES));
+  assert.deepEqual(configSchema.properties?.logSyslogFormat?.enum, [...SYSLOG_FORMATS]);
 });
 
 test('policy schema: exactly the keys of the policy loader (TOP, RULE, WHEN, PREFIX keys, LIMIT_KINDS)', () => {
@@ -100,6 +103,8 @@ const WRONG_CONFIGS: Array<[string, string]> = [
   ['unknown timeout', 'timeouts:\n  idel: 5s\n'],
   ['duration without a number', 'drainTimeout: soon\n'],
   ['admin on a unix socket', 'admin: unix:/run/admin.sock\n'],
+  ['syslog over tcp', 'logSyslog: tcp:127.0.0.1:514\n'],
+  ['unknown syslog facility', 'logSyslogFacility: maill\n'],
   ['listen not a socket spec', 'listen: [8890]\n'],
   ['inline policy with an unknown key', 'policy:\n  version: 1\n  rulez: []\n'],
   ['inline policy rule with two limits', 'policy:\n  rules:\n    - max-messages: 2\n      max-bytes: 1MB\n'],
