@@ -188,6 +188,9 @@ export async function openSyslog(options: SyslogOptions): Promise<SyslogOutput> 
   }
   const child = spawn(options.command ?? 'logger', loggerArgs(target, options.format, process.pid), {
     stdio: ['pipe', 'ignore', 'pipe'],
+    // Its own process group: Ctrl-C in a terminal must not stop it before milterd's last lines are sent.
+    // It ends when its stdin does (close(), or milterd's exit, however abrupt).
+    detached: true,
   });
   await new Promise<void>((resolve, reject) => {
     child.once('spawn', resolve);
