@@ -65,17 +65,49 @@ export class MilterFilterError extends MilterError {
 export class MilterConfigError extends MilterError {
   readonly file: string | undefined;
   readonly line: number | undefined;
+  /** 1-based column, when known. */
+  readonly column: number | undefined;
   readonly field: string | undefined;
+  /**
+   * Every problem this error stands for (a file is checked as a whole): `[this]` for a single problem;
+   * for several, the message holds one line per problem and file/line/field are the first one's.
+   */
+  readonly problems: readonly MilterConfigError[];
   constructor(
     message: string,
-    where: { file?: string; line?: number; field?: string } = {},
-    options?: { cause?: unknown; code?: MilterErrorCode },
+    where: { file?: string; line?: number; column?: number; field?: string } = {},
+    options?: { cause?: unknown; code?: MilterErrorCode; problems?: readonly MilterConfigError[] },
   ) {
     super(options?.code ?? 'ERR_MILTER_CONFIG', message, options);
     this.name = 'MilterConfigError';
     this.file = where.file;
     this.line = where.line;
+    this.column = where.column;
     this.field = where.field;
+    this.problems = options?.problems ?? [this];
+  }
+
+  /**
+   * One error for a non-empty list of problems: the problem itself when there is one (and `format`
+   * leaves its message as it is), else an error whose message has one line per problem (each rendered
+   * by `format`), located by the first.
+   */
+  static of(
+    problems: readonly MilterConfigError[],
+    format: (p: MilterConfigError) => string = (p) => p.message,
+  ): MilterConfigError {
+    const first = problems[0];
+    if (first === undefined) throw new RangeError('MilterConfigError.of: no problems');
+    if (problems.length === 1 && format(first) === first.message) return first;
+    const where = {
+      ...(first.file === undefined ? {} : { file: first.file }),
+      ...(first.line === undefined ? {} : { line: first.line }),
+      ...(first.column === undefined ? {} : { column: first.column }),
+      ...(first.field === undefined ? {} : { field: first.field }),
+    };
+    return new MilterConfigError(problems.map(format).join('\n'), where, {
+      problems: problems.flatMap((p) => p.problems),
+    });
   }
 }
 

@@ -148,7 +148,10 @@ export class DaemonMetrics {
     });
     this.logLinesDropped = r.counter({
       name: n.logLinesDropped,
-      help: 'Log lines dropped because stdout was not read fast enough (the log buffer was full).',
+      help:
+        'Log lines dropped because their output (stdout, or syslog with --log-syslog) did not take them ' +
+        'fast enough (its log buffer was full), by output.',
+      labelNames: ['output'],
     });
     this.acceptErrors = r.counter({
       name: n.acceptErrors,
@@ -183,7 +186,7 @@ export class DaemonMetrics {
     this.sessionsRefused.init();
     this.bytesIn.init();
     this.bytesOut.init();
-    this.logLinesDropped.init();
+    this.logLinesDropped.init({ output: 'stdout' });
     this.reloads.init({ result: 'ok' });
     this.reloads.init({ result: 'error' });
     // The daemon only starts with a valid configuration: that first load counts as a success.

@@ -1,19 +1,18 @@
 /**
  * `milterd check-config [FILE]`: validate a configuration file (and the policy it names) exactly as
  * `serve` would read it, with the same command-line options and environment, and print the effective
- * configuration as JSON — or every problem as `FILE:LINE: field: message`.
+ * configuration as JSON — or every problem of the config file and the policy, in file order, as
+ * `FILE:LINE:COLUMN: field: message`.
  */
 import {
   formatConfigProblem,
-  mergeSettings,
-  readConfigFile,
+  loadConfiguration,
   settingsToConfigObject,
   type SettingOverrides,
 } from './config.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { SETTING_KEYS, SETTINGS } from './options.js';
-import { describePolicy, loadPolicySetting } from './policy-source.js';
-import { MilterConfigError } from '../errors.js';
+import { describePolicy } from './policy-source.js';
 
 /** Inputs of {@link checkConfig}. */
 export interface CheckConfigOptions {
@@ -30,34 +29,26 @@ export interface CheckConfigOptions {
  * (cli, env, file or default for each setting) and `policy` (its source and rule names).
  */
 export async function checkConfig(options: CheckConfigOptions): Promise<ExitCode> {
-  const file = options.file === undefined ? undefined : await readConfigFile(options.file);
-  const problems = [...(file?.problems ?? [])];
-  if (problems.length === 0) {
-    const resolved = mergeSettings(options.overrides, file);
-    try {
-      const policy = await loadPolicySetting(resolved.settings.policy);
-      const sources: Record<string, string> = {};
-      for (const key of SETTING_KEYS) sources[SETTINGS[key].path.join('.')] = resolved.sources[key];
-      const doc = {
-        file: resolved.configFile ?? null,
-        config: settingsToConfigObject(resolved.settings),
-        sources,
-        policy: {
-          source: describePolicy(resolved.settings.policy),
-          dryRun: policy.dryRun,
-          rules: policy.rules.map((r) => ({
-            name: r.name,
-            limit: r.limit.kind,
-            ...(r.dryRun ? { dryRun: true } : {}),
-          })),
-        },
-      };
-      options.stdout(JSON.stringify(doc, null, 2) + '\n');
-      return EXIT.OK;
-    } catch (err) {
-      if (!(err instanceof MilterConfigError)) throw err;
-      problems.push(err);
-    }
+  const { resolved, policy, problems } = await loadConfiguration(options.overrides, options.file);
+  if (problems.length === 0 && policy !== undefined) {
+    const sources: Record<string, string> = {};
+    for (const key of SETTING_KEYS) sources[SETTINGS[key].path.join('.')] = resolved.sources[key];
+    const doc = {
+      file: resolved.configFile ?? null,
+      config: settingsToConfigObject(resolved.settings),
+      sources,
+      policy: {
+        source: describePolicy(resolved.settings.policy),
+        dryRun: policy.dryRun,
+        rules: policy.rules.map((r) => ({
+          name: r.name,
+          limit: r.limit.kind,
+          ...(r.dryRun ? { dryRun: true } : {}),
+        })),
+      },
+    };
+    options.stdout(JSON.stringify(doc, null, 2) + '\n');
+    return EXIT.OK;
   }
   for (const p of problems) options.stderr(formatConfigProblem(p) + '\n');
   options.stderr(`configuration invalid: ${problems.length} problem${problems.length === 1 ? '' : 's'}\n`);

@@ -1,15 +1,20 @@
 /**
  * The YAML configuration file and the merge of every source into {@link DaemonSettings}.
  *
- * File problems are collected, not thrown one by one, so `milterd check-config` can list them all; each
- * is a MilterConfigError with `file`, `line` and `field`.
+ * File problems are collected, not thrown one by one, so `milterd check-config` (and `serve`) can list
+ * them all, with the policy's (`loadConfiguration`); each is a MilterConfigError with `file`, `line`,
+ * `column` and `field`.
  */
 import path from 'node:path';
 import { isMap, isPair, isScalar, LineCounter, type Document, type Node } from 'yaml';
 import { MilterConfigError } from '../errors.js';
+import { checkPolicy } from '../policy/load.js';
+import type { PolicyConfig } from '../policy/rules.js';
 import {
   checkYamlSize,
+  didYouMean,
   parseYamlDocument,
+  positionAt,
   readYamlFile,
   YamlFileTooLargeError,
 } from '../policy/yaml-file.js';
@@ -22,6 +27,7 @@ import {
   type PolicySetting,
   type SettingSource,
 } from './options.js';
+import { loadPolicySetting } from './policy-source.js';
 import { formatDuration, formatSocketMode } from './values.js';
 
 /** What a config file contributed: the fields it set (already parsed) and every problem found. */
@@ -30,6 +36,8 @@ export interface ConfigFileResult {
   file: string;
   values: Partial<DaemonSettings>;
   problems: MilterConfigError[];
+  /** False when the file could not be read or is not a YAML mapping: its values are unknown. */
+  parsed: boolean;
 }
 
 /** Fields a config file may contain, as `a.b` paths, for "unknown field" errors. */
@@ -38,10 +46,27 @@ const KNOWN_GROUPS = new Set(
   SETTING_KEYS.filter((k) => SETTINGS[k].path.length > 1).map((k) => SETTINGS[k].path[0] as string),
 );
 
-/** 1-based line of a node's start, if the document kept positions. */
-function lineOf(node: Node | null | undefined, lines: LineCounter): number | undefined {
+/** Keys allowed at the top level and in each group, for "did you mean" hints. */
+const KEYS_IN: ReadonlyMap<string, readonly string[]> = (() => {
+  const out = new Map<string, string[]>();
+  for (const key of SETTING_KEYS) {
+    const p = SETTINGS[key].path;
+    const group = p.length > 1 ? p.slice(0, -1).join('.') : '';
+    const top = out.get('') ?? [];
+    if (!top.includes(p[0] as string)) top.push(p[0] as string);
+    out.set('', top);
+    if (group !== '') out.set(group, [...(out.get(group) ?? []), p[p.length - 1] as string]);
+  }
+  return out;
+})();
+
+/** 1-based line and column of a node's start, if the document kept positions. */
+function posOf(
+  node: Node | null | undefined,
+  lines: LineCounter,
+): { line: number; column: number } | Record<string, never> {
   const start = node?.range?.[0];
-  return start === undefined ? undefined : lines.linePos(start).line;
+  return start === undefined ? {} : positionAt(lines, start);
 }
 
 /** `text` with every character outside [start, end) but line feeds replaced by spaces. */
@@ -64,18 +89,18 @@ function checkUnknownKeys(doc: Document, lines: LineCounter, file: string, out: 
           out.push(
             new MilterConfigError(`${joined}: expected a mapping`, {
               file,
-              line: lineOf(pair.key as Node, lines),
+              ...posOf(pair.key as Node, lines),
               field: joined,
             }),
           );
         } else walk(pair.value, here);
       } else if (!KNOWN_PATHS.has(joined)) {
+        const guess = didYouMean(key, KEYS_IN.get(prefix.join('.')) ?? []);
         out.push(
-          new MilterConfigError(`${joined}: unknown field`, {
-            file,
-            line: lineOf(pair.key as Node, lines),
-            field: joined,
-          }),
+          new MilterConfigError(
+            `${joined}: unknown field${guess === undefined ? '' : ` (did you mean "${guess}"?)`}`,
+            { file, ...posOf(pair.key as Node, lines), field: joined },
+          ),
         );
       }
     }
@@ -94,35 +119,38 @@ export function parseConfigText(text: string, file: string): ConfigFileResult {
     checkYamlSize(text);
   } catch (err) {
     problems.push(tooLarge(file, err as YamlFileTooLargeError));
-    return { file, values: values as Partial<DaemonSettings>, problems };
+    return { file, values: values as Partial<DaemonSettings>, problems, parsed: false };
   }
   const lines = new LineCounter();
   const doc = parseYamlDocument(text, lines);
   for (const e of doc.errors) {
     problems.push(
-      new MilterConfigError(`YAML: ${e.message.split('\n')[0]}`, {
+      new MilterConfigError(`YAML syntax error: ${e.message.split('\n')[0]}`, {
         file,
-        line: lines.linePos(e.pos[0]).line,
+        ...positionAt(lines, e.pos[0]),
       }),
     );
   }
-  if (problems.length > 0) return { file, values: values as Partial<DaemonSettings>, problems };
-  if (doc.contents === null) return { file, values: values as Partial<DaemonSettings>, problems };
+  if (problems.length > 0)
+    return { file, values: values as Partial<DaemonSettings>, problems, parsed: false };
+  if (doc.contents === null)
+    return { file, values: values as Partial<DaemonSettings>, problems, parsed: true };
   if (!isMap(doc.contents)) {
     problems.push(
       new MilterConfigError('the configuration must be a YAML mapping', {
         file,
-        line: lineOf(doc.contents, lines),
+        ...posOf(doc.contents, lines),
       }),
     );
-    return { file, values: values as Partial<DaemonSettings>, problems };
+    return { file, values: values as Partial<DaemonSettings>, problems, parsed: false };
   }
   checkUnknownKeys(doc, lines, file, problems);
   for (const key of SETTING_KEYS) {
     const def = SETTINGS[key];
     if (!doc.hasIn(def.path)) continue;
     const node = doc.getIn(def.path, true) as Node | undefined;
-    const line = lineOf(node, lines);
+    const pos = posOf(node, lines);
+    const line = pos.line;
     const field = def.path.join('.');
     try {
       const raw: unknown = isScalar(node) ? node.value : (node?.toJSON() as unknown);
@@ -134,11 +162,12 @@ export function parseConfigText(text: string, file: string): ConfigFileResult {
       }
     } catch (err) {
       const why = err instanceof Error ? err.message : String(err);
-      problems.push(new MilterConfigError(`${field}: ${why}`, { file, line, field }, { cause: err }));
+      problems.push(new MilterConfigError(`${field}: ${why}`, { file, ...pos, field }, { cause: err }));
     }
   }
   if (values.policy !== undefined) values.policy = anchorPolicyPath(values.policy as PolicySetting, file);
-  return { file, values: values as Partial<DaemonSettings>, problems };
+  problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
+  return { file, values: values as Partial<DaemonSettings>, problems, parsed: true };
 }
 
 function tooLarge(file: string, err: YamlFileTooLargeError): MilterConfigError {
@@ -156,14 +185,14 @@ export async function readConfigFile(file: string): Promise<ConfigFileResult> {
     text = await readYamlFile(abs);
   } catch (err) {
     if (err instanceof YamlFileTooLargeError)
-      return { file: abs, values: {}, problems: [tooLarge(abs, err)] };
+      return { file: abs, values: {}, problems: [tooLarge(abs, err)], parsed: false };
     const why = (err as NodeJS.ErrnoException).code ?? (err instanceof Error ? err.message : String(err));
     const problem = new MilterConfigError(
       `cannot read configuration file: ${why}`,
       { file: abs },
       { cause: err },
     );
-    return { file: abs, values: {}, problems: [problem] };
+    return { file: abs, values: {}, problems: [problem], parsed: false };
   }
   return parseConfigText(text, abs);
 }
@@ -220,15 +249,67 @@ export async function resolveSettings(
   configFile: string | undefined,
 ): Promise<ResolvedSettings> {
   const file = configFile === undefined ? undefined : await readConfigFile(configFile);
-  const first = file?.problems[0];
-  if (file !== undefined && first !== undefined) {
-    throw new MilterConfigError(file.problems.map(formatConfigProblem).join('\n'), {
-      file: first.file,
-      ...(first.line === undefined ? {} : { line: first.line }),
-      ...(first.field === undefined ? {} : { field: first.field }),
-    });
+  if (file !== undefined && file.problems.length > 0) {
+    throw MilterConfigError.of(file.problems, formatConfigProblem);
   }
   return mergeSettings(overrides, file);
+}
+
+/** Everything `serve` starts from, or every problem found on the way (see {@link loadConfiguration}). */
+export interface LoadedConfiguration {
+  resolved: ResolvedSettings;
+  /** The validated policy; undefined when it has problems or could not be located. */
+  policy: PolicyConfig | undefined;
+  /** Problems of the config file, then of a separate policy file, each in file order. */
+  problems: MilterConfigError[];
+}
+
+/** Read a policy setting like loadPolicySetting, but collect every problem instead of throwing. */
+async function checkPolicySetting(
+  setting: PolicySetting,
+): Promise<{ config: PolicyConfig | undefined; problems: MilterConfigError[] }> {
+  if (setting.kind === 'inline') return checkPolicy(setting.source, setting.file);
+  try {
+    return { config: await loadPolicySetting(setting), problems: [] };
+  } catch (err) {
+    if (!(err instanceof MilterConfigError)) throw err;
+    return { config: undefined, problems: [...err.problems] };
+  }
+}
+
+/**
+ * Read the config file and the policy it names and report every problem of both in one go (what
+ * `check-config` prints and `serve` refuses to start with). The policy is still checked when the config
+ * file has problems, unless its own setting is among them (or the file could not be parsed at all).
+ * An inline policy's problems are merged into the config file's by position.
+ */
+export async function loadConfiguration(
+  overrides: SettingOverrides,
+  configFile: string | undefined,
+): Promise<LoadedConfiguration> {
+  const file = configFile === undefined ? undefined : await readConfigFile(configFile);
+  const resolved = mergeSettings(overrides, file);
+  const problems = [...(file?.problems ?? [])];
+  const policyKnown =
+    resolved.sources.policy !== 'file' && resolved.sources.policy !== 'default'
+      ? true
+      : file === undefined || (file.parsed && !problems.some((p) => p.field === 'policy'));
+  let policy: PolicyConfig | undefined;
+  if (policyKnown) {
+    const checked = await checkPolicySetting(resolved.settings.policy);
+    policy = checked.config;
+    problems.push(...checked.problems);
+  }
+  // Stable: the config file's problems first, a policy file's after them, each by line and column.
+  const order = new Map<string | undefined, number>([[file?.file, 0]]);
+  for (const p of problems) if (!order.has(p.file)) order.set(p.file, order.size);
+  problems.sort(
+    (a, b) =>
+      (order.get(a.file) ?? 0) - (order.get(b.file) ?? 0) ||
+      (a.line ?? 0) - (b.line ?? 0) ||
+      (a.column ?? 0) - (b.column ?? 0),
+  );
+  return { resolved, policy: problems.length === 0 ? policy : undefined, problems };
 }
 
 /**
@@ -243,6 +324,9 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     logLevel: s.logLevel,
     logPretty: s.logPretty,
     logBuffer: s.logBuffer,
+    logSyslog: s.logSyslog,
+    logSyslogFacility: s.logSyslogFacility,
+    logSyslogFormat: s.logSyslogFormat,
     maxConnections: s.maxConnections,
     maxConnectionsPerPeer: s.maxConnectionsPerPeer,
     backlog: s.backlog,
@@ -262,11 +346,13 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
   };
 }
 
-/** `FILE:LINE: message` (or fewer parts when unknown), the one-line form used on stderr. */
+/** `FILE:LINE:COLUMN: message` (or fewer parts when unknown), the one-line form used on stderr. */
 export function formatConfigProblem(err: MilterConfigError): string {
-  // The policy loader already puts `FILE:LINE:` in front of its messages.
+  // The policy loader already puts `FILE:LINE:COLUMN:` in front of its messages.
   if (err.file !== undefined && err.message.startsWith(err.file)) return err.message;
-  const where = [err.file, err.line].filter((p) => p !== undefined).join(':');
+  const where = [err.file, err.line, err.line === undefined ? undefined : err.column]
+    .filter((p) => p !== undefined)
+    .join(':');
   const field = err.field !== undefined && !err.message.includes(err.field) ? ` (field ${err.field})` : '';
   return `${where === '' ? '' : where + ': '}${err.message}${field}`;
 }

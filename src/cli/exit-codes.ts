@@ -27,7 +27,7 @@ export const EXIT_CODES_HELP = `Exit codes:
   0  success (serve: stopped cleanly after SIGTERM/SIGINT)
   1  runtime error (see the log); health: the daemon did not answer
   2  usage error (unknown option, bad argument)
-  3  invalid configuration (config file, policy file or setting; printed as FILE:LINE: field: problem)
+  3  invalid configuration (config file, policy file or setting; printed as FILE:LINE:COLUMN: field: problem)
   4  serve, inspect: cannot listen (address in use, permission denied, unknown socket group)
   5  test: cannot talk to the milter (refused, timeout, protocol error)
   6  test: the milter decided otherwise than an --expect said`;

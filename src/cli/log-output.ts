@@ -1,15 +1,17 @@
 /**
  * The daemon's root logger: pino JSON lines on stdout (the default, for log collectors), or a tiny
  * built-in human-readable formatter (`--log-pretty`; pino-pretty is not a dependency). Either way the
- * lines go through a bounded asynchronous buffer, so a stalled stdout never blocks the event loop.
+ * lines go through a bounded asynchronous buffer, so a stalled stdout never blocks the event loop. With
+ * `--log-syslog` every line also goes to syslog, through a buffer of its own (src/logging/syslog.ts).
  *
  * Levels: `fatal` (the daemon cannot go on), `error` (a listener, reload or filter failure), `warn` (limits
  * hit, forced closes, refused reloads), `info` (start, listen, stop, reload, one line per message),
  * `debug` (per-connection life cycle, every decision), `trace` (every command), `silent`.
  */
-import type { Logger } from 'pino';
-import { AsyncLogDestination } from '../logging/async-destination.js';
+import type { DestinationStream, Logger } from 'pino';
+import { ASYNC_LOG_DEFAULTS, AsyncLogDestination } from '../logging/async-destination.js';
 import { createLogger } from '../logging/logger.js';
+import type { SyslogOutput } from '../logging/syslog.js';
 import type { LogLevel } from './values.js';
 
 const LEVEL_NAMES: Record<number, string> = {
@@ -20,6 +22,9 @@ const LEVEL_NAMES: Record<number, string> = {
   50: 'ERROR',
   60: 'FATAL',
 };
+
+/** Longest wait of pino's `logger.flush(cb)` (as AsyncLogDestination's own flush). */
+const FLUSH_MS = ASYNC_LOG_DEFAULTS.flushTimeoutMs;
 
 /** Keys shown as the line prefix, in this order, rather than as `key=value` at the end. */
 const PREFIX_KEYS = ['conn', 'peer', 'txn', 'queueId'];
@@ -43,6 +48,17 @@ export function formatPrettyLine(line: string): string {
   }
   const time = typeof rec.time === 'number' ? new Date(rec.time).toISOString() : '';
   const level = LEVEL_NAMES[Number(rec.level)] ?? String(rec.level);
+  const { text, stack } = describeRecord(rec);
+  return [time, level, ...(text === '' ? [] : [text])].join(' ') + stack + '\n';
+}
+
+/** A syslog message's text: the pretty line without time and level (syslog has its own), no stack. */
+export function syslogText(rec: Record<string, unknown>): string {
+  return describeRecord(rec).text;
+}
+
+/** `[conn=… peer=…] message key=value …`, and an error's stack as indented lines (or ''). */
+function describeRecord(rec: Record<string, unknown>): { text: string; stack: string } {
   const prefix = PREFIX_KEYS.filter((k) => rec[k] !== undefined).map((k) => `${k}=${show(rec[k])}`);
   const rest: string[] = [];
   let stack = '';
@@ -57,11 +73,11 @@ export function formatPrettyLine(line: string): string {
     }
     rest.push(`${k}=${show(v)}`);
   }
-  const parts = [time, level];
+  const parts: string[] = [];
   if (prefix.length > 0) parts.push(`[${prefix.join(' ')}]`);
   if (rec.msg !== undefined) parts.push(String(rec.msg));
   parts.push(...rest);
-  return parts.join(' ') + stack + '\n';
+  return { text: parts.join(' '), stack };
 }
 
 /** Options of {@link createDaemonLogger}. */
@@ -74,6 +90,8 @@ export interface DaemonLoggerOptions {
   maxBufferBytes?: number;
   /** Lines dropped because the buffer was full (the daemon counts them). */
   onDrop?: (lines: number) => void;
+  /** Also send every line to syslog (`--log-syslog`; see openSyslog). */
+  syslog?: SyslogOutput;
 }
 
 /** The daemon's root logger and the destination behind it (for the flush at exit). */
@@ -103,6 +121,18 @@ export function createDaemonLogger(options: DaemonLoggerOptions): DaemonLogger {
     onRecovered: (dropped) =>
       logger.warn({ dropped }, 'log lines were dropped: stdout was not read fast enough'),
   });
-  const logger = createLogger({ level: options.level, destination, name: 'milterd' });
+  const syslog = options.syslog?.destination;
+  // Each output has its own bounded buffer: a stalled syslogd does not hold stdout back, nor the reverse.
+  const tee = {
+    write(line: string): void {
+      destination.write(line);
+      syslog?.write(line);
+    },
+    flush(cb?: (err?: Error) => void): void {
+      void Promise.all([destination.drain(FLUSH_MS), syslog?.drain(FLUSH_MS)]).then(() => cb?.());
+    },
+  };
+  const stream: DestinationStream = syslog === undefined ? destination : tee;
+  const logger = createLogger({ level: options.level, destination: stream, name: 'milterd' });
   return { logger, destination };
 }

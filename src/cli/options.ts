@@ -21,8 +21,18 @@ import {
   parseListenList,
   parseLogLevel,
   parseSocketMode,
+  parseSyslog,
+  parseSyslogFacility,
+  parseSyslogFormat,
   type LogLevel,
 } from './values.js';
+import {
+  DEFAULT_SYSLOG_SOCKET,
+  SYSLOG_FACILITIES,
+  SYSLOG_FORMATS,
+  type SyslogFacility,
+  type SyslogFormat,
+} from '../logging/syslog.js';
 
 /** Where the shutdown policy comes from. */
 export type PolicySetting =
@@ -46,6 +56,10 @@ export interface DaemonSettings {
   logPretty: boolean;
   /** Bytes of log lines buffered while stdout is not read; beyond them lines are dropped. */
   logBuffer: number;
+  /** Syslog target spec (`unix:/dev/log`, `udp:HOST:PORT`), or `off`. */
+  logSyslog: string;
+  logSyslogFacility: SyslogFacility;
+  logSyslogFormat: SyslogFormat;
   maxConnections: number;
   maxConnectionsPerPeer: number;
   backlog: number;
@@ -75,6 +89,8 @@ export interface SettingDef<T> {
   path: readonly string[];
   /** Help text without the default. */
   description: string;
+  /** Value of the flag given without its argument (flags with an optional `[arg]`). */
+  preset?: string;
   /** The default value and how `--help` shows it. */
   defaultValue: T;
   defaultText: string;
@@ -159,6 +175,39 @@ export const SETTINGS: SettingsTable = {
     defaultText: '1MiB',
     fromText: same(parseByteSize),
     fromFile: parseByteSize,
+  },
+  logSyslog: {
+    flags: '--log-syslog [target]',
+    env: 'MILTERD_LOG_SYSLOG',
+    path: ['logSyslog'],
+    description:
+      `also send log lines to syslog: unix:/path (the flag alone: ${DEFAULT_SYSLOG_SOCKET}), udp:HOST:PORT, ` +
+      'or off; lines syslog does not take in time are dropped and counted, never waited for',
+    preset: DEFAULT_SYSLOG_SOCKET,
+    defaultValue: 'off',
+    defaultText: 'off',
+    fromText: same(parseSyslog),
+    fromFile: parseSyslog,
+  },
+  logSyslogFacility: {
+    flags: '--log-syslog-facility <name>',
+    env: 'MILTERD_LOG_SYSLOG_FACILITY',
+    path: ['logSyslogFacility'],
+    description: `syslog facility: ${Object.keys(SYSLOG_FACILITIES).join(', ')}`,
+    defaultValue: 'mail',
+    defaultText: 'mail',
+    fromText: same(parseSyslogFacility),
+    fromFile: parseSyslogFacility,
+  },
+  logSyslogFormat: {
+    flags: '--log-syslog-format <format>',
+    env: 'MILTERD_LOG_SYSLOG_FORMAT',
+    path: ['logSyslogFormat'],
+    description: `syslog message format: ${SYSLOG_FORMATS.join(' (what local syslog daemons expect), ')}`,
+    defaultValue: 'rfc3164',
+    defaultText: 'rfc3164',
+    fromText: same(parseSyslogFormat),
+    fromFile: parseSyslogFormat,
   },
   maxConnections: {
     flags: '--max-connections <n>',
@@ -338,6 +387,7 @@ export function addSettingOptions(cmd: Command): Command {
       def.flags,
       `${def.description} (default: ${def.defaultText}) (config: ${def.path.join('.')})`,
     ).env(def.env);
+    if (def.preset !== undefined) option.preset(def.preset);
     option.argParser((text: string, previous: unknown) => {
       try {
         return (def.fromText as (t: string, p: unknown) => unknown)(text, previous);

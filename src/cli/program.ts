@@ -148,6 +148,8 @@ export async function runCli(argv: readonly string[], io: CliIO): Promise<ExitCo
     }
     if (err instanceof MilterConfigError) {
       io.stderr(`milterd: ${err.message}\n`);
+      const n = err.problems.length;
+      if (n > 1) io.stderr(`milterd: configuration invalid: ${n} problems\n`);
       return EXIT.CONFIG;
     }
     if (err instanceof MilterError) {

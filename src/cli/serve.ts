@@ -8,13 +8,24 @@ import { ADMIN_LISTENER, startAdminServer, type AdminServer } from '../admin/ser
 import { isMilterError, MilterConfigError } from '../errors.js';
 import { createDaemonFilter } from '../filters/default.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
+import {
+  openSyslog,
+  parseSyslogTarget,
+  SyslogUnavailableError,
+  type SyslogOutput,
+} from '../logging/syslog.js';
 import type { ShutdownPolicy } from '../policy/index.js';
 import { createMilterServer, type MilterServer } from '../server/server.js';
-import { resolveSettings, type ResolvedSettings, type SettingOverrides } from './config.js';
+import {
+  formatConfigProblem,
+  loadConfiguration,
+  type ResolvedSettings,
+  type SettingOverrides,
+} from './config.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
-import { createDaemonLogger } from './log-output.js';
+import { createDaemonLogger, syslogText } from './log-output.js';
 import type { DaemonSettings } from './options.js';
-import { buildPolicy, describePolicy, loadPolicySetting } from './policy-source.js';
+import { buildPolicy, describePolicy } from './policy-source.js';
 import { ReloadableFilter } from './reloadable-filter.js';
 import { loadReloadOffThread } from './reload-worker.js';
 
@@ -39,6 +50,9 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'socketGroup',
   'logPretty',
   'logBuffer',
+  'logSyslog',
+  'logSyslogFacility',
+  'logSyslogFormat',
   'maxConnections',
   'maxConnectionsPerPeer',
   'backlog',
@@ -52,10 +66,6 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'admin',
   'adminMaxConnections',
 ];
-
-function resolve(options: ServeOptions): Promise<ResolvedSettings> {
-  return resolveSettings(options.overrides, options.configFile);
-}
 
 /** The running daemon's mutable state. */
 class Daemon {
@@ -162,20 +172,70 @@ class Daemon {
 }
 
 /**
+ * Start `--log-syslog`. A missing socket or `logger` command is a configuration problem (exit 3, before
+ * anything listens): mail must not flow while the operator believes it is logged.
+ */
+async function startSyslog(
+  settings: DaemonSettings,
+  onDrop: (lines: number) => void,
+  log: () => Logger | undefined,
+): Promise<SyslogOutput> {
+  try {
+    return await openSyslog({
+      target: parseSyslogTarget(settings.logSyslog),
+      facility: settings.logSyslogFacility,
+      format: settings.logSyslogFormat,
+      describe: syslogText,
+      maxBufferBytes: settings.logBuffer,
+      onDrop,
+      onRecovered: (dropped) =>
+        log()?.warn({ dropped }, 'log lines were dropped: syslog did not take them fast enough'),
+      onExit: (code, stderr) =>
+        log()?.error(
+          { code, stderr, syslog: settings.logSyslog },
+          'syslog output stopped: logger exited; lines for syslog are dropped from now on',
+        ),
+    });
+  } catch (err) {
+    if (!(err instanceof SyslogUnavailableError)) throw err;
+    throw new MilterConfigError(`--log-syslog ${err.message}`, { field: 'logSyslog' }, { cause: err });
+  }
+}
+
+/**
  * Run the daemon until SIGTERM/SIGINT. Resolves with the exit code. Configuration problems found before
  * the logger exists are thrown as MilterConfigError (main prints them, exit 3).
  */
 export async function serve(options: ServeOptions): Promise<ExitCode> {
-  const { settings } = await resolve(options);
-  const policyConfig = await loadPolicySetting(settings.policy);
+  // Every problem of the config file and the policy at once, as check-config lists them.
+  const loaded = await loadConfiguration(options.overrides, options.configFile);
+  if (loaded.problems.length > 0 || loaded.policy === undefined) {
+    throw MilterConfigError.of(loaded.problems, formatConfigProblem);
+  }
+  const { settings } = loaded.resolved;
+  const policyConfig = loaded.policy;
   const metrics = new DaemonMetrics({ version: options.version });
   metrics.maxConnections.set(settings.maxConnections);
+  const onDrop = (lines: number): void => metrics.logLinesDropped.inc({ output: 'stdout' }, lines);
+  // Set once the logger exists; syslog's own events are logged through it (to stdout and syslog).
+  const root: { logger?: Logger } = {};
+  const syslog =
+    settings.logSyslog === 'off'
+      ? undefined
+      : await startSyslog(
+          settings,
+          (lines) => metrics.logLinesDropped.inc({ output: 'syslog' }, lines),
+          () => root.logger,
+        );
+  if (syslog !== undefined) metrics.logLinesDropped.init({ output: 'syslog' });
   const { logger, destination } = createDaemonLogger({
     level: settings.logLevel,
     pretty: settings.logPretty,
     maxBufferBytes: settings.logBuffer,
-    onDrop: (lines) => metrics.logLinesDropped.inc(undefined, lines),
+    onDrop,
+    ...(syslog === undefined ? {} : { syslog }),
   });
+  root.logger = logger;
   // One limit for every line a peer can cause, milter listeners and admin endpoint alike.
   const logLimiter = new LogRateLimiter({ logger });
   const policy = buildPolicy(policyConfig, { logger, metrics });
@@ -219,7 +279,9 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
     logLimiter.flush();
     // The last lines ('milterd stopped') are still buffered: write them, but never wait forever for a
     // stalled reader.
-    void destination.drain(LOG_FLUSH_TIMEOUT_MS).then(() => resolveExit(code));
+    void Promise.all([destination.drain(LOG_FLUSH_TIMEOUT_MS), syslog?.close(LOG_FLUSH_TIMEOUT_MS)]).then(
+      () => resolveExit(code),
+    );
   };
   const onStop = (signal: NodeJS.Signals): void => {
     if (daemon.draining) {

@@ -4,6 +4,14 @@
  * a plain `Error` whose message says what is wrong; callers turn it into a usage error (CLI/env) or a
  * located MilterConfigError (file).
  */
+import {
+  formatSyslogTarget,
+  parseSyslogTarget,
+  SYSLOG_FACILITIES,
+  SYSLOG_FORMATS,
+  type SyslogFacility,
+  type SyslogFormat,
+} from '../logging/syslog.js';
 import { formatSocketSpec, parseSocketSpec, type ParseSocketSpecOptions } from '../socket-spec.js';
 import type { FailureDecision } from '../session/types.js';
 
@@ -72,6 +80,31 @@ export function parseGroup(value: unknown): string | number {
   if (typeof value === 'string' && /^\d+$/.test(value)) return Number(value);
   if (typeof value === 'string' && /^[A-Za-z_][A-Za-z0-9_.-]*\$?$/.test(value)) return value;
   throw new Error('expected a group name or a numeric gid');
+}
+
+/**
+ * `--log-syslog`: `unix:/path` (`/dev/log`), `udp:HOST:PORT`, or `off` (also `false`, null, '');
+ * returns the canonical spec or `off`.
+ */
+export function parseSyslog(value: unknown): string {
+  if (value === null || value === false || value === 'off' || value === 'false' || value === '') {
+    return 'off';
+  }
+  if (typeof value !== 'string') throw new Error('expected unix:/path, udp:HOST:PORT or off');
+  return formatSyslogTarget(parseSyslogTarget(value));
+}
+
+/** A syslog facility name (mail, daemon, local0…). */
+export function parseSyslogFacility(value: unknown): SyslogFacility {
+  if (typeof value === 'string' && Object.hasOwn(SYSLOG_FACILITIES, value)) return value as SyslogFacility;
+  throw new Error(`expected one of ${Object.keys(SYSLOG_FACILITIES).join(', ')}`);
+}
+
+/** One of {@link SYSLOG_FORMATS}. */
+export function parseSyslogFormat(value: unknown): SyslogFormat {
+  const found = SYSLOG_FORMATS.find((f) => f === value);
+  if (found === undefined) throw new Error(`expected one of ${SYSLOG_FORMATS.join(', ')}`);
+  return found;
 }
 
 /** One of {@link LOG_LEVELS}. */

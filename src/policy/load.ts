@@ -1,7 +1,9 @@
 /**
  * The YAML policy file: parse, validate and locate errors. Any problem (YAML syntax, unknown key, wrong
- * type, bad value) refuses the whole file with a MilterConfigError naming the file, the line and the
- * field (`rules[1].when.client[0]`). The format is documented in docs/policy.md.
+ * type, bad value) refuses the whole file with a MilterConfigError naming the file, the line, the column
+ * and the field (`rules[1].when.client[0]`). The whole file is checked: every problem is reported, in
+ * file order (`checkPolicy`; `parsePolicy` throws them as one error). The format is documented in
+ * docs/policy.md.
  */
 import { LineCounter, isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml';
 import { MilterConfigError } from '../errors.js';
@@ -14,9 +16,17 @@ import {
   type RuleLimit,
 } from './rules.js';
 import { MAX_PREFIX, parseCidr, parseDuration, parseSize, type Cidr } from './values.js';
-import { checkYamlSize, parseYamlDocument, readYamlFile, YamlFileTooLargeError } from './yaml-file.js';
+import {
+  checkYamlSize,
+  didYouMean,
+  parseYamlDocument,
+  positionAt,
+  readYamlFile,
+  YamlFileTooLargeError,
+} from './yaml-file.js';
 
-const TOP_KEYS = [
+/** The keys of each mapping of a policy file (the JSON Schema in schema/ is checked against them). */
+export const TOP_KEYS = [
   'version',
   'dry-run',
   'hook-timeout',
@@ -25,9 +35,20 @@ const TOP_KEYS = [
   'client-prefix',
   'rules',
 ] as const;
-const PREFIX_KEYS = Object.keys(MAX_PREFIX) as ReadonlyArray<keyof typeof MAX_PREFIX>;
-const RULE_KEYS = ['name', 'text', 'dry-run', 'when', 'min-attempts', 'window', ...LIMIT_KINDS] as const;
-const WHEN_KEYS = ['client', 'not-client', 'authenticated', 'helo'] as const;
+export const PREFIX_KEYS = Object.keys(MAX_PREFIX) as ReadonlyArray<keyof typeof MAX_PREFIX>;
+export const RULE_KEYS = [
+  'name',
+  'text',
+  'dry-run',
+  'when',
+  'min-attempts',
+  'window',
+  ...LIMIT_KINDS,
+] as const;
+export const WHEN_KEYS = ['client', 'not-client', 'authenticated', 'helo'] as const;
+
+/** Thrown by Walker.fail after recording the problem: abandons the part being checked, not the file. */
+class Abandon extends Error {}
 
 interface Entry {
   key: string;
@@ -35,23 +56,48 @@ interface Entry {
   value: Node | null;
 }
 
-/** Walks the YAML AST with positions, so that every error can name its line. */
+/**
+ * Walks the YAML AST with positions, so that every error can name its line and column. A problem is
+ * recorded and abandons only the part being checked (see `attempt`), so one run finds them all.
+ */
 class Walker {
+  readonly problems: MilterConfigError[] = [];
+
   constructor(
     private readonly file: string,
     private readonly lines: LineCounter,
     private readonly doc: Document,
   ) {}
 
-  fail(node: Node | null | undefined, field: string, message: string, fallback?: Node | null): never {
+  /** Record a problem at `node` (else at `fallback`). */
+  report(node: Node | null | undefined, field: string, message: string, fallback?: Node | null): void {
     const at = node?.range?.[0] ?? fallback?.range?.[0];
-    const line = at === undefined ? undefined : this.lines.linePos(at).line;
-    const where = `${this.file}${line === undefined ? '' : `:${line}`}`;
-    throw new MilterConfigError(`${where}: ${field || '(top level)'}: ${message}`, {
-      file: this.file,
-      line,
-      field,
-    });
+    const pos = at === undefined ? undefined : positionAt(this.lines, at);
+    const where = `${this.file}${pos === undefined ? '' : `:${pos.line}:${pos.column}`}`;
+    this.problems.push(
+      new MilterConfigError(`${where}: ${field || '(top level)'}: ${message}`, {
+        file: this.file,
+        line: pos?.line,
+        column: pos?.column,
+        field,
+      }),
+    );
+  }
+
+  /** Record a problem and abandon the part being checked (caught by the enclosing `attempt`). */
+  fail(node: Node | null | undefined, field: string, message: string, fallback?: Node | null): never {
+    this.report(node, field, message, fallback);
+    throw new Abandon();
+  }
+
+  /** Run one independent check; undefined when it failed (its problem is recorded). */
+  attempt<T>(check: () => T): T | undefined {
+    try {
+      return check();
+    } catch (err) {
+      if (err instanceof Abandon) return undefined;
+      throw err;
+    }
   }
 
   deref(node: Node | null): Node | null {
@@ -59,20 +105,26 @@ class Walker {
     return node;
   }
 
-  /** A mapping's entries, checking that every key is a known string. */
+  /** A mapping's entries with a known string key; unknown keys are reported and left out. */
   map(node: Node | null, field: string, allowed: readonly string[], parent?: Node | null): Entry[] {
     const n = this.deref(node);
     if (n === null || !isMap(n)) return this.fail(n, field, 'expected a mapping (key: value)', parent);
-    return n.items.map((pair) => {
+    const entries: Entry[] = [];
+    for (const pair of n.items) {
       const keyNode = pair.key as Node | null;
       const key = keyNode !== null && isScalar(keyNode) ? keyNode.value : undefined;
       const name = typeof key === 'string' ? key : String(key);
       const path = field ? `${field}.${name}` : name;
       if (typeof key !== 'string' || !allowed.includes(key)) {
-        this.fail(keyNode, path, `unknown key "${name}" (expected one of: ${allowed.join(', ')})`, n);
+        const guess = didYouMean(name, allowed);
+        const hint =
+          guess === undefined ? `expected one of: ${allowed.join(', ')}` : `did you mean "${guess}"?`;
+        this.report(keyNode, path, `unknown key "${name}" (${hint})`, n);
+        continue;
       }
-      return { key, keyNode: keyNode as Node, value: this.deref(pair.value as Node | null) };
-    });
+      entries.push({ key, keyNode: keyNode as Node, value: this.deref(pair.value as Node | null) });
+    }
+    return entries;
   }
 
   scalar(e: Entry, field: string): unknown {
@@ -149,59 +201,95 @@ class Walker {
  * for a text over MAX_YAML_FILE_BYTES or nested deeper than MAX_YAML_DEPTH (yaml-file.ts).
  */
 export function parsePolicy(text: string, file = '<policy>'): PolicyConfig {
+  const { config, problems } = checkPolicy(text, file);
+  if (problems.length > 0) throw MilterConfigError.of(problems);
+  return config;
+}
+
+/**
+ * Parse and validate a policy document, collecting every problem (sorted by position) instead of
+ * stopping at the first; `config` is only meaningful when there are none. YAML syntax errors are all
+ * reported, and then the document is not checked further (its shape is a guess).
+ */
+export function checkPolicy(
+  text: string,
+  file = '<policy>',
+): { config: PolicyConfig; problems: MilterConfigError[] } {
+  const config: PolicyConfig = { file, dryRun: false, rules: [] };
   try {
     checkYamlSize(text);
   } catch (err) {
-    throw tooLarge(file, err as YamlFileTooLargeError);
+    return { config, problems: [tooLarge(file, err as YamlFileTooLargeError)] };
   }
   const lines = new LineCounter();
   const doc = parseYamlDocument(text, lines);
   const w = new Walker(file, lines, doc);
-  const syntax = doc.errors[0];
-  if (syntax !== undefined) {
-    const line = lines.linePos(syntax.pos[0]).line;
-    const message = syntax.message.split('\n')[0] ?? syntax.code;
-    throw new MilterConfigError(`${file}:${line}: YAML syntax error: ${message}`, { file, line, field: '' });
+  if (doc.errors.length > 0) {
+    const problems = doc.errors.map((syntax) => {
+      const { line, column } = positionAt(lines, syntax.pos[0]);
+      const message = syntax.message.split('\n')[0] ?? syntax.code;
+      return new MilterConfigError(`${file}:${line}:${column}: YAML syntax error: ${message}`, {
+        file,
+        line,
+        column,
+        field: '',
+      });
+    });
+    return { config, problems };
   }
-  const config: PolicyConfig = { file, dryRun: false, rules: [] };
   const root = doc.contents as Node | null;
-  if (root === null) return config;
+  if (root !== null) w.attempt(() => checkTopLevel(w, root, config, lines));
+  const problems = w.problems.sort(
+    (a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0),
+  );
+  return { config, problems };
+}
+
+function checkTopLevel(w: Walker, root: Node, config: PolicyConfig, lines: LineCounter): void {
   for (const e of w.map(root, '', TOP_KEYS)) {
-    const f = e.key;
-    switch (e.key) {
-      case 'version':
-        if (w.scalar(e, f) !== 1) w.fail(e.value, f, 'only version 1 is supported');
-        break;
-      case 'dry-run':
-        config.dryRun = w.bool(e, f);
-        break;
-      case 'hook-timeout':
-        config.hookTimeoutMs = w.parsed(e, f, parseDuration, -1);
-        break;
-      case 'reply-text':
-        config.replyText = w.text(e, f, true);
-        break;
-      case 'track-bytes':
-        config.trackBytes = w.bool(e, f);
-        break;
-      case 'client-prefix': {
-        const prefix: { ipv4?: number; ipv6?: number } = {};
-        for (const p of w.map(e.value, f, PREFIX_KEYS, e.keyNode)) {
+    w.attempt(() => checkTopEntry(w, e, config, lines));
+  }
+}
+
+function checkTopEntry(w: Walker, e: Entry, config: PolicyConfig, lines: LineCounter): void {
+  const f = e.key;
+  switch (e.key) {
+    case 'version':
+      if (w.scalar(e, f) !== 1) w.fail(e.value, f, 'only version 1 is supported');
+      break;
+    case 'dry-run':
+      config.dryRun = w.bool(e, f);
+      break;
+    case 'hook-timeout':
+      config.hookTimeoutMs = w.parsed(e, f, parseDuration, -1);
+      break;
+    case 'reply-text':
+      config.replyText = w.text(e, f, true);
+      break;
+    case 'track-bytes':
+      config.trackBytes = w.bool(e, f);
+      break;
+    case 'client-prefix': {
+      const prefix: { ipv4?: number; ipv6?: number } = {};
+      for (const p of w.map(e.value, f, PREFIX_KEYS, e.keyNode)) {
+        w.attempt(() => {
           const family = p.key as keyof typeof MAX_PREFIX;
           const max = MAX_PREFIX[family];
           const bits = w.int(p, `${f}.${p.key}`, 0);
           if (bits > max) w.fail(p.value, `${f}.${p.key}`, `expected a prefix length 0..${max}`);
           prefix[family] = bits;
-        }
-        config.clientPrefix = prefix;
-        break;
+        });
       }
-      case 'rules': {
-        const seq = e.value;
-        if (seq === null || (isScalar(seq) && seq.value === null)) break;
-        if (!isSeq(seq)) return w.fail(seq, f, 'expected a list of rules', e.keyNode);
-        const names = new Set<string>();
-        seq.items.forEach((item, i) => {
+      config.clientPrefix = prefix;
+      break;
+    }
+    case 'rules': {
+      const seq = e.value;
+      if (seq === null || (isScalar(seq) && seq.value === null)) break;
+      if (!isSeq(seq)) return w.fail(seq, f, 'expected a list of rules', e.keyNode);
+      const names = new Set<string>();
+      seq.items.forEach((item, i) => {
+        w.attempt(() => {
           const rule = parseRule(w, w.deref(item as Node | null), `rules[${i}]`, e.value, lines);
           if (names.has(rule.name)) {
             // Default names (the limit kind) get a suffix; explicit duplicates are an error.
@@ -212,11 +300,10 @@ export function parsePolicy(text: string, file = '<policy>'): PolicyConfig {
           names.add(rule.rule.name);
           config.rules.push(rule.rule);
         });
-        break;
-      }
+      });
+      break;
     }
   }
-  return config;
 }
 
 function parseRule(
@@ -226,48 +313,59 @@ function parseRule(
   parent: Node | null,
   lines: LineCounter,
 ): { rule: PolicyRule; name: string; explicitName: boolean; nameNode: Node | null } {
+  const problemsBefore = w.problems.length;
   const entries = w.map(node, field, RULE_KEYS, parent);
   const limits = entries.filter((e) => (LIMIT_KINDS as readonly string[]).includes(e.key));
   if (limits.length !== 1) {
     const at = limits[1]?.keyNode ?? node;
-    w.fail(at, field, `a rule needs exactly one limit, one of: ${LIMIT_KINDS.join(', ')}`);
+    w.report(at, field, `a rule needs exactly one limit, one of: ${LIMIT_KINDS.join(', ')}`);
   }
-  const limitEntry = limits[0] as Entry;
+  const limitEntry = limits.length === 1 ? limits[0] : undefined;
   const get = (key: string): Entry | undefined => entries.find((e) => e.key === key);
   const onlyWith = (key: string, kind: string): void => {
     const e = get(key);
-    if (e !== undefined && limitEntry.key !== kind)
-      w.fail(e.keyNode, `${field}.${key}`, `only allowed with ${kind}`);
+    if (e !== undefined && limitEntry !== undefined && limitEntry.key !== kind)
+      w.report(e.keyNode, `${field}.${key}`, `only allowed with ${kind}`);
   };
   onlyWith('min-attempts', 'max-failure-ratio');
   onlyWith('window', 'max-messages-per-client');
-  const limit = parseLimit(w, limitEntry, `${field}.${limitEntry.key}`, get);
+  // Each part is checked even when another one failed, so that one run reports every problem.
+  const limit =
+    limitEntry === undefined
+      ? undefined
+      : w.attempt(() => parseLimit(w, limitEntry, `${field}.${limitEntry.key}`, get));
   const nameEntry = get('name');
-  const name = nameEntry ? w.text(nameEntry, `${field}.name`) : limit.kind;
-  const rule: PolicyRule = { name, limit, line: node?.range ? lines.linePos(node.range[0]).line : undefined };
+  const name = nameEntry ? w.attempt(() => w.text(nameEntry, `${field}.name`)) : limit?.kind;
   const textEntry = get('text');
-  if (textEntry) rule.text = w.text(textEntry, `${field}.text`, true);
+  const text = textEntry ? w.attempt(() => w.text(textEntry, `${field}.text`, true)) : undefined;
   const dry = get('dry-run');
-  if (dry) rule.dryRun = w.bool(dry, `${field}.dry-run`);
+  const dryRun = dry ? w.attempt(() => w.bool(dry, `${field}.dry-run`)) : undefined;
   const when = get('when');
+  const conditions: NonNullable<PolicyRule['when']> = {};
   if (when) {
     const wf = `${field}.when`;
-    rule.when = {};
-    for (const c of w.map(when.value, wf, WHEN_KEYS, when.keyNode)) {
+    for (const c of w.attempt(() => w.map(when.value, wf, WHEN_KEYS, when.keyNode)) ?? []) {
       const cf = `${wf}.${c.key}`;
-      if (c.key === 'client') rule.when.client = w.cidrs(c, cf);
-      else if (c.key === 'not-client') rule.when.notClient = w.cidrs(c, cf);
-      else if (c.key === 'authenticated') rule.when.authenticated = w.bool(c, cf);
-      else {
-        rule.when.helo = w.text(c, cf);
-        try {
-          compileConditions({ helo: rule.when.helo });
-        } catch (err) {
-          w.fail(c.value, cf, `invalid regular expression: ${(err as Error).message}`);
+      w.attempt(() => {
+        if (c.key === 'client') conditions.client = w.cidrs(c, cf);
+        else if (c.key === 'not-client') conditions.notClient = w.cidrs(c, cf);
+        else if (c.key === 'authenticated') conditions.authenticated = w.bool(c, cf);
+        else {
+          conditions.helo = w.text(c, cf);
+          try {
+            compileConditions({ helo: conditions.helo });
+          } catch (err) {
+            w.fail(c.value, cf, `invalid regular expression: ${(err as Error).message}`);
+          }
         }
-      }
+      });
     }
   }
+  if (limit === undefined || name === undefined || w.problems.length > problemsBefore) throw new Abandon();
+  const rule: PolicyRule = { name, limit, line: node?.range ? lines.linePos(node.range[0]).line : undefined };
+  if (text !== undefined) rule.text = text;
+  if (dryRun !== undefined) rule.dryRun = dryRun;
+  if (when) rule.when = conditions;
   return { rule, name, explicitName: nameEntry !== undefined, nameNode: nameEntry?.value ?? null };
 }
 

@@ -160,3 +160,56 @@ export function parseYamlDocument(text: string, lineCounter: LineCounter): Docum
   result.errors.sort((a, b) => a.pos[0] - b.pos[0]);
   return result;
 }
+
+/**
+ * Edit distance between two strings (optimal string alignment: insertions, deletions, substitutions and
+ * swaps of two neighbours cost 1). Only ever called on short keys, so the O(n·m) table is fine.
+ */
+export function editDistance(a: string, b: string): number {
+  const rows: number[][] = [];
+  for (let i = 0; i <= a.length; i++) {
+    const row: number[] = [i];
+    for (let j = 1; j <= b.length; j++) {
+      if (i === 0) {
+        row.push(j);
+        continue;
+      }
+      const prev = rows[i - 1] as number[];
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min((prev[j] as number) + 1, (row[j - 1] as number) + 1, (prev[j - 1] as number) + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d = Math.min(d, ((rows[i - 2] as number[])[j - 2] as number) + 1);
+      }
+      row.push(d);
+    }
+    rows.push(row);
+  }
+  return (rows[a.length] as number[])[b.length] as number;
+}
+
+/**
+ * The known key an unknown `key` was probably meant to be, for "did you mean" hints: one spelled the same
+ * but for case, `-` and `_` (`max_connections`, `dryrun`), else the closest within an edit distance of a
+ * quarter of its length (at least 1); undefined when nothing is that close.
+ */
+export function didYouMean(key: string, known: readonly string[]): string | undefined {
+  const norm = (s: string): string => s.toLowerCase().replace(/[-_]/g, '');
+  const same = known.find((k) => norm(k) === norm(key));
+  if (same !== undefined) return same;
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const k of known) {
+    const d = editDistance(key.toLowerCase(), k.toLowerCase());
+    if (d < bestDistance && d <= Math.max(1, Math.floor(Math.max(key.length, k.length) / 4))) {
+      best = k;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** 1-based line and column of a source offset. */
+export function positionAt(lines: LineCounter, offset: number): { line: number; column: number } {
+  const { line, col } = lines.linePos(offset);
+  return { line, column: col };
+}

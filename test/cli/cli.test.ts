@@ -102,9 +102,9 @@ test('check-config reports every problem with file, line and field (exit 3)', as
   const r = await runMilterd(['check-config', file]);
   assert.equal(r.code, 3);
   assert.equal(r.stdout, '');
-  assert.ok(r.stderr.includes(`${file}:3: maxConnections:`), r.stderr);
-  assert.ok(r.stderr.includes(`${file}:5: timeouts.idle:`), r.stderr);
-  assert.ok(r.stderr.includes(`${file}:6: colour: unknown field`), r.stderr);
+  assert.ok(r.stderr.includes(`${file}:3:17: maxConnections:`), r.stderr);
+  assert.ok(r.stderr.includes(`${file}:5:9: timeouts.idle:`), r.stderr);
+  assert.ok(r.stderr.includes(`${file}:6:1: colour: unknown field`), r.stderr);
   assert.match(r.stderr, /3 problems/);
   assert.doesNotMatch(r.stderr, /\n\s+at /);
 });
@@ -271,7 +271,7 @@ test('serve: an invalid config file exits 3 before listening', async (t) => {
   await writeFile(file, 'logLevel: shouty\n');
   const r = await runMilterd(['serve', '--config', file]);
   assert.equal(r.code, 3);
-  assert.ok(r.stderr.includes(`${file}:1: logLevel:`), r.stderr);
+  assert.ok(r.stderr.includes(`${file}:1:11: logLevel:`), r.stderr);
   assert.equal(r.stdout, '');
 });
 

@@ -105,11 +105,12 @@ test('config text: positions of bad values, unknown fields and nested groups', (
     '',
   ].join('\n');
   const r = parseConfigText(text, '/etc/m.yaml');
-  const got = r.problems.map((p) => [p.line, p.field]);
+  // In file order, with the column of the value (or of an unknown key).
+  const got = r.problems.map((p) => [p.line, p.column, p.field]);
   assert.deepEqual(got, [
-    [5, 'extra'],
-    [4, 'timeouts.callback'],
-    [6, 'admin'],
+    [4, 13, 'timeouts.callback'],
+    [5, 1, 'extra'],
+    [6, 8, 'admin'],
   ]);
   assert.ok(r.problems.every((p) => p.file === '/etc/m.yaml' && p.code === 'ERR_MILTER_CONFIG'));
   assert.equal(r.values.timeoutIdle, 300_000);

@@ -12,7 +12,7 @@ const root = fileURLToPath(new URL('../../../../', import.meta.url));
 const fixture = (name: string): string => `${root}fixtures/policy/${name}`;
 
 /** Assert that parsing `yaml` fails with a located MilterConfigError. */
-function refused(yaml: string, line: number, field: string): void {
+function refused(yaml: string, line: number, field: string, count = 1): void {
   assert.throws(
     () => parsePolicy(yaml, 'test.yaml'),
     (err: unknown) => {
@@ -22,7 +22,9 @@ function refused(yaml: string, line: number, field: string): void {
         { file: err.file, line: err.line, field: err.field },
         { file: 'test.yaml', line, field },
       );
-      assert.ok(err.message.startsWith(`test.yaml:${line}: `), err.message);
+      assert.match(err.message, new RegExp(`^test\\.yaml:${line}:\\d+: `));
+      assert.equal(err.column, Number(/^test\.yaml:\d+:(\d+):/.exec(err.message)?.[1]));
+      assert.equal(err.problems.length, count, err.message);
       return true;
     },
   );
@@ -102,8 +104,9 @@ test('empty document: a policy without rules', () => {
   assert.deepEqual(parsePolicy('rules:\n', 'e.yaml').rules, []);
 });
 
-const invalid: Array<[title: string, yaml: string, line: number, field: string]> = [
-  ['YAML syntax', 'version: 1\nrules: [\n  - max-messages: 2\n', 3, ''],
+const invalid: Array<[title: string, yaml: string, line: number, field: string, count?: number]> = [
+  // Every syntax error is reported: the flow list's content, and its missing end.
+  ['YAML syntax', 'version: 1\nrules: [\n  - max-messages: 2\n', 3, '', 2],
   ['duplicate key', 'version: 1\nversion: 1\n', 2, ''],
   ['unknown top-level key', 'version: 1\ndryrun: true\n', 2, 'dryrun'],
   ['wrong version', 'version: 2\n', 1, 'version'],
@@ -189,8 +192,9 @@ const invalid: Array<[title: string, yaml: string, line: number, field: string]>
   ['empty text', 'rules:\n  - max-messages: 2\n    text: ""\n', 3, 'rules[0].text'],
 ];
 
-for (const [title, yaml, line, field] of invalid) {
-  test(`refused: ${title} (line ${line}, field ${field || '(top level)'})`, () => refused(yaml, line, field));
+for (const [title, yaml, line, field, count] of invalid) {
+  test(`refused: ${title} (line ${line}, field ${field || '(top level)'})`, () =>
+    refused(yaml, line, field, count));
 }
 
 test('helo patterns that cannot be matched in linear time are refused at load, naming the construct', () => {
@@ -211,7 +215,7 @@ test('helo patterns that cannot be matched in linear time are refused at load, n
         err instanceof MilterConfigError &&
         err.line === 4 &&
         err.field === 'rules[0].when.helo' &&
-        err.message.startsWith('p.yaml:4: ') &&
+        /^p\.yaml:4:\d+: /.test(err.message) &&
         message.test(err.message),
       pattern,
     );

@@ -42,7 +42,7 @@ test('load: a text whose reply would exceed the line is refused with its locatio
         assert.deepEqual([err.line, err.field], [line, field], title);
         assert.match(
           err.message,
-          /^p\.yaml:\d+: .*: a reply text must fit one reply line: \d+ bytes as sent/,
+          /^p\.yaml:\d+:\d+: .*: a reply text must fit one reply line: \d+ bytes as sent/,
         );
         return true;
       },

@@ -100,8 +100,8 @@ test('200 000 keys (just under 1 MiB): the duplicate-key check is linear and the
   };
   assert.ok(result.bytes <= MAX_YAML_FILE_BYTES);
   assert.equal(result.duplicateLine, 20001);
-  assert.equal(result.policy, 'p.yaml:20001: YAML syntax error: Map keys must be unique');
-  assert.deepEqual(result.config, [[20001, 'YAML: Map keys must be unique']]);
+  assert.equal(result.policy, 'p.yaml:20001:1: YAML syntax error: Map keys must be unique');
+  assert.deepEqual(result.config, [[20001, 'YAML syntax error: Map keys must be unique']]);
 });
 
 test('deeply nested documents, parsed again and again, are refused and never abort the process', async () => {

@@ -25,7 +25,7 @@ test('duplicate keys: found at every level, located like the yaml package does, 
   }
   assert.throws(
     () => parsePolicy('version: 1\nrules: []\nversion: 1\n', 'p.yaml'),
-    /^MilterConfigError: p\.yaml:3: YAML syntax error: Map keys must be unique/,
+    /^MilterConfigError: p\.yaml:3:1: YAML syntax error: Map keys must be unique/,
   );
 });
 
