@@ -74,7 +74,8 @@ interface Args {
 const HELP = `usage: npm run bench -- [options]
   --quick                    short run: 1 repetition, 3 s windows, cells 1 and 128 connections x 10 messages
   --candidates a,b,...       milterd, libmilter, go-milter, c-responder (default), and optional
-                             milterd-cluster (2 workers), milterd-async (async callbacks), libmilter-nodelay
+                             milterd-cluster (2 workers), milterd-async (async callbacks), libmilter-nodelay,
+                             node-responder (milterd's socket layer with pre-built replies: the Node floor)
   --connections 1,16,128,1000   concurrency values        --messages 1,10   messages per connection
   --sockets tcp,unix         transports                   --reps 3          repetitions (medians reported)
   --recipients 2 --headers 10 --body 4096                 message shape (body in bytes)
@@ -297,6 +298,7 @@ function parseArgs(argv: readonly string[]): Args {
 }
 
 const MILTERD_SERVER = path.resolve('dist/bench/servers/milterd-server.js');
+const NODE_RESPONDER = path.resolve('dist/bench/servers/node-responder.js');
 const RESULTS = path.resolve('bench/results');
 
 function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDef> {
@@ -335,6 +337,12 @@ function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDe
     name: 'milterd-async',
     description: 'milterd, one process, async callbacks',
     command: node(['--async']),
+  });
+  defs.set('node-responder', {
+    name: 'node-responder',
+    description:
+      "Node on milterd's socket layer with pre-built replies (the Node floor: no decoding, no session)",
+    command: node([], NODE_RESPONDER),
   });
   defs.set('milterd-cluster', {
     name: 'milterd-cluster',

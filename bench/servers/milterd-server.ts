@@ -15,9 +15,9 @@
 import cluster from 'node:cluster';
 import net from 'node:net';
 import process from 'node:process';
-import type { Filter } from '../../src/filter.js';
 import { createMilterServer } from '../../src/server/server.js';
 import { parseSocketSpec } from '../../src/socket-spec.js';
+import { benchFilter, benchFilterAsync } from './bench-filters.js';
 
 interface ServerArgs {
   listen: string[];
@@ -56,44 +56,6 @@ function parseArgs(argv: readonly string[]): ServerArgs {
   if (args.listen.length === 0) throw new Error('at least one --listen SPEC is needed');
   return args;
 }
-
-/** The benchmark filter, synchronous callbacks (like the C and Go versions). */
-export const benchFilter: Filter = {
-  name: 'bench',
-  actions: ['addHeader'],
-  connect() {},
-  helo() {},
-  envfrom() {},
-  envrcpt() {},
-  data() {},
-  header() {},
-  eoh() {},
-  body() {},
-  eom(ctx) {
-    ctx.addHeader('X-Bench', 'milterd-bench');
-  },
-  abort() {},
-  close() {},
-};
-
-/** The same filter written the way most users will write it: async callbacks. */
-export const benchFilterAsync: Filter = {
-  name: 'bench-async',
-  actions: ['addHeader'],
-  async connect() {},
-  async helo() {},
-  async envfrom() {},
-  async envrcpt() {},
-  async data() {},
-  async header() {},
-  async eoh() {},
-  async body() {},
-  async eom(ctx) {
-    ctx.addHeader('X-Bench', 'milterd-bench');
-  },
-  async abort() {},
-  async close() {},
-};
 
 async function serve(args: ServerArgs, shared: boolean): Promise<string[]> {
   const server = createMilterServer({

@@ -110,14 +110,9 @@ class MilterSession implements Session {
 
   handle(cmd: SessionCommand): HandleResult | Promise<HandleResult> {
     const result = this.dispatch(cmd);
-    if (result instanceof Promise) {
-      // Remembered so terminate() can wait for it: callbacks never overlap, and abort/eom stay exclusive.
-      this.inFlight = result;
-      const settled = (): void => {
-        if (this.inFlight === result) this.inFlight = undefined;
-      };
-      result.then(settled, settled);
-    }
+    // Remembered so terminate() can wait for it: callbacks never overlap, and abort/eom stay exclusive.
+    // Never cleared: waiting on a settled promise costs one microtask, clearing it cost a promise per command.
+    if (result instanceof Promise) this.inFlight = result;
     return result;
   }
 
@@ -132,7 +127,7 @@ class MilterSession implements Session {
       case 'quit':
         this.ended = true;
         this.state = State.QUIT;
-        return chain(this.finish(), () => RESULT_QUIT);
+        return chain(this.finish(), () => this.closed(RESULT_QUIT));
       default:
         break;
     }
@@ -162,7 +157,10 @@ class MilterSession implements Session {
     if (this.ended) return Promise.resolve();
     this.ended = true;
     if (this.log.isLevelEnabled('debug')) this.log.debug({ reason }, 'session terminated');
-    const end = (): Promise<void> => Promise.resolve(this.finish()).catch(() => undefined);
+    const end = (): Promise<void> =>
+      Promise.resolve(this.finish())
+        .catch(() => undefined)
+        .then(() => this.runner.dispose());
     // A callback still running (bounded by callbackTimeoutMs) finishes first, as in libmilter, which only
     // notices the EOF after the callback returned.
     const running = this.inFlight;
@@ -358,7 +356,13 @@ class MilterSession implements Session {
     }
     this.observer?.error?.(err.code);
     this.ended = true;
-    return chain(this.finish(), () => RESULT_FATAL);
+    return chain(this.finish(), () => this.closed(RESULT_FATAL));
+  }
+
+  /** The last result of a session that ended itself (QUIT, refused negotiation): no timer outlives it. */
+  private closed(result: HandleResult): HandleResult {
+    this.runner.dispose();
+    return result;
   }
 
   // ---- callbacks and decisions ----

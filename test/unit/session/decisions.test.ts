@@ -346,3 +346,61 @@ test('accept/discard at UNKNOWN outside a transaction become continue (Postfix 3
     assert.deepEqual(await h.send(C.unknown()), [decision === 'accept' ? 'a' : 'd'], `${decision} inside`);
   }
 });
+
+/** Timeouts pending in this process (the session's budget timer among them). */
+function activeTimeouts(): number {
+  return process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+}
+
+test('the budget is per callback: each async callback gets all of it, however late in the timer period it starts', async () => {
+  // One timer per session watches every callback (re-armed for the time left): a callback started just
+  // before that timer's first expiry must still get its whole budget, and callbacks that together run
+  // past the budget are each within it.
+  const delays = [0, 45, 45, 45];
+  let i = 0;
+  const h = harness(
+    (calls) =>
+      recordingFilter(calls, {
+        header: () =>
+          new Promise<undefined>((r) => setTimeout(() => r(undefined), delays[i++ % delays.length])),
+      }),
+    { callbackTimeoutMs: 60 },
+  );
+  await h.send(C.optneg());
+  await h.send(C.connect());
+  await h.send(C.mail());
+  await h.send(C.rcpt());
+  for (let n = 0; n < delays.length * 2; n++) {
+    assert.deepEqual(await h.send({ kind: 'header', name: 'X-N', value: String(n) }), ['c'], `header ${n}`);
+  }
+  assert.deepEqual(loggedCodes(h.lines), []);
+  // A callback that never settles is still cut at its budget, after those.
+  i = 0;
+  const hang = harness(
+    (calls) => recordingFilter(calls, { header: () => new Promise<undefined>(() => undefined) }),
+    { callbackTimeoutMs: 30 },
+  );
+  await hang.send(C.optneg());
+  await hang.send(C.connect());
+  await hang.send(C.mail());
+  await hang.send(C.rcpt());
+  assert.deepEqual(await hang.send({ kind: 'header', name: 'X-N', value: '1' }), ['t']);
+  assert.deepEqual(loggedCodes(hang.lines), ['ERR_MILTER_CALLBACK_TIMEOUT']);
+  await h.session.terminate('eof');
+  await hang.session.terminate('eof');
+});
+
+test('no budget timer outlives a session, and none keeps the process alive between callbacks', async () => {
+  const before = activeTimeouts();
+  const h = harness(
+    (calls) => recordingFilter(calls, { envfrom: async () => undefined, close: async () => undefined }),
+    { callbackTimeoutMs: 60_000 },
+  );
+  await h.send(C.optneg());
+  await h.send(C.connect());
+  assert.deepEqual(await h.send(C.mail()), ['c']);
+  // Armed (lazily, for the session) but not ref'd while no callback runs.
+  assert.equal(activeTimeouts(), before, 'an idle session holds no ref on the event loop');
+  await h.session.terminate('eof');
+  assert.equal(activeTimeouts(), before);
+});

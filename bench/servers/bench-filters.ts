@@ -1,0 +1,46 @@
+/**
+ * The benchmark filter (continue at every stage, add one header at EOM), in the two ways a filter is
+ * written: synchronous callbacks (like the C and Go candidates) and async ones (like most users' filters).
+ *
+ * Every callback is defined on purpose: milterd negotiates absent callbacks away (SMFIP_NO*), which
+ * would make it do less work than libmilter and go-milter, where every callback is registered.
+ */
+import type { Filter } from '../../src/filter.js';
+
+/** The benchmark filter, synchronous callbacks (like the C and Go versions). */
+export const benchFilter: Filter = {
+  name: 'bench',
+  actions: ['addHeader'],
+  connect() {},
+  helo() {},
+  envfrom() {},
+  envrcpt() {},
+  data() {},
+  header() {},
+  eoh() {},
+  body() {},
+  eom(ctx) {
+    ctx.addHeader('X-Bench', 'milterd-bench');
+  },
+  abort() {},
+  close() {},
+};
+
+/** The same filter written the way most users will write it: async callbacks. */
+export const benchFilterAsync: Filter = {
+  name: 'bench-async',
+  actions: ['addHeader'],
+  async connect() {},
+  async helo() {},
+  async envfrom() {},
+  async envrcpt() {},
+  async data() {},
+  async header() {},
+  async eoh() {},
+  async body() {},
+  async eom(ctx) {
+    ctx.addHeader('X-Bench', 'milterd-bench');
+  },
+  async abort() {},
+  async close() {},
+};
