@@ -16,6 +16,7 @@ export { parseSocketSpec, formatSocketSpec } from './socket-spec.js';
 export type { SocketSpec, ParseSocketSpecOptions } from './socket-spec.js';
 
 export { createMilterServer } from './server/server.js';
+export * from './message/index.js';
 export type {
   MilterServer,
   MilterServerOptions,
