@@ -130,7 +130,13 @@ export interface BaseContext<P> {
 }
 
 /** Context of the stage callbacks (connect … unknown, abort). */
-export interface StageContext<P> extends BaseContext<P> {
+export interface StageContext<P, M = unknown> extends BaseContext<P> {
+  /**
+   * Per-message private data, next to the per-connection `priv`: undefined at the start of every message
+   * and reset by milterd at each message boundary (a new MAIL, ABORT, and after EOM or a decision that
+   * ends the message), so nothing of one message can leak into the next. Still set in `abort`.
+   */
+  messagePriv: M | undefined;
   /**
    * Store a custom reply for the next reject/tempfail of this callback (`smfi_setreply`/`setmlreply`).
    * Throws ERR_MILTER_INVALID_REPLY when the reply is malformed.
@@ -164,7 +170,7 @@ export type BodySource =
  * ERR_MILTER_ACTION_NOT_NEGOTIATED if its SMFIF_* flag was not negotiated, ERR_MILTER_INVALID_ARGUMENT on
  * bad input); modifications are sent in call order before the final decision, body replacement last.
  */
-export interface EomContext<P> extends StageContext<P> {
+export interface EomContext<P, M = unknown> extends StageContext<P, M> {
   addHeader(name: string, value: string): void;
   /** Insert at a 0-based position in the whole header list (0 = top). */
   insertHeader(index: number, name: string, value: string): void;
@@ -208,9 +214,10 @@ export type FilterCallbackName = (typeof FILTER_CALLBACKS)[number];
 
 /**
  * A milter. Every callback is optional; absent ones are negotiated away (the MTA skips that step).
+ * `P` is the type of the per-connection `ctx.priv`, `M` of the per-message `ctx.messagePriv`.
  * Callbacks for one connection are called one at a time, in protocol order.
  */
-export interface Filter<P = unknown> {
+export interface Filter<P = unknown, M = unknown> {
   /** Used in logs. */
   name?: string;
   /** EOM actions to request. Default: every action the MTA offers, when `eom` is defined; none otherwise. */
@@ -225,19 +232,19 @@ export interface Filter<P = unknown> {
   rejectedRecipients?: boolean;
   /** Override negotiation. Throw (or return undefined) to refuse the MTA; the connection then closes. */
   negotiate?(ctx: NegotiateContext<P>, offer: NegotiationOffer): NegotiateResult | Promise<NegotiateResult>;
-  connect?(ctx: StageContext<P>, info: ConnectionInfo): CallbackResult;
-  helo?(ctx: StageContext<P>, hostname: string): CallbackResult;
-  envfrom?(ctx: StageContext<P>, sender: string, args: readonly string[]): CallbackResult;
-  envrcpt?(ctx: StageContext<P>, recipient: string, args: readonly string[]): CallbackResult;
-  data?(ctx: StageContext<P>): CallbackResult;
-  unknown?(ctx: StageContext<P>, line: string): CallbackResult;
-  header?(ctx: StageContext<P>, name: string, value: string): CallbackResult;
-  eoh?(ctx: StageContext<P>): CallbackResult;
+  connect?(ctx: StageContext<P, M>, info: ConnectionInfo): CallbackResult;
+  helo?(ctx: StageContext<P, M>, hostname: string): CallbackResult;
+  envfrom?(ctx: StageContext<P, M>, sender: string, args: readonly string[]): CallbackResult;
+  envrcpt?(ctx: StageContext<P, M>, recipient: string, args: readonly string[]): CallbackResult;
+  data?(ctx: StageContext<P, M>): CallbackResult;
+  unknown?(ctx: StageContext<P, M>, line: string): CallbackResult;
+  header?(ctx: StageContext<P, M>, name: string, value: string): CallbackResult;
+  eoh?(ctx: StageContext<P, M>): CallbackResult;
   /** `chunk` is valid only during the call: copy it to keep it. */
-  body?(ctx: StageContext<P>, chunk: Buffer): CallbackResult;
-  eom?(ctx: EomContext<P>): CallbackResult;
+  body?(ctx: StageContext<P, M>, chunk: Buffer): CallbackResult;
+  eom?(ctx: EomContext<P, M>): CallbackResult;
   /** The current message was aborted (its return value is ignored). */
-  abort?(ctx: StageContext<P>): void | Promise<void>;
+  abort?(ctx: StageContext<P, M>): void | Promise<void>;
   /** Called exactly once per milter connection (and once more per SMFIC_QUIT_NC session). */
   close?(ctx: CloseContext<P>): void | Promise<void>;
 }

@@ -94,6 +94,8 @@ function chunkBody(body: Buffer): ReplaceBodyResponse[] {
 /** Context of every stage callback of one connection. Internal fields are session-owned. */
 export class ConnectionContext implements StageContext<unknown> {
   priv: unknown = undefined;
+  /** Per-message data; reset at MAIL, ABORT and after EOM (see StageContext.messagePriv). */
+  messagePriv: unknown = undefined;
   negotiated: NegotiatedOptions | undefined = undefined;
   connection: ConnectionInfo | undefined = undefined;
   helo: string | undefined = undefined;
@@ -165,12 +167,14 @@ export class ConnectionContext implements StageContext<unknown> {
   beginTransaction(sender: string, args: readonly string[]): void {
     this.txnSeq++;
     this.txnLogger = undefined;
+    this.messagePriv = undefined;
     this.envelopeState = { sender, senderArgs: args, recipients: [] };
   }
 
   /** The single reset of transaction state, used at every message boundary. */
   resetTransaction(): void {
     this.envelopeState = undefined;
+    this.messagePriv = undefined;
     this.txnLogger = undefined;
     this.storedReply = undefined;
   }
@@ -231,6 +235,12 @@ export class MessageEomContext implements EomContext<unknown> {
   }
   set priv(value: unknown) {
     this.conn.priv = value;
+  }
+  get messagePriv(): unknown {
+    return this.conn.messagePriv;
+  }
+  set messagePriv(value: unknown) {
+    this.conn.messagePriv = value;
   }
   get helo(): string | undefined {
     return this.conn.helo;

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { test } from 'node:test';
-import { Decision } from '../../../src/filter.js';
+import { Decision, type Filter } from '../../../src/filter.js';
 import { messageFilter } from '../../../src/message/index.js';
 import { BodyStore } from '../../../src/message/body-store.js';
 import { fakeTransaction, testFilter } from '../../../src/testing/index.js';
@@ -213,4 +213,43 @@ test('messageFilter: a rejected message is not changed', async () => {
   });
   assert.deepEqual(t.messages[0]?.eom?.modifications, []);
   assert.deepEqual(t.messages[0]?.eom?.reply, { kind: 'reject' });
+});
+
+test('messagePriv is per message: undefined at every MAIL, still set in abort, gone after EOM and ABORT', async () => {
+  const seen: string[] = [];
+  const filter: Filter<{ n: number }, { sender: string }> = {
+    connect(ctx) {
+      ctx.priv = { n: 0 };
+    },
+    envfrom(ctx, sender) {
+      seen.push(`mail ${sender} ${JSON.stringify(ctx.messagePriv)}`);
+      ctx.messagePriv = { sender };
+      if (ctx.priv) ctx.priv.n++;
+    },
+    eom(ctx) {
+      seen.push(`eom ${ctx.messagePriv?.sender ?? '-'} n=${ctx.priv?.n ?? 0}`);
+    },
+    abort(ctx) {
+      seen.push(`abort ${ctx.messagePriv?.sender ?? '-'}`);
+    },
+    close(ctx) {
+      seen.push(`close n=${ctx.priv?.n ?? 0}`);
+    },
+  };
+  await testFilter(filter, {
+    messages: [
+      { sender: '<a@x>', recipients: ['<r@x>'], body: 'x\r\n' },
+      { sender: '<b@x>', recipients: ['<r@x>'], abortAfter: 'rcpt' },
+      { sender: '<c@x>', recipients: ['<r@x>'], body: 'x\r\n' },
+    ],
+  });
+  assert.deepEqual(seen, [
+    'mail <a@x> undefined',
+    'eom <a@x> n=1',
+    'mail <b@x> undefined',
+    'abort <b@x>',
+    'mail <c@x> undefined',
+    'eom <c@x> n=3',
+    'close n=3',
+  ]);
 });

@@ -21,6 +21,7 @@ export class FakeContext<P = unknown> implements EomContext<P> {
   negotiated: NegotiatedOptions | undefined = undefined;
   connection: ConnectionInfo | undefined;
   priv: P | undefined = undefined;
+  messagePriv: unknown = undefined;
   helo: string | undefined = undefined;
   envelope: Envelope | undefined = undefined;
   /** Current macros (the test replaces them as an MTA's `D` packets would). */
