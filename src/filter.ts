@@ -22,8 +22,20 @@ export interface SmtpReply {
   text?: string | readonly string[];
 }
 
-/** What a callback returns. A bare kind, or a kind with a custom reply (reject/tempfail only). */
-export type Decision = DecisionKind | { kind: DecisionKind; reply?: SmtpReply };
+/** The decisions that may carry a custom SMTP reply. */
+export type ReplyDecisionKind = 'reject' | 'tempfail';
+
+/**
+ * What a callback returns. A bare kind, or a kind as an object; only reject and tempfail carry a custom
+ * reply (the type refuses `{ kind: 'accept', reply }`, which the MTA could not send).
+ */
+export type Decision =
+  | DecisionKind
+  | { kind: ReplyDecisionKind; reply?: SmtpReply }
+  | { kind: Exclude<DecisionKind, ReplyDecisionKind>; reply?: never };
+
+/** A decision legal at every stage but body: anything but skip. */
+export type StageDecision = Exclude<Decision, 'skip' | { kind: 'skip' }>;
 
 /** Decision helpers, so filters read like English: `return Decision.reject({ code: 550, text: 'no' })`. */
 export const Decision = {
@@ -31,23 +43,33 @@ export const Decision = {
   accept: 'accept' as const,
   discard: 'discard' as const,
   skip: 'skip' as const,
-  reject(reply?: SmtpReply): Decision {
+  reject(reply?: SmtpReply): StageDecision {
     return reply ? { kind: 'reject', reply } : 'reject';
   },
-  tempfail(reply?: SmtpReply): Decision {
+  tempfail(reply?: SmtpReply): StageDecision {
     return reply ? { kind: 'tempfail', reply } : 'tempfail';
   },
   /**
    * End the SMTP session now with a 421 reply (TEMPFAIL + `421` reply code): the portable way that both
    * Postfix and Sendmail honour at every stage without losing an already accepted message.
    */
-  shutdown(text = 'Closing connection', xcode = '4.7.0'): Decision {
+  shutdown(text = 'Closing connection', xcode = '4.7.0'): StageDecision {
     return { kind: 'tempfail', reply: { code: 421, xcode, text } };
   },
 };
 
-/** A callback result: a decision, or nothing (= continue), possibly async. */
-export type CallbackResult = Decision | void | undefined | Promise<Decision | void | undefined>;
+/**
+ * What a callback returns, or its promise resolves to: a decision, or nothing (= continue). An async
+ * callback may be typed `Promise<CallbackResult>`. (`skip` is legal only from `body`; elsewhere it is sent
+ * as continue, with a warning.)
+ */
+export type CallbackResult = Decision | void | undefined;
+
+/** What `body` returns: a {@link CallbackResult}, where `skip` is legal (the rest of the body is not sent). */
+export type BodyResult = CallbackResult;
+
+/** A value, or a promise of it: every callback may be async. */
+export type MaybePromise<T> = T | Promise<T>;
 
 /** Stages a filter can decline to reply to (SMFIP_NR_*). */
 export type NoReplyStage =
@@ -212,8 +234,69 @@ export const FILTER_CALLBACKS = [
 ] as const;
 export type FilterCallbackName = (typeof FILTER_CALLBACKS)[number];
 
+/** `negotiate`: the MTA's offer in, the options to ask for out (see {@link NegotiateResult}). */
+export type NegotiateCallback<P = unknown> = (
+  ctx: NegotiateContext<P>,
+  offer: NegotiationOffer,
+) => MaybePromise<NegotiateResult>;
+/** `connect` (SMFIC_CONNECT): who the SMTP client is. */
+export type ConnectCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  info: ConnectionInfo,
+) => MaybePromise<CallbackResult>;
+/** `helo` (SMFIC_HELO): the HELO/EHLO argument as sent. */
+export type HeloCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  hostname: string,
+) => MaybePromise<CallbackResult>;
+/** `envfrom` (SMFIC_MAIL): the sender with its angle brackets (`<>` for bounces) and its ESMTP args. */
+export type EnvfromCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  sender: string,
+  args: readonly string[],
+) => MaybePromise<CallbackResult>;
+/** `envrcpt` (SMFIC_RCPT): one recipient with its angle brackets and its ESMTP args. */
+export type EnvrcptCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  recipient: string,
+  args: readonly string[],
+) => MaybePromise<CallbackResult>;
+/** `data` (SMFIC_DATA): the client sent DATA. */
+export type DataCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+) => MaybePromise<CallbackResult>;
+/** `unknown` (SMFIC_UNKNOWN): an SMTP command the MTA did not know, as sent. */
+export type UnknownCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  line: string,
+) => MaybePromise<CallbackResult>;
 /**
- * A milter. Every callback is optional; absent ones are negotiated away (the MTA skips that step).
+ * `header` (SMFIC_HEADER): one header. The value is unfolded as the MTA sends it (continuation lines keep
+ * their CRLF and whitespace); its leading space is removed unless `headerLeadingSpace` was negotiated.
+ */
+export type HeaderCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  name: string,
+  value: string,
+) => MaybePromise<CallbackResult>;
+/** `eoh` (SMFIC_EOH): all headers were sent. */
+export type EohCallback<P = unknown, M = unknown> = (ctx: StageContext<P, M>) => MaybePromise<CallbackResult>;
+/** `body` (SMFIC_BODY): one body chunk (CRLF line ends), valid only during the call. May return `skip`. */
+export type BodyCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  chunk: Buffer,
+) => MaybePromise<BodyResult>;
+/** `eom` (SMFIC_BODYEOB): end of message, the only place for modifications. */
+export type EomCallback<P = unknown, M = unknown> = (ctx: EomContext<P, M>) => MaybePromise<CallbackResult>;
+/** `abort` (SMFIC_ABORT): the current message was aborted; its return value is ignored. */
+export type AbortCallback<P = unknown, M = unknown> = (ctx: StageContext<P, M>) => MaybePromise<void>;
+/** `close`: the connection (or its QUIT_NC session) ends; may come before `connect`. */
+export type CloseCallback<P = unknown> = (ctx: CloseContext<P>) => MaybePromise<void>;
+
+/**
+ * A milter. Every callback is optional; absent ones are negotiated away (the MTA skips that step). The
+ * callbacks are declared as methods (so a `Filter<MyPriv>` is a `Filter`); each has a named function type
+ * above (`EnvrcptCallback`…) for functions written on their own.
  * `P` is the type of the per-connection `ctx.priv`, `M` of the per-message `ctx.messagePriv`.
  * Callbacks for one connection are called one at a time, in protocol order.
  */
@@ -231,22 +314,19 @@ export interface Filter<P = unknown, M = unknown> {
   /** Ask the MTA to send recipients it rejected itself too (SMFIP_RCPT_REJ), if offered. */
   rejectedRecipients?: boolean;
   /** Override negotiation. Throw (or return undefined) to refuse the MTA; the connection then closes. */
-  negotiate?(ctx: NegotiateContext<P>, offer: NegotiationOffer): NegotiateResult | Promise<NegotiateResult>;
-  connect?(ctx: StageContext<P, M>, info: ConnectionInfo): CallbackResult;
-  helo?(ctx: StageContext<P, M>, hostname: string): CallbackResult;
-  envfrom?(ctx: StageContext<P, M>, sender: string, args: readonly string[]): CallbackResult;
-  envrcpt?(ctx: StageContext<P, M>, recipient: string, args: readonly string[]): CallbackResult;
-  data?(ctx: StageContext<P, M>): CallbackResult;
-  unknown?(ctx: StageContext<P, M>, line: string): CallbackResult;
-  header?(ctx: StageContext<P, M>, name: string, value: string): CallbackResult;
-  eoh?(ctx: StageContext<P, M>): CallbackResult;
-  /** `chunk` is valid only during the call: copy it to keep it. */
-  body?(ctx: StageContext<P, M>, chunk: Buffer): CallbackResult;
-  eom?(ctx: EomContext<P, M>): CallbackResult;
-  /** The current message was aborted (its return value is ignored). */
-  abort?(ctx: StageContext<P, M>): void | Promise<void>;
-  /** Called exactly once per milter connection (and once more per SMFIC_QUIT_NC session). */
-  close?(ctx: CloseContext<P>): void | Promise<void>;
+  negotiate?(ctx: NegotiateContext<P>, offer: NegotiationOffer): MaybePromise<NegotiateResult>;
+  connect?(ctx: StageContext<P, M>, info: ConnectionInfo): MaybePromise<CallbackResult>;
+  helo?(ctx: StageContext<P, M>, hostname: string): MaybePromise<CallbackResult>;
+  envfrom?(ctx: StageContext<P, M>, sender: string, args: readonly string[]): MaybePromise<CallbackResult>;
+  envrcpt?(ctx: StageContext<P, M>, recipient: string, args: readonly string[]): MaybePromise<CallbackResult>;
+  data?(ctx: StageContext<P, M>): MaybePromise<CallbackResult>;
+  unknown?(ctx: StageContext<P, M>, line: string): MaybePromise<CallbackResult>;
+  header?(ctx: StageContext<P, M>, name: string, value: string): MaybePromise<CallbackResult>;
+  eoh?(ctx: StageContext<P, M>): MaybePromise<CallbackResult>;
+  body?(ctx: StageContext<P, M>, chunk: Buffer): MaybePromise<BodyResult>;
+  eom?(ctx: EomContext<P, M>): MaybePromise<CallbackResult>;
+  abort?(ctx: StageContext<P, M>): MaybePromise<void>;
+  close?(ctx: CloseContext<P>): MaybePromise<void>;
 }
 
 /** Re-exported for filters that build OPTNEG macro lists by number. */

@@ -4,7 +4,7 @@
  * file) and calls `message(trx, ctx)` once at end of message; what the callback changed on `trx` is sent
  * to the MTA as the fewest milter actions (see transaction.ts). Earlier callbacks can still decide early.
  */
-import type { CallbackResult, Decision, Filter, StageContext } from '../filter.js';
+import type { CallbackResult, Decision, Filter, MaybePromise, StageContext } from '../filter.js';
 import { BodyStore, BODY_MEMORY_LIMIT } from './body-store.js';
 import { MessageTransaction, type Transaction } from './transaction.js';
 
@@ -29,7 +29,7 @@ export interface MessageFilter<P = unknown> {
    * The whole message, once, at end of message. Change `trx` and return a decision (nothing = continue).
    * The changes are sent only with continue or accept: a rejected or discarded message is not changed.
    */
-  message(trx: Transaction, ctx: StageContext<P>): CallbackResult;
+  message(trx: Transaction, ctx: StageContext<P>): MaybePromise<CallbackResult>;
   abort?: Filter<P>['abort'];
   close?: Filter<P>['close'];
 }

@@ -3,7 +3,14 @@
  * allows next, stages the filter opted out of (skippable), and the stage metadata the dispatcher needs.
  */
 import { STAGE_BITS as B } from '../protocol/constants.js';
-import type { CallbackResult, ConnectionInfo, DecisionKind, Filter, StageContext } from '../filter.js';
+import type {
+  CallbackResult,
+  MaybePromise,
+  ConnectionInfo,
+  DecisionKind,
+  Filter,
+  StageContext,
+} from '../filter.js';
 import type { MilterCommand } from '../protocol/types.js';
 
 /**
@@ -147,7 +154,11 @@ export type StageCommand = Extract<
 >;
 
 /** Call the filter's callback for `cmd` (a typed dispatch on the command kind). */
-export function callStage(f: Filter<unknown>, ctx: StageContext<unknown>, cmd: StageCommand): CallbackResult {
+export function callStage(
+  f: Filter<unknown>,
+  ctx: StageContext<unknown>,
+  cmd: StageCommand,
+): MaybePromise<CallbackResult> {
   switch (cmd.kind) {
     case 'connect':
       // The session has just set ctx.connection from this very command.
