@@ -84,7 +84,8 @@ export type ActionName =
   | 'addRecipientWithArgs' // SMFIF_ADDRCPT_PAR
   | 'deleteRecipient' // SMFIF_DELRCPT
   | 'quarantine' // SMFIF_QUARANTINE
-  | 'changeFrom'; // SMFIF_CHGFROM
+  | 'changeFrom' // SMFIF_CHGFROM
+  | 'setSymbolList'; // SMFIF_SETSYMLIST (asked for by itself when `macros` is set)
 
 /** Macro stages by name (SMFIM_*). */
 export type MacroStage = 'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'eom' | 'eoh';
@@ -115,6 +116,8 @@ export interface NegotiatedOptions {
   protocol: number;
   /** Largest payload either side may send. */
   maxDataSize: number;
+  /** `actions` by name: what this filter may do at EOM (and whether macro lists were sent). */
+  actionNames: readonly ActionName[];
 }
 
 /** Result of an explicit `negotiate` callback (libmilter's xxfi_negotiate with SMFIS_CONTINUE). */

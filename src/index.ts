@@ -16,6 +16,8 @@ export { parseSocketSpec, formatSocketSpec } from './socket-spec.js';
 export type { SocketSpec, ParseSocketSpecOptions } from './socket-spec.js';
 
 export { createMilterServer } from './server/server.js';
+export { defaultNegotiation, actionNames } from './session/negotiate.js';
+export type { Level } from 'pino';
 export * from './message/index.js';
 export type {
   MilterServer,
