@@ -12,6 +12,8 @@ import type {
   StageContext,
 } from '../filter.js';
 import type { MilterCommand } from '../protocol/types.js';
+import { PackedMacros } from '../protocol/packed-macros.js';
+import type { SessionCommand } from './types.js';
 
 /**
  * Session states, numbered in libmilter's order: the skip rule relies on MAIL…BODY being consecutive.
@@ -36,6 +38,32 @@ export const State = {
   Q_NC: 14,
 } as const;
 export type State = (typeof State)[keyof typeof State];
+
+/** State names by number, for logs. */
+export const STATE_NAMES: Readonly<Record<State, keyof typeof State>> = Object.fromEntries(
+  Object.entries(State).map(([name, n]) => [n, name]),
+) as Record<State, keyof typeof State>;
+
+/**
+ * A command as a trace log line's fields: its kind and arguments; a macro packet's names and values;
+ * body chunks by size only.
+ */
+export function describeCommand(cmd: SessionCommand): Record<string, unknown> {
+  if (cmd instanceof PackedMacros) {
+    return { command: 'macro', stage: cmd.stage, macros: Object.fromEntries(cmd.pairs()) };
+  }
+  switch (cmd.kind) {
+    case 'macro':
+      return { command: 'macro', stage: cmd.stage, macros: Object.fromEntries(cmd.macros) };
+    case 'body':
+    case 'eom':
+      return { command: cmd.kind, bytes: cmd.chunk.length };
+    default: {
+      const { kind, ...args } = cmd;
+      return { command: kind, ...args };
+    }
+  }
+}
 
 const bit = (s: State): number => 1 << s;
 
