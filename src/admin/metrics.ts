@@ -250,6 +250,14 @@ export class Registry {
   histogram(options: MetricOptions & { buckets?: readonly number[] }): Histogram {
     return this.add(new Histogram(options));
   }
+  /** Name, type and label names of every metric, in registration order (what the docs must list). */
+  describe(): Array<{
+    name: string;
+    type: 'counter' | 'gauge' | 'histogram';
+    labelNames: readonly string[];
+  }> {
+    return [...this.metrics.values()].map((m) => ({ name: m.name, type: m.type, labelNames: m.labelNames }));
+  }
   /** The whole exposition, one metric family after the other. */
   render(): string {
     return [...this.metrics.values()].map((m) => m.render()).join('');

@@ -4,7 +4,8 @@
 export const EXIT = {
   /** Success; `serve` after a clean drain (SIGTERM/SIGINT). */
   OK: 0,
-  /** Unexpected runtime error (a bug or an environment failure); details in the log. */
+  /** Unexpected runtime error (a bug or an environment failure); details in the log. `health`: unhealthy
+   * (Docker's HEALTHCHECK convention is 1). */
   RUNTIME: 1,
   /** Usage error: unknown option or command, missing or malformed argument. */
   USAGE: 2,
@@ -24,7 +25,7 @@ export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
 /** The exit-code table as help text. */
 export const EXIT_CODES_HELP = `Exit codes:
   0  success (serve: stopped cleanly after SIGTERM/SIGINT)
-  1  runtime error (see the log)
+  1  runtime error (see the log); health: the daemon did not answer
   2  usage error (unknown option, bad argument)
   3  invalid configuration (config file, policy file or setting; printed as FILE:LINE: field: problem)
   4  serve: cannot listen (address in use, permission denied, unknown socket group)

@@ -9,6 +9,7 @@ import { MilterConfigError, MilterError } from '../errors.js';
 import { checkConfig } from './check-config.js';
 import type { SettingOverrides } from './config.js';
 import { EXIT, EXIT_CODES_HELP, type ExitCode } from './exit-codes.js';
+import { health } from './health.js';
 import { addSettingOptions, SETTING_KEYS } from './options.js';
 import { serve } from './serve.js';
 import { addTestCommand, runTest, type TestCommandOptions } from './test-command.js';
@@ -61,6 +62,8 @@ export function buildProgram(io: CliIO, result: { code: ExitCode; milterError: E
   const program = new Command('milterd')
     .description('milterd: a milter daemon for Postfix and Sendmail, and a milter test tool')
     .version(version, '-V, --version', 'print the version and exit')
+    // Options after a command are that command's: `milterd test --version 2` is the offered protocol version.
+    .enablePositionalOptions()
     .helpOption('-h, --help', 'show help')
     .showHelpAfterError('(run "milterd --help" or "milterd COMMAND --help" for usage)')
     .exitOverride()
@@ -94,6 +97,21 @@ export function buildProgram(io: CliIO, result: { code: ExitCode; milterError: E
       overrides: overridesOf(checkCmd),
       stdout: io.stdout,
       stderr: io.stderr,
+    });
+  });
+
+  const healthCmd = program
+    .command('health')
+    .description(
+      'probe the daemon that these options, environment and config file describe (for a container ' +
+        'HEALTHCHECK): GET /healthz on the admin endpoint, or with the admin endpoint off a milter ' +
+        'negotiation on the first listen socket; exit 0 healthy, 1 unhealthy',
+    );
+  addSettingOptions(healthCmd).action(async () => {
+    result.code = await health({
+      overrides: overridesOf(healthCmd),
+      configFile: healthCmd.getOptionValue('config') as string | undefined,
+      stdout: io.stdout,
     });
   });
 

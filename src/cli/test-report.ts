@@ -5,7 +5,7 @@
 import type { ClientReply, MessageResult, NegotiatedClientOptions } from '../client/index.js';
 import type { ModificationResponse } from '../protocol/types.js';
 
-const ACTION_NAMES: Array<[number, string]> = [
+export const ACTION_NAMES: Array<[number, string]> = [
   [0x001, 'addHeader'],
   [0x002, 'replaceBody'],
   [0x004, 'addRecipient'],
@@ -17,7 +17,7 @@ const ACTION_NAMES: Array<[number, string]> = [
   [0x100, 'setMacroList'],
 ];
 
-const PROTOCOL_NAMES: Array<[number, string]> = [
+export const PROTOCOL_NAMES: Array<[number, string]> = [
   [0x1, 'noConnect'],
   [0x2, 'noHelo'],
   [0x4, 'noMail'],

@@ -26,6 +26,7 @@ import type {
 } from '../protocol/types.js';
 import type { SocketSpec } from '../socket-spec.js';
 import type { ConnectionInfo } from '../filter.js';
+import { MACROS_WHEN_SKIPPED } from './mta-profiles.js';
 import { STAGE, type Stage, validateNegotiation } from './negotiate.js';
 import { closedError, openSocket } from './socket.js';
 import type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
@@ -59,6 +60,7 @@ export class MilterClient {
   private readonly timeoutMs: number;
   private readonly timer: NodeJS.Timeout;
   private readonly offer: { version: number; actions: number; protocol: number };
+  private readonly macrosWhenSkipped: boolean;
   private waiter: Waiter | undefined;
   private queuedMacros: MilterCommand[] = [];
   private ended = false;
@@ -75,6 +77,7 @@ export class MilterClient {
       actions: options.actions ?? SMFI_CURR_ACTS,
       protocol: options.protocol ?? SMFI_CURR_PROT,
     };
+    this.macrosWhenSkipped = options.macrosWhenSkipped ?? false;
     this.timer = setTimeout(() => this.onTimer(), this.timeoutMs).unref();
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.fail(closedError(err)));
@@ -173,23 +176,27 @@ export class MilterClient {
    * SMFIC_BODY, split into 65535-byte packets like both MTAs. Stops at the first reply other than
    * continue and returns it (`skip` included). An empty chunk sends nothing and returns `skipped` (MTAs
    * never send an empty B: it kills libmilter sessions). With NR_BODY all packets go out in one write.
+   * `macros`: a SMFIC_MACRO packet before every chunk, as Postfix sends (`D B i`).
    */
-  async body(chunk: Buffer): Promise<ClientReply> {
+  async body(chunk: Buffer, macros?: Record<string, string>): Promise<ClientReply> {
     const skip = this.skipReason('body');
     if (skip !== undefined || chunk.length === 0) {
       this.queuedMacros.length = 0;
       return skip ?? SKIPPED;
     }
+    const macro: MilterCommand[] =
+      macros === undefined ? [] : [{ kind: 'macro', stage: 'B', macros: Object.entries(macros) }];
     const commands: MilterCommand[] = [];
     for (let off = 0; off < chunk.length; off += MILTER_CHUNK_SIZE) {
       commands.push({ kind: 'body', chunk: chunk.subarray(off, off + MILTER_CHUNK_SIZE) });
     }
     if ((this.negotiated.protocol & SMFIP_NR_BODY) !== 0) {
-      this.write(commands);
+      this.write(commands.flatMap((c) => [...macro, c]));
       return NOREPLY;
     }
     let reply: ClientReply = NOREPLY;
     for (const command of commands) {
+      this.queuedMacros.push(...macro);
       reply = await this.send<ClientReply>(command, 'reply');
       if (reply.kind !== 'continue') break;
     }
@@ -246,8 +253,13 @@ export class MilterClient {
   private stageCommand(stage: Stage, command: MilterCommand): Promise<ClientReply> {
     const skip = this.skipReason(stage);
     if (skip !== undefined) {
-      // The MTA sends no macros for an event it does not send.
-      this.queuedMacros.length = 0;
+      // Both MTAs send an envelope event's macros even when the filter turned the event off (NO bit):
+      // they ride with the next write. Without `macrosWhenSkipped`, no macros for an event not sent.
+      const keep =
+        this.macrosWhenSkipped &&
+        MACROS_WHEN_SKIPPED[stage] &&
+        this.negotiated.version >= STAGE[stage].minVersion;
+      if (!keep) this.queuedMacros.length = 0;
       return Promise.resolve(skip);
     }
     if ((this.negotiated.protocol & STAGE[stage].nr) !== 0) {

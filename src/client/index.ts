@@ -2,4 +2,12 @@
 export { MilterClient } from './client.js';
 export type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
 export { playMessage } from './transaction.js';
-export type { MessageResult, MessageScript, MessageStage, ScriptRecipient } from './transaction.js';
+export type {
+  MessageResult,
+  MessageScript,
+  MessageStage,
+  ScriptMacroStage,
+  ScriptRecipient,
+} from './transaction.js';
+export { MTA_NAMES, MTA_OFFER, MTA_PROFILES } from './mta-profiles.js';
+export type { MtaMacroValues, MtaName, MtaProfile } from './mta-profiles.js';

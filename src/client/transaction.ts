@@ -6,16 +6,39 @@
 import type { ConnectionInfo, MacroStage } from '../filter.js';
 import type { MilterClient } from './client.js';
 import type { ClientReply, EomResult } from './types.js';
-import { MACRO_STAGES } from '../protocol/constants.js';
+import { MACRO_STAGES, SMFIC_BODY, SMFIC_HEADER, SMFIC_UNKNOWN } from '../protocol/constants.js';
 import { wireBytes } from '../protocol/wire-string.js';
 
 /** A recipient, bare or with ESMTP args. */
 export type ScriptRecipient = string | { address: string; args?: string[] };
 
+/**
+ * Stages a script can send macros for: the SMFIM_* stages, and the packets Postfix also sends before
+ * every HEADER, every BODY chunk and UNKNOWN (`D L`, `D B`, `D U`).
+ */
+export type ScriptMacroStage = MacroStage | 'header' | 'body' | 'unknown';
+
+const MACRO_LETTERS: Record<ScriptMacroStage, string> = {
+  ...(Object.fromEntries(Object.entries(MACRO_STAGES).map(([k, v]) => [k, v.letter])) as Record<
+    MacroStage,
+    string
+  >),
+  header: String.fromCharCode(SMFIC_HEADER),
+  body: String.fromCharCode(SMFIC_BODY),
+  unknown: String.fromCharCode(SMFIC_UNKNOWN),
+};
+
 /** One message as an MTA would play it. */
 export interface MessageScript {
   /** Macros sent before each command of that stage (SMFIC_MACRO with the stage's command letter). */
-  macros?: Partial<Record<MacroStage, Record<string, string>>>;
+  macros?: Partial<Record<ScriptMacroStage, Record<string, string>>>;
+  /**
+   * Macros before each RCPT instead of `macros.envrcpt`: they may differ per recipient ({rcpt_addr}) and
+   * depend on how many were accepted before (Postfix's `i` once the queue file exists).
+   */
+  recipientMacros?: (address: string, index: number, acceptedBefore: number) => Record<string, string>;
+  /** SMTP command lines the client sends before MAIL, each as SMFIC_UNKNOWN (first message only). */
+  unknown?: string[];
   /** SMFIC_CONNECT (first message of a connection only). */
   connect?: ConnectionInfo;
   /** SMFIC_HELO, when given. */
@@ -36,6 +59,7 @@ export interface MessageScript {
 export const MESSAGE_STAGES = [
   'connect',
   'helo',
+  'unknown',
   'mail',
   'rcpt',
   'data',
@@ -52,6 +76,8 @@ export type MessageStage = (typeof MESSAGE_STAGES)[number];
 export interface MessageResult {
   connect?: ClientReply;
   helo?: ClientReply;
+  /** One reply per SMFIC_UNKNOWN sent. */
+  unknown?: ClientReply[];
   mail?: ClientReply;
   /** One reply per recipient tried, in script order. */
   rcpt: ClientReply[];
@@ -86,6 +112,15 @@ function isFinal(reply: ClientReply): boolean {
   }
 }
 
+/**
+ * The MTA refuses an unknown command itself; a reject/tempfail (or a 4xx/5xx reply other than 421) only
+ * sets the refusal's text and the session goes on.
+ */
+function refusesUnknownOnly(reply: ClientReply): boolean {
+  if (reply.kind === 'replyCode') return !reply.text.startsWith('421');
+  return reply.kind === 'reject' || reply.kind === 'tempfail';
+}
+
 /** At RCPT these only fail the one recipient; the transaction goes on. */
 function rejectsRecipientOnly(reply: ClientReply): boolean {
   return reply.kind === 'reject' || reply.kind === 'tempfail' || reply.kind === 'replyCode';
@@ -109,9 +144,9 @@ export function emptyMessageResult(): MessageResult {
  */
 export async function playMessage(client: MilterClient, script: MessageScript): Promise<MessageResult> {
   const result = emptyMessageResult();
-  const macros = (stage: MacroStage): void => {
+  const macros = (stage: ScriptMacroStage): void => {
     const values = script.macros?.[stage];
-    if (values !== undefined) client.macro(MACRO_STAGES[stage].letter, values);
+    if (values !== undefined) client.macro(MACRO_LETTERS[stage], values);
   };
   const stop = (stage: MessageStage, reply: ClientReply): MessageResult => {
     result.stoppedAt = stage;
@@ -129,6 +164,12 @@ export async function playMessage(client: MilterClient, script: MessageScript): 
     result.helo = await client.helo(script.helo);
     if (isFinal(result.helo)) return stop('helo', result.helo);
   }
+  for (const line of script.unknown ?? []) {
+    macros('unknown');
+    const reply = await client.unknown(line);
+    (result.unknown ??= []).push(reply);
+    if (isFinal(reply) && !refusesUnknownOnly(reply)) return stop('unknown', reply);
+  }
   try {
     return await playTransaction(client, script, result, macros, stop);
   } finally {
@@ -143,7 +184,7 @@ async function playTransaction(
   client: MilterClient,
   script: MessageScript,
   result: MessageResult,
-  macros: (stage: MacroStage) => void,
+  macros: (stage: ScriptMacroStage) => void,
   stop: (stage: MessageStage, reply: ClientReply) => MessageResult,
 ): Promise<MessageResult> {
   macros('envfrom');
@@ -151,10 +192,14 @@ async function playTransaction(
   if (isFinal(result.mail)) return stop('mail', result.mail);
 
   let lastRejection: ClientReply | undefined;
-  for (const recipient of script.recipients) {
+  for (const [index, recipient] of script.recipients.entries()) {
     const address = typeof recipient === 'string' ? recipient : recipient.address;
     const args = typeof recipient === 'string' ? [] : (recipient.args ?? []);
-    macros('envrcpt');
+    if (script.recipientMacros === undefined) macros('envrcpt');
+    else {
+      const values = script.recipientMacros(address, index, result.acceptedRecipients.length);
+      client.macro(MACRO_LETTERS.envrcpt, values);
+    }
     const reply = await client.rcpt(address, args);
     result.rcpt.push(reply);
     if (rejectsRecipientOnly(reply)) lastRejection = reply;
@@ -168,6 +213,7 @@ async function playTransaction(
   result.data = await client.data();
   if (isFinal(result.data)) return stop('data', result.data);
   for (const [name, value] of script.headers) {
+    macros('header');
     const reply = await client.header(name, value);
     result.headers.push(reply);
     if (isFinal(reply)) return stop('header', reply);
@@ -176,7 +222,7 @@ async function playTransaction(
   result.eoh = await client.eoh();
   if (isFinal(result.eoh)) return stop('eoh', result.eoh);
   const body = typeof script.body === 'string' ? wireBytes(script.body) : script.body;
-  result.body = await client.body(body);
+  result.body = await client.body(body, script.macros?.body);
   if (isFinal(result.body)) return stop('body', result.body);
   macros('eom');
   result.eom = await client.eom();

@@ -13,6 +13,11 @@ export interface MilterClientOptions {
   timeoutMs?: number;
   /** Largest reply payload accepted, default 1 MiB - 1 (Postfix reads anything). */
   maxDataSize?: number;
+  /**
+   * Send the macros of an envelope event the filter negotiated away (SMFIP_NO*) with the next write, as
+   * Postfix and Sendmail do (MACROS_WHEN_SKIPPED); default false: no macros for an event not sent.
+   */
+  macrosWhenSkipped?: boolean;
 }
 
 /** The reply to one command, as the MTA sees it. */

@@ -64,7 +64,7 @@ test('milterd test --expect: exit 0 when every expectation holds, 6 with one lin
   assert.equal(bad.code, 2);
   assert.match(
     bad.stderr,
-    /unknown stage "rcp"; stages: connect, helo, mail, rcpt, data, header, eoh, body, eom/,
+    /unknown stage "rcp"; stages: connect, helo, unknown, mail, rcpt, data, header, eoh, body, eom/,
   );
   const help = await runMilterd(['--help']);
   assert.match(help.stdout, /^ {2}6 {2}test: the milter decided otherwise than an --expect said$/m);
