@@ -34,26 +34,23 @@ export type Decision =
   | { kind: ReplyDecisionKind; reply?: SmtpReply }
   | { kind: Exclude<DecisionKind, ReplyDecisionKind>; reply?: never };
 
-/** A decision legal at every stage but body: anything but skip. */
-export type StageDecision = Exclude<Decision, 'skip' | { kind: 'skip' }>;
-
 /** Decision helpers, so filters read like English: `return Decision.reject({ code: 550, text: 'no' })`. */
 export const Decision = {
   continue: 'continue' as const,
   accept: 'accept' as const,
   discard: 'discard' as const,
   skip: 'skip' as const,
-  reject(reply?: SmtpReply): StageDecision {
+  reject(reply?: SmtpReply): Decision {
     return reply ? { kind: 'reject', reply } : 'reject';
   },
-  tempfail(reply?: SmtpReply): StageDecision {
+  tempfail(reply?: SmtpReply): Decision {
     return reply ? { kind: 'tempfail', reply } : 'tempfail';
   },
   /**
    * End the SMTP session now with a 421 reply (TEMPFAIL + `421` reply code): the portable way that both
    * Postfix and Sendmail honour at every stage without losing an already accepted message.
    */
-  shutdown(text = 'Closing connection', xcode = '4.7.0'): StageDecision {
+  shutdown(text = 'Closing connection', xcode = '4.7.0'): Decision {
     return { kind: 'tempfail', reply: { code: 421, xcode, text } };
   },
 };

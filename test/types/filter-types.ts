@@ -3,13 +3,7 @@
  * `@ts-expect-error` must fail to compile, and the build fails if one compiles (an unused directive is an
  * error). The other lines must compile.
  */
-import {
-  Decision,
-  type CallbackResult,
-  type EnvrcptCallback,
-  type Filter,
-  type StageDecision,
-} from '../../src/index.js';
+import { Decision, type CallbackResult, type EnvrcptCallback, type Filter } from '../../src/index.js';
 
 // Compiles: a reply on reject and tempfail, bare kinds, kinds as objects without a reply.
 export const ok: Decision[] = [
@@ -25,9 +19,6 @@ export const acceptWithReply: Decision = { kind: 'accept', reply: { code: 250 } 
 
 // @ts-expect-error not a decision
 export const bogus: Decision = 'maybe';
-
-// @ts-expect-error skip is only legal from body: a StageDecision refuses it
-export const skipped: StageDecision = 'skip';
 
 // An async callback typed with the documented result type compiles, and so does a named callback type.
 export const asyncFilter: Filter<{ n: number }, { sender: string }> = {

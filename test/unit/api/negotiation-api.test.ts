@@ -1,7 +1,8 @@
 /** Negotiation in the public API: the computed default is exported, and the result is readable by name. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { defaultNegotiation, protocol, type Filter } from '../../../src/index.js';
+import { defaultNegotiation, type Filter } from '../../../src/index.js';
+import * as protocol from '../../../src/protocol/index.js';
 import { testFilter } from '../../../src/testing/index.js';
 
 test('a negotiate override starts from defaultNegotiation and changes one flag; ctx.negotiated names the actions', async () => {
