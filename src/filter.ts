@@ -193,20 +193,40 @@ export type BodySource =
  * bad input); modifications are sent in call order before the final decision, body replacement last.
  */
 export interface EomContext<P, M = unknown> extends StageContext<P, M> {
+  /** SMFIR_ADDHEADER (`smfi_addheader`, needs `addHeader`): append a header after the last one. */
   addHeader(name: string, value: string): void;
-  /** Insert at a 0-based position in the whole header list (0 = top). */
+  /**
+   * SMFIR_INSHEADER (`smfi_insheader`, needs `addHeader`): insert at a 0-based position in the whole
+   * header list as the filter received it, the MTA's own `Received:` included (0 = top).
+   */
   insertHeader(index: number, name: string, value: string): void;
-  /** Change the `index`-th (1-based) header called `name`; `null` or '' deletes it. */
+  /**
+   * SMFIR_CHGHEADER (`smfi_chgheader`, needs `changeHeader`): change the `index`-th (1-based, names compared
+   * case-insensitively) header called `name`; `null` or '' deletes it. An index past the last occurrence
+   * adds the header (Postfix and Sendmail both).
+   */
   changeHeader(name: string, index: number, value: string | null): void;
-  /** Delete the `index`-th (1-based) header called `name`. */
+  /** `changeHeader(name, index, null)`. */
   deleteHeader(name: string, index: number): void;
-  /** Add a recipient; with `args` (ESMTP parameters) it uses SMFIR_ADDRCPT_PAR. */
+  /**
+   * SMFIR_ADDRCPT (`smfi_addrcpt`, needs `addRecipient`), or with `args` (ESMTP parameters, e.g.
+   * `NOTIFY=NEVER`) SMFIR_ADDRCPT_PAR (`smfi_addrcpt_par`, needs `addRecipientWithArgs`, protocol v6).
+   * Give the address with angle brackets.
+   */
   addRecipient(recipient: string, args?: string): void;
-  /** Delete a recipient exactly as it was received in RCPT. */
+  /** SMFIR_DELRCPT (`smfi_delrcpt`, needs `deleteRecipient`): a recipient exactly as received in RCPT. */
   deleteRecipient(recipient: string): void;
+  /** SMFIR_CHGFROM (`smfi_chgfrom`, needs `changeFrom`, v6): a new envelope sender, optional ESMTP args. */
   changeFrom(sender: string, args?: string): void;
+  /**
+   * SMFIR_QUARANTINE (`smfi_quarantine`, needs `quarantine`): hold the message. Postfix puts it on hold
+   * (the reason is logged, not stored); Sendmail quarantines it with the reason.
+   */
   quarantine(reason: string): void;
-  /** Replace the body (CRLF line ends). Await it when passing a stream. */
+  /**
+   * SMFIR_REPLBODY (`smfi_replacebody`, needs `replaceBody`): the new body (CRLF line ends), sent after the
+   * other modifications; the last call wins. Await it when passing a stream.
+   */
   replaceBody(body: BodySource): Promise<void>;
 }
 
@@ -315,17 +335,70 @@ export interface Filter<P = unknown, M = unknown> {
   rejectedRecipients?: boolean;
   /** Override negotiation. Throw (or return undefined) to refuse the MTA; the connection then closes. */
   negotiate?(ctx: NegotiateContext<P>, offer: NegotiationOffer): MaybePromise<NegotiateResult>;
+  /**
+   * SMFIC_CONNECT (`xxfi_connect`): an SMTP client connected. `info.address` is the IP text without an
+   * `IPv6:` tag; `info.hostname` is the MTA's name for it (`unknown` in Postfix, `[1.2.3.4]` in Sendmail
+   * when the reverse lookup failed). Decisions: continue, accept (no more callbacks for this connection),
+   * reject/tempfail (the MTA refuses the session), shutdown. `discard` is not defined here (sent as continue).
+   */
   connect?(ctx: StageContext<P, M>, info: ConnectionInfo): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_HELO (`xxfi_helo`): the HELO/EHLO argument as the client sent it. Postfix calls it once per
+   * HELO/EHLO (again after STARTTLS); Sendmail too. `discard` is not defined here.
+   */
   helo?(ctx: StageContext<P, M>, hostname: string): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_MAIL (`xxfi_envfrom`): a new message. `sender` keeps its angle brackets (`<>` for a bounce);
+   * `args` are the ESMTP parameters as sent (`SIZE=1234`, `BODY=8BITMIME`). A reject/tempfail refuses the
+   * MAIL command; discard drops the whole message later, silently; accept skips the rest of this message.
+   */
   envfrom?(ctx: StageContext<P, M>, sender: string, args: readonly string[]): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_RCPT (`xxfi_envrcpt`): one recipient, with its angle brackets and ESMTP parameters. A
+   * reject/tempfail refuses this recipient only (the message goes on with the others). With
+   * `rejectedRecipients`, Postfix also sends recipients it rejected itself (macro `{rcpt_mailer}` is
+   * `error`); Sendmail 8.17 does not.
+   */
   envrcpt?(ctx: StageContext<P, M>, recipient: string, args: readonly string[]): MaybePromise<CallbackResult>;
+  /** SMFIC_DATA (`xxfi_data`, protocol v4+): the client sent DATA; the content follows. */
   data?(ctx: StageContext<P, M>): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_UNKNOWN (`xxfi_unknown`, v3+): an SMTP command the MTA did not recognise, as sent. A reject or
+   * tempfail only changes that command's error reply. accept/discard outside a transaction are not
+   * defined (Postfix 3.7 panics at the next MAIL) and are sent as continue.
+   */
   unknown?(ctx: StageContext<P, M>, line: string): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_HEADER (`xxfi_header`): one header field, in message order. The value is as the MTA stores it:
+   * folded lines keep their CRLF and leading whitespace; its single leading space after the colon is
+   * removed unless `headerLeadingSpace` was negotiated (Postfix then sends it as received). The MTA's own
+   * `Received:` header comes first (Postfix 3.7 and Sendmail 8.17 in the end-to-end suite). With milters
+   * configured Postfix cuts a header at about 60,000 bytes; Sendmail refuses headers over 32 KiB itself.
+   */
   header?(ctx: StageContext<P, M>, name: string, value: string): MaybePromise<CallbackResult>;
+  /** SMFIC_EOH (`xxfi_eoh`): the last header was sent. */
   eoh?(ctx: StageContext<P, M>): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_BODY (`xxfi_body`): one body chunk (at most 64 KiB, or the negotiated MDS), with CRLF line ends,
+   * valid only during the call: copy it to keep it. `skip` (SMFIP_SKIP negotiated) stops further body
+   * chunks; the message still ends with `eom`.
+   */
   body?(ctx: StageContext<P, M>, chunk: Buffer): MaybePromise<BodyResult>;
+  /**
+   * SMFIC_BODYEOB (`xxfi_eom`): end of message, the only place for modifications (`ctx.addHeader`…). They
+   * are sent in call order, the body replacement last, then the decision; a failed `eom` sends none.
+   */
   eom?(ctx: EomContext<P, M>): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_ABORT (`xxfi_abort`): the current message was aborted (RSET, a refused command, a dropped
+   * client). Not called after a message ended normally: Postfix sends ABORT after every message, milterd
+   * drops those. `ctx.messagePriv` is still set here. Its return value is ignored.
+   */
   abort?(ctx: StageContext<P, M>): MaybePromise<void>;
+  /**
+   * The connection ends (`xxfi_close`): exactly once per milter connection, and once more per SMFIC_QUIT_NC
+   * session. It may come before `connect` (the MTA negotiated and quit): `ctx.priv` may be undefined.
+   */
   close?(ctx: CloseContext<P>): MaybePromise<void>;
 }
 
