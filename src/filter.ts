@@ -202,8 +202,8 @@ export interface EomContext<P, M = unknown> extends StageContext<P, M> {
   insertHeader(index: number, name: string, value: string): void;
   /**
    * SMFIR_CHGHEADER (`smfi_chgheader`, needs `changeHeader`): change the `index`-th (1-based, names compared
-   * case-insensitively) header called `name`; `null` or '' deletes it. An index past the last occurrence
-   * adds the header (Postfix and Sendmail both).
+   * case-insensitively) header called `name`; `null` or '' deletes it. libmilter documents that an index
+   * past the last occurrence adds the header; to add one, prefer `addHeader`.
    */
   changeHeader(name: string, index: number, value: string | null): void;
   /** `changeHeader(name, index, null)`. */
