@@ -196,8 +196,10 @@ export interface EomContext<P, M = unknown> extends StageContext<P, M> {
   /** SMFIR_ADDHEADER (`smfi_addheader`, needs `addHeader`): append a header after the last one. */
   addHeader(name: string, value: string): void;
   /**
-   * SMFIR_INSHEADER (`smfi_insheader`, needs `addHeader`): insert at a 0-based position in the whole
-   * header list as the filter received it, the MTA's own `Received:` included (0 = top).
+   * SMFIR_INSHEADER (`smfi_insheader`, needs `addHeader`): insert at a 0-based position in the MTA's
+   * header list, which counts the MTA's own `Received:` header on top that the filter never saw (0 = above
+   * it, 1 = above the first header the filter saw). Sendmail also counts the headers it generated itself.
+   * `messageFilter` does this arithmetic for you.
    */
   insertHeader(index: number, name: string, value: string): void;
   /**
@@ -372,7 +374,7 @@ export interface Filter<P = unknown, M = unknown> {
    * SMFIC_HEADER (`xxfi_header`): one header field, in message order. The value is as the MTA stores it:
    * folded lines keep their CRLF and leading whitespace; its single leading space after the colon is
    * removed unless `headerLeadingSpace` was negotiated (Postfix then sends it as received). The MTA's own
-   * `Received:` header comes first (Postfix 3.7 and Sendmail 8.17 in the end-to-end suite). With milters
+   * `Received:` header is not sent (nor, by Sendmail, the Date:/Message-Id: it generated). With milters
    * configured Postfix cuts a header at about 60,000 bytes; Sendmail refuses headers over 32 KiB itself.
    */
   header?(ctx: StageContext<P, M>, name: string, value: string): MaybePromise<CallbackResult>;

@@ -3,7 +3,7 @@
  * the filter's `message` on it, and read the milter actions it would send, in order.
  */
 import type { BodySource, ConnectionInfo } from '../filter.js';
-import { BodyStore } from './body-store.js';
+import { BodyStore } from '../session/body-store.js';
 import { MessageTransaction, type ModificationSink, type Transaction } from './transaction.js';
 
 /** One milter action, as `fakeTransaction(...).actions()` lists them (protocol order). */

@@ -8,4 +8,4 @@ export type {
   ModificationSink,
   Transaction,
 } from './transaction.js';
-export { BODY_MEMORY_LIMIT } from './body-store.js';
+export { BODY_MEMORY_LIMIT } from '../session/body-store.js';

@@ -5,7 +5,7 @@
  * to the MTA as the fewest milter actions (see transaction.ts). Earlier callbacks can still decide early.
  */
 import type { CallbackResult, Decision, Filter, MaybePromise, StageContext } from '../filter.js';
-import { BodyStore, BODY_MEMORY_LIMIT } from './body-store.js';
+import { BodyStore, BODY_MEMORY_LIMIT } from '../session/body-store.js';
 import { MessageTransaction, type Transaction } from './transaction.js';
 
 /** A filter that sees each message whole. Every field but `message` is optional. */

@@ -6,13 +6,14 @@
  * (SMFIR_INSHEADER), each applied against the MTA's list as it is at that moment. So the changes are
  * emitted in passes: changes and deletions of received headers, bottom up (removing an occurrence never
  * renumbers one still to be addressed); then new headers, lowest final position first,
- * inserted at that position (everything before it is already in place); new headers after the last
- * received one are appended (SMFIR_ADDHEADER). Received headers keep their order: a "move" is a delete
+ * inserted at that position (everything before it is already in place; the index counts the MTA's own
+ * hidden Received: header, see HIDDEN_TOP_HEADERS); new headers after the last received one are appended
+ * (SMFIR_ADDHEADER). Received headers keep their order: a "move" is a delete
  * plus an insert.
  */
 import type { BodySource, ConnectionInfo } from '../filter.js';
 import { wireBytes } from '../protocol/wire-string.js';
-import type { BodyStore } from './body-store.js';
+import type { BodyStore } from '../session/body-store.js';
 
 /** One header as the filter sees it. */
 export interface HeaderField {
@@ -102,6 +103,15 @@ export interface TransactionInput {
   headers: ReadonlyArray<readonly [string, string]>;
   body: BodyStore;
 }
+
+/**
+ * Headers above the ones the filter saw that an SMFIR_INSHEADER index still counts: the MTA's own
+ * `Received:` header, which Postfix 3.7 and Sendmail 8.17 both add on top and do not send to the milter
+ * (protocol doc §10.3; checked by fixtures/testcases/message-api-rewrite.yaml behind both). Sendmail also
+ * counts other headers it generates itself (Date:, Message-Id: when the client sent none), wherever it put
+ * them: positions there are exact relative to the headers the filter saw, not to those.
+ */
+const HIDDEN_TOP_HEADERS = 1;
 
 interface Entry {
   name: string;
@@ -346,7 +356,7 @@ export class MessageTransaction implements Transaction {
     h.entries.forEach((e, i) => {
       if (e.received !== undefined) return;
       if (i > lastReceived) sink.addHeader(e.name, e.value);
-      else sink.insertHeader(i, e.name, e.value);
+      else sink.insertHeader(i + HIDDEN_TOP_HEADERS, e.name, e.value);
     });
   }
 }

@@ -473,9 +473,9 @@ class MilterSession implements Session {
       this.observe('eom', d.kind, t0);
       this.endTransaction();
       // A failed (thrown, timed-out, illegal) EOM sends no modification: half an edit is worse than none.
-      return d.failure === undefined
-        ? mctx.result(decisionResponse(d.kind, d.reply))
-        : decisionResult(d.kind, d.reply);
+      if (d.failure === undefined) return mctx.result(decisionResponse(d.kind, d.reply));
+      mctx.discard();
+      return decisionResult(d.kind, d.reply);
     });
   }
 }

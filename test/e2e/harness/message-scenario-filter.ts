@@ -38,7 +38,12 @@ export function messageScenarioFilter<P>(
         else if ('deleteHeader' in op) trx.headers.delete(op.deleteHeader);
         else if ('insertHeader' in op)
           trx.headers.insert(op.insertHeader[0], op.insertHeader[1], x(op.insertHeader[2]));
-        else if ('addHeader' in op) trx.headers.add(op.addHeader[0], x(op.addHeader[1]));
+        else if ('insertBefore' in op) {
+          const [before, name, value] = op.insertBefore;
+          const at = [...trx.headers].findIndex((h) => h.name.toLowerCase() === before.toLowerCase());
+          if (at < 0) throw new Error(`insertBefore: no ${before} header`);
+          trx.headers.insert(at, name, x(value));
+        } else if ('addHeader' in op) trx.headers.add(op.addHeader[0], x(op.addHeader[1]));
         else if ('addRecipient' in op) trx.recipients.add(op.addRecipient);
         else if ('removeRecipient' in op) trx.recipients.remove(op.removeRecipient);
         else if ('setSender' in op) trx.setSender(op.setSender);

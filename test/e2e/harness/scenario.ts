@@ -83,6 +83,8 @@ export type MessageOp =
   | { setHeader: [string, string] }
   | { deleteHeader: string }
   | { insertHeader: [number, string, string] }
+  /** Insert a header just above the first one called the first name. */
+  | { insertBefore: [string, string, string] }
   | { addHeader: [string, string] }
   | { addRecipient: string }
   | { removeRecipient: string }

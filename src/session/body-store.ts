@@ -8,6 +8,9 @@
 import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { MILTER_CHUNK_SIZE } from '../protocol/constants.js';
+import type { MilterResponse } from '../protocol/types.js';
+import type { HandleResult } from './types.js';
 
 /** Default bytes kept in memory before the body spills to a temporary file. */
 export const BODY_MEMORY_LIMIT = 1024 * 1024;
@@ -122,4 +125,27 @@ export class BodyStore {
       this.fileBytes += bytesWritten;
     }
   }
+}
+
+/**
+ * `result` with a streamed body replacement (`HandleResult.body`) read back and inlined as REPLBODY
+ * responses before the decision, as they travel on the wire; the store is disposed. For in-memory
+ * consumers (milterd/testing, tests); the server streams it instead.
+ */
+export async function inlineBody(result: HandleResult): Promise<HandleResult> {
+  const body = result.body;
+  if (body === undefined) return result;
+  let whole: Buffer;
+  try {
+    whole = await body.buffer();
+  } finally {
+    await body.dispose();
+  }
+  const pieces: MilterResponse[] = [];
+  for (let off = 0; off === 0 || off < whole.length; off += MILTER_CHUNK_SIZE) {
+    pieces.push({ kind: 'replaceBody', chunk: whole.subarray(off, off + MILTER_CHUNK_SIZE) });
+  }
+  const responses = [...result.responses];
+  responses.splice(responses.length - 1, 0, ...pieces);
+  return result.end === undefined ? { responses } : { responses, end: result.end };
 }
