@@ -22,8 +22,17 @@ export interface SmtpReply {
   text?: string | readonly string[];
 }
 
-/** What a callback returns. A bare kind, or a kind with a custom reply (reject/tempfail only). */
-export type Decision = DecisionKind | { kind: DecisionKind; reply?: SmtpReply };
+/** The decisions that may carry a custom SMTP reply. */
+export type ReplyDecisionKind = 'reject' | 'tempfail';
+
+/**
+ * What a callback returns. A bare kind, or a kind as an object; only reject and tempfail carry a custom
+ * reply (the type refuses `{ kind: 'accept', reply }`, which the MTA could not send).
+ */
+export type Decision =
+  | DecisionKind
+  | { kind: ReplyDecisionKind; reply?: SmtpReply }
+  | { kind: Exclude<DecisionKind, ReplyDecisionKind>; reply?: never };
 
 /** Decision helpers, so filters read like English: `return Decision.reject({ code: 550, text: 'no' })`. */
 export const Decision = {
@@ -46,8 +55,18 @@ export const Decision = {
   },
 };
 
-/** A callback result: a decision, or nothing (= continue), possibly async. */
-export type CallbackResult = Decision | void | undefined | Promise<Decision | void | undefined>;
+/**
+ * What a callback returns, or its promise resolves to: a decision, or nothing (= continue). An async
+ * callback may be typed `Promise<CallbackResult>`. (`skip` is legal only from `body`; elsewhere it is sent
+ * as continue, with a warning.)
+ */
+export type CallbackResult = Decision | void | undefined;
+
+/** What `body` returns: a {@link CallbackResult}, where `skip` is legal (the rest of the body is not sent). */
+export type BodyResult = CallbackResult;
+
+/** A value, or a promise of it: every callback may be async. */
+export type MaybePromise<T> = T | Promise<T>;
 
 /** Stages a filter can decline to reply to (SMFIP_NR_*). */
 export type NoReplyStage =
@@ -62,7 +81,8 @@ export type ActionName =
   | 'addRecipientWithArgs' // SMFIF_ADDRCPT_PAR
   | 'deleteRecipient' // SMFIF_DELRCPT
   | 'quarantine' // SMFIF_QUARANTINE
-  | 'changeFrom'; // SMFIF_CHGFROM
+  | 'changeFrom' // SMFIF_CHGFROM
+  | 'setSymbolList'; // SMFIF_SETSYMLIST (asked for by itself when `macros` is set)
 
 /** Macro stages by name (SMFIM_*). */
 export type MacroStage = 'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'eom' | 'eoh';
@@ -93,6 +113,8 @@ export interface NegotiatedOptions {
   protocol: number;
   /** Largest payload either side may send. */
   maxDataSize: number;
+  /** `actions` by name: what this filter may do at EOM (and whether macro lists were sent). */
+  actionNames: readonly ActionName[];
 }
 
 /** Result of an explicit `negotiate` callback (libmilter's xxfi_negotiate with SMFIS_CONTINUE). */
@@ -130,7 +152,13 @@ export interface BaseContext<P> {
 }
 
 /** Context of the stage callbacks (connect … unknown, abort). */
-export interface StageContext<P> extends BaseContext<P> {
+export interface StageContext<P, M = unknown> extends BaseContext<P> {
+  /**
+   * Per-message private data, next to the per-connection `priv`: undefined at the start of every message
+   * and reset by milterd at each message boundary (a new MAIL, ABORT, and after EOM or a decision that
+   * ends the message), so nothing of one message can leak into the next. Still set in `abort`.
+   */
+  messagePriv: M | undefined;
   /**
    * Store a custom reply for the next reject/tempfail of this callback (`smfi_setreply`/`setmlreply`).
    * Throws ERR_MILTER_INVALID_REPLY when the reply is malformed.
@@ -164,21 +192,43 @@ export type BodySource =
  * ERR_MILTER_ACTION_NOT_NEGOTIATED if its SMFIF_* flag was not negotiated, ERR_MILTER_INVALID_ARGUMENT on
  * bad input); modifications are sent in call order before the final decision, body replacement last.
  */
-export interface EomContext<P> extends StageContext<P> {
+export interface EomContext<P, M = unknown> extends StageContext<P, M> {
+  /** SMFIR_ADDHEADER (`smfi_addheader`, needs `addHeader`): append a header after the last one. */
   addHeader(name: string, value: string): void;
-  /** Insert at a 0-based position in the whole header list (0 = top). */
+  /**
+   * SMFIR_INSHEADER (`smfi_insheader`, needs `addHeader`): insert at a 0-based position in the MTA's
+   * header list, which counts the MTA's own `Received:` header on top that the filter never saw (0 = above
+   * it, 1 = above the first header the filter saw). Sendmail also counts the headers it generated itself.
+   * `messageFilter` does this arithmetic for you.
+   */
   insertHeader(index: number, name: string, value: string): void;
-  /** Change the `index`-th (1-based) header called `name`; `null` or '' deletes it. */
+  /**
+   * SMFIR_CHGHEADER (`smfi_chgheader`, needs `changeHeader`): change the `index`-th (1-based, names compared
+   * case-insensitively) header called `name`; `null` or '' deletes it. libmilter documents that an index
+   * past the last occurrence adds the header; to add one, prefer `addHeader`.
+   */
   changeHeader(name: string, index: number, value: string | null): void;
-  /** Delete the `index`-th (1-based) header called `name`. */
+  /** `changeHeader(name, index, null)`. */
   deleteHeader(name: string, index: number): void;
-  /** Add a recipient; with `args` (ESMTP parameters) it uses SMFIR_ADDRCPT_PAR. */
+  /**
+   * SMFIR_ADDRCPT (`smfi_addrcpt`, needs `addRecipient`), or with `args` (ESMTP parameters, e.g.
+   * `NOTIFY=NEVER`) SMFIR_ADDRCPT_PAR (`smfi_addrcpt_par`, needs `addRecipientWithArgs`, protocol v6).
+   * Give the address with angle brackets.
+   */
   addRecipient(recipient: string, args?: string): void;
-  /** Delete a recipient exactly as it was received in RCPT. */
+  /** SMFIR_DELRCPT (`smfi_delrcpt`, needs `deleteRecipient`): a recipient exactly as received in RCPT. */
   deleteRecipient(recipient: string): void;
+  /** SMFIR_CHGFROM (`smfi_chgfrom`, needs `changeFrom`, v6): a new envelope sender, optional ESMTP args. */
   changeFrom(sender: string, args?: string): void;
+  /**
+   * SMFIR_QUARANTINE (`smfi_quarantine`, needs `quarantine`): hold the message. Postfix puts it on hold
+   * (the reason is logged, not stored); Sendmail quarantines it with the reason.
+   */
   quarantine(reason: string): void;
-  /** Replace the body (CRLF line ends). Await it when passing a stream. */
+  /**
+   * SMFIR_REPLBODY (`smfi_replacebody`, needs `replaceBody`): the new body (CRLF line ends), sent after the
+   * other modifications; the last call wins. Await it when passing a stream.
+   */
   replaceBody(body: BodySource): Promise<void>;
 }
 
@@ -206,11 +256,73 @@ export const FILTER_CALLBACKS = [
 ] as const;
 export type FilterCallbackName = (typeof FILTER_CALLBACKS)[number];
 
+/** `negotiate`: the MTA's offer in, the options to ask for out (see {@link NegotiateResult}). */
+export type NegotiateCallback<P = unknown> = (
+  ctx: NegotiateContext<P>,
+  offer: NegotiationOffer,
+) => MaybePromise<NegotiateResult>;
+/** `connect` (SMFIC_CONNECT): who the SMTP client is. */
+export type ConnectCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  info: ConnectionInfo,
+) => MaybePromise<CallbackResult>;
+/** `helo` (SMFIC_HELO): the HELO/EHLO argument as sent. */
+export type HeloCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  hostname: string,
+) => MaybePromise<CallbackResult>;
+/** `envfrom` (SMFIC_MAIL): the sender with its angle brackets (`<>` for bounces) and its ESMTP args. */
+export type EnvfromCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  sender: string,
+  args: readonly string[],
+) => MaybePromise<CallbackResult>;
+/** `envrcpt` (SMFIC_RCPT): one recipient with its angle brackets and its ESMTP args. */
+export type EnvrcptCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  recipient: string,
+  args: readonly string[],
+) => MaybePromise<CallbackResult>;
+/** `data` (SMFIC_DATA): the client sent DATA. */
+export type DataCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+) => MaybePromise<CallbackResult>;
+/** `unknown` (SMFIC_UNKNOWN): an SMTP command the MTA did not know, as sent. */
+export type UnknownCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  line: string,
+) => MaybePromise<CallbackResult>;
 /**
- * A milter. Every callback is optional; absent ones are negotiated away (the MTA skips that step).
+ * `header` (SMFIC_HEADER): one header. The value is unfolded as the MTA sends it (continuation lines keep
+ * their CRLF and whitespace); its leading space is removed unless `headerLeadingSpace` was negotiated.
+ */
+export type HeaderCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  name: string,
+  value: string,
+) => MaybePromise<CallbackResult>;
+/** `eoh` (SMFIC_EOH): all headers were sent. */
+export type EohCallback<P = unknown, M = unknown> = (ctx: StageContext<P, M>) => MaybePromise<CallbackResult>;
+/** `body` (SMFIC_BODY): one body chunk (CRLF line ends), valid only during the call. May return `skip`. */
+export type BodyCallback<P = unknown, M = unknown> = (
+  ctx: StageContext<P, M>,
+  chunk: Buffer,
+) => MaybePromise<BodyResult>;
+/** `eom` (SMFIC_BODYEOB): end of message, the only place for modifications. */
+export type EomCallback<P = unknown, M = unknown> = (ctx: EomContext<P, M>) => MaybePromise<CallbackResult>;
+/** `abort` (SMFIC_ABORT): the current message was aborted; its return value is ignored. */
+export type AbortCallback<P = unknown, M = unknown> = (ctx: StageContext<P, M>) => MaybePromise<void>;
+/** `close`: the connection (or its QUIT_NC session) ends; may come before `connect`. */
+export type CloseCallback<P = unknown> = (ctx: CloseContext<P>) => MaybePromise<void>;
+
+/**
+ * A milter. Every callback is optional; absent ones are negotiated away (the MTA skips that step). The
+ * callbacks are declared as methods (so a `Filter<MyPriv>` is a `Filter`); each has a named function type
+ * above (`EnvrcptCallback`…) for functions written on their own.
+ * `P` is the type of the per-connection `ctx.priv`, `M` of the per-message `ctx.messagePriv`.
  * Callbacks for one connection are called one at a time, in protocol order.
  */
-export interface Filter<P = unknown> {
+export interface Filter<P = unknown, M = unknown> {
   /** Used in logs. */
   name?: string;
   /** EOM actions to request. Default: every action the MTA offers, when `eom` is defined; none otherwise. */
@@ -224,22 +336,72 @@ export interface Filter<P = unknown> {
   /** Ask the MTA to send recipients it rejected itself too (SMFIP_RCPT_REJ), if offered. */
   rejectedRecipients?: boolean;
   /** Override negotiation. Throw (or return undefined) to refuse the MTA; the connection then closes. */
-  negotiate?(ctx: NegotiateContext<P>, offer: NegotiationOffer): NegotiateResult | Promise<NegotiateResult>;
-  connect?(ctx: StageContext<P>, info: ConnectionInfo): CallbackResult;
-  helo?(ctx: StageContext<P>, hostname: string): CallbackResult;
-  envfrom?(ctx: StageContext<P>, sender: string, args: readonly string[]): CallbackResult;
-  envrcpt?(ctx: StageContext<P>, recipient: string, args: readonly string[]): CallbackResult;
-  data?(ctx: StageContext<P>): CallbackResult;
-  unknown?(ctx: StageContext<P>, line: string): CallbackResult;
-  header?(ctx: StageContext<P>, name: string, value: string): CallbackResult;
-  eoh?(ctx: StageContext<P>): CallbackResult;
-  /** `chunk` is valid only during the call: copy it to keep it. */
-  body?(ctx: StageContext<P>, chunk: Buffer): CallbackResult;
-  eom?(ctx: EomContext<P>): CallbackResult;
-  /** The current message was aborted (its return value is ignored). */
-  abort?(ctx: StageContext<P>): void | Promise<void>;
-  /** Called exactly once per milter connection (and once more per SMFIC_QUIT_NC session). */
-  close?(ctx: CloseContext<P>): void | Promise<void>;
+  negotiate?(ctx: NegotiateContext<P>, offer: NegotiationOffer): MaybePromise<NegotiateResult>;
+  /**
+   * SMFIC_CONNECT (`xxfi_connect`): an SMTP client connected. `info.address` is the IP text without an
+   * `IPv6:` tag; `info.hostname` is the MTA's name for it (`unknown` in Postfix, `[1.2.3.4]` in Sendmail
+   * when the reverse lookup failed). Decisions: continue, accept (no more callbacks for this connection),
+   * reject/tempfail (the MTA refuses the session), shutdown. `discard` is not defined here (sent as continue).
+   */
+  connect?(ctx: StageContext<P, M>, info: ConnectionInfo): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_HELO (`xxfi_helo`): the HELO/EHLO argument as the client sent it. Postfix calls it once per
+   * HELO/EHLO (again after STARTTLS); Sendmail too. `discard` is not defined here.
+   */
+  helo?(ctx: StageContext<P, M>, hostname: string): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_MAIL (`xxfi_envfrom`): a new message. `sender` keeps its angle brackets (`<>` for a bounce);
+   * `args` are the ESMTP parameters as sent (`SIZE=1234`, `BODY=8BITMIME`). A reject/tempfail refuses the
+   * MAIL command; discard drops the whole message later, silently; accept skips the rest of this message.
+   */
+  envfrom?(ctx: StageContext<P, M>, sender: string, args: readonly string[]): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_RCPT (`xxfi_envrcpt`): one recipient, with its angle brackets and ESMTP parameters. A
+   * reject/tempfail refuses this recipient only (the message goes on with the others). With
+   * `rejectedRecipients`, Postfix also sends recipients it rejected itself (macro `{rcpt_mailer}` is
+   * `error`); Sendmail 8.17 does not.
+   */
+  envrcpt?(ctx: StageContext<P, M>, recipient: string, args: readonly string[]): MaybePromise<CallbackResult>;
+  /** SMFIC_DATA (`xxfi_data`, protocol v4+): the client sent DATA; the content follows. */
+  data?(ctx: StageContext<P, M>): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_UNKNOWN (`xxfi_unknown`, v3+): an SMTP command the MTA did not recognise, as sent. A reject or
+   * tempfail only changes that command's error reply. accept/discard outside a transaction are not
+   * defined (Postfix 3.7 panics at the next MAIL) and are sent as continue.
+   */
+  unknown?(ctx: StageContext<P, M>, line: string): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_HEADER (`xxfi_header`): one header field, in message order. The value is as the MTA stores it:
+   * folded lines keep their CRLF and leading whitespace; its single leading space after the colon is
+   * removed unless `headerLeadingSpace` was negotiated (Postfix then sends it as received). The MTA's own
+   * `Received:` header is not sent (nor, by Sendmail, the Date:/Message-Id: it generated). With milters
+   * configured Postfix cuts a header at about 60,000 bytes; Sendmail refuses headers over 32 KiB itself.
+   */
+  header?(ctx: StageContext<P, M>, name: string, value: string): MaybePromise<CallbackResult>;
+  /** SMFIC_EOH (`xxfi_eoh`): the last header was sent. */
+  eoh?(ctx: StageContext<P, M>): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_BODY (`xxfi_body`): one body chunk (at most 64 KiB, or the negotiated MDS), with CRLF line ends,
+   * valid only during the call: copy it to keep it. `skip` (SMFIP_SKIP negotiated) stops further body
+   * chunks; the message still ends with `eom`.
+   */
+  body?(ctx: StageContext<P, M>, chunk: Buffer): MaybePromise<BodyResult>;
+  /**
+   * SMFIC_BODYEOB (`xxfi_eom`): end of message, the only place for modifications (`ctx.addHeader`…). They
+   * are sent in call order, the body replacement last, then the decision; a failed `eom` sends none.
+   */
+  eom?(ctx: EomContext<P, M>): MaybePromise<CallbackResult>;
+  /**
+   * SMFIC_ABORT (`xxfi_abort`): the current message was aborted (RSET, a refused command, a dropped
+   * client). Not called after a message ended normally: Postfix sends ABORT after every message, milterd
+   * drops those. `ctx.messagePriv` is still set here. Its return value is ignored.
+   */
+  abort?(ctx: StageContext<P, M>): MaybePromise<void>;
+  /**
+   * The connection ends (`xxfi_close`): exactly once per milter connection, and once more per SMFIC_QUIT_NC
+   * session. It may come before `connect` (the MTA negotiated and quit): `ctx.priv` may be undefined.
+   */
+  close?(ctx: CloseContext<P>): MaybePromise<void>;
 }
 
 /** Re-exported for filters that build OPTNEG macro lists by number. */

@@ -1,20 +1,17 @@
 /**
- * milterd: the public library API.
+ * milterd: what a filter author and an embedder of the server need.
  *
- * - `createMilterServer` runs a `Filter` (typed async callbacks mirroring libmilter's xxfi_*) behind
- *   Postfix or Sendmail on TCP or Unix sockets.
- * - `ShutdownPolicy` / `withShutdownPolicy` decide when an SMTP session must end, and end it with a 421.
- * - `MilterClient` / `playMessage` speak the MTA side of the protocol (tests, benchmarks, the CLI).
- * - `milterd/testing` runs filters in memory (`testFilter`).
+ * - `Filter` (typed callbacks mirroring libmilter's xxfi_*) or `messageFilter` (the whole message at once),
+ *   run behind Postfix or Sendmail by `createMilterServer` on TCP or Unix sockets.
+ * - `withShutdownPolicy` / `createShutdownPolicy` end SMTP sessions with a 421 when a policy says so.
+ *
+ * Elsewhere: `milterd/protocol` (the codec and the SMFI* constants), `milterd/client` (the MTA side),
+ * `milterd/policy` (the whole policy engine), `milterd/testing` (filters in memory, fake transactions).
+ * test/package/exports.test.ts pins every entry point's names: a change here is always deliberate.
  */
 export * from './errors.js';
 export * from './filter.js';
-export * as protocol from './protocol/constants.js';
-export type * from './protocol/types.js';
-export type { MilterObserver, DecisionStage, ObservedDecision } from './observer.js';
-export { parseSocketSpec, formatSocketSpec } from './socket-spec.js';
-export type { SocketSpec, ParseSocketSpecOptions } from './socket-spec.js';
-
+export * from './message/index.js';
 export { createMilterServer } from './server/server.js';
 export type {
   MilterServer,
@@ -23,29 +20,13 @@ export type {
   ListenAddress,
 } from './server/server.js';
 export type { FailureDecision } from './session/types.js';
-export { formatReply } from './session/reply.js';
+export { defaultNegotiation, actionNames } from './session/negotiate.js';
+export type { MilterObserver, DecisionStage, ObservedDecision } from './observer.js';
 export { createLogger, silentLogger } from './logging/logger.js';
 export type { CreateLoggerOptions } from './logging/logger.js';
-export { LogRateLimiter, LOG_RATE_LIMIT } from './logging/rate-limit.js';
-export type { LogRateLimitOptions } from './logging/rate-limit.js';
-export { AsyncLogDestination, ASYNC_LOG_DEFAULTS } from './logging/async-destination.js';
-export type { AsyncLogDestinationOptions } from './logging/async-destination.js';
-
-export { MilterClient, playMessage } from './client/index.js';
-export type {
-  ClientReply,
-  EomResult,
-  MilterClientOptions,
-  NegotiatedClientOptions,
-  MessageResult,
-  MessageScript,
-  MessageStage,
-  ScriptRecipient,
-} from './client/index.js';
-
-export * from './policy/index.js';
-
-export { FrameDecoder } from './protocol/frame.js';
-export { decodeCommand, decodeResponse } from './protocol/decode.js';
-export { encodeCommand, encodeCommands, encodeResponse, encodeResponses } from './protocol/encode.js';
+export type { Level, Logger } from 'pino';
 export { fromWireBytes, wireBytes } from './protocol/wire-string.js';
+export { parseSocketSpec, formatSocketSpec } from './socket-spec.js';
+export type { SocketSpec, ParseSocketSpecOptions } from './socket-spec.js';
+export { withShutdownPolicy, createShutdownPolicy, ShutdownPolicy } from './policy/index.js';
+export type { PolicyConfig, ShutdownPolicyOptions, WithShutdownPolicyOptions } from './policy/index.js';

@@ -70,7 +70,6 @@ export function createDefaultFilter(options: DefaultFilterOptions = {}): Filter<
         {
           from: ctx.envelope?.sender,
           rcpts: ctx.envelope?.recipients.length ?? 0,
-          client: ctx.connection?.address,
         },
         'message passed',
       );

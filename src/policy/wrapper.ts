@@ -26,7 +26,15 @@
  *   is accepted) and the policy keeps counting. This is the only user decision the wrapper rewrites,
  *   besides replacing a filter-rejected recipient's reply by the 421 when the policy fires there.
  */
-import type { BaseContext, CallbackResult, Decision, DecisionKind, Filter, StageContext } from '../filter.js';
+import type {
+  BaseContext,
+  CallbackResult,
+  MaybePromise,
+  Decision,
+  DecisionKind,
+  Filter,
+  StageContext,
+} from '../filter.js';
 import { Decision as D } from '../filter.js';
 import { wireByteLength } from '../protocol/wire-string.js';
 import type { FailureDecision } from '../session/types.js';
@@ -113,7 +121,7 @@ export function withShutdownPolicy<P>(
     ctx: StageContext<P>,
     stage: WantStage,
     inMessage: boolean,
-    call: () => CallbackResult,
+    call: () => MaybePromise<CallbackResult>,
     onFailure?: () => Promise<void>,
   ): Promise<{ called: boolean; decision: Decision | undefined }> {
     const want = s.wants[stage];
@@ -217,7 +225,7 @@ export function withShutdownPolicy<P>(
         // Rejected by the MTA itself: our reply is ignored, so an armed shutdown waits for the next command.
         await t.recipientRejected(ctx, { address: recipient, rejectedBy: 'mta' }, false);
         if (!s.wants.rejectedRecipients) return undefined;
-        const call = (): CallbackResult => user.envrcpt?.(ctx, recipient, args);
+        const call = (): MaybePromise<CallbackResult> => user.envrcpt?.(ctx, recipient, args);
         return (await callUser(s, ctx, 'envrcpt', true, call, async () => undefined)).decision;
       }
       if (t.armed) return fire(s, ctx, 'envrcpt');

@@ -29,7 +29,8 @@ import type { MilterObserver } from '../observer.js';
 import { decodeCommand } from '../protocol/decode.js';
 import { encodeResponse, encodeResponses } from '../protocol/encode.js';
 import { FrameDecoder } from '../protocol/frame.js';
-import { SMFIC_BODY, SMFIC_BODYEOB, SMFIC_MACRO } from '../protocol/constants.js';
+import { MILTER_CHUNK_SIZE, SMFIC_BODY, SMFIC_BODYEOB, SMFIC_MACRO } from '../protocol/constants.js';
+import type { BodyStore } from '../session/body-store.js';
 import { PackedMacros } from '../protocol/packed-macros.js';
 import type { Frame, MilterResponse } from '../protocol/types.js';
 import { createSession } from '../session/session.js';
@@ -166,6 +167,8 @@ export class MilterConnection {
   private paused = false;
   private inFlight = false;
   private waitingDrain = false;
+  /** Awaiting `drained()` (a streamed body replacement). */
+  private readonly drainWaiters: Array<() => void> = [];
   /** Stopped for this event-loop turn (TURN_COMMANDS reached); `onTurn` goes on. */
   private yielded = false;
   /** `framesHandled` when this turn's count started: the commands handled in it are the difference. */
@@ -480,16 +483,78 @@ export class MilterConnection {
       result.then(this.onAsyncResult, this.onAsyncError);
       return false;
     }
+    if (result.body !== undefined) {
+      void this.streamBody(result, result.body);
+      return false;
+    }
     return this.complete(result);
   }
 
   private readonly onAsyncResult = (result: HandleResult): void => {
     this.inFlight = false;
     // A late result after a timeout, shutdown or EOF: the session already terminated; drop it.
-    if (this.dead) return;
+    if (this.dead) {
+      void result.body?.dispose();
+      return;
+    }
     this.lastActivity = performance.now();
+    if (result.body !== undefined) {
+      void this.streamBody(result, result.body);
+      return;
+    }
     if (this.complete(result)) this.pump();
   };
+
+  /**
+   * An EOM answer with a streamed body replacement: the modifications, then the body in REPLBODY packets
+   * read from its store one at a time (waiting for each write to drain, so a large body is never in
+   * memory whole), then the decision. No command runs meanwhile. A read or write failure ends the
+   * connection before the decision is sent, so the MTA applies its own failure action: a half-written body
+   * is never accepted.
+   */
+  private async streamBody(result: HandleResult, body: BodyStore): Promise<void> {
+    this.inFlight = true;
+    try {
+      const responses = result.responses;
+      const decision = responses[responses.length - 1] as MilterResponse;
+      const before = responses.slice(0, -1);
+      if (before.length > 0 && !this.write(encodeResponses(before))) await this.drained();
+      let sent = false;
+      for await (const piece of body.read()) {
+        for (let off = 0; off < piece.length; off += MILTER_CHUNK_SIZE) {
+          if (this.dead) return;
+          const chunk = piece.subarray(off, off + MILTER_CHUNK_SIZE);
+          if (!this.write(encodeResponse({ kind: 'replaceBody', chunk }))) await this.drained();
+          sent = true;
+        }
+      }
+      // An empty replacement is one empty packet (= empty body), as chunkBody sends it.
+      if (!sent && !this.dead && !this.write(encodeResponse({ kind: 'replaceBody', chunk: EMPTY }))) {
+        await this.drained();
+      }
+      if (this.dead) return;
+      this.inFlight = false;
+      const rest: HandleResult =
+        result.end === undefined ? { responses: [decision] } : { responses: [decision], end: result.end };
+      if (this.complete(rest)) this.pump();
+    } catch (err) {
+      this.inFlight = false;
+      this.fail(err);
+    } finally {
+      await body.dispose();
+    }
+  }
+
+  /** Resolves when the writes queued so far are out (see `complete`'s backpressure). */
+  private drained(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.drainWaiters.push(resolve);
+      if (this.waitingDrain) return;
+      this.waitingDrain = true;
+      connectionDebugStats.drainWaits++;
+      if (this.directQueued === 0) this.socket.once('drain', this.onDrain);
+    });
+  }
 
   private readonly onAsyncError = (err: unknown): void => {
     this.inFlight = false;
@@ -532,6 +597,9 @@ export class MilterConnection {
 
   private readonly onDrain = (): void => {
     this.waitingDrain = false;
+    if (this.drainWaiters.length > 0) {
+      for (const resolve of this.drainWaiters.splice(0)) resolve();
+    }
     if (!this.dead && !this.inFlight) this.pump();
   };
 

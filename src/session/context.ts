@@ -29,6 +29,7 @@ import {
   SMFIF_QUARANTINE,
 } from '../protocol/constants.js';
 import { formatReply, replyDecisionOf, type ReplyDecision } from './reply.js';
+import { BodyStore } from './body-store.js';
 
 /** A reply stored by `setReply`, already formatted. */
 export interface StoredReply {
@@ -94,6 +95,8 @@ function chunkBody(body: Buffer): ReplaceBodyResponse[] {
 /** Context of every stage callback of one connection. Internal fields are session-owned. */
 export class ConnectionContext implements StageContext<unknown> {
   priv: unknown = undefined;
+  /** Per-message data; reset at MAIL, ABORT and after EOM (see StageContext.messagePriv). */
+  messagePriv: unknown = undefined;
   negotiated: NegotiatedOptions | undefined = undefined;
   connection: ConnectionInfo | undefined = undefined;
   helo: string | undefined = undefined;
@@ -165,12 +168,14 @@ export class ConnectionContext implements StageContext<unknown> {
   beginTransaction(sender: string, args: readonly string[]): void {
     this.txnSeq++;
     this.txnLogger = undefined;
+    this.messagePriv = undefined;
     this.envelopeState = { sender, senderArgs: args, recipients: [] };
   }
 
   /** The single reset of transaction state, used at every message boundary. */
   resetTransaction(): void {
     this.envelopeState = undefined;
+    this.messagePriv = undefined;
     this.txnLogger = undefined;
     this.storedReply = undefined;
   }
@@ -206,6 +211,8 @@ export class MessageEomContext implements EomContext<unknown> {
   readonly modifications: ModificationResponse[] = [];
   /** Body replacement (last call wins), sent after the other modifications. */
   bodyReplacement: ReplaceBodyResponse[] | undefined = undefined;
+  /** A body replacement read from a stream (last call wins): in memory up to a bound, then in a file. */
+  bodyStore: BodyStore | undefined = undefined;
   /** replaceBody reads still running (streams). */
   readonly pending: Array<Promise<void>> = [];
 
@@ -231,6 +238,12 @@ export class MessageEomContext implements EomContext<unknown> {
   }
   set priv(value: unknown) {
     this.conn.priv = value;
+  }
+  get messagePriv(): unknown {
+    return this.conn.messagePriv;
+  }
+  set messagePriv(value: unknown) {
+    this.conn.messagePriv = value;
   }
   get helo(): string | undefined {
     return this.conn.helo;
@@ -262,14 +275,39 @@ export class MessageEomContext implements EomContext<unknown> {
     );
   }
 
-  /** The EOM answer (§10.10): modifications in call order, then the body replacement, then `decision`. */
+  /**
+   * The EOM answer (§10.10): modifications in call order, then the body replacement, then `decision`. A
+   * streamed replacement travels as `HandleResult.body`, written between the two.
+   */
   result(decision: MilterResponse): HandleResult {
     const body = this.bodyReplacement;
-    if (this.modifications.length === 0 && body === undefined) return { responses: [decision] };
+    const store = this.bodyStore;
+    this.bodyStore = undefined;
+    if (this.modifications.length === 0 && body === undefined && store === undefined) {
+      return { responses: [decision] };
+    }
     const responses: MilterResponse[] = this.modifications.slice();
     if (body) for (const piece of body) responses.push(piece);
     responses.push(decision);
-    return { responses };
+    return store === undefined ? { responses } : { responses, body: store };
+  }
+
+  /** The EOM failed or was not answered with modifications: drop a streamed replacement. */
+  discard(): void {
+    const store = this.bodyStore;
+    this.bodyStore = undefined;
+    void store?.dispose();
+  }
+
+  /** Make `store` the replacement (last call wins), or drop it when the EOM is already over. */
+  private replaceWith(store: BodyStore): void {
+    if (!this.open) {
+      void store.dispose();
+      return;
+    }
+    void this.bodyStore?.dispose();
+    this.bodyStore = store;
+    this.bodyReplacement = undefined;
   }
 
   private require(flag: number, what: string): void {
@@ -354,20 +392,31 @@ export class MessageEomContext implements EomContext<unknown> {
     if (body instanceof Uint8Array) {
       // Fast path: no copy; the session encodes the chunks before the callback's caller regains control.
       this.bodyReplacement = chunkBody(toBuffer(body));
+      void this.bodyStore?.dispose();
+      this.bodyStore = undefined;
       return Promise.resolve();
     }
     if (isIterable(body)) {
       const pieces: Buffer[] = [];
       for (const piece of body) pieces.push(toBuffer(piece));
       this.bodyReplacement = chunkBody(Buffer.concat(pieces));
+      void this.bodyStore?.dispose();
+      this.bodyStore = undefined;
       return Promise.resolve();
     }
     if (!isAsyncIterable(body)) throw badArg('body must be a Buffer, Uint8Array or iterable');
+    // A stream may be large: it goes to a BodyStore (memory up to a bound, then an unlinked temporary
+    // file) and is streamed out to the MTA after the EOM callback succeeded, never held whole.
+    const store = new BodyStore();
     const read = (async (): Promise<void> => {
-      const pieces: Buffer[] = [];
-      for await (const piece of body) pieces.push(toBuffer(piece));
+      try {
+        for await (const piece of body) await store.append(toBuffer(piece));
+      } catch (err) {
+        await store.dispose();
+        throw err;
+      }
       // A timed-out or finished EOM must not pick up a late body.
-      if (this.open) this.bodyReplacement = chunkBody(Buffer.concat(pieces));
+      this.replaceWith(store);
     })();
     // The session awaits it; this branch only keeps an unawaited failure from being "unhandled".
     read.catch(() => undefined);

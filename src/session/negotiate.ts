@@ -61,7 +61,15 @@ export const ACTION_BITS: Readonly<Record<ActionName, number>> = {
   deleteRecipient: SMFIF_DELRCPT,
   quarantine: SMFIF_QUARANTINE,
   changeFrom: SMFIF_CHGFROM,
+  setSymbolList: SMFIF_SETSYMLIST,
 };
+
+const ACTION_ENTRIES = Object.entries(ACTION_BITS) as Array<[ActionName, number]>;
+
+/** The names of the SMFIF_* bits in `mask` (unnamed bits are left out). */
+export function actionNames(mask: number): ActionName[] {
+  return ACTION_ENTRIES.filter(([, bit]) => (mask & bit) !== 0).map(([name]) => name);
+}
 
 /** Callback name → its NO/NR bits (the callback named after the stage). */
 const STAGE_ENTRIES = Object.entries(STAGE_BITS) as Array<[StageName, (typeof STAGE_BITS)[StageName]]>;
@@ -127,8 +135,18 @@ function macroLists(macros: Partial<Record<MacroStage, readonly string[]>>): Mac
  * The request libmilter derives from a filter (§5.3 step 1): NO-bits for absent callbacks, NR bits for
  * `noReply` stages, SKIP when offered and the filter has `body`, LEADSPC/RCPT_REJ when asked and offered;
  * actions from `filter.actions` (default: every offered EOM action when `eom` exists, none otherwise).
+ *
+ * This is what milterd asks for when the filter has no `negotiate`. A `negotiate` callback can start from
+ * it and change one thing:
+ *
+ * ```ts
+ * negotiate(ctx, offer) {
+ *   const d = defaultNegotiation(filter, offer);
+ *   return { ...d, protocol: d.protocol | (offer.protocol & SMFIP_NR_HDR) };
+ * },
+ * ```
  */
-export function requestFromFilter(filter: Filter<unknown>, offer: NegotiationOffer): NegotiateResult {
+export function defaultNegotiation(filter: Filter<unknown>, offer: NegotiationOffer): NegotiateResult {
   let protocol = 0;
   for (const [cb, bits] of STAGE_ENTRIES) if (typeof filter[cb] !== 'function') protocol |= bits.no;
   for (const stage of filter.noReply ?? []) {
@@ -172,7 +190,7 @@ export function negotiate(
   }
   const offer = normalizeOffer(rawOffer);
   const version = Math.min(offer.version, SMFI_PROT_VERSION);
-  const request = override ?? requestFromFilter(filter, offer);
+  const request = override ?? defaultNegotiation(filter, offer);
   if (!isWord(request.actions) || !isWord(request.protocol)) {
     throw refuse('negotiate result needs numeric actions and protocol');
   }
@@ -204,7 +222,13 @@ export function negotiate(
   if (macros !== undefined) response.macroLists = macros;
   return {
     response,
-    options: Object.freeze({ version, actions, protocol, maxDataSize: size }),
+    options: Object.freeze({
+      version,
+      actions,
+      protocol,
+      maxDataSize: size,
+      actionNames: actionNames(actions),
+    }),
     requested,
     noReply,
     emulatedNoReply,

@@ -7,7 +7,7 @@
 import type { Logger } from 'pino';
 import type { Filter, NegotiateResult, NegotiationOffer } from '../filter.js';
 import type { LogRateLimiter } from '../logging/rate-limit.js';
-import type { MilterObserver } from '../observer.js';
+import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { OptnegCommand } from '../protocol/types.js';
 import type {
   HandleResult,
@@ -34,9 +34,11 @@ import { MacroStore } from './macros.js';
 import { negotiate, normalizeOffer, type NegotiationOutcome } from './negotiate.js';
 import {
   callStage,
+  describeCommand,
   skippableStates,
   STAGES,
   State,
+  STATE_NAMES,
   transitionAllowed,
   undefinedDecisions,
 } from './stages.js';
@@ -53,6 +55,10 @@ import type { StageCommand, StageInfo } from './stages.js';
 export function createSession(options: SessionOptions, io: SessionIO): Session {
   return new MilterSession(options, io);
 }
+
+/** pino's numeric levels (a level check is then one property read). */
+const TRACE = 10;
+const DEBUG = 20;
 
 const RESULT_NONE = RESULT.none;
 const RESULT_QUIT = RESULT.quit;
@@ -118,6 +124,8 @@ class MilterSession implements Session {
 
   private dispatch(cmd: SessionCommand): HandleResult | Promise<HandleResult> {
     if (this.ended) return RESULT_NONE;
+    // A property read per command; the line itself only at trace.
+    if (this.log.levelVal <= TRACE) this.ctx.logger.trace(describeCommand(cmd), 'command');
     switch (cmd.kind) {
       case 'macro':
         this.store.define(cmd.stage, cmd instanceof PackedMacros ? cmd : cmd.macros);
@@ -176,10 +184,16 @@ class MilterSession implements Session {
   private admit(target: State): boolean | Promise<boolean> {
     if (transitionAllowed(this.state, target, this.skippable)) return true;
     const wasInTxn = this.inTxn;
+    const from = this.state;
     return chain(wasInTxn ? this.abortTransaction() : undefined, () => {
       if (transitionAllowed(State.HELO, target, this.skippable)) return true;
       if (wasInTxn) this.state = State.HELO;
-      if (this.log.isLevelEnabled('debug')) this.log.debug({ target }, 'out-of-sequence command dropped');
+      if (this.log.isLevelEnabled('debug')) {
+        this.log.debug(
+          { state: STATE_NAMES[from], target: STATE_NAMES[target] },
+          'out-of-sequence command dropped',
+        );
+      }
       return false;
     });
   }
@@ -367,6 +381,12 @@ class MilterSession implements Session {
 
   // ---- callbacks and decisions ----
 
+  /** Count a stage's decision, and log it at debug. */
+  private observe(stage: DecisionStage, decision: ObservedDecision, t0: bigint | undefined): void {
+    this.runner.observe(stage, decision, t0);
+    if (this.log.levelVal <= DEBUG) this.ctx.logger.debug({ stage, decision }, 'decision');
+  }
+
   /** Call the stage callback of `cmd` (bound once: no closure per command). */
   private readonly callStage = (cmd: StageCommand): unknown => callStage(this.filter, this.ctx, cmd);
   private readonly callAbort = (ctx: ConnectionContext): unknown => this.filter.abort?.(ctx);
@@ -390,7 +410,7 @@ class MilterSession implements Session {
 
   private conclude(info: StageInfo, s: Settled, nr: boolean, t0: bigint | undefined): HandleResult {
     const d = this.resolve(info, s, false);
-    this.runner.observe(info.stage, nr ? 'noreply' : d.kind, t0);
+    this.observe(info.stage, nr ? 'noreply' : d.kind, t0);
     if (nr) {
       if (d.failure === undefined && d.kind !== 'continue') {
         this.log.warn({ stage: info.stage, decision: d.kind }, 'decision at a no-reply stage ignored');
@@ -433,7 +453,7 @@ class MilterSession implements Session {
     return chain(settled, (s) => {
       const nr = (this.noReply & SMFIP_NR_BODY) !== 0;
       const d = this.resolve(STAGES.body, s, true);
-      this.runner.observe('body', nr ? 'noreply' : d.kind, t0);
+      this.observe('body', nr ? 'noreply' : d.kind, t0);
       if (nr || d.kind === 'continue') return this.runEom();
       // Unlike libmilter, which answers twice here, exactly one decision is written.
       this.endTransaction();
@@ -454,12 +474,12 @@ class MilterSession implements Session {
     return chain(settled, (s) => {
       mctx.open = false;
       const d = this.resolve(STAGES.eom, s, true);
-      this.runner.observe('eom', d.kind, t0);
+      this.observe('eom', d.kind, t0);
       this.endTransaction();
       // A failed (thrown, timed-out, illegal) EOM sends no modification: half an edit is worse than none.
-      return d.failure === undefined
-        ? mctx.result(decisionResponse(d.kind, d.reply))
-        : decisionResult(d.kind, d.reply);
+      if (d.failure === undefined) return mctx.result(decisionResponse(d.kind, d.reply));
+      mctx.discard();
+      return decisionResult(d.kind, d.reply);
     });
   }
 }

@@ -3,8 +3,17 @@
  * allows next, stages the filter opted out of (skippable), and the stage metadata the dispatcher needs.
  */
 import { STAGE_BITS as B } from '../protocol/constants.js';
-import type { CallbackResult, ConnectionInfo, DecisionKind, Filter, StageContext } from '../filter.js';
+import type {
+  CallbackResult,
+  MaybePromise,
+  ConnectionInfo,
+  DecisionKind,
+  Filter,
+  StageContext,
+} from '../filter.js';
 import type { MilterCommand } from '../protocol/types.js';
+import { PackedMacros } from '../protocol/packed-macros.js';
+import type { SessionCommand } from './types.js';
 
 /**
  * Session states, numbered in libmilter's order: the skip rule relies on MAIL…BODY being consecutive.
@@ -29,6 +38,32 @@ export const State = {
   Q_NC: 14,
 } as const;
 export type State = (typeof State)[keyof typeof State];
+
+/** State names by number, for logs. */
+export const STATE_NAMES: Readonly<Record<State, keyof typeof State>> = Object.fromEntries(
+  Object.entries(State).map(([name, n]) => [n, name]),
+) as Record<State, keyof typeof State>;
+
+/**
+ * A command as a trace log line's fields: its kind and arguments; a macro packet's names and values;
+ * body chunks by size only.
+ */
+export function describeCommand(cmd: SessionCommand): Record<string, unknown> {
+  if (cmd instanceof PackedMacros) {
+    return { command: 'macro', stage: cmd.stage, macros: Object.fromEntries(cmd.pairs()) };
+  }
+  switch (cmd.kind) {
+    case 'macro':
+      return { command: 'macro', stage: cmd.stage, macros: Object.fromEntries(cmd.macros) };
+    case 'body':
+    case 'eom':
+      return { command: cmd.kind, bytes: cmd.chunk.length };
+    default: {
+      const { kind, ...args } = cmd;
+      return { command: kind, ...args };
+    }
+  }
+}
 
 const bit = (s: State): number => 1 << s;
 
@@ -147,7 +182,11 @@ export type StageCommand = Extract<
 >;
 
 /** Call the filter's callback for `cmd` (a typed dispatch on the command kind). */
-export function callStage(f: Filter<unknown>, ctx: StageContext<unknown>, cmd: StageCommand): CallbackResult {
+export function callStage(
+  f: Filter<unknown>,
+  ctx: StageContext<unknown>,
+  cmd: StageCommand,
+): MaybePromise<CallbackResult> {
   switch (cmd.kind) {
     case 'connect':
       // The session has just set ctx.connection from this very command.

@@ -5,6 +5,7 @@
  */
 import type { Logger } from 'pino';
 import type { DecisionKind, Filter } from '../filter.js';
+import type { BodyStore } from './body-store.js';
 import type { MilterCommand, MilterResponse } from '../protocol/types.js';
 import type { MilterObserver } from '../observer.js';
 import type { PackedMacros } from '../protocol/packed-macros.js';
@@ -17,6 +18,12 @@ export interface HandleResult {
    * Read-only: the session reuses frozen results for the common answers.
    */
   readonly responses: readonly MilterResponse[];
+  /**
+   * EOM with a body replacement read from a stream: its bytes, streamed out as SMFIR_REPLBODY packets
+   * after every response but the last (the modifications) and before the last (the decision), so a large
+   * body is never held whole. Disposed by whoever writes it.
+   */
+  readonly body?: BodyStore;
   /**
    * 'quit': the MTA said SMFIC_QUIT (close was called): write the responses (none), then close the socket.
    * 'fatal': the session cannot go on (negotiation refused, protocol violation): close the socket.

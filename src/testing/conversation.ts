@@ -16,6 +16,7 @@ import type {
   OptnegResponse,
 } from '../protocol/types.js';
 import { createSession } from '../session/session.js';
+import { inlineBody } from '../session/body-store.js';
 import type { HandleResult, Session } from '../session/types.js';
 import { recordCallbacks } from './recorder.js';
 import type {
@@ -118,7 +119,8 @@ export class Conversation<P> {
       await this.session.terminate('protocol');
       throw err;
     }
-    const responses = [...this.outOfBand.splice(0), ...result.responses.map(copyResponse)];
+    const own = (await inlineBody(result)).responses.map(copyResponse);
+    const responses = [...this.outOfBand.splice(0), ...own];
     this.steps.push({ command, responses });
     return { responses, end: result.end };
   }

@@ -8,6 +8,8 @@
  */
 export { testFilter, verdictOf } from './test-filter.js';
 export { recordCallbacks } from './recorder.js';
+export { fakeTransaction } from '../message/fake.js';
+export type { FakeMessage, RecordedAction } from '../message/fake.js';
 export type {
   AbortPoint,
   CallbackName,

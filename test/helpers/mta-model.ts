@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import {
   Decision,
   type CallbackResult,
+  type MaybePromise,
   type EomContext,
   type Filter,
   type NoReplyStage,
@@ -220,7 +221,7 @@ export function randomDecisionFilter(
 ): Filter {
   const later = <T>(v: T): T | Promise<T> =>
     rand() < asyncShare ? new Promise((resolve) => setImmediate(() => resolve(v))) : v;
-  const decide = (stage: string): CallbackResult => {
+  const decide = (stage: string): MaybePromise<CallbackResult> => {
     const k = rand();
     if (k < 0.02) throw new Error('filter bug');
     if (k < 0.8) return later(undefined);

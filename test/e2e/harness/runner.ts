@@ -20,6 +20,7 @@ import { PostfixMta } from './postfix.js';
 import { SendmailMta } from './sendmail.js';
 import { SmtpSink, type SinkMessage } from './sink.js';
 import { SmtpClient, type SmtpReply } from './smtp-client.js';
+import { messageScenarioFilter } from './message-scenario-filter.js';
 import { ScriptedFilter, scriptedHook, type ScriptedPriv } from './scripted-filter.js';
 import { openServerConnections, type Mta, type MtaKind } from './mta.js';
 import { makeWorkDir, waitFor } from './proc.js';
@@ -154,7 +155,10 @@ export class E2eEnv {
   prepare(scenario: Scenario): void {
     this.scripted.reset(scenario.filter);
     this.policyLog.reset();
-    const scripted = this.scripted.filter();
+    const message = scenario.filter?.message;
+    const scripted = message
+      ? messageScenarioFilter<ScriptedPriv>(message, (ctx) => this.scripted.note(ctx, 'close', ''))
+      : this.scripted.filter();
     if (!scenario.policyConfig) {
       this.active = scripted;
       return;

@@ -75,9 +75,29 @@ export interface EomSpec {
   progressEveryMs?: number;
 }
 
+/**
+ * A change the whole-message filter (`filter.message`, written with `messageFilter`) makes to each message.
+ * Texts may use `{{header:Name}}` (the first received value of Name) and `{{bodySize}}`.
+ */
+export type MessageOp =
+  | { setHeader: [string, string] }
+  | { deleteHeader: string }
+  | { insertHeader: [number, string, string] }
+  /** Insert a header just above the first one called the first name. */
+  | { insertBefore: [string, string, string] }
+  | { addHeader: [string, string] }
+  | { addRecipient: string }
+  | { removeRecipient: string }
+  | { setSender: string }
+  | { replaceBody: Content }
+  /** Replace the body by the received one with a-z made A-Z, streamed from `trx.body()`. */
+  | { upperCaseBody: true };
+
 export interface FilterSpec {
   rules?: FilterRule[];
   eom?: EomSpec[];
+  /** Run a `messageFilter` with these changes instead of the scripted callbacks (rules and eom then unused). */
+  message?: MessageOp[];
 }
 
 export interface ReplyExpect {
@@ -267,7 +287,10 @@ export function parseScenario(file: string, text: string): Scenario {
   const filter = doc.filter;
   if (filter !== undefined) {
     if (!isObject(filter)) fail(file, '"filter" must be a mapping');
-    checkKeys(file, 'filter', filter, ['rules', 'eom']);
+    checkKeys(file, 'filter', filter, ['rules', 'eom', 'message']);
+    if (filter.message !== undefined && (filter.rules !== undefined || filter.eom !== undefined)) {
+      fail(file, 'filter.message (the whole-message API) cannot be combined with rules or eom');
+    }
     for (const [i, rule] of ((filter.rules as unknown[] | undefined) ?? []).entries()) {
       if (!isObject(rule)) fail(file, `filter.rules[${i}] must be a mapping`);
       checkKeys(file, `filter.rules[${i}]`, rule, [

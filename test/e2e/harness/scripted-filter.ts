@@ -99,6 +99,11 @@ export class ScriptedFilter {
     return this.calls.filter((c) => c.conn === conn && c.cb === 'close').length;
   }
 
+  /** Log a callback of a filter other than the scripted one (the whole-message filter's `close`). */
+  note(ctx: { id: string; macros(): Record<string, string> }, cb: LoggedCallback, arg: string): void {
+    this.log(ctx, cb, arg);
+  }
+
   private log(
     ctx: { id: string; macros(): Record<string, string> },
     cb: LoggedCallback,

@@ -1,7 +1,8 @@
 /** The filter shown in README.md ("Writing a filter"), run through testFilter, so the README stays true. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Decision, encodeResponse, fromWireBytes, wireBytes, type Filter } from '../../../src/index.js';
+import { Decision, fromWireBytes, wireBytes, type Filter } from '../../../src/index.js';
+import { encodeResponse } from '../../../src/protocol/index.js';
 import { testFilter } from '../../../src/testing/index.js';
 
 interface Priv {

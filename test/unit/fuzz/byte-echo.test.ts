@@ -12,6 +12,7 @@ import { decodeCommand } from '../../../src/protocol/decode.js';
 import { encodeResponses } from '../../../src/protocol/encode.js';
 import { PackedMacros } from '../../../src/protocol/packed-macros.js';
 import { createSession } from '../../../src/session/session.js';
+import { inlineBody } from '../../../src/session/body-store.js';
 import {
   echoFilter,
   expectedEom,
@@ -48,7 +49,7 @@ async function runMessages(async: boolean, seed: number, count: number): Promise
         command === 0x44 && rand() < 0.5
           ? PackedMacros.fromPayload(payload)
           : decodeCommand({ command, payload });
-      const result = await session.handle(cmd);
+      const result = await inlineBody(await session.handle(cmd));
       out.push(encodeResponses(result.responses));
     }
     await session.handle({ kind: 'quit' });

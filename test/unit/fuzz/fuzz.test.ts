@@ -11,6 +11,7 @@ import { MilterProtocolError } from '../../../src/errors.js';
 import { decodeCommand, decodeResponse } from '../../../src/protocol/decode.js';
 import { FrameDecoder } from '../../../src/protocol/frame.js';
 import { createSession } from '../../../src/session/session.js';
+import { inlineBody } from '../../../src/session/body-store.js';
 import { silentLogger } from '../../../src/logging/logger.js';
 import { Decision, type Filter } from '../../../src/filter.js';
 import type { MilterCommand, MilterResponse } from '../../../src/protocol/types.js';
@@ -146,7 +147,7 @@ function sessionTransport(filter: Filter, id: string): Transport {
   return {
     async exchange(cmd) {
       sentNow.length = 0;
-      const result = await session.handle(cmd);
+      const result = await inlineBody(await session.handle(cmd));
       assert.equal(result.end, undefined, `${cmd.kind}: the session must not end`);
       return [...sentNow, ...result.responses];
     },

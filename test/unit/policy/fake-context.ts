@@ -5,6 +5,7 @@
 import type { Logger } from 'pino';
 import type {
   CallbackResult,
+  MaybePromise,
   ConnectionInfo,
   Decision,
   EomContext,
@@ -21,6 +22,7 @@ export class FakeContext<P = unknown> implements EomContext<P> {
   negotiated: NegotiatedOptions | undefined = undefined;
   connection: ConnectionInfo | undefined;
   priv: P | undefined = undefined;
+  messagePriv: unknown = undefined;
   helo: string | undefined = undefined;
   envelope: Envelope | undefined = undefined;
   /** Current macros (the test replaces them as an MTA's `D` packets would). */
@@ -154,7 +156,7 @@ export class FakeMta<P = unknown> {
 
   async message(m: FakeMessage = {}): Promise<MessageTrace> {
     const stages: MessageTrace['stages'] = [];
-    const step = async (stage: string, r: CallbackResult): Promise<Seen> => {
+    const step = async (stage: string, r: MaybePromise<CallbackResult>): Promise<Seen> => {
       const s = seen(await r);
       stages.push([stage, s]);
       return s;

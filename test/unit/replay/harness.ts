@@ -11,6 +11,7 @@ import type { HexPacket } from '../../helpers/captures.js';
 import type { MilterCommand, MilterResponse } from '../../../src/protocol/types.js';
 import type { HandleResult } from '../../../src/session/types.js';
 import { createSession } from '../../../src/session/session.js';
+import { inlineBody } from '../../../src/session/body-store.js';
 import { decodeCommand } from '../../../src/protocol/decode.js';
 import { encodeResponses } from '../../../src/protocol/encode.js';
 import { FrameDecoder } from '../../../src/protocol/frame.js';
@@ -56,7 +57,7 @@ export async function replayStream(mta: Buffer, filter: Filter<unknown>, id: str
   let end: ReplayOutcome['end'] = 'eof';
   for (let frame = decoder.next(); frame !== undefined; frame = decoder.next()) {
     const command = decodeCommand(frame);
-    const result: HandleResult = await session.handle(command);
+    const result: HandleResult = await inlineBody(await session.handle(command));
     const written = encodeResponses([...outOfBand.splice(0), ...result.responses]);
     steps.push({ kind: command.kind, reply: written });
     parts.push(written);

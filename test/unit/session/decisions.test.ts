@@ -154,7 +154,8 @@ test('callback failures map to the failure decision with coded errors', async ()
     },
     { cb: () => Decision.reject({ code: 450 }), code: 'ERR_MILTER_INVALID_REPLY', out: ['t'] },
     {
-      cb: () => ({ kind: 'accept', reply: { code: 550 } }),
+      // Refused by the type (a reply needs reject or tempfail); a JavaScript filter can still return it.
+      cb: () => ({ kind: 'accept', reply: { code: 550 } }) as unknown as 'accept',
       code: 'ERR_MILTER_INVALID_REPLY',
       out: ['c'],
       failure: 'continue',

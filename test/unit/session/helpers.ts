@@ -5,6 +5,7 @@ import type { MilterCommand, MilterResponse } from '../../../src/protocol/types.
 import type { HandleResult, Session, SessionOptions } from '../../../src/session/types.js';
 import type { MilterObserver } from '../../../src/observer.js';
 import { createSession } from '../../../src/session/session.js';
+import { inlineBody } from '../../../src/session/body-store.js';
 
 /** A pino logger writing parsed JSON lines into an array. */
 export function memoryLogger(level = 'debug'): { logger: Logger; lines: Array<Record<string, unknown>> } {
@@ -182,7 +183,8 @@ export function harness(
     { id: 'conn-1', filter: f, logger, callbackTimeoutMs: 0, ...options },
     { sendNow: (r) => void sentNow.push(r) },
   );
-  const send = async (cmd: MilterCommand): Promise<string[]> => summarizeResult(await session.handle(cmd));
+  const send = async (cmd: MilterCommand): Promise<string[]> =>
+    summarizeResult(await inlineBody(await session.handle(cmd)));
   return {
     session,
     calls,
