@@ -390,6 +390,8 @@ function entryPoints(): Map<string, string> {
   };
   const out = new Map<string, string>();
   for (const [entry, conditions] of Object.entries(manifest.exports)) {
+    // JSON Schemas are data, not modules: pack.test.ts checks that they ship.
+    if (!conditions.default.endsWith('.js')) continue;
     const js = conditions.default.replace(/^\.\/dist\//, '');
     out.set(entry, path.join(ROOT, js.replace(/\.js$/, '.ts')));
   }
