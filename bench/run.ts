@@ -101,7 +101,8 @@ const HELP = `usage: npm run bench -- [options]
   --flooders 20 --flood-burst 10000 (header frames per write) --flood-messages 200 --flood-seconds 20
                              (bigframes and flood also run on milterd-alt when --alt-server is given)
   --no-matrix                only the extras
-  --alt-server PATH          another build's dist/bench/servers/milterd-server.js, as candidate milterd-alt (A/B)
+  --alt-server PATH          another build's dist/bench/servers/milterd-server.js, as candidates milterd-alt and
+                             milterd-alt-async (A/B)
   --node-flags "..."         extra node flags for the milterd candidates (e.g. --max-semi-space-size=4)
   --cpu-prof                 run milterd under node --cpu-prof (profiles in bench/results/profiles)
   --no-install               never apt-get install; report what is missing
@@ -331,6 +332,11 @@ function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDe
       name: 'milterd-alt',
       description: `milterd from ${args.altServer}`,
       command: node([], args.altServer),
+    });
+    defs.set('milterd-alt-async', {
+      name: 'milterd-alt-async',
+      description: `milterd from ${args.altServer}, async callbacks`,
+      command: node(['--async'], args.altServer),
     });
   }
   defs.set('milterd-async', {
