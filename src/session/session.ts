@@ -56,10 +56,6 @@ export function createSession(options: SessionOptions, io: SessionIO): Session {
   return new MilterSession(options, io);
 }
 
-/** pino's numeric levels (a level check is then one property read). */
-const TRACE = 10;
-const DEBUG = 20;
-
 const RESULT_NONE = RESULT.none;
 const RESULT_QUIT = RESULT.quit;
 const RESULT_FATAL = RESULT.fatal;
@@ -87,6 +83,13 @@ class MilterSession implements Session {
   private readonly observer: MilterObserver | undefined;
   private readonly floor: number;
   private readonly logLimiter: LogRateLimiter | undefined;
+  /**
+   * The per-command trace line and the per-decision debug line, decided once per connection: a level check
+   * per command (a symbol lookup through pino's child chain) was measurable. A level changed at run time
+   * applies to connections opened after it.
+   */
+  private readonly traceCommands: boolean;
+  private readonly debugDecisions: boolean;
 
   constructor(
     options: SessionOptions,
@@ -104,6 +107,8 @@ class MilterSession implements Session {
     this.observer = options.observer;
     this.floor = options.maxDataSize ?? MILTER_MDS_64K;
     this.logLimiter = options.logLimiter;
+    this.traceCommands = this.log.isLevelEnabled('trace');
+    this.debugDecisions = this.log.isLevelEnabled('debug');
   }
 
   get maxDataSize(): number {
@@ -124,8 +129,7 @@ class MilterSession implements Session {
 
   private dispatch(cmd: SessionCommand): HandleResult | Promise<HandleResult> {
     if (this.ended) return RESULT_NONE;
-    // A property read per command; the line itself only at trace.
-    if (this.log.levelVal <= TRACE) this.ctx.logger.trace(describeCommand(cmd), 'command');
+    if (this.traceCommands) this.ctx.logger.trace(describeCommand(cmd), 'command');
     switch (cmd.kind) {
       case 'macro':
         this.store.define(cmd.stage, cmd instanceof PackedMacros ? cmd : cmd.macros);
@@ -384,7 +388,7 @@ class MilterSession implements Session {
   /** Count a stage's decision, and log it at debug. */
   private observe(stage: DecisionStage, decision: ObservedDecision, t0: bigint | undefined): void {
     this.runner.observe(stage, decision, t0);
-    if (this.log.levelVal <= DEBUG) this.ctx.logger.debug({ stage, decision }, 'decision');
+    if (this.debugDecisions) this.ctx.logger.debug({ stage, decision }, 'decision');
   }
 
   /** Call the stage callback of `cmd` (bound once: no closure per command). */
