@@ -47,8 +47,9 @@ die() {
 
 # Packages installed the ordinary way (binary we check for -> package).
 # prometheus ships promtool (`check rules`, `check metrics` in test/cli); its service is never started
-# (policy-rc.d below) and the tests run promtool only.
-APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd prometheus)
+# (policy-rc.d below) and the tests run promtool only. python3 binds the Unix datagram socket the syslog
+# test receives on (Node cannot); `logger` (bsdutils) is essential in Debian and always there.
+APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd prometheus python3)
 # Container tooling, installed with recommends as in the verified podman recipe (netavark, buildah...).
 CONTAINER_PACKAGES=(podman runc debootstrap iptables)
 have_pkg() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
