@@ -4,6 +4,7 @@
  * a plain `Error` whose message says what is wrong; callers turn it into a usage error (CLI/env) or a
  * located MilterConfigError (file).
  */
+import { parseDuration, parseSize } from '../values.js';
 import {
   formatSyslogTarget,
   parseSyslogTarget,
@@ -141,35 +142,19 @@ export function parseInteger(value: unknown, min = 1): number {
   return n;
 }
 
-const BYTE_UNITS: Record<string, number> = { '': 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2 };
-
-/** A size in bytes, >= 4 KiB: a number, or `256KiB`, `1MiB` (also `k`, `m`; binary multiples). */
+/** A buffer size in bytes, at least 4 KiB: a number, or `256KiB`, `1MiB`, `1MB` (see parseSize). */
 export function parseByteSize(value: unknown): number {
-  const m = typeof value === 'string' ? /^\s*(\d+)\s*(k|kib|m|mib)?\s*$/i.exec(value) : undefined;
-  const n =
-    typeof value === 'number'
-      ? value
-      : m
-        ? Number(m[1]) * (BYTE_UNITS[(m[2] ?? '').toLowerCase()] as number)
-        : NaN;
+  let n: number;
+  try {
+    n = parseSize(value);
+  } catch {
+    n = NaN;
+  }
   if (!Number.isSafeInteger(n) || n < 4096) throw new Error('expected a size of at least 4KiB, such as 1MiB');
   return n;
 }
 
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/**
- * A duration, returned in milliseconds: `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds (as
- * Postfix reads its time parameters). `0` means "no limit" where the option says so.
- */
-export function parseDuration(value: unknown): number {
-  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return Math.round(value * 1000);
-  if (typeof value === 'string') {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value);
-    if (m) return Math.round(Number(m[1]) * (DURATION_UNITS[m[2] ?? 's'] as number));
-  }
-  throw new Error('expected a duration such as 500ms, 30s, 5m or a number of seconds');
-}
+export { parseDuration };
 
 /** Render milliseconds as the shortest exact duration text (`30s`, `1500ms`). */
 export function formatDuration(ms: number): string {

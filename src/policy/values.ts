@@ -1,63 +1,12 @@
 /**
- * Value parsers shared by the policy file loader and the rule compiler: durations, sizes, CIDR blocks,
- * client addresses and the per-network keys of cross-session limits.
+ * Value parsers of the policy file loader and the rule compiler: CIDR blocks, client addresses and the
+ * per-network keys of cross-session limits (durations and sizes come from src/values.ts).
  * They throw a plain Error whose message the loader turns into a located MilterConfigError.
  */
 import { BlockList, isIP } from 'node:net';
 
-const DURATION_UNITS: Readonly<Record<string, number>> = {
-  ms: 1,
-  s: 1000,
-  m: 60_000,
-  h: 3_600_000,
-  d: 86_400_000,
-};
-
-/**
- * A duration in ms. A bare number means seconds (`90`); a string takes a unit: `500ms`, `30s`, `5m`,
- * `1h`, `1d` (fractions allowed: `1.5h`).
- */
-export function parseDuration(value: unknown): number {
-  if (typeof value === 'number') {
-    if (!Number.isFinite(value) || value < 0) throw new Error('expected a duration >= 0');
-    return Math.round(value * 1000);
-  }
-  const m = typeof value === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(value) : null;
-  const unit = m?.[2] === undefined ? undefined : DURATION_UNITS[m[2]];
-  if (m === null || unit === undefined) {
-    throw new Error('expected a duration such as 30s, 5m, 1h (a bare number is seconds)');
-  }
-  return Math.round(Number(m[1]) * unit);
-}
-
-const SIZE_UNITS: Readonly<Record<string, number>> = {
-  b: 1,
-  k: 1000,
-  kb: 1000,
-  m: 1000 ** 2,
-  mb: 1000 ** 2,
-  g: 1000 ** 3,
-  gb: 1000 ** 3,
-  kib: 1024,
-  mib: 1024 ** 2,
-  gib: 1024 ** 3,
-};
-
-/**
- * A size in bytes. A bare number is bytes; a string takes a unit, case-insensitive: `B`, decimal
- * `k`/`kB`, `M`/`MB`, `G`/`GB` (powers of 1000), binary `KiB`, `MiB`, `GiB` (powers of 1024).
- */
-export function parseSize(value: unknown): number {
-  if (typeof value === 'number') {
-    if (!Number.isInteger(value) || value < 0) throw new Error('expected a whole number of bytes >= 0');
-    return value;
-  }
-  const m = typeof value === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value) : null;
-  const unit = m === null ? undefined : m[2] === '' ? 1 : SIZE_UNITS[(m[2] ?? '').toLowerCase()];
-  if (m === null || unit === undefined)
-    throw new Error('expected a size such as 10MB, 512KiB or a number of bytes');
-  return Math.round(Number(m[1]) * unit);
-}
+// Durations and sizes: the one parser of each, shared with the CLI and the config file.
+export { parseDuration, parseSize } from '../values.js';
 
 /** One parsed CIDR block. */
 export interface Cidr {

@@ -55,7 +55,7 @@ test('check-config lists every problem of the config file, then of its policy fi
     `${cfg}:3:1: maxConection: unknown field (did you mean "maxConnections"?)`,
     `${cfg}:4:11: logLevel: expected one of fatal, error, warn, info, debug, trace, silent`,
     `${cfg}:6:3: timeouts.idel: unknown field (did you mean "idle"?)`,
-    `${cfg}:7:10: timeouts.frame: expected a duration such as 500ms, 30s, 5m or a number of seconds`,
+    `${cfg}:7:10: timeouts.frame: expected a duration such as 500ms, 30s, 5m, 1h (a bare number is seconds)`,
     `${cfg}:8:1: colour: unknown field`,
     `${pol}:2:1: dryrun: unknown key "dryrun" (did you mean "dry-run"?)`,
     `${pol}:4:5: rules[0]: a rule needs exactly one limit, one of: ${LIMIT_KINDS.join(', ')}`,

@@ -2,6 +2,10 @@
  * In-process tests of the daemon's building blocks: metrics registry and exposition, value parsers,
  * config file reading with positions, the .eml splitter, the pretty log formatter, the reloadable filter.
  */
+import {
+  parseDuration as parsePolicyDuration,
+  parseSize as parsePolicySize,
+} from '../../src/policy/values.js';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Registry } from '../../src/admin/metrics.js';
@@ -222,10 +226,24 @@ test('--admin: inet:PORT without a host is loopback (milter listeners keep libmi
   assert.deepEqual(parseListenList('inet:8890'), ['inet:8890@0.0.0.0']);
 });
 
-test('--log-buffer sizes: bytes or KiB/MiB, at least 4 KiB', () => {
+test('--log-buffer sizes: the one size parser (k is 1000, KiB 1024, as in the policy file), at least 4 KiB', () => {
   assert.equal(parseByteSize('1MiB'), 1024 * 1024);
-  assert.equal(parseByteSize('256k'), 256 * 1024);
+  assert.equal(parseByteSize('256KiB'), 256 * 1024);
+  assert.equal(parseByteSize('256k'), 256_000);
+  assert.equal(parseByteSize('1MB'), 1_000_000);
   assert.equal(parseByteSize(8192), 8192);
   assert.equal(parseByteSize('65536'), 65536);
-  for (const bad of ['1', '1GiB', '-5', 'x', 100]) assert.throws(() => parseByteSize(bad));
+  for (const bad of ['1', '4095', '-5', 'x', '1 parsec', 100]) assert.throws(() => parseByteSize(bad));
+});
+
+test('one duration and one size parser: the CLI, the config file and the policy file read the same text the same way', () => {
+  for (const text of ['3600', '600', '90s', '1.5m', '250ms', '1h', '1d', 45]) {
+    assert.equal(parseDuration(text), parsePolicyDuration(text), String(text));
+  }
+  // A bare number is seconds everywhere ("3600" was refused for max-session-age while "600" was
+  // accepted for timeouts.idle).
+  assert.equal(parsePolicyDuration('3600'), 3_600_000);
+  for (const text of ['8192', '4KiB', '1MB', '1M', '2GiB']) {
+    assert.equal(parseByteSize(text), parsePolicySize(text), text);
+  }
 });
