@@ -549,11 +549,16 @@ export class MilterConnection {
   private drained(): Promise<void> {
     return new Promise<void>((resolve) => {
       this.drainWaiters.push(resolve);
-      if (this.waitingDrain) return;
-      this.waitingDrain = true;
-      connectionDebugStats.drainWaits++;
-      if (this.directQueued === 0) this.socket.once('drain', this.onDrain);
+      if (!this.waitingDrain) this.waitForDrain();
     });
+  }
+
+  /** A write was queued: hold further commands until it is out (`onDrain`). */
+  private waitForDrain(): void {
+    this.waitingDrain = true;
+    connectionDebugStats.drainWaits++;
+    // Direct writes still queued end the wait themselves (onDirectWritten); the Writable's with 'drain'.
+    if (this.directQueued === 0) this.socket.once('drain', this.onDrain);
   }
 
   private readonly onAsyncError = (err: unknown): void => {
@@ -586,10 +591,7 @@ export class MilterConnection {
     }
     this.armIdleTimer();
     if (!flushed) {
-      this.waitingDrain = true;
-      connectionDebugStats.drainWaits++;
-      // Direct writes still queued end the wait themselves (onDirectWritten); the Writable's with 'drain'.
-      if (this.directQueued === 0) this.socket.once('drain', this.onDrain);
+      this.waitForDrain();
       return false;
     }
     return true;

@@ -9,7 +9,7 @@ import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { MILTER_CHUNK_SIZE } from '../protocol/constants.js';
-import type { MilterResponse } from '../protocol/types.js';
+import type { MilterResponse, ReplaceBodyResponse } from '../protocol/types.js';
 import type { HandleResult } from './types.js';
 
 /** Default bytes kept in memory before the body spills to a temporary file. */
@@ -127,6 +127,16 @@ export class BodyStore {
   }
 }
 
+/** Split a body into ≤ 65535-byte REPLBODY packets; an empty body is one empty packet (= empty body). */
+export function chunkBody(body: Buffer): ReplaceBodyResponse[] {
+  if (body.length === 0) return [{ kind: 'replaceBody', chunk: body }];
+  const out: ReplaceBodyResponse[] = [];
+  for (let off = 0; off < body.length; off += MILTER_CHUNK_SIZE) {
+    out.push({ kind: 'replaceBody', chunk: body.subarray(off, off + MILTER_CHUNK_SIZE) });
+  }
+  return out;
+}
+
 /**
  * `result` with a streamed body replacement (`HandleResult.body`) read back and inlined as REPLBODY
  * responses before the decision, as they travel on the wire; the store is disposed. For in-memory
@@ -141,11 +151,7 @@ export async function inlineBody(result: HandleResult): Promise<HandleResult> {
   } finally {
     await body.dispose();
   }
-  const pieces: MilterResponse[] = [];
-  for (let off = 0; off === 0 || off < whole.length; off += MILTER_CHUNK_SIZE) {
-    pieces.push({ kind: 'replaceBody', chunk: whole.subarray(off, off + MILTER_CHUNK_SIZE) });
-  }
-  const responses = [...result.responses];
-  responses.splice(responses.length - 1, 0, ...pieces);
+  const responses: MilterResponse[] = [...result.responses];
+  responses.splice(responses.length - 1, 0, ...chunkBody(whole));
   return result.end === undefined ? { responses } : { responses, end: result.end };
 }

@@ -18,7 +18,6 @@ import { isThenable } from './decision.js';
 import type { MacroStore } from './macros.js';
 import { MilterFilterError } from '../errors.js';
 import {
-  MILTER_CHUNK_SIZE,
   SMFIF_ADDHDRS,
   SMFIF_ADDRCPT,
   SMFIF_ADDRCPT_PAR,
@@ -29,7 +28,7 @@ import {
   SMFIF_QUARANTINE,
 } from '../protocol/constants.js';
 import { formatReply, replyDecisionOf, type ReplyDecision } from './reply.js';
-import { BodyStore } from './body-store.js';
+import { BodyStore, chunkBody } from './body-store.js';
 
 /** A reply stored by `setReply`, already formatted. */
 export interface StoredReply {
@@ -80,16 +79,6 @@ function toBuffer(piece: unknown): Buffer {
   if (Buffer.isBuffer(piece)) return piece;
   if (piece instanceof Uint8Array) return Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
   throw badArg('body pieces must be Buffer or Uint8Array');
-}
-
-/** Split a body into ≤ 65535-byte REPLBODY packets; an empty body is one empty packet (= empty body). */
-function chunkBody(body: Buffer): ReplaceBodyResponse[] {
-  if (body.length === 0) return [{ kind: 'replaceBody', chunk: body }];
-  const out: ReplaceBodyResponse[] = [];
-  for (let off = 0; off < body.length; off += MILTER_CHUNK_SIZE) {
-    out.push({ kind: 'replaceBody', chunk: body.subarray(off, off + MILTER_CHUNK_SIZE) });
-  }
-  return out;
 }
 
 /** Context of every stage callback of one connection. Internal fields are session-owned. */
