@@ -62,7 +62,6 @@ export function fakeTransaction(message: FakeMessage = {}): {
     transaction: trx,
     async actions() {
       const out: RecordedAction[] = [];
-      const bodies: Array<Promise<void>> = [];
       const sink: ModificationSink = {
         changeFrom: (sender, args) => void out.push({ action: 'changeFrom', sender, args }),
         addRecipient: (recipient, args) => void out.push({ action: 'addRecipient', recipient, args }),
@@ -71,14 +70,9 @@ export function fakeTransaction(message: FakeMessage = {}): {
         insertHeader: (index, name, value) => void out.push({ action: 'insertHeader', index, name, value }),
         addHeader: (name, value) => void out.push({ action: 'addHeader', name, value }),
         quarantine: (reason) => void out.push({ action: 'quarantine', reason }),
-        replaceBody: async (body) => {
-          const p = collect(body).then((b) => void out.push({ action: 'replaceBody', body: b }));
-          bodies.push(p);
-          await p;
-        },
+        replaceBody: async (body) => void out.push({ action: 'replaceBody', body: await collect(body) }),
       };
       await trx.applyTo(sink);
-      await Promise.all(bodies);
       return out;
     },
   };

@@ -120,8 +120,10 @@ interface Entry {
    * For received headers: the position in the received list, the occurrence (1-based, among same-named
    * received headers) and the value as received.
    */
-  received: { position: number; occurrence: number; value: string } | undefined;
+  received: Received | undefined;
 }
+
+type Received = { position: number; occurrence: number; value: string };
 
 const same = (a: string, b: string): boolean => a.length === b.length && a.toLowerCase() === b.toLowerCase();
 
@@ -136,7 +138,7 @@ class Headers implements MessageHeaders {
   /** Received headers, in order, as they were: the reference the diff is made against. */
   readonly entries: Entry[];
   /** Received headers that were deleted (kept for the diff). */
-  readonly deleted: Entry[] = [];
+  readonly deleted: Array<{ name: string; received: Received }> = [];
 
   constructor(received: ReadonlyArray<readonly [string, string]>) {
     const seen = new Map<string, number>();
@@ -212,7 +214,7 @@ class Headers implements MessageHeaders {
 
   private remove(i: number): void {
     const [e] = this.entries.splice(i, 1);
-    if (e?.received !== undefined) this.deleted.push(e);
+    if (e?.received !== undefined) this.deleted.push({ name: e.name, received: e.received });
   }
 
   private indexOf(name: string, occurrence: number): number {
@@ -341,18 +343,17 @@ export class MessageTransaction implements Transaction {
   private applyHeaders(sink: ModificationSink): void {
     const h = this.headers;
     // 1. Received headers changed or deleted, bottom up (so the last occurrence of each name first).
-    const touched = [...h.entries.filter((e) => e.received !== undefined), ...h.deleted]
-      .filter((e) => h.deleted.includes(e) || e.value !== e.received?.value)
-      .sort((a, b) => (b.received?.position ?? 0) - (a.received?.position ?? 0));
-    for (const e of touched) {
-      const occurrence = e.received?.occurrence as number;
-      sink.changeHeader(e.name, occurrence, h.deleted.includes(e) ? null : e.value);
-    }
+    const changes = [
+      ...h.entries.flatMap((e) =>
+        e.received !== undefined && e.value !== e.received.value
+          ? [{ name: e.name, received: e.received, value: e.value as string | null }]
+          : [],
+      ),
+      ...h.deleted.map((d) => ({ ...d, value: null })),
+    ].sort((a, b) => b.received.position - a.received.position);
+    for (const c of changes) sink.changeHeader(c.name, c.received.occurrence, c.value);
     // 2. New headers at their final positions, top first; after the last received header: appended.
-    let lastReceived = -1;
-    h.entries.forEach((e, i) => {
-      if (e.received !== undefined) lastReceived = i;
-    });
+    const lastReceived = h.entries.findLastIndex((e) => e.received !== undefined);
     h.entries.forEach((e, i) => {
       if (e.received !== undefined) return;
       if (i > lastReceived) sink.addHeader(e.name, e.value);

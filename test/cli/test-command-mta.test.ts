@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
-import { runTest, type TestCommandOptions } from '../../src/cli/test-command.js';
+import { runTest, type RepeatReport, type TestCommandOptions } from '../../src/cli/test-command.js';
 import type { Filter, StageContext } from '../../src/index.js';
 import { FrameDecoder } from '../../src/protocol/frame.js';
 import { loadCaptures, type Capture } from '../helpers/captures.js';
@@ -385,19 +385,6 @@ test("--rcpt-macro: a macro before one recipient's RCPT only; an unknown recipie
   );
 });
 
-interface RepeatJson {
-  repeat: number;
-  concurrency: number;
-  completed: number;
-  failed: number;
-  outcomes: Record<string, number>;
-  elapsedMs: number;
-  messagesPerSecond: number;
-  latencyMs: { p50: number; p90: number; p99: number; max: number };
-  errors: Array<{ message: string; count: number }>;
-  unmetExpectations: Array<{ message: string; count: number }>;
-}
-
 test('--repeat N --concurrency C against milterd: N messages, one connection each; summary and exit codes', async (t) => {
   let eoms = 0;
   let open = 0;
@@ -431,7 +418,7 @@ test('--repeat N --concurrency C against milterd: N messages, one connection eac
     '--json',
   ]);
   assert.equal(r.code, 0, r.stderr);
-  const s = JSON.parse(r.stdout) as RepeatJson;
+  const s = JSON.parse(r.stdout) as RepeatReport;
   assert.equal(eoms, 9);
   assert.equal(connects, 9);
   assert.ok(maxOpen <= 3, `at most 3 connections at a time, saw ${maxOpen}`);
@@ -475,7 +462,7 @@ test('--repeat: a conversation that fails counts as failed, and the exit code sa
   const milter = `inet:${address.port}@127.0.0.1`;
   const r = await runMilterd(['test', EML, '--milter', milter, '--repeat', '4', '--timeout', '1s', '--json']);
   assert.equal(r.code, 5, r.stderr);
-  const s = JSON.parse(r.stdout) as RepeatJson;
+  const s = JSON.parse(r.stdout) as RepeatReport;
   assert.equal(s.completed, 2);
   assert.equal(s.failed, 2);
   assert.deepEqual(s.outcomes, { accepted: 2 });
@@ -626,7 +613,7 @@ test('every flag against a libmilter filter (gcc + libmilter-dev): what libmilte
 
   const rep = await play('--repeat', '6', '--concurrency', '3', '--json', '--expect', 'accept');
   assert.equal(rep.code, 0, rep.stderr);
-  const s = JSON.parse(rep.stdout) as RepeatJson;
+  const s = JSON.parse(rep.stdout) as RepeatReport;
   assert.deepEqual([s.completed, s.failed, s.outcomes], [6, 0, { accepted: 6 }]);
   assert.equal(rep.lines.filter((l) => l.event === 'eom').length, 6);
   assert.equal(rep.lines.filter((l) => l.event === 'connect').length, 6);
