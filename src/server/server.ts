@@ -11,19 +11,14 @@ import { silentLogger } from '../logging/logger.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
 import type { MilterObserver } from '../observer.js';
 import { MILTER_MDS_64K } from '../protocol/constants.js';
+import { DEFAULTS } from '../defaults.js';
 import type { FailureDecision } from '../session/types.js';
 import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 import { MilterConnection } from './connection.js';
 import { reportFastPathsOnce } from './fast-paths.js';
 import { inFdReserve, openFileLimit, socketFd } from './fd-limit.js';
 import { acceptWithSharedReads, type SharedReadRelay } from './shared-read.js';
-import {
-  adoptServer,
-  bindListener,
-  DEFAULT_BACKLOG,
-  type BoundListener,
-  type ListenAddress,
-} from './listen.js';
+import { adoptServer, bindListener, type BoundListener, type ListenAddress } from './listen.js';
 
 export type { ListenAddress } from './listen.js';
 
@@ -131,21 +126,6 @@ export interface MilterServer {
    */
   close(options?: { deadlineMs?: number }): Promise<void>;
 }
-
-const DEFAULTS = {
-  maxConnections: 1000,
-  maxConnectionsPerPeer: 0,
-  negotiateMs: 30_000,
-  frameMs: 10_000,
-  idleMs: 7_210_000,
-  callbackMs: 300_000,
-  maxDataSize: MILTER_MDS_64K,
-  readBudgetBytes: 256 * 1024,
-  backlog: DEFAULT_BACKLOG,
-  sharedReadBuffer: true,
-  deadlineMs: 10_000,
-  fdReserve: 32,
-};
 
 /** Connection ids are unique in the process, across servers. */
 let connectionSeq = 0;

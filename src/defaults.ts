@@ -1,0 +1,36 @@
+/**
+ * The one table of defaults: the library (createMilterServer), the daemon's options and config file, and
+ * the policy/pipeline/store layers read their default values here, so that a value has one home and the
+ * docs can point at it. Durations are in milliseconds, sizes in bytes.
+ */
+import { MILTER_MDS_64K } from './protocol/constants.js';
+import { DEFAULT_BACKLOG } from './server/listen.js';
+
+export const DEFAULTS = {
+  /** Open MTA connections per server. */
+  maxConnections: 1000,
+  /** Open connections per MTA peer address; 0 = no limit. */
+  maxConnectionsPerPeer: 0,
+  /** From accept to the end of SMFIC_OPTNEG. */
+  negotiateMs: 30_000,
+  /** From the first byte of a frame to its last. */
+  frameMs: 10_000,
+  /** Between commands (libmilter's default read timeout: 7210 s). */
+  idleMs: 7_210_000,
+  /** The budget of one callback. */
+  callbackMs: 300_000,
+  /** The largest body chunk offered (SMFIC_OPTNEG data size). */
+  maxDataSize: MILTER_MDS_64K,
+  /** Bytes read from one connection before yielding to the others. */
+  readBudgetBytes: 256 * 1024,
+  backlog: DEFAULT_BACKLOG,
+  sharedReadBuffer: true,
+  /** close(): how long sessions may finish before their sockets are destroyed. */
+  deadlineMs: 10_000,
+  /** File descriptors kept free for the process's own use. */
+  fdReserve: 32,
+  /** Circuit breaker: consecutive failures that open it. */
+  breakerFailures: 5,
+  /** Circuit breaker: how long it stays open before one probe is let through. */
+  breakerOpenMs: 30_000,
+} as const;
