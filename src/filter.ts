@@ -25,20 +25,28 @@ export interface SmtpReply {
 /** The decisions that may carry a custom SMTP reply. */
 export type ReplyDecisionKind = 'reject' | 'tempfail';
 
+/** The decisions every callback may return: all but `skip`, which only `body` may return. */
+export type StageDecisionKind = Exclude<DecisionKind, 'skip'>;
+
 /**
  * What a callback returns. A bare kind, or a kind as an object; only reject and tempfail carry a custom
- * reply (the type refuses `{ kind: 'accept', reply }`, which the MTA could not send).
+ * reply (the type refuses `{ kind: 'accept', reply }`, which the MTA could not send), and `skip` is only
+ * a {@link BodyDecision} (Sendmail wedges on SKIP anywhere else).
  */
 export type Decision =
-  | DecisionKind
+  | StageDecisionKind
   | { kind: ReplyDecisionKind; reply?: SmtpReply }
-  | { kind: Exclude<DecisionKind, ReplyDecisionKind>; reply?: never };
+  | { kind: Exclude<StageDecisionKind, ReplyDecisionKind>; reply?: never };
+
+/** What `body` may decide: a {@link Decision}, or `skip` (the rest of the body is not sent). */
+export type BodyDecision = Decision | 'skip' | { kind: 'skip'; reply?: never };
 
 /** Decision helpers, so filters read like English: `return Decision.reject({ code: 550, text: 'no' })`. */
 export const Decision = {
   continue: 'continue' as const,
   accept: 'accept' as const,
   discard: 'discard' as const,
+  /** Only from `body`: no more body chunks for this message (needs SMFIP_SKIP from the MTA). */
   skip: 'skip' as const,
   reject(reply?: SmtpReply): Decision {
     return reply ? { kind: 'reject', reply } : 'reject';
@@ -57,13 +65,12 @@ export const Decision = {
 
 /**
  * What a callback returns, or its promise resolves to: a decision, or nothing (= continue). An async
- * callback may be typed `Promise<CallbackResult>`. (`skip` is legal only from `body`; elsewhere it is sent
- * as continue, with a warning.)
+ * callback may be typed `Promise<CallbackResult>`.
  */
 export type CallbackResult = Decision | void | undefined;
 
-/** What `body` returns: a {@link CallbackResult}, where `skip` is legal (the rest of the body is not sent). */
-export type BodyResult = CallbackResult;
+/** What `body` returns: a {@link BodyDecision}, or nothing (= continue). */
+export type BodyResult = BodyDecision | void | undefined;
 
 /** A value, or a promise of it: every callback may be async. */
 export type MaybePromise<T> = T | Promise<T>;

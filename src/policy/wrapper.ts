@@ -28,6 +28,7 @@
  */
 import type {
   BaseContext,
+  BodyDecision,
   CallbackResult,
   MaybePromise,
   Decision,
@@ -69,7 +70,7 @@ interface ConnState {
 
 type FireStage = PolicyFiredEvent['stage'];
 
-function kindOf(d: Decision | void | undefined): DecisionKind {
+function kindOf(d: BodyDecision | void | undefined): DecisionKind {
   return d === undefined ? 'continue' : typeof d === 'string' ? d : d.kind;
 }
 
@@ -116,17 +117,17 @@ export function withShutdownPolicy<P>(
     s.wants[stage].call && !s.userDoneConnection && !(inMessage && s.userDoneMessage);
 
   /** Call the user's callback for `stage` if the user asked for it; undefined when not called or NR. */
-  async function callUser(
+  async function callUser<R extends BodyDecision>(
     s: ConnState,
     ctx: StageContext<P>,
     stage: WantStage,
     inMessage: boolean,
-    call: () => MaybePromise<CallbackResult>,
+    call: () => MaybePromise<R | void | undefined>,
     onFailure?: () => Promise<void>,
-  ): Promise<{ called: boolean; decision: Decision | undefined }> {
+  ): Promise<{ called: boolean; decision: R | undefined }> {
     const want = s.wants[stage];
     if (!userFollows(s, stage, inMessage)) return { called: false, decision: undefined };
-    let decision: Decision | void | undefined;
+    let decision: R | void | undefined;
     try {
       decision = await call();
     } catch (err) {
@@ -155,12 +156,12 @@ export function withShutdownPolicy<P>(
   }
 
   /** User decision at a message stage (MAIL, DATA, header, EOH, body): count outcomes, hide ACCEPT. */
-  async function messageDecision(
+  async function messageDecision<R extends BodyDecision>(
     s: ConnState,
     ctx: StageContext<P>,
     stage: OutcomeStage,
-    d: Decision | undefined,
-  ): Promise<Decision | undefined> {
+    d: R | undefined,
+  ): Promise<R | Decision | undefined> {
     const kind = kindOf(d);
     if (kind === 'accept') {
       s.userDoneMessage = true;

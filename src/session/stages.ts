@@ -4,7 +4,7 @@
  */
 import { STAGE_BITS as B } from '../protocol/constants.js';
 import type {
-  CallbackResult,
+  BodyResult,
   MaybePromise,
   ConnectionInfo,
   DecisionKind,
@@ -186,7 +186,7 @@ export function callStage(
   f: Filter<unknown>,
   ctx: StageContext<unknown>,
   cmd: StageCommand,
-): MaybePromise<CallbackResult> {
+): MaybePromise<BodyResult> {
   switch (cmd.kind) {
     case 'connect':
       // The session has just set ctx.connection from this very command.

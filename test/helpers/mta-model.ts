@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import {
   Decision,
+  type BodyResult,
   type CallbackResult,
   type MaybePromise,
   type EomContext,
@@ -221,7 +222,7 @@ export function randomDecisionFilter(
 ): Filter {
   const later = <T>(v: T): T | Promise<T> =>
     rand() < asyncShare ? new Promise((resolve) => setImmediate(() => resolve(v))) : v;
-  const decide = (stage: string): MaybePromise<CallbackResult> => {
+  const decide = (stage: string): MaybePromise<BodyResult> => {
     const k = rand();
     if (k < 0.02) throw new Error('filter bug');
     if (k < 0.8) return later(undefined);
@@ -245,20 +246,23 @@ export function randomDecisionFilter(
       else ctx.progress();
       if (rand() < asyncShare) await new Promise((resolve) => setImmediate(resolve));
     }
-    return decide('eom');
+    return stageDecision('eom');
   };
+  // Only 'body' draws a skip: every other stage's result is a CallbackResult.
+  const stageDecision = (stage: string): MaybePromise<CallbackResult> =>
+    decide(stage) as MaybePromise<CallbackResult>;
   return {
     noReply,
-    connect: () => decide('connect'),
-    helo: () => decide('helo'),
-    envfrom: () => decide('envfrom'),
-    envrcpt: () => decide('envrcpt'),
-    data: () => decide('data'),
-    unknown: () => decide('unknown'),
-    header: () => decide('header'),
-    eoh: () => decide('eoh'),
+    connect: () => stageDecision('connect'),
+    helo: () => stageDecision('helo'),
+    envfrom: () => stageDecision('envfrom'),
+    envrcpt: () => stageDecision('envrcpt'),
+    data: () => stageDecision('data'),
+    unknown: () => stageDecision('unknown'),
+    header: () => stageDecision('header'),
+    eoh: () => stageDecision('eoh'),
     body: () => decide('body'),
-    eom: (ctx) => (rand() < 0.5 ? eom(ctx) : decide('eom')),
+    eom: (ctx) => (rand() < 0.5 ? eom(ctx) : stageDecision('eom')),
     abort: () => (rand() < asyncShare ? new Promise((resolve) => setImmediate(resolve)) : undefined),
     close: () => undefined,
   };

@@ -34,6 +34,15 @@ export const asyncFilter: Filter<{ n: number }, { sender: string }> = {
 export const onRcpt: EnvrcptCallback = (_ctx, recipient) =>
   recipient === '<x>' ? Decision.reject({ code: 550 }) : undefined;
 
+// skip is a body decision only: Sendmail wedges on SKIP anywhere else.
+export const skipper: Filter = {
+  body: () => Decision.skip,
+  // @ts-expect-error skip is not a header decision
+  header: () => Decision.skip,
+};
+// @ts-expect-error skip is not a Decision (it is a BodyDecision)
+export const skipDecision: Decision = 'skip';
+
 // A Filter<Priv> is a Filter (what createMilterServer takes).
 export const widened: Filter = asyncFilter;
 

@@ -6,6 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   Decision,
+  type BodyDecision,
   type ConnectionInfo,
   type EomContext,
   type Filter,
@@ -121,12 +122,26 @@ export class ScriptedFilter {
     );
   }
 
+  /** The scenario's decision at a stage other than body, where `skip` is not a legal decision. */
   private async decide(
     ctx: StageContext<ScriptedPriv>,
     stage: Stage,
     subject: string,
     record: CallRecord,
   ): Promise<Decision | undefined> {
+    const d = await this.bodyDecide(ctx, stage, subject, record);
+    if (d === 'skip' || (typeof d === 'object' && d.kind === 'skip')) {
+      throw new Error(`scenario: skip is only a body decision, not ${stage}`);
+    }
+    return d;
+  }
+
+  private async bodyDecide(
+    ctx: StageContext<ScriptedPriv>,
+    stage: Stage,
+    subject: string,
+    record: CallRecord,
+  ): Promise<BodyDecision | undefined> {
     const rule = this.rule(stage, subject);
     if (!rule) return undefined;
     record.decision = rule.decision;
@@ -258,7 +273,7 @@ export class ScriptedFilter {
       body: async (ctx, chunk) => {
         const arg = chunk.toString('latin1');
         const record = this.log(ctx, 'body', `${chunk.length} bytes`);
-        return this.decide(ctx, 'body', arg, record);
+        return this.bodyDecide(ctx, 'body', arg, record);
       },
       eom: async (ctx) => {
         const text = summary(ctx.priv);

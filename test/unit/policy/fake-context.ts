@@ -4,7 +4,8 @@
  */
 import type { Logger } from 'pino';
 import type {
-  CallbackResult,
+  BodyDecision,
+  BodyResult,
   MaybePromise,
   ConnectionInfo,
   Decision,
@@ -80,7 +81,7 @@ export class FakeContext<P = unknown> implements EomContext<P> {
 export type Seen = 'continue' | 'accept' | 'reject' | 'tempfail' | 'discard' | 'skip' | '421';
 
 /** 'continue' for nothing, '421' for a shutdown (tempfail + 421 reply), else the kind. */
-export function seen(d: Decision | void | undefined): Seen {
+export function seen(d: BodyDecision | void | undefined): Seen {
   if (d === undefined) return 'continue';
   if (typeof d === 'string') return d;
   if (d.kind === 'tempfail' && Number(d.reply?.code) === 421) return '421';
@@ -156,7 +157,7 @@ export class FakeMta<P = unknown> {
 
   async message(m: FakeMessage = {}): Promise<MessageTrace> {
     const stages: MessageTrace['stages'] = [];
-    const step = async (stage: string, r: MaybePromise<CallbackResult>): Promise<Seen> => {
+    const step = async (stage: string, r: MaybePromise<BodyResult>): Promise<Seen> => {
       const s = seen(await r);
       stages.push([stage, s]);
       return s;
