@@ -16,10 +16,12 @@ npx eslint .
 npx prettier --check .
 npx tsc -p tsconfig.json --noEmit
 rm -rf dist && npx tsc -p tsconfig.json
+# The example filters import 'milterd' by its package name, as users do: built after the package itself.
+rm -rf examples/filters/dist && npx tsc -p examples/filters/tsconfig.json
 # Only *.test.js files: given a directory, Node 20's runner would also load every helper module as a
 # "test" with no assertions.
-mapfile -t all < <(find dist/test -name '*.test.js' | sort)
-mapfile -t matrix < <(find dist/test/unit dist/test/integration dist/test/cli -name '*.test.js' | sort)
+mapfile -t all < <(find dist/test examples/filters/dist/test -name '*.test.js' | sort)
+mapfile -t matrix < <(find dist/test/unit dist/test/integration dist/test/cli examples/filters/dist/test -name '*.test.js' | sort)
 
 # What node picks by itself on Node 20 and 22 (spec on a terminal, TAP otherwise), for every version;
 # each run also writes TAP to a file, for the summary.
