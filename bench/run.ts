@@ -24,6 +24,7 @@ import { buildMilterload, measureWithMilterload } from './lib/milterload.js';
 import { median, fmtNum, fmtUs, table } from './lib/stats.js';
 import { logStall, logStallTable, type LogStallResult } from './lib/log-stall.js';
 import { peakRssKiB, rssKiB } from './lib/proc.js';
+import { messageMemory } from './tools/message-memory.js';
 import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
 import { hostileExtras, type HostileArgs } from './lib/hostile.js';
@@ -87,7 +88,8 @@ const HELP = `usage: npm run bench -- [options]
                              the independent C milterload (Postfix pattern only), or both (one row each)
   --milterload-src PATH      milterload.c (default ../shared/bench/milterload.c), built with cc
   --timeout 10000            per-reply timeout (ms), a timeout counts as an error
-  --extras idle,rss,cluster,bodymem,postfix,logstall   extra measurements (default: all with the full run, none with --quick)
+  --extras idle,rss,cluster,bodymem,msgmem,postfix,logstall   extra measurements (default: all with the full run, none with --quick)
+  --extras msgmem            peak RSS of a messageFilter server per body size (1, 20, 100 MiB), streamed vs read whole
   --extras logstall          the daemon under load with its stdout not read: EOM and /healthz latency, dropped lines
   --stall-seconds 60         how long stdout is not read (logstall extra)
   --idle-connections 10000   for the idle extra
@@ -130,7 +132,9 @@ function parseArgs(argv: readonly string[]): Args {
     generators: ['node'],
     milterloadSrc: path.resolve('../shared/bench/milterload.c'),
     timeoutMs: 10000,
-    extras: quick ? [] : ['idle', 'rss', 'cluster', 'bodymem', 'postfix', 'logstall', 'bigframes', 'flood'],
+    extras: quick
+      ? []
+      : ['idle', 'rss', 'cluster', 'bodymem', 'msgmem', 'postfix', 'logstall', 'bigframes', 'flood'],
     stallSeconds: 60,
     idleConnections: 10000,
     install: true,
@@ -919,6 +923,23 @@ async function main(): Promise<void> {
       );
     blocks.push(block);
     process.stdout.write('\n' + block + '\n');
+  }
+  if (args.extras.includes('msgmem')) {
+    log('extra: whole-message API memory (one message per body size, fresh server each)');
+    try {
+      const rows = await messageMemory([1, 20, 100], ['stream', 'buffer']);
+      extras.msgmem = rows;
+      const block =
+        '### whole-message API memory (messageFilter: Subject + upper-cased body; peak RSS per server)\n\n' +
+        table(
+          ['filter', 'body MiB', 'peak RSS MiB', 'replaced MiB'],
+          rows.map((r) => [r.mode, String(r.bodyMiB), fmtNum(r.peakRssMiB, 1), fmtNum(r.replacedMiB, 1)]),
+        );
+      blocks.push(block);
+      process.stdout.write('\n' + block + '\n');
+    } catch (err) {
+      log(`  FAILED ${err instanceof Error ? err.message : String(err)}`);
+    }
   }
   if (args.extras.includes('postfix')) {
     const missing = await postfixAvailable();
