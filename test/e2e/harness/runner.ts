@@ -6,9 +6,13 @@
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { pino, type Logger } from 'pino';
-import { createMilterServer, type MilterServer } from '../../../src/server/server.js';
-import type { MilterObserver } from '../../../src/observer.js';
-import type { Filter } from '../../../src/filter.js';
+// The scenario filters use the package's public surface only (src/index.js is what `milterd` exports).
+import {
+  createMilterServer,
+  type Filter,
+  type MilterObserver,
+  type MilterServer,
+} from '../../../src/index.js';
 import {
   createShutdownPolicy,
   withShutdownPolicy,

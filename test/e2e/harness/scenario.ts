@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { LineCounter, isNode, parse, parseDocument } from 'yaml';
 import { parsePolicy, type PolicyConfig } from '../../../src/policy/index.js';
-import { FILTER_CALLBACKS, type FilterCallbackName } from '../../../src/filter.js';
+import { FILTER_CALLBACKS, type FilterCallbackName } from '../../../src/index.js';
 import type { MtaKind } from './mta.js';
 
 /** The stage callbacks a scenario rule can act at: every filter callback but negotiate, abort and close. */

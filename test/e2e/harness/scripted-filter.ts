@@ -11,7 +11,7 @@ import {
   type EomContext,
   type Filter,
   type StageContext,
-} from '../../../src/filter.js';
+} from '../../../src/index.js';
 import type { ShouldShutdownHook } from '../../../src/policy/index.js';
 import {
   contentBytes,
