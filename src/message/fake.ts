@@ -3,7 +3,7 @@
  * the filter's `message` on it, and read the milter actions it would send, in order.
  */
 import type { BodySource, ConnectionInfo } from '../filter.js';
-import { BodyStore } from '../session/body-store.js';
+import { BodyStore, bodyPiece, checkBodySource } from '../session/body-store.js';
 import { MessageTransaction, type ModificationSink, type Transaction } from './transaction.js';
 
 /** One milter action, as `fakeTransaction(...).actions()` lists them (protocol order). */
@@ -30,11 +30,12 @@ export interface FakeMessage {
   macros?: Readonly<Record<string, string>>;
 }
 
+/** The body as the EOM context would take it: the same checks, so a test fails where production would. */
 async function collect(body: BodySource): Promise<Buffer> {
-  if (Buffer.isBuffer(body)) return body;
-  if (body instanceof Uint8Array) return Buffer.from(body);
+  const checked = checkBodySource(body);
+  if (checked.kind === 'buffer') return Buffer.from(checked.buffer);
   const parts: Buffer[] = [];
-  for await (const c of body as AsyncIterable<Uint8Array>) parts.push(Buffer.from(c));
+  for await (const piece of checked.stream) parts.push(Buffer.from(bodyPiece(piece)));
   return Buffer.concat(parts);
 }
 

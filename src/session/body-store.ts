@@ -11,6 +11,8 @@ import path from 'node:path';
 import { MILTER_CHUNK_SIZE } from '../protocol/constants.js';
 import type { MilterResponse, ReplaceBodyResponse } from '../protocol/types.js';
 import type { HandleResult } from './types.js';
+import type { BodySource } from '../filter.js';
+import { MilterFilterError } from '../errors.js';
 
 /** Default bytes kept in memory before the body spills to a temporary file. */
 export const BODY_MEMORY_LIMIT = 1024 * 1024;
@@ -154,4 +156,42 @@ export async function inlineBody(result: HandleResult): Promise<HandleResult> {
   const responses: MilterResponse[] = [...result.responses];
   responses.splice(responses.length - 1, 0, ...chunkBody(whole));
   return result.end === undefined ? { responses } : { responses, end: result.end };
+}
+
+/** A replacement body, checked: whole (a Buffer, or an iterable's pieces joined) or a stream to read. */
+export type CheckedBody =
+  | { kind: 'buffer'; buffer: Buffer }
+  | { kind: 'stream'; stream: AsyncIterable<unknown> };
+
+function badBody(message: string): MilterFilterError {
+  return new MilterFilterError('ERR_MILTER_INVALID_ARGUMENT', message);
+}
+
+/** One piece of a replacement body as a Buffer (no copy); anything but bytes is refused. */
+export function bodyPiece(piece: unknown): Buffer {
+  if (Buffer.isBuffer(piece)) return piece;
+  if (piece instanceof Uint8Array) return Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
+  throw badBody('body pieces must be Buffer or Uint8Array');
+}
+
+/**
+ * What `replaceBody` accepts, checked once for the EOM context and the fake transaction alike: a Buffer or
+ * Uint8Array, an iterable of them (joined now), or an async iterable (read later, piece by piece, each
+ * piece checked with {@link bodyPiece}). Throws ERR_MILTER_INVALID_ARGUMENT otherwise.
+ */
+export function checkBodySource(body: BodySource): CheckedBody {
+  const value: unknown = body;
+  if (value === null || typeof value !== 'object') {
+    throw badBody('body must be a Buffer, Uint8Array or iterable');
+  }
+  if (value instanceof Uint8Array) return { kind: 'buffer', buffer: bodyPiece(value) };
+  if (typeof (value as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function') {
+    const pieces: Buffer[] = [];
+    for (const piece of value as Iterable<unknown>) pieces.push(bodyPiece(piece));
+    return { kind: 'buffer', buffer: Buffer.concat(pieces) };
+  }
+  if (typeof (value as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator] !== 'function') {
+    throw badBody('body must be a Buffer, Uint8Array or iterable');
+  }
+  return { kind: 'stream', stream: value as AsyncIterable<unknown> };
 }

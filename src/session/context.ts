@@ -28,7 +28,7 @@ import {
   SMFIF_QUARANTINE,
 } from '../protocol/constants.js';
 import { formatReply, replyDecisionOf, type ReplyDecision } from './reply.js';
-import { BodyStore, chunkBody } from './body-store.js';
+import { BodyStore, bodyPiece, checkBodySource, chunkBody } from './body-store.js';
 
 /** A reply stored by `setReply`, already formatted. */
 export interface StoredReply {
@@ -67,18 +67,6 @@ function checkIndex(index: unknown): number {
     throw badArg('header index must be an integer from 0 to 2^32-1');
   }
   return index;
-}
-
-function isIterable(v: object): v is Iterable<Buffer | Uint8Array> {
-  return typeof (v as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function';
-}
-function isAsyncIterable(v: object): v is AsyncIterable<Buffer | Uint8Array> {
-  return typeof (v as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator] === 'function';
-}
-function toBuffer(piece: unknown): Buffer {
-  if (Buffer.isBuffer(piece)) return piece;
-  if (piece instanceof Uint8Array) return Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
-  throw badArg('body pieces must be Buffer or Uint8Array');
 }
 
 /** Context of every stage callback of one connection. Internal fields are session-owned. */
@@ -376,30 +364,20 @@ export class MessageEomContext implements EomContext<unknown> {
 
   replaceBody(body: BodySource): Promise<void> {
     this.require(SMFIF_CHGBODY, 'replaceBody');
-    if (body === null || typeof body !== 'object')
-      throw badArg('body must be a Buffer, Uint8Array or iterable');
-    if (body instanceof Uint8Array) {
+    const checked = checkBodySource(body);
+    if (checked.kind === 'buffer') {
       // Fast path: no copy; the session encodes the chunks before the callback's caller regains control.
-      this.bodyReplacement = chunkBody(toBuffer(body));
+      this.bodyReplacement = chunkBody(checked.buffer);
       void this.bodyStore?.dispose();
       this.bodyStore = undefined;
       return Promise.resolve();
     }
-    if (isIterable(body)) {
-      const pieces: Buffer[] = [];
-      for (const piece of body) pieces.push(toBuffer(piece));
-      this.bodyReplacement = chunkBody(Buffer.concat(pieces));
-      void this.bodyStore?.dispose();
-      this.bodyStore = undefined;
-      return Promise.resolve();
-    }
-    if (!isAsyncIterable(body)) throw badArg('body must be a Buffer, Uint8Array or iterable');
     // A stream may be large: it goes to a BodyStore (memory up to a bound, then an unlinked temporary
     // file) and is streamed out to the MTA after the EOM callback succeeded, never held whole.
     const store = new BodyStore();
     const read = (async (): Promise<void> => {
       try {
-        for await (const piece of body) await store.append(toBuffer(piece));
+        for await (const piece of checked.stream) await store.append(bodyPiece(piece));
       } catch (err) {
         await store.dispose();
         throw err;

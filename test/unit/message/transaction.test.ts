@@ -255,3 +255,20 @@ test('messagePriv is per message: undefined at every MAIL, still set in abort, g
     'close n=3',
   ]);
 });
+
+test('fakeTransaction refuses the replacement bodies the EOM context refuses (a test fails where production would)', async () => {
+  const asString = fakeTransaction({ body: 'x\r\n' });
+  asString.transaction.replaceBody('text' as unknown as Buffer);
+  await assert.rejects(asString.actions(), { code: 'ERR_MILTER_INVALID_ARGUMENT' });
+  const badPiece = fakeTransaction({ body: 'x\r\n' });
+  badPiece.transaction.replaceBody(
+    (async function* () {
+      yield Buffer.from('ok');
+      yield 'not bytes' as unknown as Buffer;
+    })(),
+  );
+  await assert.rejects(badPiece.actions(), { code: 'ERR_MILTER_INVALID_ARGUMENT' });
+  const good = fakeTransaction({ body: 'x\r\n' });
+  good.transaction.replaceBody([Buffer.from('a'), new Uint8Array([0x62])]);
+  assert.deepEqual(await good.actions(), [{ action: 'replaceBody', body: Buffer.from('ab') }]);
+});
