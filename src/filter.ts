@@ -56,7 +56,8 @@ export const Decision = {
   },
   /**
    * End the SMTP session now with a 421 reply (TEMPFAIL + `421` reply code): the portable way that both
-   * Postfix and Sendmail honour at every stage without losing an already accepted message.
+   * Postfix and Sendmail honour at every stage without losing an already accepted message. Defaults:
+   * `text` "Closing connection", `xcode` "4.7.0" (the client sees `421 4.7.0 Closing connection`).
    */
   shutdown(text = 'Closing connection', xcode = '4.7.0'): Decision {
     return { kind: 'tempfail', reply: { code: 421, xcode, text } };
