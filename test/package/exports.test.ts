@@ -94,6 +94,7 @@ const SURFACE: Record<string, string[]> = {
     'withShutdownPolicy',
   ],
   './client': [
+    'AbortPoint',
     'ClientReply',
     'EomResult',
     'MTA_NAMES',
@@ -197,6 +198,7 @@ const SURFACE: Record<string, string[]> = {
     'HeaderCommand',
     'HeloCommand',
     'InsertHeaderResponse',
+    'MACRO_PACKET_LETTERS',
     'MACRO_STAGES',
     'MAX_REPLY_LINES',
     'MAX_REPLY_LINE_LENGTH',
@@ -209,6 +211,7 @@ const SURFACE: Record<string, string[]> = {
     'MacroCommand',
     'MacroCommandLetter',
     'MacroLists',
+    'MacroPacketStage',
     'MailCommand',
     'MilterCommand',
     'MilterCommandKind',
@@ -336,6 +339,7 @@ const SURFACE: Record<string, string[]> = {
     'encodeResponse',
     'encodeResponses',
     'fromWireBytes',
+    'macroPacketStage',
     'wireBytes',
   ],
   './testing': [
