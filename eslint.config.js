@@ -3,7 +3,9 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'examples/filters/dist/', 'node_modules/', 'coverage/', 'bench/native/', '**/*.d.ts'] },
+  {
+    ignores: ['dist/', 'examples/filters/dist/', 'node_modules/', 'coverage/', 'bench/native/', '**/*.d.ts'],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

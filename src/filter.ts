@@ -6,6 +6,7 @@
  * skipped protocol step (SMFIP_NO*), a callback listed in `noReply` gets SMFIP_NR_*; `negotiate` overrides.
  */
 import type { Logger } from 'pino';
+import type { MACRO_STAGES, STAGE_BITS } from './protocol/constants.js';
 import type { AddressFamily, MacroLists } from './protocol/types.js';
 
 /** Final word of a callback. `continue` is the default when a callback returns nothing. */
@@ -77,8 +78,7 @@ export type BodyResult = BodyDecision | void | undefined;
 export type MaybePromise<T> = T | Promise<T>;
 
 /** Stages a filter can decline to reply to (SMFIP_NR_*). */
-export type NoReplyStage =
-  'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'unknown' | 'header' | 'eoh' | 'body';
+export type NoReplyStage = keyof typeof STAGE_BITS;
 
 /** EOM actions a filter may ask for (SMFIF_*). */
 export type ActionName =
@@ -93,7 +93,7 @@ export type ActionName =
   | 'setSymbolList'; // SMFIF_SETSYMLIST (asked for by itself when `macros` is set)
 
 /** Macro stages by name (SMFIM_*). */
-export type MacroStage = 'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'eom' | 'eoh';
+export type MacroStage = keyof typeof MACRO_STAGES;
 
 /** Who the SMTP client is, from SMFIC_CONNECT. */
 export interface ConnectionInfo {

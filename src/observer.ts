@@ -3,22 +3,11 @@
  * hot path, so implementations must be cheap (increment a counter, push to a histogram) and never throw.
  */
 import type { MilterCommandKind } from './protocol/types.js';
-import type { DecisionKind } from './filter.js';
+import type { DecisionKind, FilterCallbackName } from './filter.js';
 import type { MilterErrorCode } from './errors.js';
 
-/** The stage a decision was taken at (callback names). */
-export type DecisionStage =
-  | 'negotiate'
-  | 'connect'
-  | 'helo'
-  | 'envfrom'
-  | 'envrcpt'
-  | 'data'
-  | 'unknown'
-  | 'header'
-  | 'eoh'
-  | 'body'
-  | 'eom';
+/** The stage a decision was taken at: the callbacks that decide (all but `abort` and `close`). */
+export type DecisionStage = Exclude<FilterCallbackName, 'abort' | 'close'>;
 
 /**
  * What a callback decided, as observed: a decision, `noreply` (a stage negotiated without reply) or

@@ -260,8 +260,8 @@ export async function floodLatency(
       for (let m = 0; m < opts.messages && performance.now() - t0 < opts.durationMs; m++) {
         const start = performance.now();
         try {
-          await client.mail('<healthy@example.org>');
-          await client.rcpt('<r@example.net>');
+          await client.envfrom('<healthy@example.org>');
+          await client.envrcpt('<r@example.net>');
           await client.data();
           for (let h = 0; h < 10; h++) await client.header(`X-H${h}`, 'value');
           await client.eoh();

@@ -45,9 +45,9 @@ async function main(): Promise<void> {
       });
       await client.helo('client.example.org');
       for (let i = 0; i < config.messagesPerConnection && !stopping; i++) {
-        client.macro('M', { i: `LS${messages}` });
-        await client.mail('<sender@example.org>');
-        await client.rcpt('<rcpt@example.net>');
+        client.macro('envfrom', { i: `LS${messages}` });
+        await client.envfrom('<sender@example.org>');
+        await client.envrcpt('<rcpt@example.net>');
         await client.header('Subject', 'log stall');
         await client.eoh();
         await client.body(Buffer.from('hello\r\n'));

@@ -8,7 +8,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { MilterClient, type ClientReply } from '../../src/client/client.js';
-import { SMFIF_ADDHDRS } from '../../src/protocol/constants.js';
+import { SMFIF_ADDHDRS, macroPacketStage, type MacroPacketStage } from '../../src/protocol/constants.js';
 import type { MilterCommand } from '../../src/protocol/types.js';
 import { Histogram } from '../lib/histogram.js';
 import type { Driver, DriverHooks } from './lean-driver.js';
@@ -24,6 +24,13 @@ import {
   type StatName,
 } from './script.js';
 import type { LoadConfig, WorkerStats } from './types.js';
+
+/** The client takes macro stages by name; the script holds the packets' command letters. */
+function stageOf(letter: string): MacroPacketStage {
+  const stage = macroPacketStage(letter);
+  if (stage === undefined) throw new Error(`no macro stage for command letter "${letter}"`);
+  return stage;
+}
 
 class ClientDriver implements Driver {
   private readonly latency = STAT_NAMES.map(() => new Histogram());
@@ -98,7 +105,7 @@ class ClientDriver implements Driver {
 
   /** One script event through the client: its macros, then its command (EOM is played by the caller). */
   private async play(c: MilterClient, e: ScriptEvent): Promise<void> {
-    if (e.macro !== undefined) c.macro(e.macro.stage, Object.fromEntries(e.macro.macros));
+    if (e.macro !== undefined) c.macro(stageOf(e.macro.stage), Object.fromEntries(e.macro.macros));
     const cmd: MilterCommand = e.command;
     switch (cmd.kind) {
       case 'connect':
@@ -106,9 +113,9 @@ class ClientDriver implements Driver {
       case 'helo':
         return this.timed(e.stat, () => c.helo(cmd.hostname));
       case 'mail':
-        return this.timed(e.stat, () => c.mail(cmd.sender, cmd.args));
+        return this.timed(e.stat, () => c.envfrom(cmd.sender, cmd.args));
       case 'rcpt':
-        return this.timed(e.stat, () => c.rcpt(cmd.recipient, cmd.args));
+        return this.timed(e.stat, () => c.envrcpt(cmd.recipient, cmd.args));
       case 'data':
         return this.timed(e.stat, () => c.data());
       case 'header':
@@ -155,7 +162,7 @@ class ClientDriver implements Driver {
           const eomEvent = this.message[this.message.length - 1]!;
           for (const e of this.message) if (e !== eomEvent) await this.play(c, e);
           if (eomEvent.macro !== undefined) {
-            c.macro(eomEvent.macro.stage, Object.fromEntries(eomEvent.macro.macros));
+            c.macro(stageOf(eomEvent.macro.stage), Object.fromEntries(eomEvent.macro.macros));
           }
           const t0e = performance.now();
           const eom = await c.eom();

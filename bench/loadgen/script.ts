@@ -182,22 +182,22 @@ export function messageEvents(mta: MtaName, shape: MessageShape, seq: number): S
   const events: ScriptEvent[] = [
     {
       stat: 'mail',
-      macro: macro('M', p.mail(values(''))),
+      macro: macro('M', p.envfrom(values(''))),
       command: { kind: 'mail', sender: `<${sender}>`, args: ['SIZE=' + String(shape.bodySize)] },
       no: STAGE_BITS.envfrom.no,
       nr: STAGE_BITS.envfrom.nr,
-      macroWhenSkipped: MACROS_WHEN_SKIPPED.mail,
+      macroWhenSkipped: MACROS_WHEN_SKIPPED.envfrom,
     },
   ];
   for (let r = 0; r < shape.recipients; r++) {
     const rcpt = `rcpt${r}@example.net`;
     events.push({
       stat: 'rcpt',
-      macro: macro('R', p.rcpt(values(rcpt), false)),
+      macro: macro('R', p.envrcpt(values(rcpt), false)),
       command: { kind: 'rcpt', recipient: `<${rcpt}>`, args: [] },
       no: STAGE_BITS.envrcpt.no,
       nr: STAGE_BITS.envrcpt.nr,
-      macroWhenSkipped: MACROS_WHEN_SKIPPED.rcpt,
+      macroWhenSkipped: MACROS_WHEN_SKIPPED.envrcpt,
     });
   }
   const c = p.content(values(''));

@@ -62,8 +62,8 @@ async function oneMessage(socketPath: string, bodyBytes: number): Promise<number
   try {
     await client.connect({ hostname: 'client.example', family: 'inet', port: 40000, address: '192.0.2.1' });
     await client.helo('client.example');
-    await client.mail('<sender@example.org>');
-    await client.rcpt('<rcpt@example.net>');
+    await client.envfrom('<sender@example.org>');
+    await client.envrcpt('<rcpt@example.net>');
     await client.data();
     await client.header('Subject', 'memory');
     await client.eoh();

@@ -8,6 +8,7 @@ import type { MilterCommandKind } from '../protocol/types.js';
 import type { MilterErrorCode } from '../errors.js';
 import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
 import { ProcessMetrics } from './process-metrics.js';
+import { commandName } from '../session/stages.js';
 
 /** Names of every metric milterd exports (also documented in the README). */
 export const METRIC_NAMES = {
@@ -111,7 +112,7 @@ export class DaemonMetrics {
     });
     this.commands = r.counter({
       name: n.commands,
-      help: 'Milter commands received from the MTA, by command.',
+      help: 'Milter commands received from the MTA, by command (stage names: envfrom, envrcpt…).',
       labelNames: ['command'],
     });
     this.decisions = r.counter({
@@ -205,7 +206,7 @@ export class DaemonMetrics {
       connectionClosed: () => this.sessionsOpen.dec(),
       connectionRefused: () => this.sessionsRefused.inc(),
       command: (kind: MilterCommandKind, bytes: number) => {
-        this.commands.inc({ command: kind });
+        this.commands.inc({ command: commandName(kind) });
         this.bytesIn.inc(undefined, bytes);
       },
       bytesWritten: (bytes: number) => this.bytesOut.inc(undefined, bytes),

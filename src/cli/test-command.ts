@@ -401,14 +401,15 @@ function macroScript(
       connect: pairs(profile.connect(v)),
       helo: pairs(profile.helo(v)),
       unknown: pairs(profile.unknown(v)),
-      envfrom: pairs(profile.mail(v)),
+      envfrom: pairs(profile.envfrom(v)),
       data: content(),
       header: content(),
       eoh: content(),
       body: content(),
       eom: pairs(profile.eom(v)),
     };
-    rcpt = (address, acceptedBefore) => Object.fromEntries(profile.rcpt(values(address), acceptedBefore > 0));
+    rcpt = (address, acceptedBefore) =>
+      Object.fromEntries(profile.envrcpt(values(address), acceptedBefore > 0));
   }
   for (const [stage, name, value] of o.macro ?? [])
     if (stage !== 'envrcpt') (macros[stage] ??= {})[name] = value;
@@ -441,8 +442,8 @@ function stepsOf(
   );
   add('helo', env.helo, r.helo);
   r.unknown?.forEach((reply, i) => add('unknown', env.unknown[i] ?? '', reply));
-  add('mail', `FROM:${env.from}`, r.mail);
-  r.rcpt.forEach((reply, i) => add('rcpt', `TO:${env.rcpts[i] ?? ''}`, reply));
+  add('envfrom', `FROM:${env.from}`, r.envfrom);
+  r.envrcpt.forEach((reply, i) => add('envrcpt', `TO:${env.rcpts[i] ?? ''}`, reply));
   add('data', 'DATA', r.data);
   r.headers.forEach((reply, i) => {
     const h = headers[i];

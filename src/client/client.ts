@@ -8,8 +8,10 @@
 import type net from 'node:net';
 import { MilterError } from '../errors.js';
 import {
+  MACRO_PACKET_LETTERS,
   MILTER_CHUNK_SIZE,
   MILTER_MDS_1M,
+  type MacroPacketStage,
   SMFI_CURR_ACTS,
   SMFI_CURR_PROT,
   SMFI_PROT_VERSION,
@@ -132,11 +134,15 @@ export class MilterClient {
     return this.agreed;
   }
 
-  /** Queue a SMFIC_MACRO packet for `stage` (command letter); it goes out in the same write as the next command. */
-  macro(stage: string, macros: Record<string, string>): void {
-    if (stage.length !== 1)
-      throw new MilterError('ERR_MILTER_INVALID_ARGUMENT', `bad macro stage "${stage}"`);
-    this.queuedMacros.push({ kind: 'macro', stage, macros: Object.entries(macros) });
+  /**
+   * Queue a SMFIC_MACRO packet for `stage` (a callback name: the SMFIM_* stages, or `header`, `body`,
+   * `unknown` as Postfix sends); it goes out in the same write as the next command.
+   */
+  macro(stage: MacroPacketStage, macros: Record<string, string>): void {
+    const letter = (MACRO_PACKET_LETTERS as Record<string, string | undefined>)[stage];
+    if (letter === undefined)
+      throw new MilterError('ERR_MILTER_INVALID_ARGUMENT', `bad macro stage "${String(stage)}"`);
+    this.queuedMacros.push({ kind: 'macro', stage: letter, macros: Object.entries(macros) });
   }
 
   /** SMFIC_CONNECT. */
@@ -147,13 +153,13 @@ export class MilterClient {
   helo(hostname: string): Promise<ClientReply> {
     return this.stageCommand('helo', { kind: 'helo', hostname });
   }
-  /** SMFIC_MAIL: sender with angle brackets, ESMTP args one per element. */
-  mail(sender: string, args: string[] = []): Promise<ClientReply> {
-    return this.stageCommand('mail', { kind: 'mail', sender, args });
+  /** SMFIC_MAIL (the `envfrom` stage): sender with angle brackets, ESMTP args one per element. */
+  envfrom(sender: string, args: string[] = []): Promise<ClientReply> {
+    return this.stageCommand('envfrom', { kind: 'mail', sender, args });
   }
-  /** SMFIC_RCPT. */
-  rcpt(recipient: string, args: string[] = []): Promise<ClientReply> {
-    return this.stageCommand('rcpt', { kind: 'rcpt', recipient, args });
+  /** SMFIC_RCPT (the `envrcpt` stage). */
+  envrcpt(recipient: string, args: string[] = []): Promise<ClientReply> {
+    return this.stageCommand('envrcpt', { kind: 'rcpt', recipient, args });
   }
   /** SMFIC_DATA (skipped for protocol versions below 4). */
   data(): Promise<ClientReply> {
@@ -185,7 +191,9 @@ export class MilterClient {
       return skip ?? SKIPPED;
     }
     const macro: MilterCommand[] =
-      macros === undefined ? [] : [{ kind: 'macro', stage: 'B', macros: Object.entries(macros) }];
+      macros === undefined
+        ? []
+        : [{ kind: 'macro', stage: MACRO_PACKET_LETTERS.body, macros: Object.entries(macros) }];
     const commands: MilterCommand[] = [];
     for (let off = 0; off < chunk.length; off += MILTER_CHUNK_SIZE) {
       commands.push({ kind: 'body', chunk: chunk.subarray(off, off + MILTER_CHUNK_SIZE) });

@@ -3,6 +3,7 @@ export { MilterClient } from './client.js';
 export type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
 export { playMessage } from './transaction.js';
 export type {
+  AbortPoint,
   MessageResult,
   MessageScript,
   MessageStage,

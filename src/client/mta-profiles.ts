@@ -45,9 +45,9 @@ export interface MtaMacroValues {
 export interface MtaProfile {
   connect(v: MtaMacroValues): MacroPairs;
   helo(v: MtaMacroValues): MacroPairs;
-  mail(v: MtaMacroValues): MacroPairs;
+  envfrom(v: MtaMacroValues): MacroPairs;
   /** `queued`: the queue file exists (Postfix opens it at the first accepted recipient: `i` from then). */
-  rcpt(v: MtaMacroValues, queued: boolean): MacroPairs;
+  envrcpt(v: MtaMacroValues, queued: boolean): MacroPairs;
   /** DATA, HEADER (before every one), EOH, BODY (before every chunk): the same list. */
   content(v: MtaMacroValues): MacroPairs | undefined;
   eom(v: MtaMacroValues): MacroPairs;
@@ -85,13 +85,13 @@ export const MTA_PROFILES: Record<MtaName, MtaProfile> = {
     ],
     helo: () => [],
     // i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}: no queue file yet.
-    mail: (v) => [
+    envfrom: (v) => [
       ...auth(v),
       ['{mail_addr}', v.sender],
       ['{mail_host}', v.mailHost],
       ['{mail_mailer}', 'smtp'],
     ],
-    rcpt: (v, queued) => [
+    envrcpt: (v, queued) => [
       ...(queued ? ([['i', v.queueId]] as MacroPairs) : []),
       ['{rcpt_addr}', v.recipient],
       ['{rcpt_host}', v.rcptHost],
@@ -116,14 +116,14 @@ export const MTA_PROFILES: Record<MtaName, MtaProfile> = {
       ['{if_name}', v.myHostname],
     ],
     helo: () => [],
-    mail: (v) => [
+    envfrom: (v) => [
       ['i', v.queueId],
       ...auth(v),
       ['{mail_mailer}', 'relay'],
       ['{mail_host}', v.mailHost.replace(/:\d+$/, '')],
       ['{mail_addr}', v.sender],
     ],
-    rcpt: (v) => [
+    envrcpt: (v) => [
       ['{rcpt_mailer}', 'relay'],
       ['{rcpt_host}', v.rcptHost.replace(/:\d+$/, '')],
       ['{rcpt_addr}', v.recipient],
@@ -147,8 +147,8 @@ export const MTA_PROFILES: Record<MtaName, MtaProfile> = {
 export const MACROS_WHEN_SKIPPED = {
   connect: true,
   helo: true,
-  mail: true,
-  rcpt: true,
+  envfrom: true,
+  envrcpt: true,
   data: true,
   header: false,
   eoh: false,

@@ -3,28 +3,24 @@
  * accepts in the filter's OPTNEG reply, and which NO/NR bit governs each command.
  */
 import { MilterError } from '../errors.js';
-import { SMFI_INTERNAL, SMFI_PROT_VERSION_MIN, SMFIP_TEST, STAGE_BITS } from '../protocol/constants.js';
+import {
+  SMFI_INTERNAL,
+  SMFI_PROT_VERSION_MIN,
+  SMFIP_TEST,
+  STAGE_BITS,
+  type StageName,
+} from '../protocol/constants.js';
 import type { OptnegResponse } from '../protocol/types.js';
 import type { NegotiatedClientOptions } from './types.js';
 
 /** Protocol bits a filter may set without them being offered (§1.3: MDS bits, reserved, test). */
 const IGNORED_PROTOCOL_BITS = SMFI_INTERNAL | SMFIP_TEST;
 
-/** Per reply-expecting command (client names): its NO bit, its NR bit and the first version that has it. */
-export const STAGE = {
-  connect: STAGE_BITS.connect,
-  helo: STAGE_BITS.helo,
-  mail: STAGE_BITS.envfrom,
-  rcpt: STAGE_BITS.envrcpt,
-  data: STAGE_BITS.data,
-  header: STAGE_BITS.header,
-  eoh: STAGE_BITS.eoh,
-  body: STAGE_BITS.body,
-  unknown: STAGE_BITS.unknown,
-} as const;
+/** Per reply-expecting stage (callback names): its NO bit, its NR bit and the first version that has it. */
+export const STAGE = STAGE_BITS;
 
-/** A reply-expecting command governed by NO/NR bits. */
-export type Stage = keyof typeof STAGE;
+/** A reply-expecting stage governed by NO/NR bits. */
+export type Stage = StageName;
 
 /**
  * Check the filter's OPTNEG reply against our offer like Sendmail does: version in [2, offered],

@@ -1,9 +1,18 @@
 /**
  * What the policy wrapper negotiates instead of the user's filter, and what the user asked for (so the
- * wrapper calls the user's callbacks exactly where libmilter would have).
+ * wrapper calls the user's callbacks exactly where libmilter would have). What the user asks for is read
+ * from the session's own negotiation of the user's filter (`defaultNegotiation`), or from the user's
+ * `negotiate` result: the same protocol bits, one reading.
  */
 import type { Filter, MacroStage, NegotiateResult, NegotiationOffer, NoReplyStage } from '../filter.js';
-import { SMFIP_RCPT_REJ, STAGE_BITS } from '../protocol/constants.js';
+import {
+  SMFI_CURR_ACTS,
+  SMFI_CURR_PROT,
+  SMFI_PROT_VERSION,
+  SMFIP_RCPT_REJ,
+  STAGE_BITS,
+} from '../protocol/constants.js';
+import { defaultNegotiation } from '../session/negotiate.js';
 
 /** Stages the wrapper may or may not forward to the user. */
 export type WantStage = NoReplyStage | 'eom' | 'abort';
@@ -30,15 +39,34 @@ const POLICY_MACROS: Partial<Record<MacroStage, readonly string[]>> = {
   envrcpt: ['{rcpt_mailer}'],
 };
 
-/** What the user's filter asks for, from its callbacks and `noReply` (no negotiate callback). */
-export function staticWants<P>(user: Filter<P>): StageWants {
-  const noReply = new Set<string>(user.noReply ?? []);
-  const wants = { rejectedRecipients: user.rejectedRecipients === true } as StageWants;
-  for (const stage of STAGES)
-    wants[stage] = { call: typeof user[stage] === 'function', reply: !noReply.has(stage) };
+/** An MTA that offers everything: what the user's filter asks for when nothing is refused. */
+const FULL_OFFER: NegotiationOffer = {
+  version: SMFI_PROT_VERSION,
+  actions: SMFI_CURR_ACTS,
+  protocol: SMFI_CURR_PROT,
+};
+
+/**
+ * Where the user's callbacks are called and their decisions used, given the protocol bits the user's
+ * filter asked for: a callback it has and did not turn off (NO bit) is called; its decision is used
+ * unless it asked for no reply (NR bit).
+ */
+export function wantsOf<P>(user: Filter<P>, asked: number): StageWants {
+  const wants = { rejectedRecipients: (asked & SMFIP_RCPT_REJ) !== 0 } as StageWants;
+  for (const stage of STAGES) {
+    wants[stage] = {
+      call: typeof user[stage] === 'function' && (asked & STAGE_BITS[stage].no) === 0,
+      reply: (asked & STAGE_BITS[stage].nr) === 0,
+    };
+  }
   wants.eom = { call: typeof user.eom === 'function', reply: true };
   wants.abort = { call: typeof user.abort === 'function', reply: true };
   return wants;
+}
+
+/** What the user's filter asks for without a negotiate callback: the session's default negotiation of it. */
+export function staticWants<P>(user: Filter<P>): StageWants {
+  return wantsOf(user, defaultNegotiation(user as Filter<unknown>, FULL_OFFER).protocol);
 }
 
 /**
@@ -106,16 +134,7 @@ export function adjustNegotiation<P>(
   trackBytes: boolean,
 ): { wants: StageWants; adjusted: NegotiateResult } {
   const asked = result.protocol;
-  const wants = { rejectedRecipients: (asked & SMFIP_RCPT_REJ) !== 0 } as StageWants;
-  for (const stage of STAGES) {
-    wants[stage] = {
-      call: typeof user[stage] === 'function' && (asked & STAGE_BITS[stage].no) === 0,
-      reply: (asked & STAGE_BITS[stage].nr) === 0,
-    };
-  }
-  wants.eom = { call: typeof user.eom === 'function', reply: true };
-  wants.abort = { call: typeof user.abort === 'function', reply: true };
-
+  const wants = wantsOf(user, asked);
   let p = asked;
   for (const stage of FIRING_STAGES) p &= ~(STAGE_BITS[stage].no | STAGE_BITS[stage].nr);
   // Stages the policy must see but need not answer: a step the user skipped is sent, without a reply.

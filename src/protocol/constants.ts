@@ -221,3 +221,27 @@ export const MACRO_STAGES = {
   eom: { number: SMFIM_EOM, letter: 'E' },
   eoh: { number: SMFIM_EOH, letter: 'N' },
 } as const;
+
+/**
+ * The command letter a SMFIC_MACRO packet carries, by stage name: the SMFIM_* stages of MACRO_STAGES, and
+ * the commands Postfix also sends macros before (HEADER, BODY, UNKNOWN: `D L`, `D B`, `D U`).
+ */
+export const MACRO_PACKET_LETTERS = {
+  ...(Object.fromEntries(Object.entries(MACRO_STAGES).map(([stage, m]) => [stage, m.letter])) as {
+    [S in keyof typeof MACRO_STAGES]: (typeof MACRO_STAGES)[S]['letter'];
+  }),
+  header: 'L',
+  body: 'B',
+  unknown: 'U',
+} as const satisfies Record<string, string>;
+/** A stage a SMFIC_MACRO packet can be sent for. */
+export type MacroPacketStage = keyof typeof MACRO_PACKET_LETTERS;
+
+const STAGE_BY_MACRO_LETTER: ReadonlyMap<string, MacroPacketStage> = new Map(
+  Object.entries(MACRO_PACKET_LETTERS).map(([stage, letter]) => [letter, stage as MacroPacketStage]),
+);
+
+/** The stage of a SMFIC_MACRO packet's command letter; undefined for a letter no MTA sends. */
+export function macroPacketStage(letter: string): MacroPacketStage | undefined {
+  return STAGE_BY_MACRO_LETTER.get(letter);
+}

@@ -160,8 +160,7 @@ export async function inlineBody(result: HandleResult): Promise<HandleResult> {
 
 /** A replacement body, checked: whole (a Buffer, or an iterable's pieces joined) or a stream to read. */
 export type CheckedBody =
-  | { kind: 'buffer'; buffer: Buffer }
-  | { kind: 'stream'; stream: AsyncIterable<unknown> };
+  { kind: 'buffer'; buffer: Buffer } | { kind: 'stream'; stream: AsyncIterable<unknown> };
 
 function badBody(message: string): MilterFilterError {
   return new MilterFilterError('ERR_MILTER_INVALID_ARGUMENT', message);

@@ -2,7 +2,7 @@
  * libmilter's session state machine (protocol doc §7.2) as a table: states, the commands each state
  * allows next, stages the filter opted out of (skippable), and the stage metadata the dispatcher needs.
  */
-import { STAGE_BITS as B } from '../protocol/constants.js';
+import { STAGE_BITS as B, macroPacketStage } from '../protocol/constants.js';
 import type {
   BodyResult,
   MaybePromise,
@@ -11,7 +11,8 @@ import type {
   Filter,
   StageContext,
 } from '../filter.js';
-import type { MilterCommand } from '../protocol/types.js';
+import type { MilterCommand, MilterCommandKind } from '../protocol/types.js';
+import type { DecisionStage } from '../observer.js';
 import { PackedMacros } from '../protocol/packed-macros.js';
 import type { SessionCommand } from './types.js';
 
@@ -44,23 +45,26 @@ export const STATE_NAMES: Readonly<Record<State, keyof typeof State>> = Object.f
   Object.entries(State).map(([name, n]) => [n, name]),
 ) as Record<State, keyof typeof State>;
 
+/** A macro packet's stage by name; a letter no MTA sends stays as it came. */
+const macroStageName = (letter: string): string => macroPacketStage(letter) ?? letter;
+
 /**
- * A command as a trace log line's fields: its kind and arguments; a macro packet's names and values;
- * body chunks by size only.
+ * A command as a trace log line's fields: its name (the stage vocabulary, see commandName) and arguments;
+ * a macro packet's stage name, names and values; body chunks by size only.
  */
 export function describeCommand(cmd: SessionCommand): Record<string, unknown> {
   if (cmd instanceof PackedMacros) {
-    return { command: 'macro', stage: cmd.stage, macros: Object.fromEntries(cmd.pairs()) };
+    return { command: 'macro', stage: macroStageName(cmd.stage), macros: Object.fromEntries(cmd.pairs()) };
   }
   switch (cmd.kind) {
     case 'macro':
-      return { command: 'macro', stage: cmd.stage, macros: Object.fromEntries(cmd.macros) };
+      return { command: 'macro', stage: macroStageName(cmd.stage), macros: Object.fromEntries(cmd.macros) };
     case 'body':
     case 'eom':
       return { command: cmd.kind, bytes: cmd.chunk.length };
     default: {
       const { kind, ...args } = cmd;
-      return { command: kind, ...args };
+      return { command: commandName(kind), ...args };
     }
   }
 }
@@ -137,8 +141,7 @@ export function transitionAllowed(from: State, to: State, skippable: number): bo
 }
 
 /** Callback stages that take a decision (observer names = callback names). */
-export type CallbackStage =
-  'connect' | 'helo' | 'envfrom' | 'envrcpt' | 'data' | 'header' | 'eoh' | 'body' | 'eom' | 'unknown';
+export type CallbackStage = Exclude<DecisionStage, 'negotiate'>;
 
 /** Static facts about one decision stage. */
 export interface StageInfo {
@@ -174,6 +177,17 @@ export const STAGES = {
   eom: info('eom', State.ENDM, 0),
   unknown: info('unknown', State.UNKN, B.unknown.nr, true),
 } as const satisfies Record<string, StageInfo>;
+
+/** A command kind in the one stage vocabulary (the callback names): `mail` is `envfrom`, `rcpt` `envrcpt`. */
+export type CommandName = CallbackStage | Exclude<MilterCommandKind, keyof typeof STAGES>;
+
+/**
+ * The name of a command kind for logs and metrics: the stage it runs (callback names) when it runs one,
+ * else its own kind (`optneg`, `macro`, `abort`, `quit`, `quitNewConnection`).
+ */
+export function commandName(kind: MilterCommandKind): CommandName {
+  return kind in STAGES ? STAGES[kind as keyof typeof STAGES].stage : (kind as CommandName);
+}
 
 /** Commands that run one decision callback. */
 export type StageCommand = Extract<

@@ -1,14 +1,23 @@
 /**
- * The scripted MTA's side of one in-process conversation with a session: send a command, collect what the
- * session writes (out-of-band progress first), and read replies the way an MTA does (NO bits: not sent; NR
- * bits: no reply awaited; `y`: reject or tempfail by its code).
+ * The scripted MTA's side of one in-process conversation with a session, as an {@link MtaSide} for the
+ * client's conversation engine: send a command, collect what the session writes (out-of-band progress
+ * first), and read replies the way an MTA does (NO bits: not sent; NR bits: no reply awaited; `y`: reject
+ * or tempfail by its code). Every reply read is also logged as a decision.
  */
 import { pino } from 'pino';
-import type { ClientReply, MessageResult } from '../client/index.js';
+import type { ClientReply, EomResult } from '../client/index.js';
 import { STAGE, type Stage } from '../client/negotiate.js';
+import { isFinal, isShutdown, type MtaSide } from '../client/transaction.js';
 import { MilterError } from '../errors.js';
-import type { Filter, MacroStage } from '../filter.js';
-import { MACRO_STAGES, SMFI_CURR_ACTS, SMFI_CURR_PROT, SMFI_PROT_VERSION } from '../protocol/constants.js';
+import type { ConnectionInfo, Filter } from '../filter.js';
+import {
+  MACRO_PACKET_LETTERS,
+  MILTER_CHUNK_SIZE,
+  SMFI_CURR_ACTS,
+  SMFI_CURR_PROT,
+  SMFI_PROT_VERSION,
+  type MacroPacketStage,
+} from '../protocol/constants.js';
 import type {
   MilterCommand,
   MilterResponse,
@@ -23,7 +32,6 @@ import type {
   CallbackRecord,
   DecisionPoint,
   StageDecision,
-  TestMessage,
   TestScript,
   TranscriptStep,
   Verdict,
@@ -33,24 +41,6 @@ import type {
 export function verdictOf(reply: ClientReply): Verdict {
   if (reply.kind !== 'replyCode') return reply.kind;
   return reply.text.startsWith('4') ? 'tempfail' : 'reject';
-}
-
-/** A reply that ends what it answers (the message, or the connection at CONNECT/HELO). */
-export function isFinal(reply: ClientReply): boolean {
-  switch (reply.kind) {
-    case 'continue':
-    case 'skip':
-    case 'noreply':
-    case 'skipped':
-      return false;
-    default:
-      return true;
-  }
-}
-
-/** A reply after which the MTA ends the SMTP session (`421`, or SMFIR_SHUTDOWN). */
-export function isShutdown(reply: ClientReply): boolean {
-  return reply.kind === 'shutdown' || (reply.kind === 'replyCode' && reply.text.startsWith('421'));
 }
 
 function unexpected(what: string): MilterError {
@@ -79,8 +69,10 @@ function copyResponse(r: MilterResponse): MilterResponse {
   return r.kind === 'replaceBody' ? { kind: 'replaceBody', chunk: Buffer.from(r.chunk) } : r;
 }
 
+const SKIPPED: ClientReply = Object.freeze({ kind: 'skipped' });
+
 /** One scripted conversation in progress. */
-export class Conversation<P> {
+export class Conversation<P> implements MtaSide {
   readonly steps: TranscriptStep[] = [];
   readonly decisions: StageDecision[] = [];
   private readonly outOfBand: MilterResponse[] = [];
@@ -88,6 +80,10 @@ export class Conversation<P> {
   negotiated: OptnegResponse | undefined;
   /** The MTA has stopped playing (421, or a connection-level decision). */
   done = false;
+  /** Index in the script's `messages` of the message being played; undefined outside one. */
+  message: number | undefined;
+  /** The session is in-process: nothing closes under the MTA. */
+  readonly closed = false;
 
   constructor(
     filter: Filter<P>,
@@ -146,20 +142,51 @@ export class Conversation<P> {
     return true;
   }
 
-  async macros(stage: MacroStage, message: TestMessage | undefined): Promise<void> {
-    const merged = { ...this.script.macros?.[stage], ...message?.macros?.[stage] };
-    const pairs = Object.entries(merged);
+  async macro(stage: MacroPacketStage, macros: Record<string, string>): Promise<void> {
+    const pairs = Object.entries(macros);
     if (pairs.length > 0)
-      await this.send({ kind: 'macro', stage: MACRO_STAGES[stage].letter, macros: pairs });
+      await this.send({ kind: 'macro', stage: MACRO_PACKET_LETTERS[stage], macros: pairs });
+  }
+
+  connect(info: ConnectionInfo): Promise<ClientReply> {
+    return this.ask('connect', { kind: 'connect', ...info });
+  }
+  helo(hostname: string): Promise<ClientReply> {
+    return this.ask('helo', { kind: 'helo', hostname });
+  }
+  unknown(line: string): Promise<ClientReply> {
+    return this.ask('unknown', { kind: 'unknown', line });
+  }
+  envfrom(sender: string, args: string[]): Promise<ClientReply> {
+    return this.ask('envfrom', { kind: 'mail', sender, args });
+  }
+  envrcpt(recipient: string, args: string[]): Promise<ClientReply> {
+    return this.ask('envrcpt', { kind: 'rcpt', recipient, args });
+  }
+  data(): Promise<ClientReply> {
+    return this.ask('data', { kind: 'data' });
+  }
+  header(name: string, value: string): Promise<ClientReply> {
+    return this.ask('header', { kind: 'header', name, value });
+  }
+  eoh(): Promise<ClientReply> {
+    return this.ask('eoh', { kind: 'eoh' });
+  }
+  /** One decision per packet of at most 65535 bytes, up to the first skip or final reply. */
+  async body(chunk: Buffer): Promise<ClientReply> {
+    let reply = SKIPPED;
+    for (let off = 0; off < chunk.length; off += MILTER_CHUNK_SIZE) {
+      reply = await this.ask('body', { kind: 'body', chunk: chunk.subarray(off, off + MILTER_CHUNK_SIZE) });
+      if (reply.kind === 'skip' || isFinal(reply)) break;
+    }
+    return reply;
+  }
+  async abort(): Promise<void> {
+    await this.send({ kind: 'abort' });
   }
 
   /** Send a reply-expecting command unless negotiated away; read its decision like the MTA would. */
-  async ask(
-    stage: Stage,
-    point: DecisionPoint,
-    command: MilterCommand,
-    message: number | undefined,
-  ): Promise<ClientReply> {
+  async ask(stage: Stage & DecisionPoint, command: MilterCommand): Promise<ClientReply> {
     const neg = this.negotiated;
     let reply: ClientReply;
     if (
@@ -186,19 +213,19 @@ export class Conversation<P> {
         reply = toReply(r, stage);
       }
     }
-    this.decide(point, reply, message);
+    this.decide(stage, reply);
     return reply;
   }
 
-  decide(stage: DecisionPoint, reply: ClientReply, message: number | undefined): void {
+  decide(stage: DecisionPoint, reply: ClientReply): void {
     const d: StageDecision = { stage, reply, verdict: verdictOf(reply) };
-    if (message !== undefined) d.message = message;
+    if (this.message !== undefined) d.message = this.message;
     if (reply.kind === 'replyCode') d.code = Number(reply.text.slice(0, 3));
     this.decisions.push(d);
     if (isShutdown(reply)) this.done = true;
   }
 
-  async eom(message: number): Promise<NonNullable<MessageResult['eom']>> {
+  async eom(): Promise<EomResult> {
     const { responses } = await this.send({ kind: 'eom', chunk: Buffer.alloc(0) });
     const modifications: ModificationResponse[] = [];
     let progress = 0;
@@ -210,7 +237,7 @@ export class Conversation<P> {
       else throw unexpected(`EOM answered with ${r.kind} before its final decision`);
     }
     const reply = toReply(last, 'eom');
-    this.decide('eom', reply, message);
+    this.decide('eom', reply);
     return { reply, modifications, progress };
   }
 }

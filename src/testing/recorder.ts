@@ -4,12 +4,9 @@
  * defines are wrapped (an absent callback is a negotiated-away step), and a synchronous callback stays
  * synchronous (the session answers it without a promise).
  */
-import { FILTER_CALLBACKS, type Filter } from '../filter.js';
-import type { CallbackName, CallbackRecord } from './types.js';
-
-const CALLBACKS: readonly CallbackName[] = FILTER_CALLBACKS;
-
-type AnyCallback = (this: unknown, ctx: { priv: unknown }, ...args: unknown[]) => unknown;
+import type { Filter } from '../filter.js';
+import { wrapFilter } from '../wrap-filter.js';
+import type { CallbackRecord } from './types.js';
 
 function isThenable(v: unknown): v is PromiseLike<unknown> {
   return (
@@ -28,19 +25,8 @@ function copyArg(a: unknown): unknown {
  * Options (`actions`, `macros`, `noReply`, ...) are read from `filter` once, like the session does.
  */
 export function recordCallbacks<P>(filter: Filter<P>, log: Array<CallbackRecord<P>>): Filter<P> {
-  const wrapped: Filter<P> = {};
-  if (filter.name !== undefined) wrapped.name = filter.name;
-  if (filter.actions !== undefined) wrapped.actions = filter.actions;
-  if (filter.macros !== undefined) wrapped.macros = filter.macros;
-  if (filter.noReply !== undefined) wrapped.noReply = filter.noReply;
-  if (filter.headerLeadingSpace !== undefined) wrapped.headerLeadingSpace = filter.headerLeadingSpace;
-  if (filter.rejectedRecipients !== undefined) wrapped.rejectedRecipients = filter.rejectedRecipients;
-  const slots = wrapped as Record<CallbackName, unknown>;
-  for (const name of CALLBACKS) {
-    const original = (filter as Record<CallbackName, unknown>)[name];
-    if (typeof original !== 'function') continue;
-    const fn = original as AnyCallback;
-    slots[name] = function recorded(ctx: { priv: unknown }, ...args: unknown[]): unknown {
+  return wrapFilter(filter, {
+    around(name, ctx, args, call) {
       const record: CallbackRecord<P> = {
         callback: name,
         args: args.map(copyArg),
@@ -49,7 +35,7 @@ export function recordCallbacks<P>(filter: Filter<P>, log: Array<CallbackRecord<
       log.push(record);
       let r: unknown;
       try {
-        r = fn.call(filter, ctx, ...args);
+        r = call();
       } catch (err) {
         record.error = err;
         throw err;
@@ -68,7 +54,6 @@ export function recordCallbacks<P>(filter: Filter<P>, log: Array<CallbackRecord<
           throw err;
         },
       );
-    };
-  }
-  return wrapped;
+    },
+  });
 }

@@ -1,6 +1,7 @@
 /** Public types of {@link testFilter}: the scripted MTA conversation and the transcript it yields. */
 import type { Logger } from 'pino';
 import type { ClientReply, MessageResult, MessageStage, ScriptRecipient } from '../client/index.js';
+import type { AbortPoint } from '../client/transaction.js';
 import type {
   ConnectionInfo,
   DecisionKind,
@@ -14,8 +15,7 @@ import type { FailureDecision } from '../session/types.js';
 /** Macro values per stage, sent as SMFIC_MACRO right before that stage's command. */
 export type ScriptMacros = Partial<Record<MacroStage, Record<string, string>>>;
 
-/** A transaction stage after which a message can be cut short with SMFIC_ABORT (RSET, client gone). */
-export type AbortPoint = 'mail' | 'rcpt' | 'data' | 'header' | 'eoh' | 'body';
+export type { AbortPoint };
 
 /** One message of a {@link TestScript}, played the way Postfix and Sendmail play it. */
 export interface TestMessage {
@@ -107,7 +107,7 @@ export interface CallbackRecord<P> {
 export type Verdict = DecisionKind | 'shutdown' | 'connFail' | 'noreply' | 'skipped';
 
 /** Stages at which the MTA reads a decision. */
-export type DecisionPoint = MessageStage | 'unknown';
+export type DecisionPoint = MessageStage;
 
 /** The decision taken at one step, in conversation order. */
 export interface StageDecision {

@@ -81,7 +81,7 @@ test('milterd_messages_total counts a message rejected at end of message and one
   const rejected = await playMessage(client, { ...message(1), connect: CONNECT, helo: 'client.example.org' });
   assert.equal(rejected.stoppedAt, 'eom');
   const discarded = await playMessage(client, { ...message(2), recipients: ['<trash@example.net>'] });
-  assert.equal(discarded.stoppedAt, 'rcpt');
+  assert.equal(discarded.stoppedAt, 'envrcpt');
   await client.quit();
   const e = parsePrometheus(metrics.render());
   assert.equal(sampleValue(e, 'milterd_messages_total', { outcome: 'reject' }), 1);
@@ -171,7 +171,7 @@ test('config-load gauges follow SIGHUP; messages_total counts accepted and tempf
   t.after(() => client.close());
   await playMessage(client, { ...message(1), connect: CONNECT, helo: 'client.example.org' });
   const second = await playMessage(client, message(2));
-  assert.equal(second.mail?.kind, 'replyCode');
+  assert.equal(second.envfrom?.kind, 'replyCode');
   client.close();
   const counted = await scrapeUntil(adminPort, (e) => sampleValue(e, 'milterd_sessions_open') === 0);
   assert.equal(sampleValue(counted, 'milterd_messages_total', { outcome: 'accept' }), 1);

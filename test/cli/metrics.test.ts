@@ -108,8 +108,8 @@ test('/metrics parses and every counter moves as a scripted session runs', async
     sampleValue(after, name, labels) - sampleValue(before, name, labels);
   assert.equal(delta('milterd_sessions_total'), 1);
   assert.equal(delta('milterd_commands_total', { command: 'optneg' }), 1);
-  assert.equal(delta('milterd_commands_total', { command: 'mail' }), 1);
-  assert.equal(delta('milterd_commands_total', { command: 'rcpt' }), 2);
+  assert.equal(delta('milterd_commands_total', { command: 'envfrom' }), 1);
+  assert.equal(delta('milterd_commands_total', { command: 'envrcpt' }), 2);
   assert.equal(delta('milterd_commands_total', { command: 'eom' }), 1);
   assert.equal(delta('milterd_commands_total', { command: 'quit' }), 1);
   assert.equal(delta('milterd_decisions_total', { stage: 'envrcpt', decision: 'continue' }), 2);
@@ -131,11 +131,11 @@ test('/metrics counts shutdown-policy firings by reason and protocol errors by c
   const client = await MilterClient.connect(milter);
   await client.connect(CONNECT);
   await client.helo('client.example.org');
-  await client.mail('<a@example.org>');
+  await client.envfrom('<a@example.org>');
   let last = '';
   for (let i = 0; i < 12 && !last.startsWith('421'); i++) {
-    client.macro('R', { '{rcpt_mailer}': 'error' });
-    const r = await client.rcpt(`<nobody${i}@example.net>`);
+    client.macro('envrcpt', { '{rcpt_mailer}': 'error' });
+    const r = await client.envrcpt(`<nobody${i}@example.net>`);
     last = r.kind === 'replyCode' ? r.text : r.kind;
   }
   client.abort();

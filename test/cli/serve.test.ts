@@ -53,12 +53,12 @@ test('SIGTERM drains: readiness turns false, new connections are refused, the op
 
   const client = await MilterClient.connect(milter);
   t.after(() => client.close());
-  client.macro('C', { j: 'mx.example.net' });
+  client.macro('connect', { j: 'mx.example.net' });
   await client.connect(CONNECT);
   assert.equal((await client.helo('client.example.org')).kind, 'continue');
-  client.macro('M', { i: 'DRAIN1' });
-  assert.equal((await client.mail('<a@example.org>')).kind, 'continue');
-  assert.equal((await client.rcpt('<b@example.net>')).kind, 'continue');
+  client.macro('envfrom', { i: 'DRAIN1' });
+  assert.equal((await client.envfrom('<a@example.org>')).kind, 'continue');
+  assert.equal((await client.envrcpt('<b@example.net>')).kind, 'continue');
 
   d.signal('SIGTERM');
   await d.waitFor((l) => String(l.msg).startsWith('draining'), 'draining');
@@ -73,7 +73,7 @@ test('SIGTERM drains: readiness turns false, new connections are refused, the op
   await client.header('Subject', 'in flight');
   await client.eoh();
   await client.body(Buffer.from('still here\r\n'));
-  client.macro('E', { i: 'DRAIN1' });
+  client.macro('eom', { i: 'DRAIN1' });
   const eom = await client.eom();
   assert.equal(eom.reply.kind, 'continue');
   assert.deepEqual(
@@ -126,7 +126,7 @@ test('SIGHUP reloads the policy; an invalid new file is refused and the old poli
     try {
       await playMessage(client, { ...message(1), connect: CONNECT, helo: 'client.example.org' });
       const r = await playMessage(client, message(2));
-      return r.mail?.kind === 'replyCode' ? r.mail.text : (r.mail?.kind ?? 'none');
+      return r.envfrom?.kind === 'replyCode' ? r.envfrom.text : (r.envfrom?.kind ?? 'none');
     } finally {
       await client.quit().catch(() => client.close());
     }

@@ -40,17 +40,24 @@ test('milterd test --expect: exit 0 when every expectation holds, 6 with one lin
       ...args,
     ]);
 
-  const ok = await run('--expect', 'accept', '--expect', 'reject@rcpt', '--expect', 'continue@mail');
+  const ok = await run('--expect', 'accept', '--expect', 'reject@envrcpt', '--expect', 'continue@envfrom');
   assert.equal(ok.code, 0, ok.stderr);
   assert.equal(ok.stderr, '');
 
-  const missed = await run('--expect', 'reject', '--expect', 'reject@mail', '--expect', 'continue@rcpt');
+  const missed = await run(
+    '--expect',
+    'reject',
+    '--expect',
+    'reject@envfrom',
+    '--expect',
+    'continue@envrcpt',
+  );
   assert.equal(missed.code, 6, missed.stderr);
   // The report is still printed; each unmet expectation is named on stderr.
   assert.match(missed.stdout, /^result\s+accepted/m);
   assert.deepEqual(missed.stderr.trimEnd().split('\n'), [
     'milterd: expected reject, the milter decided accept at eom',
-    'milterd: expected reject@mail, the milter decided continue at mail',
+    'milterd: expected reject@envfrom, the milter decided continue at envfrom',
   ]);
 
   // The final decision of a message that ended early: tempfail at MAIL, nothing after it.
@@ -64,7 +71,7 @@ test('milterd test --expect: exit 0 when every expectation holds, 6 with one lin
   assert.equal(bad.code, 2);
   assert.match(
     bad.stderr,
-    /unknown stage "rcp"; stages: connect, helo, unknown, mail, rcpt, data, header, eoh, body, eom/,
+    /unknown stage "rcp"; stages: connect, helo, envfrom, envrcpt, data, unknown, header, eoh, body, eom/,
   );
   const help = await runMilterd(['--help']);
   assert.match(help.stdout, /^ {2}6 {2}test: the milter decided otherwise than an --expect said$/m);

@@ -276,7 +276,7 @@ test("--mta postfix / sendmail against milterd: each MTA's offer, macros, UNKNOW
   assert.equal(at(seen, 'mail').macros['{auth_authen}'], 'joe');
   assert.equal(at(seen, 'mail').macros.i, 'QID1');
   // The report lists the UNKNOWN step after HELO.
-  assert.match(plain.out, /^helo .*\nunknown\s+XFOO bar\s+-> continue\nmail /m);
+  assert.match(plain.out, /^helo .*\nunknown\s+XFOO bar\s+-> continue\nenvfrom /m);
 });
 
 test('--unknown: a reject refuses that command only, the message goes on; --expect sees it at unknown', async (t) => {
@@ -311,7 +311,7 @@ test('--mta: the macros of an event the milter turned off still arrive, as both 
     assert.equal(r.code, 0, r.err);
     assert.ok(!events(seen).includes('mail'), mta);
     assert.equal(at(seen, 'rcpt').macros['{mail_addr}'], 'alice@example.org', mta);
-    assert.match(r.out, /^mail\s+FROM:<alice@example\.org>\s+-> \(not sent/m);
+    assert.match(r.out, /^envfrom\s+FROM:<alice@example\.org>\s+-> \(not sent/m);
   }
   // The default keeps today's behaviour: no macros for an event not sent.
   seen.length = 0;

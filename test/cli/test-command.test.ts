@@ -47,10 +47,10 @@ test('milterd test against milterd: JSON report with every step and the X-Milter
   assert.equal(report.negotiated.version, 6);
   assert.deepEqual(
     report.steps.map((s) => s.stage).filter((s, i, a) => a.indexOf(s) === i),
-    ['connect', 'helo', 'mail', 'rcpt', 'data', 'header', 'eoh', 'body', 'eom'],
+    ['connect', 'helo', 'envfrom', 'envrcpt', 'data', 'header', 'eoh', 'body', 'eom'],
   );
   // Envelope defaults come from the From:/To: headers.
-  assert.equal(report.steps.find((s) => s.stage === 'mail')?.sent, 'FROM:<alice@example.org>');
+  assert.equal(report.steps.find((s) => s.stage === 'envfrom')?.sent, 'FROM:<alice@example.org>');
   assert.deepEqual(report.result.acceptedRecipients, ['<bob@example.net>', '<carol@example.net>']);
   assert.equal(report.result.outcome, 'accepted');
   assert.equal(report.result.stoppedAt, 'eom');
@@ -77,8 +77,8 @@ test('milterd test: text report, envelope from options', async () => {
     '2001:db8::1',
   ]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^mail\s+FROM:<other@example\.org>\s+-> continue$/m);
-  assert.match(r.stdout, /^rcpt\s+TO:<x@example\.net>\s+-> continue$/m);
+  assert.match(r.stdout, /^envfrom\s+FROM:<other@example\.org>\s+-> continue$/m);
+  assert.match(r.stdout, /^envrcpt\s+TO:<x@example\.net>\s+-> continue$/m);
   assert.match(r.stdout, /^helo\s+mx\.example\.org\s+-> continue$/m);
   assert.match(r.stdout, /add header\s+X-Milterd: milterd/);
   assert.match(r.stdout, /^result\s+accepted/m);
@@ -145,7 +145,7 @@ test('milterd test against a libmilter filter (gcc + libmilter-dev)', async (t) 
   ]);
   assert.equal(r.code, 0, r.stderr);
   const report = JSON.parse(r.stdout) as Report;
-  const rcpts = report.steps.filter((s) => s.stage === 'rcpt');
+  const rcpts = report.steps.filter((s) => s.stage === 'envrcpt');
   assert.deepEqual(rcpts[0]?.reply, { kind: 'replyCode', text: '550 5.1.1 No such user here' });
   assert.equal(rcpts[1]?.reply.kind, 'continue');
   assert.deepEqual(report.result.acceptedRecipients, ['<bob@example.net>']);
@@ -179,7 +179,7 @@ test('milterd test against a libmilter filter (gcc + libmilter-dev)', async (t) 
     `unix:${sock}`,
     ...rcptArgs,
     '--expect',
-    'reject@rcpt',
+    'reject@envrcpt',
     '--expect',
     'accept',
   ]);

@@ -25,13 +25,13 @@ export async function clientMessage(
     );
     assertPassed(await client.helo('client.example'), 'helo');
   }
-  assertPassed(await client.mail('<sender@example.org>', ['SIZE=100']), 'mail');
-  assert.deepEqual(await client.rcpt('<reject@example.net>'), {
+  assertPassed(await client.envfrom('<sender@example.org>', ['SIZE=100']), 'envfrom');
+  assert.deepEqual(await client.envrcpt('<reject@example.net>'), {
     kind: 'replyCode',
     text: '550 5.7.1 Recipient rejected',
   });
-  assertPassed(await client.rcpt('<user@example.net>'), 'rcpt');
-  assertPassed(await client.rcpt('<gone@example.net>'), 'rcpt');
+  assertPassed(await client.envrcpt('<user@example.net>'), 'envrcpt');
+  assertPassed(await client.envrcpt('<gone@example.net>'), 'envrcpt');
   assertPassed(await client.data(), 'data');
   assertPassed(await client.header('Subject', subject), 'header');
   assertPassed(await client.header('X-Remove', 'yes'), 'header');

@@ -41,7 +41,7 @@ test('a server without a logger writes nothing to stdout or stderr', async () =>
     const server = createMilterServer({ filter: { eom: () => 'accept' } });
     const address = await server.listen('inet:0@127.0.0.1');
     const client = await MilterClient.connect(address.spec);
-    await client.mail('<a@example.org>');
+    await client.envfrom('<a@example.org>');
     await client.eom();
     await client.quit();
     await server.close();

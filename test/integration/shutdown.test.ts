@@ -26,8 +26,8 @@ async function startMessage(client: MilterClient, subject: string): Promise<void
     await client.connect({ hostname: 'h', family: 'inet', port: 1, address: '192.0.2.9' }),
     'connect',
   );
-  assertPassed(await client.mail('<s@example.org>'), 'mail');
-  assertPassed(await client.rcpt('<r@example.net>'), 'rcpt');
+  assertPassed(await client.envfrom('<s@example.org>'), 'envfrom');
+  assertPassed(await client.envrcpt('<r@example.net>'), 'envrcpt');
   assertPassed(await client.header('Subject', subject), 'header');
   assertPassed(await client.eoh(), 'eoh');
 }
@@ -153,7 +153,7 @@ test('close() does not outwait a callback that never settles once the deadline p
   const { server, address } = await startServer(t, { filter, timeouts: { callbackMs: 0 } });
   const client = await MilterClient.connect(address.spec);
   t.after(() => client.close());
-  const mail = client.mail('<stuck@example.org>');
+  const mail = client.envfrom('<stuck@example.org>');
   mail.catch(() => undefined);
   await waitFor(() => server.connectionCount === 1, 'the connection');
   await server.close({ deadlineMs: 50 });

@@ -96,6 +96,7 @@ const SURFACE: Record<string, string[]> = {
     'withShutdownPolicy',
   ],
   './client': [
+    'AbortPoint',
     'ClientReply',
     'EomResult',
     'MTA_NAMES',
@@ -199,6 +200,7 @@ const SURFACE: Record<string, string[]> = {
     'HeaderCommand',
     'HeloCommand',
     'InsertHeaderResponse',
+    'MACRO_PACKET_LETTERS',
     'MACRO_STAGES',
     'MAX_REPLY_LINES',
     'MAX_REPLY_LINE_LENGTH',
@@ -211,6 +213,7 @@ const SURFACE: Record<string, string[]> = {
     'MacroCommand',
     'MacroCommandLetter',
     'MacroLists',
+    'MacroPacketStage',
     'MailCommand',
     'MilterCommand',
     'MilterCommandKind',
@@ -338,6 +341,7 @@ const SURFACE: Record<string, string[]> = {
     'encodeResponse',
     'encodeResponses',
     'fromWireBytes',
+    'macroPacketStage',
     'wireBytes',
   ],
   './testing': [

@@ -133,9 +133,9 @@ async function stopDuringSession(t: TestContext, stop: (npm: NpmStart) => void):
   t.after(() => client.close());
   await client.connect(CONNECT);
   await client.helo('client.example.org');
-  client.macro('M', { i: 'NPMSTART' });
-  assert.equal((await client.mail('<a@example.org>')).kind, 'continue');
-  assert.equal((await client.rcpt('<b@example.net>')).kind, 'continue');
+  client.macro('envfrom', { i: 'NPMSTART' });
+  assert.equal((await client.envfrom('<a@example.org>')).kind, 'continue');
+  assert.equal((await client.envrcpt('<b@example.net>')).kind, 'continue');
 
   stop(npm);
   await waitFor(
@@ -156,7 +156,7 @@ async function stopDuringSession(t: TestContext, stop: (npm: NpmStart) => void):
   assert.equal((await client.data()).kind, 'continue');
   await client.eoh();
   await client.body(Buffer.from('drained through npm start\r\n'));
-  client.macro('E', { i: 'NPMSTART' });
+  client.macro('eom', { i: 'NPMSTART' });
   assert.equal((await client.eom()).reply.kind, 'continue');
   await client.quit();
 

@@ -208,7 +208,7 @@ const transcript: Promise<Transcript<Priv>> = testFilter(filter, {
   messages: [{ sender: '<a@example.org>', recipients: ['<spamtrap@example.net>'], body: 'hi\\r\\n' }],
 });
 void transcript.then((tr) => {
-  console.log(JSON.stringify({ spec: parseSocketSpec('inet:8890@127.0.0.1'), listen: typeof server.listen, rcpt: tr.messages[0]?.rcpt[0] }));
+  console.log(JSON.stringify({ spec: parseSocketSpec('inet:8890@127.0.0.1'), listen: typeof server.listen, rcpt: tr.messages[0]?.envrcpt[0] }));
 });
 `,
   );

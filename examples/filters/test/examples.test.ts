@@ -100,7 +100,7 @@ test('recipient-limit: the third recipient of a message gets 452 4.5.3, and the 
   assert.equal(t.messages.length, 2);
   for (const m of t.messages) {
     assert.deepEqual(m.acceptedRecipients, ['<a@example.org>', '<b@example.org>']);
-    const third = m.rcpt[2];
+    const third = m.envrcpt[2];
     assert.equal(third?.kind, 'replyCode');
     assert.match(third.kind === 'replyCode' ? third.text : '', /^452 4\.5\.3 Too many recipients/);
   }

@@ -79,9 +79,9 @@ test('negotiation: bits and versions the MTA did not offer are refused with ERR_
 
 test('NO bits: the command is skipped and nothing is sent', async (t) => {
   const { filter, client } = await setup(t, { ...V6, protocol: SMFIP_NOHELO });
-  client.macro('H', { '{tls_version}': 'TLSv1.3' });
+  client.macro('helo', { '{tls_version}': 'TLSv1.3' });
   assert.deepEqual(await client.helo('x'), { kind: 'skipped' });
-  assert.deepEqual(await client.mail('<a@b>'), { kind: 'continue' });
+  assert.deepEqual(await client.envfrom('<a@b>'), { kind: 'continue' });
   assert.deepEqual(
     filter.commands.map((c) => c.kind),
     ['optneg', 'mail'],
@@ -112,8 +112,8 @@ test('protocol version: v2 skips DATA and UNKNOWN, v3 skips only DATA', async (t
 
 test('queued macros go out in the same write as the next command', async (t) => {
   const { filter, client } = await setup(t);
-  client.macro('C', { j: 'mx.example.net', '{daemon_name}': 'mx' });
-  client.macro('C', { v: 'Postfix 3.7.11' });
+  client.macro('connect', { j: 'mx.example.net', '{daemon_name}': 'mx' });
+  client.macro('connect', { v: 'Postfix 3.7.11' });
   await client.connect(inet);
   const expected = encodeCommands([
     {
@@ -178,12 +178,12 @@ test('a missing reply times out with ERR_MILTER_TIMEOUT and closes the connectio
   t.after(() => client.close());
   await rejectsWith(client.helo('slow'), 'ERR_MILTER_TIMEOUT');
   assert.equal(client.closed, true);
-  await rejectsWith(client.mail('<a@b>'), 'ERR_MILTER_CONNECTION_CLOSED');
+  await rejectsWith(client.envfrom('<a@b>'), 'ERR_MILTER_CONNECTION_CLOSED');
 });
 
 test('EOF in the middle of a call rejects it with ERR_MILTER_CONNECTION_CLOSED', async (t) => {
   const { client } = await setup(t, V6, (c, fallback) => (c.kind === 'mail' ? 'hangup' : fallback()));
-  await rejectsWith(client.mail('<a@b>'), 'ERR_MILTER_CONNECTION_CLOSED');
+  await rejectsWith(client.envfrom('<a@b>'), 'ERR_MILTER_CONNECTION_CLOSED');
   assert.equal(client.closed, true);
   assert.throws(
     () => client.abort(),
@@ -195,7 +195,7 @@ test('a modification outside EOM is an unexpected response', async (t) => {
   const { client } = await setup(t, V6, (c, fallback) =>
     c.kind === 'rcpt' ? [{ kind: 'addRecipient', recipient: '<x@y>' }] : fallback(),
   );
-  await rejectsWith(client.rcpt('<b@c>'), 'ERR_MILTER_UNEXPECTED_RESPONSE');
+  await rejectsWith(client.envrcpt('<b@c>'), 'ERR_MILTER_UNEXPECTED_RESPONSE');
   assert.equal(client.closed, true);
 });
 

@@ -77,9 +77,9 @@ test('a reject at MAIL stops the message', async (t) => {
   const { result, kinds } = await run(t, (c, fallback) =>
     c.kind === 'mail' ? [{ kind: 'reject' }] : fallback(),
   );
-  assert.equal(result.stoppedAt, 'mail');
+  assert.equal(result.stoppedAt, 'envfrom');
   assert.deepEqual(result.reply, { kind: 'reject' });
-  assert.equal(result.rcpt.length, 0);
+  assert.equal(result.envrcpt.length, 0);
   assert.ok(!kinds.includes('rcpt'));
   assert.ok(kinds.includes('abort'));
 });
@@ -91,7 +91,7 @@ test('a reject at RCPT fails only that recipient', async (t) => {
       : fallback(),
   );
   assert.equal(result.stoppedAt, 'eom');
-  assert.deepEqual(result.rcpt, [
+  assert.deepEqual(result.envrcpt, [
     { kind: 'replyCode', text: '550 5.1.1 no such user' },
     { kind: 'continue' },
   ]);
@@ -103,7 +103,7 @@ test('all recipients rejected: no DATA, the message stops at RCPT', async (t) =>
   const { result, kinds } = await run(t, (c, fallback) =>
     c.kind === 'rcpt' ? [{ kind: 'tempfail' }] : fallback(),
   );
-  assert.equal(result.stoppedAt, 'rcpt');
+  assert.equal(result.stoppedAt, 'envrcpt');
   assert.deepEqual(result.reply, { kind: 'tempfail' });
   assert.ok(!kinds.includes('data'));
 });

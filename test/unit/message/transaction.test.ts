@@ -241,7 +241,7 @@ test('messagePriv is per message: undefined at every MAIL, still set in abort, g
   await testFilter(filter, {
     messages: [
       { sender: '<a@x>', recipients: ['<r@x>'], body: 'x\r\n' },
-      { sender: '<b@x>', recipients: ['<r@x>'], abortAfter: 'rcpt' },
+      { sender: '<b@x>', recipients: ['<r@x>'], abortAfter: 'envrcpt' },
       { sender: '<c@x>', recipients: ['<r@x>'], body: 'x\r\n' },
     ],
   });

@@ -79,7 +79,7 @@ test('runtime: a rule built in code with 600 é still ends the session with a 42
     rules: [{ name: 'one', limit: { kind: 'max-messages', max: 1 }, text: 'é'.repeat(600) }],
   });
   const t = await testFilter(withShutdownPolicy({}, policy), { messages: [message(1), message(2)] });
-  const mail = t.decisions.filter((d) => d.stage === 'mail');
+  const mail = t.decisions.filter((d) => d.stage === 'envfrom');
   assert.equal(mail.length, 2);
   assert.equal(mail[0]?.verdict, 'continue');
   // The second MAIL is answered with a 421 reply (TEMPFAIL + `y`): the MTA sends it and closes the
@@ -99,7 +99,7 @@ test('runtime: % in a hook text is counted doubled, so the escaped line still fi
     (r) => r.counters.messagesAccepted >= 1 && { shutdown: true, text: '%'.repeat(700) },
   );
   const t = await testFilter(withShutdownPolicy({}, policy), { messages: [message(1), message(2)] });
-  const second = t.decisions.filter((d) => d.stage === 'mail')[1];
+  const second = t.decisions.filter((d) => d.stage === 'envfrom')[1];
   assert.equal(second?.code, 421);
   assert.ok(second?.reply.kind === 'replyCode');
   assert.equal(second.reply.text, `421 4.7.0 ${'%%'.repeat(485)}`);

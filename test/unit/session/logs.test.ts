@@ -23,11 +23,11 @@ test('trace: one line per command with its macros; debug: one line per decision;
   const commands = lines.filter((l) => l['msg'] === 'command');
   assert.deepEqual(
     commands.map((l) => l['command']),
-    ['optneg', 'macro', 'connect', 'mail', 'eoh', 'body'],
+    ['optneg', 'macro', 'connect', 'envfrom', 'eoh', 'body'],
   );
   const macro = commands[1];
   assert.deepEqual(macro?.['macros'], { j: 'mx.example', '{client_addr}': '192.0.2.7' });
-  assert.equal(macro?.['stage'], 'C');
+  assert.equal(macro?.['stage'], 'connect');
   assert.equal(commands[3]?.['sender'], '<a@example.org>');
   assert.equal(commands[5]?.['bytes'], 5, 'body chunks by size, not content');
   assert.deepEqual(

@@ -39,7 +39,7 @@ test('reject at RCPT: only that recipient fails, the message goes on to EOM', as
   const t = await testFilter(filter, { messages: [message] });
   const m = t.messages[0];
   assert.ok(m);
-  assert.deepEqual(m.rcpt, [
+  assert.deepEqual(m.envrcpt, [
     { kind: 'continue' },
     { kind: 'replyCode', text: '550 5.1.1 No such user' },
     { kind: 'continue' },
@@ -47,7 +47,7 @@ test('reject at RCPT: only that recipient fails, the message goes on to EOM', as
   assert.deepEqual(m.acceptedRecipients, ['<bob@example.net>', '<carol@example.net>']);
   assert.equal(m.stoppedAt, 'eom');
   assert.deepEqual(m.eom?.reply, { kind: 'continue' });
-  const rcpt = t.decisions.filter((d) => d.stage === 'rcpt');
+  const rcpt = t.decisions.filter((d) => d.stage === 'envrcpt');
   assert.deepEqual(
     rcpt.map((d) => [d.verdict, d.code]),
     [
@@ -57,7 +57,7 @@ test('reject at RCPT: only that recipient fails, the message goes on to EOM', as
     ],
   );
   // Only envrcpt exists: every other step is negotiated away and never sent.
-  assert.equal(m.mail?.kind, 'skipped');
+  assert.equal(m.envfrom?.kind, 'skipped');
   assert.equal(m.data?.kind, 'skipped');
   assert.deepEqual(
     t.callbacks.map((c) => [c.callback, ...c.args]),
@@ -158,14 +158,14 @@ test('a 421 at MAIL ends the SMTP session: later messages are not played', async
   const filter: Filter = { envfrom: () => Decision.shutdown('Too busy') };
   const t = await testFilter(filter, { messages: [message, message], abortAfterMessage: true });
   assert.equal(t.messages.length, 1);
-  assert.equal(t.messages[0]?.stoppedAt, 'mail');
+  assert.equal(t.messages[0]?.stoppedAt, 'envfrom');
   assert.deepEqual(t.messages[0]?.reply, { kind: 'replyCode', text: '421 4.7.0 Too busy' });
   assert.deepEqual(
     t.decisions.map((d) => [d.stage, d.verdict, d.code]),
     [
       ['connect', 'skipped', undefined],
       ['helo', 'skipped', undefined],
-      ['mail', 'tempfail', 421],
+      ['envfrom', 'tempfail', 421],
     ],
   );
   assert.deepEqual(
@@ -188,12 +188,12 @@ test('abortAfter and skip: RSET after RCPT calls abort; SKIP from body jumps to 
   const big = Buffer.alloc(70000, 0x61);
   const t = await testFilter(filter, {
     messages: [
-      { ...message, abortAfter: 'rcpt' },
+      { ...message, abortAfter: 'envrcpt' },
       { ...message, body: big },
     ],
   });
   assert.equal(t.messages[0]?.aborted, true);
-  assert.equal(t.messages[0]?.stoppedAt, 'rcpt');
+  assert.equal(t.messages[0]?.stoppedAt, 'envrcpt');
   assert.equal(bodyCalls, 1, 'the second body packet is not sent after SKIP');
   assert.equal(t.messages[1]?.stoppedAt, 'eom');
   assert.deepEqual(
@@ -231,8 +231,8 @@ test('a throwing callback shows as the failure decision, not as a rejected promi
     },
   };
   const t = await testFilter(filter, { messages: [message], session: { failureDecision: 'reject' } });
-  assert.deepEqual(t.messages[0]?.mail, { kind: 'reject' });
-  assert.equal(t.messages[0]?.stoppedAt, 'mail');
+  assert.deepEqual(t.messages[0]?.envfrom, { kind: 'reject' });
+  assert.equal(t.messages[0]?.stoppedAt, 'envfrom');
   assert.ok(t.callbacks[0]?.error instanceof Error);
 });
 
@@ -258,7 +258,10 @@ test('the reference filter through testFilter: EOM modifications in call order, 
     ],
   });
   const [combo, plain, third] = t.messages;
-  assert.deepEqual(combo?.rcpt[1], { kind: 'replyCode', text: '550 5.7.1 Recipient rejected by refmilter' });
+  assert.deepEqual(combo?.envrcpt[1], {
+    kind: 'replyCode',
+    text: '550 5.7.1 Recipient rejected by refmilter',
+  });
   assert.deepEqual(
     combo?.eom?.modifications.map((m) => m.kind),
     [
