@@ -30,6 +30,7 @@ import { MACROS_WHEN_SKIPPED } from './mta-profiles.js';
 import { STAGE, type Stage, validateNegotiation } from './negotiate.js';
 import { closedError, openSocket } from './socket.js';
 import type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
+import { DEFAULTS } from '../defaults.js';
 
 export type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
 
@@ -46,7 +47,7 @@ const NOREPLY: ClientReply = Object.freeze({ kind: 'noreply' });
 const SKIPPED: ClientReply = Object.freeze({ kind: 'skipped' });
 /** Shared by non-EOM waiters, which never push to it (a modification there is a protocol error). */
 const NO_MODIFICATIONS: ModificationResponse[] = [];
-const DEFAULT_TIMEOUT_MS = 10_000;
+const DEFAULT_TIMEOUT_MS = DEFAULTS.clientReplyMs;
 
 /**
  * One milter connection seen from the MTA side. Calls must not overlap: await each reply before the

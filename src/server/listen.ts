@@ -12,6 +12,7 @@ import * as net from 'node:net';
 import { dirname, join } from 'node:path';
 import { MilterConfigError, MilterError } from '../errors.js';
 import { formatSocketSpec, type SocketSpec } from '../socket-spec.js';
+import { DEFAULTS } from '../defaults.js';
 
 /** Where a server listens, as reported by `MilterServer.addresses`. */
 export interface ListenAddress {
@@ -45,7 +46,7 @@ export interface BindOptions extends UnixSocketOptions {
  * once: on TCP the kernel drops SYNs (the client retries after 1 s), on Unix sockets connect() fails with
  * EAGAIN. 4096 is Linux's default somaxconn since 5.4.
  */
-export const DEFAULT_BACKLOG = 4096;
+export const DEFAULT_BACKLOG: number = DEFAULTS.backlog;
 
 /** A bound listener and how to release it. */
 export interface BoundListener {

@@ -24,7 +24,7 @@ export type { ListenAddress } from './listen.js';
 
 /** Timeouts in milliseconds; 0 disables one. */
 export interface MilterServerTimeouts {
-  /** From accept to the MTA's OPTNEG. Default 30 s (MTAs send OPTNEG at once). */
+  /** From accept to the MTA's OPTNEG. Default 30 s (MTAs send OPTNEG at once; the daemon's is 10 s). */
   negotiateMs?: number;
   /**
    * From the first byte of a frame to its last. Default 10 s: Postfix and Sendmail write each packet at
@@ -32,9 +32,12 @@ export interface MilterServerTimeouts {
    * dribbles bytes to hold a connection slot ever needs longer.
    */
   frameMs?: number;
-  /** Waiting for the MTA's next command. Default 7210 s, libmilter's I/O timeout (§11.1). */
+  /** Waiting for the MTA's next command. Default 7210 s, libmilter's I/O timeout (§11.1; the daemon's is 10 min). */
   idleMs?: number;
-  /** One filter callback; on expiry the failure decision is sent. Default 300 s (Sendmail's E:5m). */
+  /**
+   * One filter callback; on expiry the failure decision is sent. Default 30 s, Postfix's
+   * milter_command_timeout; `eom` gets the same budget (why: src/defaults.ts, `callbackMs`).
+   */
   callbackMs?: number;
 }
 

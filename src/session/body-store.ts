@@ -11,9 +11,10 @@ import path from 'node:path';
 import { MILTER_CHUNK_SIZE } from '../protocol/constants.js';
 import type { MilterResponse, ReplaceBodyResponse } from '../protocol/types.js';
 import type { HandleResult } from './types.js';
+import { DEFAULTS } from '../defaults.js';
 
 /** Default bytes kept in memory before the body spills to a temporary file. */
-export const BODY_MEMORY_LIMIT = 1024 * 1024;
+export const BODY_MEMORY_LIMIT: number = DEFAULTS.bodyMemoryLimit;
 
 /** Read size when streaming a spilled body back. */
 const READ_CHUNK = 64 * 1024;

@@ -43,6 +43,7 @@ import {
   undefinedDecisions,
 } from './stages.js';
 import type { StageCommand, StageInfo } from './stages.js';
+import { DEFAULTS } from '../defaults.js';
 
 /**
  * Create the session of one milter connection.
@@ -102,7 +103,7 @@ class MilterSession implements Session {
       this.ctx,
       options.observer,
       options.callbackTimeoutMs,
-      options.failureDecision ?? 'tempfail',
+      options.failureDecision ?? DEFAULTS.failureDecision,
     );
     this.observer = options.observer;
     this.floor = options.maxDataSize ?? MILTER_MDS_64K;
