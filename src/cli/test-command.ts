@@ -22,7 +22,7 @@ import {
   type MilterClientOptions,
 } from '../client/index.js';
 import type { ConnectionInfo, MacroStage } from '../filter.js';
-import { MilterConfigError, MilterError, isMilterError } from '../errors.js';
+import { MilterConfigError, isMilterError } from '../errors.js';
 import { DEFAULTS } from '../defaults.js';
 import { SMFIP_HDR_LEADSPC } from '../protocol/constants.js';
 import { MESSAGE_STAGES } from '../client/transaction.js';
@@ -493,7 +493,9 @@ async function converse(
       (o.version !== undefined || o.actions !== undefined || o.protocol !== undefined)
         ? '; or it refused the offer of --version/--actions/--protocol'
         : '';
-    throw new MilterError(err.code, `${o.milter}: ${err.message}${offerHint}`, { cause: err });
+    // The same error (class and code), told where: the milter's address and what might have gone wrong.
+    err.message = `${o.milter}: ${err.message}${offerHint}`;
+    throw err;
   }
   try {
     const leadSpace = (client.negotiated.protocol & SMFIP_HDR_LEADSPC) !== 0;
@@ -519,7 +521,8 @@ async function converse(
   } catch (err) {
     client.close();
     if (!isMilterError(err)) throw err;
-    throw new MilterError(err.code, `conversation with ${o.milter} failed: ${err.message}`, { cause: err });
+    err.message = `conversation with ${o.milter} failed: ${err.message}`;
+    throw err;
   }
 }
 

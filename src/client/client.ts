@@ -6,7 +6,7 @@
  * awaits a reply creates a promise. One reply timer per client is re-armed with `refresh()`.
  */
 import type net from 'node:net';
-import { MilterError } from '../errors.js';
+import { MilterConnectionError, MilterError, MilterProtocolError, MilterUsageError } from '../errors.js';
 import {
   MILTER_CHUNK_SIZE,
   MILTER_MDS_1M,
@@ -105,7 +105,7 @@ export class MilterClient {
         err.code === 'ERR_MILTER_CONNECTION_CLOSED' &&
         client.decoder.bufferedBytes === 0
       ) {
-        throw new MilterError(
+        throw new MilterConnectionError(
           'ERR_MILTER_CONNECTION_CLOSED',
           'refused while draining (or at the connection limit): the milter closed the connection before negotiating',
           { cause: err },
@@ -136,7 +136,7 @@ export class MilterClient {
   /** Queue a SMFIC_MACRO packet for `stage` (command letter); it goes out in the same write as the next command. */
   macro(stage: string, macros: Record<string, string>): void {
     if (stage.length !== 1)
-      throw new MilterError('ERR_MILTER_INVALID_ARGUMENT', `bad macro stage "${stage}"`);
+      throw new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', `bad macro stage "${stage}"`);
     this.queuedMacros.push({ kind: 'macro', stage, macros: Object.entries(macros) });
   }
 
@@ -237,7 +237,10 @@ export class MilterClient {
       timer = setTimeout(() => {
         this.socket.destroy();
         reject(
-          new MilterError('ERR_MILTER_TIMEOUT', `filter did not close within ${this.timeoutMs} ms of QUIT`),
+          new MilterConnectionError(
+            'ERR_MILTER_TIMEOUT',
+            `filter did not close within ${this.timeoutMs} ms of QUIT`,
+          ),
         );
       }, this.timeoutMs);
     });
@@ -280,7 +283,7 @@ export class MilterClient {
   private write(commands: MilterCommand[]): void {
     if (this.ended) throw closedError(this.failure);
     if (this.waiter !== undefined) {
-      throw new MilterError(
+      throw new MilterUsageError(
         'ERR_MILTER_INVALID_ARGUMENT',
         'a reply is still awaited: calls must not overlap',
       );
@@ -338,7 +341,7 @@ export class MilterClient {
     const waiter = this.waiter;
     const unexpected = (): void =>
       this.fail(
-        new MilterError(
+        new MilterProtocolError(
           'ERR_MILTER_UNEXPECTED_RESPONSE',
           `unexpected '${response.kind}' packet while ${waiter === undefined ? 'no reply is awaited' : `awaiting ${waiter.mode}`}`,
         ),
@@ -383,7 +386,7 @@ export class MilterClient {
 
   private onTimer(): void {
     if (this.waiter === undefined || this.ended) return;
-    this.fail(new MilterError('ERR_MILTER_TIMEOUT', `no reply within ${this.timeoutMs} ms`));
+    this.fail(new MilterConnectionError('ERR_MILTER_TIMEOUT', `no reply within ${this.timeoutMs} ms`));
   }
 
   /** Fatal: remember the error, reject the pending call with it, close the socket. */

@@ -5,7 +5,7 @@
  */
 import * as net from 'node:net';
 import type { Logger } from 'pino';
-import { MilterConfigError, MilterError } from '../errors.js';
+import { MilterConfigError, MilterConnectionError } from '../errors.js';
 import type { Filter } from '../filter.js';
 import { silentLogger } from '../logging/logger.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
@@ -229,7 +229,8 @@ class Server implements MilterServer {
   }
 
   async listen(spec: string | SocketSpec | net.Server): Promise<ListenAddress> {
-    if (this.closing) throw new MilterError('ERR_MILTER_SERVER_CLOSED', 'the milter server is closed');
+    if (this.closing)
+      throw new MilterConnectionError('ERR_MILTER_SERVER_CLOSED', 'the milter server is closed');
     if (this.fdReserve > 0) this.fdLimit ??= await openFileLimit();
     let bound: BoundListener;
     if (spec instanceof net.Server) {
@@ -247,7 +248,10 @@ class Server implements MilterServer {
     }
     if (this.closing) {
       await bound.close();
-      throw new MilterError('ERR_MILTER_SERVER_CLOSED', 'the milter server was closed while binding');
+      throw new MilterConnectionError(
+        'ERR_MILTER_SERVER_CLOSED',
+        'the milter server was closed while binding',
+      );
     }
     const address = bound.address;
     // A listener milterd created has no other audience: its connections skip net's paused socket.

@@ -6,7 +6,7 @@
 import { pino } from 'pino';
 import type { ClientReply, MessageResult } from '../client/index.js';
 import { STAGE, type Stage } from '../client/negotiate.js';
-import { MilterError } from '../errors.js';
+import { MilterConnectionError, MilterProtocolError } from '../errors.js';
 import type { Filter, MacroStage } from '../filter.js';
 import { MACRO_STAGES, SMFI_CURR_ACTS, SMFI_CURR_PROT, SMFI_PROT_VERSION } from '../protocol/constants.js';
 import type {
@@ -53,8 +53,8 @@ export function isShutdown(reply: ClientReply): boolean {
   return reply.kind === 'shutdown' || (reply.kind === 'replyCode' && reply.text.startsWith('421'));
 }
 
-function unexpected(what: string): MilterError {
-  return new MilterError('ERR_MILTER_UNEXPECTED_RESPONSE', what);
+function unexpected(what: string): MilterProtocolError {
+  return new MilterProtocolError('ERR_MILTER_UNEXPECTED_RESPONSE', what);
 }
 
 function toReply(r: MilterResponse, stage: string): ClientReply {
@@ -176,7 +176,7 @@ export class Conversation<P> {
       } else {
         const r = responses[0];
         if (r === undefined) {
-          throw new MilterError(
+          throw new MilterConnectionError(
             'ERR_MILTER_TIMEOUT',
             `the session sent no reply to ${stage}: an MTA would time out`,
           );
@@ -203,7 +203,8 @@ export class Conversation<P> {
     const modifications: ModificationResponse[] = [];
     let progress = 0;
     const last = responses[responses.length - 1];
-    if (last === undefined) throw new MilterError('ERR_MILTER_TIMEOUT', 'the session sent no reply to EOM');
+    if (last === undefined)
+      throw new MilterConnectionError('ERR_MILTER_TIMEOUT', 'the session sent no reply to EOM');
     for (const r of responses.slice(0, -1)) {
       if (r.kind === 'progress') progress++;
       else if (isModification(r)) modifications.push(r);
