@@ -253,8 +253,17 @@ class MilterSession implements Session {
         break;
       case 'unknown':
         break;
-      default:
+      case 'data':
+      case 'header':
+      case 'eoh':
+      case 'body':
         this.ensureTransaction();
+        break;
+      default: {
+        // Every stage command is listed: a new one fails to compile here until its bookkeeping is decided.
+        const unhandled: never = cmd;
+        throw new Error(`no bookkeeping for command ${String((unhandled as { kind: unknown }).kind)}`);
+      }
     }
     this.state = info.state;
     return this.run(info, cmd);

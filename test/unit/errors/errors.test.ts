@@ -36,6 +36,8 @@ import {
   encodeCommand,
   encodeResponse,
   FrameDecoder,
+  type MilterCommand,
+  type MilterResponse,
 } from '../../../src/protocol/index.js';
 import { fakeTransaction } from '../../../src/testing/index.js';
 
@@ -151,6 +153,17 @@ test('protocol encoders: a value the wire cannot carry is MilterUsageError ERR_M
   );
   await refuses(
     () => encodeResponse({ kind: 'addHeader', name: 'X', value: 'a\0b' }),
+    MilterUsageError,
+    'ERR_MILTER_INVALID_ARGUMENT',
+  );
+  // The switches end in a never check; a JavaScript caller's unknown kind is refused, not sent empty.
+  await refuses(
+    () => encodeResponse({ kind: 'bogus' } as unknown as MilterResponse),
+    MilterUsageError,
+    'ERR_MILTER_INVALID_ARGUMENT',
+  );
+  await refuses(
+    () => encodeCommand({ kind: 'bogus' } as unknown as MilterCommand),
     MilterUsageError,
     'ERR_MILTER_INVALID_ARGUMENT',
   );
