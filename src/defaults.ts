@@ -1,10 +1,9 @@
 /**
  * The one table of defaults: the library (createMilterServer), the daemon's options and config file, and
  * the policy/pipeline/store layers read their default values here, so that a value has one home and the
- * docs can point at it. Durations are in milliseconds, sizes in bytes.
+ * docs can point at it. Durations are in milliseconds, sizes in bytes. This module imports nothing, so
+ * that any layer can read it without an import cycle.
  */
-import { MILTER_MDS_64K } from './protocol/constants.js';
-import { DEFAULT_BACKLOG } from './server/listen.js';
 
 export const DEFAULTS = {
   /** Open MTA connections per server. */
@@ -17,13 +16,24 @@ export const DEFAULTS = {
   frameMs: 10_000,
   /** Between commands (libmilter's default read timeout: 7210 s). */
   idleMs: 7_210_000,
-  /** The budget of one callback. */
-  callbackMs: 300_000,
-  /** The largest body chunk offered (SMFIC_OPTNEG data size). */
-  maxDataSize: MILTER_MDS_64K,
+  /**
+   * The budget of one callback, the library's and the daemon's. 30 s is Postfix's milter_command_timeout,
+   * the time it waits for the reply to every command before end of message (Sendmail's R: waits 10 s):
+   * a longer budget there only lets the MTA give up first and apply its own failure action instead of
+   * ours. At end of message Postfix waits milter_content_timeout (300 s) and Sendmail E: (5 min), but
+   * the same budget applies: milterd sends no progress packets on its own (only a filter's
+   * `ctx.progress()` does, which restarts the MTA's timer, not this budget), so an `eom` callback that
+   * needs longer needs a larger budget.
+   */
+  callbackMs: 30_000,
+  /** Decision sent when a callback throws, times out or returns something illegal. */
+  failureDecision: 'tempfail',
+  /** The largest body chunk offered (SMFIC_OPTNEG data size): libmilter's 64 KiB - 1 (MILTER_MDS_64K). */
+  maxDataSize: 64 * 1024 - 1,
   /** Bytes read from one connection before yielding to the others. */
   readBudgetBytes: 256 * 1024,
-  backlog: DEFAULT_BACKLOG,
+  /** listen(2) backlog (Node's 511 overflows when hundreds of MTA processes connect at once). */
+  backlog: 4096,
   sharedReadBuffer: true,
   /** close(): how long sessions may finish before their sockets are destroyed. */
   deadlineMs: 10_000,
@@ -33,4 +43,29 @@ export const DEFAULTS = {
   breakerFailures: 5,
   /** Circuit breaker: how long it stays open before one probe is let through. */
   breakerOpenMs: 30_000,
+  /** messageFilter: body bytes kept in memory; the rest goes to an unlinked temporary file. */
+  bodyMemoryLimit: 1024 * 1024,
+  /** The MTA side (MilterClient, `milterd test`): how long one reply may take. */
+  clientReplyMs: 10_000,
+  /** Policy rules: the sliding window of max-messages-per-client without `window`. */
+  policyWindowMs: 3_600_000,
+  /** Policy rules: messages seen before max-failure-ratio counts, without `min-attempts`. */
+  policyMinAttempts: 10,
+
+  // The daemon (`milterd serve`, its config file). Where it differs from the library, why:
+  /** Loopback only; containers pass `inet:8890@0.0.0.0`. */
+  listen: 'inet:8890@127.0.0.1',
+  /** MTAs send OPTNEG at once: a daemon on a shared port frees a silent peer's slot sooner. */
+  daemonNegotiateMs: 10_000,
+  /**
+   * Longer than Postfix's smtpd_timeout (300 s), during which the MTA legitimately sends nothing, with a
+   * margin; shorter than libmilter's 7210 s so that a silent peer does not hold a slot for two hours.
+   */
+  daemonIdleMs: 600_000,
+  /** On SIGTERM: how long open sessions may run to QUIT (the library's close() deadline). */
+  drainMs: 30_000,
+  /** Log lines buffered while stdout is not read; beyond them lines are dropped and counted. */
+  logBufferBytes: 1024 * 1024,
+  /** Admin endpoint connections at once (a probe or a scraper needs one or two). */
+  adminMaxConnections: 64,
 } as const;

@@ -4,41 +4,50 @@
  * decisions; configuration errors fail at start-up.
  */
 
-export type MilterErrorCode =
-  // protocol (fatal for the connection)
+/** The byte stream broke the protocol (codes of {@link MilterProtocolError}). */
+export type ProtocolErrorCode =
   | 'ERR_MILTER_FRAME_EMPTY'
   | 'ERR_MILTER_FRAME_TOO_LARGE'
   | 'ERR_MILTER_UNKNOWN_COMMAND'
   | 'ERR_MILTER_MALFORMED_PAYLOAD'
   | 'ERR_MILTER_UNKNOWN_RESPONSE'
-  | 'ERR_MILTER_NEGOTIATION'
-  | 'ERR_MILTER_TRUNCATED'
-  // session / filter
+  | 'ERR_MILTER_UNEXPECTED_RESPONSE'
+  | 'ERR_MILTER_NEGOTIATION';
+
+/** A filter callback or a policy hook misbehaved (codes of {@link MilterFilterError}). */
+export type FilterErrorCode =
   | 'ERR_MILTER_CALLBACK_FAILED'
   | 'ERR_MILTER_CALLBACK_TIMEOUT'
   | 'ERR_MILTER_ILLEGAL_DECISION'
   | 'ERR_MILTER_INVALID_REPLY'
-  | 'ERR_MILTER_ACTION_NOT_NEGOTIATED'
-  | 'ERR_MILTER_WRONG_STAGE'
-  | 'ERR_MILTER_INVALID_ARGUMENT'
-  // server / client / lifecycle
+  | 'ERR_MILTER_HOOK_FAILED'
+  | 'ERR_MILTER_HOOK_TIMEOUT';
+
+/** An API was called with a value, or at a time, it refuses (codes of {@link MilterUsageError}). */
+export type UsageErrorCode =
+  'ERR_MILTER_INVALID_ARGUMENT' | 'ERR_MILTER_WRONG_STAGE' | 'ERR_MILTER_ACTION_NOT_NEGOTIATED';
+
+/** A socket or the server's lifecycle failed (codes of {@link MilterConnectionError}). */
+export type ConnectionErrorCode =
   | 'ERR_MILTER_TIMEOUT'
   | 'ERR_MILTER_CONNECTION_CLOSED'
-  | 'ERR_MILTER_TOO_MANY_CONNECTIONS'
-  | 'ERR_MILTER_LISTEN_SPEC'
   | 'ERR_MILTER_SOCKET_IN_USE'
-  | 'ERR_MILTER_SERVER_CLOSED'
-  | 'ERR_MILTER_UNEXPECTED_RESPONSE'
-  // policy / configuration
-  | 'ERR_MILTER_HOOK_FAILED'
-  | 'ERR_MILTER_HOOK_TIMEOUT'
-  | 'ERR_MILTER_HOOK_INVALID'
-  | 'ERR_MILTER_CONFIG';
+  | 'ERR_MILTER_SERVER_CLOSED';
 
-/** Base class of every error milterd throws. */
-export class MilterError extends Error {
+/** A configuration, policy, value or listen spec is invalid (codes of {@link MilterConfigError}). */
+export type ConfigErrorCode = 'ERR_MILTER_CONFIG' | 'ERR_MILTER_LISTEN_SPEC' | 'ERR_MILTER_HOOK_INVALID';
+
+/** Every code; each belongs to exactly one error class (its family's type above says which). */
+export type MilterErrorCode =
+  ProtocolErrorCode | FilterErrorCode | UsageErrorCode | ConnectionErrorCode | ConfigErrorCode;
+
+/**
+ * Base class of every error milterd throws; never thrown itself: each code is thrown by the one subclass
+ * of its family, so `instanceof` and `code` always agree.
+ */
+export abstract class MilterError extends Error {
   readonly code: MilterErrorCode;
-  constructor(code: MilterErrorCode, message: string, options?: { cause?: unknown }) {
+  protected constructor(code: MilterErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'MilterError';
     this.code = code;
@@ -47,22 +56,50 @@ export class MilterError extends Error {
 
 /** The byte stream broke the protocol: the connection is closed, no reply is sent. */
 export class MilterProtocolError extends MilterError {
-  constructor(code: MilterErrorCode, message: string, options?: { cause?: unknown }) {
+  declare readonly code: ProtocolErrorCode;
+  constructor(code: ProtocolErrorCode, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'MilterProtocolError';
   }
 }
 
-/** User filter code misbehaved (threw, timed out, returned an illegal decision or reply). */
+/** User filter code or a policy hook misbehaved (threw, timed out, returned an illegal decision or reply). */
 export class MilterFilterError extends MilterError {
-  constructor(code: MilterErrorCode, message: string, options?: { cause?: unknown }) {
+  declare readonly code: FilterErrorCode;
+  constructor(code: FilterErrorCode, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'MilterFilterError';
   }
 }
 
-/** A configuration, policy file or listen spec is invalid. `file`, `line` and `field` locate it when known. */
+/**
+ * An API was called with a value it cannot use (a header name with a colon, a string with NUL for the
+ * wire, a bad macro stage) or at a time it refuses (an action after `eom` returned, one not negotiated,
+ * overlapping client calls): the caller's bug. Inside a callback it becomes ERR_MILTER_CALLBACK_FAILED.
+ */
+export class MilterUsageError extends MilterError {
+  declare readonly code: UsageErrorCode;
+  constructor(code: UsageErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'MilterUsageError';
+  }
+}
+
+/** A socket failed or timed out, or the server's lifecycle refused the call (closed, address in use). */
+export class MilterConnectionError extends MilterError {
+  declare readonly code: ConnectionErrorCode;
+  constructor(code: ConnectionErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'MilterConnectionError';
+  }
+}
+
+/**
+ * A configuration, policy file, value (duration, size, CIDR…) or listen spec is invalid. `file`, `line`
+ * and `field` locate it when known.
+ */
 export class MilterConfigError extends MilterError {
+  declare readonly code: ConfigErrorCode;
   readonly file: string | undefined;
   readonly line: number | undefined;
   /** 1-based column, when known. */
@@ -76,7 +113,7 @@ export class MilterConfigError extends MilterError {
   constructor(
     message: string,
     where: { file?: string; line?: number; column?: number; field?: string } = {},
-    options?: { cause?: unknown; code?: MilterErrorCode; problems?: readonly MilterConfigError[] },
+    options?: { cause?: unknown; code?: ConfigErrorCode; problems?: readonly MilterConfigError[] },
   ) {
     super(options?.code ?? 'ERR_MILTER_CONFIG', message, options);
     this.name = 'MilterConfigError';

@@ -1,8 +1,9 @@
 /**
  * The one duration parser and the one size parser, for every place a person writes one: command-line
- * options, the config file and the policy file. They throw a plain Error whose message the callers turn
- * into a located MilterConfigError (file, line, field).
+ * options, the config file and the policy file. They throw a MilterConfigError (ERR_MILTER_CONFIG) without
+ * a location; the callers turn its message into a located one (file, line, field).
  */
+import { MilterConfigError } from './errors.js';
 
 /** Duration units, in milliseconds. */
 export const DURATION_UNITS: Readonly<Record<string, number>> = {
@@ -20,13 +21,13 @@ export const DURATION_UNITS: Readonly<Record<string, number>> = {
  */
 export function parseDuration(value: unknown): number {
   if (typeof value === 'number') {
-    if (!Number.isFinite(value) || value < 0) throw new Error('expected a duration >= 0');
+    if (!Number.isFinite(value) || value < 0) throw new MilterConfigError('expected a duration >= 0');
     return Math.round(value * 1000);
   }
   const m = typeof value === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/.exec(value) : null;
   const unit = m === null ? undefined : DURATION_UNITS[m[2] === '' ? 's' : (m[2] as string)];
   if (m === null || unit === undefined) {
-    throw new Error('expected a duration such as 500ms, 30s, 5m, 1h (a bare number is seconds)');
+    throw new MilterConfigError('expected a duration such as 500ms, 30s, 5m, 1h (a bare number is seconds)');
   }
   return Math.round(Number(m[1]) * unit);
 }
@@ -51,13 +52,14 @@ export const SIZE_UNITS: Readonly<Record<string, number>> = {
  */
 export function parseSize(value: unknown): number {
   if (typeof value === 'number') {
-    if (!Number.isInteger(value) || value < 0) throw new Error('expected a whole number of bytes >= 0');
+    if (!Number.isInteger(value) || value < 0)
+      throw new MilterConfigError('expected a whole number of bytes >= 0');
     return value;
   }
   const m = typeof value === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value) : null;
   const unit = m === null ? undefined : m[2] === '' ? 1 : SIZE_UNITS[(m[2] ?? '').toLowerCase()];
   if (m === null || unit === undefined) {
-    throw new Error('expected a size such as 10MB, 512KiB or a number of bytes');
+    throw new MilterConfigError('expected a size such as 10MB, 512KiB or a number of bytes');
   }
   return Math.round(Number(m[1]) * unit);
 }

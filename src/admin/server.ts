@@ -17,11 +17,12 @@ import { LogRateLimiter } from '../logging/rate-limit.js';
 import { inFdReserve, openFileLimit } from '../server/fd-limit.js';
 import { parseSocketSpec } from '../socket-spec.js';
 import { PROMETHEUS_CONTENT_TYPE } from './metrics.js';
+import { DEFAULTS } from '../defaults.js';
 
 /** Limits of the admin endpoint. */
 export const ADMIN_DEFAULTS = {
   /** Connections at once; more are closed at accept (a probe or a scraper needs one or two). */
-  maxConnections: 64,
+  maxConnections: DEFAULTS.adminMaxConnections,
   /** From connect to the end of the request headers. */
   headersTimeoutMs: 5_000,
   /** From connect to the end of the request. */

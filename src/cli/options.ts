@@ -5,8 +5,7 @@
  */
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { ADMIN_DEFAULTS } from '../admin/server.js';
-import { ASYNC_LOG_DEFAULTS } from '../logging/async-destination.js';
+import { DEFAULTS } from '../defaults.js';
 import type { FailureDecision } from '../session/types.js';
 import {
   FAILURE_DECISIONS,
@@ -14,6 +13,7 @@ import {
   parseAdmin,
   parseBoolean,
   parseByteSize,
+  formatDuration,
   parseDuration,
   parseFailureDecision,
   parseGroup,
@@ -103,7 +103,7 @@ export interface SettingDef<T> {
 type SettingsTable = { [K in keyof DaemonSettings]: SettingDef<DaemonSettings[K]> };
 
 /** Default listen spec: loopback only; containers pass `inet:8890@0.0.0.0`. */
-export const DEFAULT_LISTEN = 'inet:8890@127.0.0.1';
+export const DEFAULT_LISTEN: string = DEFAULTS.listen;
 
 const same =
   <T>(parse: (v: unknown) => T) =>
@@ -171,8 +171,8 @@ export const SETTINGS: SettingsTable = {
     description:
       'log lines buffered while stdout is not read (e.g. 1MiB, 256KiB); beyond it lines are dropped and ' +
       'counted, never waited for',
-    defaultValue: ASYNC_LOG_DEFAULTS.maxBufferBytes,
-    defaultText: '1MiB',
+    defaultValue: DEFAULTS.logBufferBytes,
+    defaultText: `${DEFAULTS.logBufferBytes / 1024 ** 2}MiB`,
     fromText: same(parseByteSize),
     fromFile: parseByteSize,
   },
@@ -214,8 +214,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_MAX_CONNECTIONS',
     path: ['maxConnections'],
     description: 'milter connections served at once; more are closed at accept',
-    defaultValue: 1000,
-    defaultText: '1000',
+    defaultValue: DEFAULTS.maxConnections,
+    defaultText: String(DEFAULTS.maxConnections),
     fromText: same((v) => parseInteger(v, 1)),
     fromFile: (v) => parseInteger(v, 1),
   },
@@ -225,8 +225,8 @@ export const SETTINGS: SettingsTable = {
     path: ['maxConnectionsPerPeer'],
     description:
       'milter connections served at once from one IP address (unix sockets are not counted); 0: no limit',
-    defaultValue: 0,
-    defaultText: '0',
+    defaultValue: DEFAULTS.maxConnectionsPerPeer,
+    defaultText: String(DEFAULTS.maxConnectionsPerPeer),
     fromText: same((v) => parseInteger(v, 0)),
     fromFile: (v) => parseInteger(v, 0),
   },
@@ -235,8 +235,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_BACKLOG',
     path: ['backlog'],
     description: 'listen(2) backlog: connections the kernel queues before milterd accepts them',
-    defaultValue: 4096,
-    defaultText: '4096',
+    defaultValue: DEFAULTS.backlog,
+    defaultText: String(DEFAULTS.backlog),
     fromText: same((v) => parseInteger(v, 1)),
     fromFile: (v) => parseInteger(v, 1),
   },
@@ -245,8 +245,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_SHARED_READ_BUFFER',
     path: ['sharedReadBuffer'],
     description: 'read every connection into one shared buffer (less CPU); false: ordinary stream reads',
-    defaultValue: true,
-    defaultText: 'true',
+    defaultValue: DEFAULTS.sharedReadBuffer,
+    defaultText: String(DEFAULTS.sharedReadBuffer),
     fromText: same(parseBoolean),
     fromFile: parseBoolean,
   },
@@ -255,8 +255,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_TIMEOUT_NEGOTIATE',
     path: ['timeouts', 'negotiate'],
     description: 'time the MTA has to send its option negotiation after connecting',
-    defaultValue: 10_000,
-    defaultText: '10s',
+    defaultValue: DEFAULTS.daemonNegotiateMs,
+    defaultText: formatDuration(DEFAULTS.daemonNegotiateMs),
     fromText: same(parseDuration),
     fromFile: parseDuration,
   },
@@ -265,8 +265,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_TIMEOUT_FRAME',
     path: ['timeouts', 'frame'],
     description: 'time the MTA has to finish a packet it started sending (0: none)',
-    defaultValue: 10_000,
-    defaultText: '10s',
+    defaultValue: DEFAULTS.frameMs,
+    defaultText: formatDuration(DEFAULTS.frameMs),
     fromText: same(parseDuration),
     fromFile: parseDuration,
   },
@@ -275,8 +275,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_TIMEOUT_IDLE',
     path: ['timeouts', 'idle'],
     description: 'longest silence between two MTA commands before the connection is dropped (0: none)',
-    defaultValue: 600_000,
-    defaultText: '10m',
+    defaultValue: DEFAULTS.daemonIdleMs,
+    defaultText: formatDuration(DEFAULTS.daemonIdleMs),
     fromText: same(parseDuration),
     fromFile: parseDuration,
   },
@@ -285,8 +285,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_TIMEOUT_CALLBACK',
     path: ['timeouts', 'callback'],
     description: 'time budget of one filter callback before the failure decision is sent (0: none)',
-    defaultValue: 30_000,
-    defaultText: '30s',
+    defaultValue: DEFAULTS.callbackMs,
+    defaultText: formatDuration(DEFAULTS.callbackMs),
     fromText: same(parseDuration),
     fromFile: parseDuration,
   },
@@ -295,8 +295,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_FAILURE_DECISION',
     path: ['failureDecision'],
     description: `decision sent when the filter fails: ${FAILURE_DECISIONS.join(', ')}`,
-    defaultValue: 'tempfail',
-    defaultText: 'tempfail',
+    defaultValue: DEFAULTS.failureDecision,
+    defaultText: DEFAULTS.failureDecision,
     fromText: same(parseFailureDecision),
     fromFile: parseFailureDecision,
   },
@@ -305,8 +305,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_DRAIN_TIMEOUT',
     path: ['drainTimeout'],
     description: 'on SIGTERM/SIGINT, how long open sessions may run to QUIT before they are closed',
-    defaultValue: 30_000,
-    defaultText: '30s',
+    defaultValue: DEFAULTS.drainMs,
+    defaultText: formatDuration(DEFAULTS.drainMs),
     fromText: same(parseDuration),
     fromFile: parseDuration,
   },
@@ -327,8 +327,8 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_ADMIN_MAX_CONNECTIONS',
     path: ['adminMaxConnections'],
     description: 'admin endpoint connections at once; more are closed at accept',
-    defaultValue: ADMIN_DEFAULTS.maxConnections,
-    defaultText: String(ADMIN_DEFAULTS.maxConnections),
+    defaultValue: DEFAULTS.adminMaxConnections,
+    defaultText: String(DEFAULTS.adminMaxConnections),
     fromText: same((v) => parseInteger(v, 1)),
     fromFile: (v) => parseInteger(v, 1),
   },

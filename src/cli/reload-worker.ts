@@ -8,7 +8,7 @@
  * top level then runs the load (only when started with the reload marker in `workerData`).
  */
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
-import { MilterConfigError, type MilterErrorCode } from '../errors.js';
+import { MilterConfigError, type ConfigErrorCode } from '../errors.js';
 import type { PolicyConfig } from '../policy/index.js';
 import { resolveSettings, type ResolvedSettings, type SettingOverrides } from './config.js';
 import { loadPolicySetting } from './policy-source.js';
@@ -33,7 +33,7 @@ type WorkerReply =
       ok: false;
       config: boolean;
       message: string;
-      code?: MilterErrorCode;
+      code?: ConfigErrorCode;
       file?: string;
       line?: number;
       field?: string;

@@ -22,7 +22,8 @@ import {
   type MilterClientOptions,
 } from '../client/index.js';
 import type { ConnectionInfo, MacroStage } from '../filter.js';
-import { MilterConfigError, MilterError, isMilterError } from '../errors.js';
+import { MilterConfigError, isMilterError } from '../errors.js';
+import { DEFAULTS } from '../defaults.js';
 import { SMFIP_HDR_LEADSPC } from '../protocol/constants.js';
 import { MESSAGE_STAGES } from '../client/transaction.js';
 import { headerValueToSend, parseEml } from './eml.js';
@@ -36,7 +37,7 @@ import {
   type TestStep,
 } from './test-report.js';
 import { writeOutputMessage } from './test-output.js';
-import { parseDuration, parseInteger, parseListenSpec } from './values.js';
+import { formatDuration, parseDuration, parseInteger, parseListenSpec } from './values.js';
 
 /** Options of `milterd test`, as commander hands them over. */
 export interface TestCommandOptions {
@@ -186,7 +187,7 @@ export function addTestCommand(program: Command): Command {
       .argument('<file>', 'message file (.eml, RFC 5322; "-" reads stdin)')
       .addOption(
         new Option('-m, --milter <spec>', 'milter to test: inet:PORT@HOST, inet6:PORT@HOST or unix:/path')
-          .default('inet:8890@127.0.0.1')
+          .default(DEFAULTS.listen)
           .env('MILTERD_TEST_MILTER')
           .argParser((v) => wrap(() => parseListenSpec(v), postfixFormHint(v))),
       )
@@ -283,7 +284,7 @@ export function addTestCommand(program: Command): Command {
       )
       .addOption(
         new Option('--timeout <duration>', 'time to wait for each reply')
-          .default(10_000, '10s')
+          .default(DEFAULTS.clientReplyMs, formatDuration(DEFAULTS.clientReplyMs))
           .argParser((v) => wrap(() => parseDuration(v))),
       )
       .option('--json', 'print a JSON report instead of text')
@@ -493,7 +494,9 @@ async function converse(
       (o.version !== undefined || o.actions !== undefined || o.protocol !== undefined)
         ? '; or it refused the offer of --version/--actions/--protocol'
         : '';
-    throw new MilterError(err.code, `${o.milter}: ${err.message}${offerHint}`, { cause: err });
+    // The same error (class and code), told where: the milter's address and what might have gone wrong.
+    err.message = `${o.milter}: ${err.message}${offerHint}`;
+    throw err;
   }
   try {
     const leadSpace = (client.negotiated.protocol & SMFIP_HDR_LEADSPC) !== 0;
@@ -519,7 +522,8 @@ async function converse(
   } catch (err) {
     client.close();
     if (!isMilterError(err)) throw err;
-    throw new MilterError(err.code, `conversation with ${o.milter} failed: ${err.message}`, { cause: err });
+    err.message = `conversation with ${o.milter} failed: ${err.message}`;
+    throw err;
   }
 }
 

@@ -6,7 +6,7 @@
  * awaits a reply creates a promise. One reply timer per client is re-armed with `refresh()`.
  */
 import type net from 'node:net';
-import { MilterError } from '../errors.js';
+import { MilterConnectionError, MilterError, MilterProtocolError, MilterUsageError } from '../errors.js';
 import {
   MACRO_PACKET_LETTERS,
   MILTER_CHUNK_SIZE,
@@ -32,6 +32,7 @@ import { MACROS_WHEN_SKIPPED } from './mta-profiles.js';
 import { STAGE, type Stage, validateNegotiation } from './negotiate.js';
 import { closedError, openSocket } from './socket.js';
 import type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
+import { DEFAULTS } from '../defaults.js';
 
 export type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
 
@@ -48,7 +49,7 @@ const NOREPLY: ClientReply = Object.freeze({ kind: 'noreply' });
 const SKIPPED: ClientReply = Object.freeze({ kind: 'skipped' });
 /** Shared by non-EOM waiters, which never push to it (a modification there is a protocol error). */
 const NO_MODIFICATIONS: ModificationResponse[] = [];
-const DEFAULT_TIMEOUT_MS = 10_000;
+const DEFAULT_TIMEOUT_MS = DEFAULTS.clientReplyMs;
 
 /**
  * One milter connection seen from the MTA side. Calls must not overlap: await each reply before the
@@ -106,7 +107,7 @@ export class MilterClient {
         err.code === 'ERR_MILTER_CONNECTION_CLOSED' &&
         client.decoder.bufferedBytes === 0
       ) {
-        throw new MilterError(
+        throw new MilterConnectionError(
           'ERR_MILTER_CONNECTION_CLOSED',
           'refused while draining (or at the connection limit): the milter closed the connection before negotiating',
           { cause: err },
@@ -141,7 +142,7 @@ export class MilterClient {
   macro(stage: MacroPacketStage, macros: Record<string, string>): void {
     const letter = (MACRO_PACKET_LETTERS as Record<string, string | undefined>)[stage];
     if (letter === undefined)
-      throw new MilterError('ERR_MILTER_INVALID_ARGUMENT', `bad macro stage "${String(stage)}"`);
+      throw new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', `bad macro stage "${String(stage)}"`);
     this.queuedMacros.push({ kind: 'macro', stage: letter, macros: Object.entries(macros) });
   }
 
@@ -244,7 +245,10 @@ export class MilterClient {
       timer = setTimeout(() => {
         this.socket.destroy();
         reject(
-          new MilterError('ERR_MILTER_TIMEOUT', `filter did not close within ${this.timeoutMs} ms of QUIT`),
+          new MilterConnectionError(
+            'ERR_MILTER_TIMEOUT',
+            `filter did not close within ${this.timeoutMs} ms of QUIT`,
+          ),
         );
       }, this.timeoutMs);
     });
@@ -287,7 +291,7 @@ export class MilterClient {
   private write(commands: MilterCommand[]): void {
     if (this.ended) throw closedError(this.failure);
     if (this.waiter !== undefined) {
-      throw new MilterError(
+      throw new MilterUsageError(
         'ERR_MILTER_INVALID_ARGUMENT',
         'a reply is still awaited: calls must not overlap',
       );
@@ -345,7 +349,7 @@ export class MilterClient {
     const waiter = this.waiter;
     const unexpected = (): void =>
       this.fail(
-        new MilterError(
+        new MilterProtocolError(
           'ERR_MILTER_UNEXPECTED_RESPONSE',
           `unexpected '${response.kind}' packet while ${waiter === undefined ? 'no reply is awaited' : `awaiting ${waiter.mode}`}`,
         ),
@@ -390,7 +394,7 @@ export class MilterClient {
 
   private onTimer(): void {
     if (this.waiter === undefined || this.ended) return;
-    this.fail(new MilterError('ERR_MILTER_TIMEOUT', `no reply within ${this.timeoutMs} ms`));
+    this.fail(new MilterConnectionError('ERR_MILTER_TIMEOUT', `no reply within ${this.timeoutMs} ms`));
   }
 
   /** Fatal: remember the error, reject the pending call with it, close the socket. */

@@ -2,7 +2,7 @@
  * The MTA's side of option negotiation (milter-protocol.md §5.2, §5.6): what a strict MTA (Sendmail)
  * accepts in the filter's OPTNEG reply, and which NO/NR bit governs each command.
  */
-import { MilterError } from '../errors.js';
+import { MilterProtocolError } from '../errors.js';
 import {
   SMFI_INTERNAL,
   SMFI_PROT_VERSION_MIN,
@@ -39,7 +39,7 @@ export function validateNegotiation(
     why = `protocol 0x${reply.protocol.toString(16)} not a subset of 0x${offer.protocol.toString(16)}`;
   }
   if (why !== undefined)
-    throw new MilterError('ERR_MILTER_NEGOTIATION', `filter negotiation rejected: ${why}`);
+    throw new MilterProtocolError('ERR_MILTER_NEGOTIATION', `filter negotiation rejected: ${why}`);
   return {
     version: reply.version,
     actions: reply.actions,

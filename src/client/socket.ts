@@ -1,11 +1,11 @@
 /** Socket opening for the MTA-side client: TCP (with TCP_NODELAY) or Unix, with a connect timeout. */
 import net from 'node:net';
-import { MilterError } from '../errors.js';
+import { MilterConnectionError, MilterError } from '../errors.js';
 import { parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 
 /** The error every call gets once the connection is gone; `cause` says why when known. */
-export function closedError(cause?: unknown): MilterError {
-  return new MilterError('ERR_MILTER_CONNECTION_CLOSED', 'milter connection closed', { cause });
+export function closedError(cause?: unknown): MilterConnectionError {
+  return new MilterConnectionError('ERR_MILTER_CONNECTION_CLOSED', 'milter connection closed', { cause });
 }
 
 /** Why a connect failed, in words an operator can act on (the errno stays in the message and `cause`). */
@@ -19,9 +19,13 @@ const CONNECT_ERRORS: Readonly<Record<string, string>> = {
 
 function connectError(err: NodeJS.ErrnoException): MilterError {
   const known = err.code === undefined ? undefined : CONNECT_ERRORS[err.code];
-  return new MilterError('ERR_MILTER_CONNECTION_CLOSED', `cannot connect: ${known ?? err.message}`, {
-    cause: err,
-  });
+  return new MilterConnectionError(
+    'ERR_MILTER_CONNECTION_CLOSED',
+    `cannot connect: ${known ?? err.message}`,
+    {
+      cause: err,
+    },
+  );
 }
 
 /**
@@ -39,7 +43,7 @@ export async function openSocket(spec: string | SocketSpec, timeoutMs: number): 
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new MilterError('ERR_MILTER_TIMEOUT', `connecting took more than ${timeoutMs} ms`));
+      reject(new MilterConnectionError('ERR_MILTER_TIMEOUT', `connecting took more than ${timeoutMs} ms`));
     }, timeoutMs);
     const onError = (err: NodeJS.ErrnoException): void => {
       clearTimeout(timer);

@@ -16,11 +16,12 @@
  */
 import fs from 'node:fs';
 import type { DestinationStream } from 'pino';
+import { DEFAULTS } from '../defaults.js';
 
 /** Defaults of {@link AsyncLogDestination}. */
 export const ASYNC_LOG_DEFAULTS = {
   /** Bytes buffered (the write in progress included) before lines are dropped: 1 MiB. */
-  maxBufferBytes: 1024 * 1024,
+  maxBufferBytes: DEFAULTS.logBufferBytes,
   /** Largest single write(2); 16 KiB keeps each write below what log shippers read at once (Docker). */
   maxWriteBytes: 16 * 1024,
   /** First retry after EAGAIN; doubles up to `retryMaxMs`. */

@@ -12,6 +12,7 @@
  * plus an insert.
  */
 import type { BodySource, ConnectionInfo } from '../filter.js';
+import { MilterUsageError } from '../errors.js';
 import { wireBytes } from '../protocol/wire-string.js';
 import type { BodyStore } from '../session/body-store.js';
 
@@ -127,11 +128,13 @@ type Received = { position: number; occurrence: number; value: string };
 
 const same = (a: string, b: string): boolean => a.length === b.length && a.toLowerCase() === b.toLowerCase();
 
+const badArg = (message: string): MilterUsageError =>
+  new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', message);
+
 function checkHeader(name: string, value: string): void {
   // RFC 5322 field name: printable US-ASCII but colon; the MTAs would store anything else broken.
-  if (!/^[\x21-\x39\x3b-\x7e]+$/.test(name))
-    throw new TypeError(`invalid header name ${JSON.stringify(name)}`);
-  if (value.includes('\0')) throw new TypeError(`header ${name}: the value contains NUL`);
+  if (!/^[\x21-\x39\x3b-\x7e]+$/.test(name)) throw badArg(`invalid header name ${JSON.stringify(name)}`);
+  if (value.includes('\0')) throw badArg(`header ${name}: the value contains NUL`);
 }
 
 class Headers implements MessageHeaders {
@@ -183,7 +186,7 @@ class Headers implements MessageHeaders {
   insert(index: number, name: string, value: string): void {
     checkHeader(name, value);
     if (!Number.isInteger(index) || index < 0 || index > this.entries.length) {
-      throw new RangeError(`header index ${index} outside 0..${this.entries.length}`);
+      throw badArg(`header index ${index} outside 0..${this.entries.length}`);
     }
     this.entries.splice(index, 0, { name, value, received: undefined });
   }
@@ -218,8 +221,7 @@ class Headers implements MessageHeaders {
   }
 
   private indexOf(name: string, occurrence: number): number {
-    if (!Number.isInteger(occurrence) || occurrence < 1)
-      throw new RangeError(`occurrence ${occurrence} is not ≥ 1`);
+    if (!Number.isInteger(occurrence) || occurrence < 1) throw badArg(`occurrence ${occurrence} is not ≥ 1`);
     let n = 0;
     for (let i = 0; i < this.entries.length; i++) {
       if (same((this.entries[i] as Entry).name, name) && ++n === occurrence) return i;
@@ -249,7 +251,7 @@ class Recipients implements MessageRecipients {
   }
 
   add(address: string, args?: string): void {
-    if (address.length === 0 || address.includes('\0')) throw new TypeError('invalid recipient');
+    if (address.length === 0 || address.includes('\0')) throw badArg('invalid recipient');
     if (this.has(address)) return;
     const i = this.removed.indexOf(address);
     if (i >= 0) {
@@ -303,7 +305,7 @@ export class MessageTransaction implements Transaction {
   }
 
   setSender(address: string, args?: string): void {
-    if (address.includes('\0')) throw new TypeError('invalid sender');
+    if (address.includes('\0')) throw badArg('invalid sender');
     this.senderNow = address;
     this.newSender = { address, args };
   }

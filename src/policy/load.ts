@@ -7,6 +7,7 @@
  */
 import { LineCounter, isAlias, isMap, isScalar, isSeq, type Document, type Node } from 'yaml';
 import { MilterConfigError } from '../errors.js';
+import { DEFAULTS } from '../defaults.js';
 import { MAX_SHUTDOWN_TEXT_BYTES, replyTextBytes } from './chain.js';
 import {
   LIMIT_KINDS,
@@ -388,12 +389,16 @@ function parseLimit(w: Walker, e: Entry, f: string, get: (key: string) => Entry 
         w.fail(e.value, f, 'expected a ratio in [0, 1)');
       const min = get('min-attempts');
       const fm = f.replace(/[^.]+$/, 'min-attempts');
-      return { kind, ratio, minAttempts: min ? w.int(min, fm, 1) : 10 };
+      return { kind, ratio, minAttempts: min ? w.int(min, fm, 1) : DEFAULTS.policyMinAttempts };
     }
     case 'max-messages-per-client': {
       const win = get('window');
       const fw = f.replace(/[^.]+$/, 'window');
-      return { kind, max: w.int(e, f, 1), windowMs: win ? w.parsed(win, fw, parseDuration) : 3_600_000 };
+      return {
+        kind,
+        max: w.int(e, f, 1),
+        windowMs: win ? w.parsed(win, fw, parseDuration) : DEFAULTS.policyWindowMs,
+      };
     }
   }
 }

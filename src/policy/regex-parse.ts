@@ -10,9 +10,10 @@
  * lazy forms. Refused with a message naming the construct: backreferences (`\1`, `\k<name>`), lookahead
  * and lookbehind, inline modifiers, octal escapes, `\p{...}`, and escaped letters without a meaning.
  */
+import { MilterConfigError } from '../errors.js';
 
-/** A pattern the linear-time matcher does not accept: a syntax error or an unsupported construct. */
-export class RegexSyntaxError extends Error {
+/** A pattern the linear-time matcher does not accept (a syntax error or an unsupported construct): ERR_MILTER_CONFIG. */
+export class RegexSyntaxError extends MilterConfigError {
   /** Index (UTF-16 code units) in the pattern where the problem starts. */
   readonly index: number;
   constructor(message: string, index: number) {

@@ -117,7 +117,7 @@ export function limitReached(limit: RuleLimit, r: DeliveryRecord): boolean {
 }
 
 /**
- * Compile conditions into a predicate (throws a plain Error on a bad CIDR, a RegexSyntaxError on a regex
+ * Compile conditions into a predicate (throws MilterConfigError on a bad CIDR, and its RegexSyntaxError on a regex
  * the linear-time matcher refuses).
  */
 export function compileConditions(when: RuleConditions | undefined): (r: DeliveryRecord) => boolean {

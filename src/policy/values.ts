@@ -4,6 +4,7 @@
  * They throw a plain Error whose message the loader turns into a located MilterConfigError.
  */
 import { BlockList, isIP } from 'node:net';
+import { MilterConfigError } from '../errors.js';
 
 // Durations and sizes: the one parser of each, shared with the CLI and the config file.
 export { parseDuration, parseSize } from '../values.js';
@@ -20,15 +21,16 @@ export const MAX_PREFIX = { ipv4: 32, ipv6: 128 } as const;
 
 /** `192.0.2.0/24`, `2001:db8::/32`, or a single address (`/32` or `/128` implied). */
 export function parseCidr(text: unknown): Cidr {
-  if (typeof text !== 'string') throw new Error('expected a CIDR block such as 192.0.2.0/24');
+  if (typeof text !== 'string') throw new MilterConfigError('expected a CIDR block such as 192.0.2.0/24');
   const slash = text.indexOf('/');
   const address = (slash < 0 ? text : text.slice(0, slash)).trim();
   const family = isIP(address);
-  if (family === 0) throw new Error(`"${text}" is not an IP address or CIDR block`);
+  if (family === 0) throw new MilterConfigError(`"${text}" is not an IP address or CIDR block`);
   const max = family === 4 ? MAX_PREFIX.ipv4 : MAX_PREFIX.ipv6;
   const prefixText = slash < 0 ? String(max) : text.slice(slash + 1).trim();
   const prefix = /^\d{1,3}$/.test(prefixText) ? Number(prefixText) : NaN;
-  if (!(prefix >= 0 && prefix <= max)) throw new Error(`"${text}": prefix length must be 0..${max}`);
+  if (!(prefix >= 0 && prefix <= max))
+    throw new MilterConfigError(`"${text}": prefix length must be 0..${max}`);
   return { address, prefix, type: family === 4 ? 'ipv4' : 'ipv6' };
 }
 

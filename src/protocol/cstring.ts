@@ -4,9 +4,9 @@
  * Decoding follows libmilter's argv rule: split on NUL, a trailing NUL ends the last string and an empty
  * string between two NULs is a real (empty) element, so `Name\0\0` is two strings, `Name` and `""`.
  * Strings are bytes, mapped losslessly to JavaScript strings by wire-string.ts (UTF-8 with invalid bytes
- * escaped). Pure: throws only MilterProtocolError.
+ * escaped). Pure: throws only MilterProtocolError (bad bytes) and MilterUsageError (a string the wire cannot carry).
  */
-import { MilterProtocolError } from '../errors.js';
+import { MilterProtocolError, MilterUsageError } from '../errors.js';
 import { decodeWireString, wireByteLength, writeWireString } from './wire-string.js';
 
 /** Thrown for a payload whose strings are not what the command requires. */
@@ -48,7 +48,7 @@ export function readCString(buf: Buffer, start: number, end: number, what: strin
  */
 export function cstringSize(s: string, what: string): number {
   if (s.includes('\0')) {
-    throw new MilterProtocolError('ERR_MILTER_INVALID_ARGUMENT', `${what} must not contain a NUL byte`);
+    throw new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', `${what} must not contain a NUL byte`);
   }
   return wireByteLength(s) + 1;
 }

@@ -1,12 +1,12 @@
 /**
  * Typed command/response → ready-to-write bytes (milter-protocol.md §1.2, §3, §4). Pure: throws only
- * MilterProtocolError (`ERR_MILTER_INVALID_ARGUMENT` for values that cannot be put on the wire).
+ * MilterUsageError (`ERR_MILTER_INVALID_ARGUMENT` for values that cannot be put on the wire).
  *
  * Every encoder sizes its output first and allocates once; `encodeResponses`/`encodeCommands` put several
  * frames in one buffer (one socket write). The length prefix is backfilled from the bytes actually written.
  * Payload-less frames are preallocated and shared: never mutate a buffer returned by these functions.
  */
-import { MilterProtocolError } from '../errors.js';
+import { MilterUsageError } from '../errors.js';
 import { Command, MILTER_CHUNK_SIZE, MILTER_LEN_BYTES, MILTER_OPTLEN, Response } from './constants.js';
 import { cstringSize, writeCString } from './cstring.js';
 import type { AddressFamily, MacroLists, MilterCommand, MilterResponse } from './types.js';
@@ -14,8 +14,17 @@ import type { AddressFamily, MacroLists, MilterCommand, MilterResponse } from '.
 /** Frame header: u32 length + command byte. */
 const HEADER = MILTER_LEN_BYTES + 1;
 
-function invalid(what: string): MilterProtocolError {
-  return new MilterProtocolError('ERR_MILTER_INVALID_ARGUMENT', what);
+function invalid(what: string): MilterUsageError {
+  return new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', what);
+}
+
+/**
+ * The end of every switch over a command or response kind: a kind added to the union and not handled
+ * fails to compile here (`never`), and a JavaScript caller's unknown kind is refused instead of being
+ * sent as a frame without payload.
+ */
+function unknownKind(value: never, what: 'command' | 'response'): never {
+  throw invalid(`unknown ${what} kind ${JSON.stringify((value as { kind?: unknown }).kind)}`);
 }
 
 function codeOnly(code: number): Buffer {
@@ -105,8 +114,18 @@ function responsePayloadSize(r: MilterResponse): number {
       return cstringSize(r.reason, 'quarantine reason');
     case 'replaceBody':
       return checkChunk(r.chunk, 'replace-body');
-    default:
+    case 'accept':
+    case 'continue':
+    case 'reject':
+    case 'tempfail':
+    case 'discard':
+    case 'skip':
+    case 'shutdown':
+    case 'progress':
+    case 'connFail':
       return 0;
+    default:
+      return unknownKind(r, 'response');
   }
 }
 
@@ -173,8 +192,18 @@ function writeResponsePayload(r: MilterResponse, buf: Buffer, o: number): number
       return writeCString(buf, o, r.reason);
     case 'replaceBody':
       return o + r.chunk.copy(buf, o);
-    default:
+    case 'accept':
+    case 'continue':
+    case 'reject':
+    case 'tempfail':
+    case 'discard':
+    case 'skip':
+    case 'shutdown':
+    case 'progress':
+    case 'connFail':
       return o;
+    default:
+      return unknownKind(r, 'response');
   }
 }
 
@@ -250,8 +279,14 @@ function commandPayloadSize(c: MilterCommand): number {
       return checkChunk(c.chunk, 'eom');
     case 'unknown':
       return cstringSize(c.line, 'unknown command line');
-    default:
+    case 'data':
+    case 'eoh':
+    case 'abort':
+    case 'quit':
+    case 'quitNewConnection':
       return 0;
+    default:
+      return unknownKind(c, 'command');
   }
 }
 
@@ -307,8 +342,14 @@ function writeCommandPayload(c: MilterCommand, buf: Buffer, o: number): number {
       return o + c.chunk.copy(buf, o);
     case 'unknown':
       return writeCString(buf, o, c.line);
-    default:
+    case 'data':
+    case 'eoh':
+    case 'abort':
+    case 'quit':
+    case 'quitNewConnection':
       return o;
+    default:
+      return unknownKind(c, 'command');
   }
 }
 

@@ -13,23 +13,21 @@
  * high-water mark, then stops reading from the kernel, whose buffers fill so TCP flow control slows the
  * MTA down. A reply that does not flush (`write()` false) holds the next command until 'drain'.
  *
- * Fairness: commands answered synchronously, and async callbacks completing in microtasks, run without
- * giving the event loop back, so one connection with pipelined commands could be served for its whole
- * read budget (and libuv reads a socket up to 32 times per wake-up) while every other socket waits.
- * After TURN_COMMANDS commands in one event-loop turn a connection yields: it goes on in setImmediate,
- * after the other sockets' I/O. One message's commands arriving in one read never get that far.
+ * Data flows one way: socket → frames (FrameDecoder, ChunkQueue) → commands → session → responses →
+ * socket (ReplyWriter; body-stream.ts for a streamed body replacement). Beside it: the timeouts
+ * (connection-timers.ts), fairness between connections (fairness.ts), what an abnormal end logs
+ * (connection-log.ts) and the debug counters (connection-stats.ts).
  */
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { isMilterError, MilterProtocolError } from '../errors.js';
 import type { Filter } from '../filter.js';
 import type { LogRateLimiter } from '../logging/rate-limit.js';
 import type { MilterObserver } from '../observer.js';
 import { decodeCommand } from '../protocol/decode.js';
 import { encodeResponse, encodeResponses } from '../protocol/encode.js';
 import { FrameDecoder } from '../protocol/frame.js';
-import { MILTER_CHUNK_SIZE, SMFIC_BODY, SMFIC_BODYEOB, SMFIC_MACRO } from '../protocol/constants.js';
+import { SMFIC_BODY, SMFIC_BODYEOB, SMFIC_MACRO } from '../protocol/constants.js';
 import type { BodyStore } from '../session/body-store.js';
 import { PackedMacros } from '../protocol/packed-macros.js';
 import type { Frame, MilterResponse } from '../protocol/types.js';
@@ -41,44 +39,17 @@ import type {
   SessionCommand,
   TerminationReason,
 } from '../session/types.js';
-import { writeDirect } from './direct-write.js';
+import { writeBody } from './body-stream.js';
+import { ChunkQueue } from './chunk-queue.js';
+import { logFailure, logTimeout } from './connection-log.js';
+import { connectionDebugStats } from './connection-stats.js';
+import { ConnectionTimers, type TimedConnection } from './connection-timers.js';
+import { currentTurn, TURN_COMMANDS } from './fairness.js';
+import { ReplyWriter } from './reply-writer.js';
 import { adoptSharedReads, type SharedReadRelay } from './shared-read.js';
 
 /** Length prefix + command byte: added to a payload's size to get its size on the wire. */
 const FRAME_OVERHEAD = 5;
-const EMPTY = Buffer.alloc(0);
-
-/**
- * Commands one connection handles in one event-loop turn before it lets the others run (see the module
- * comment). A whole Postfix message is about 25 frames; 64 keeps a flood's share of a turn near a
- * millisecond.
- * @internal
- */
-export const TURN_COMMANDS = 64;
-
-/**
- * Quiet time after which a connection gives its frame accumulator back (FrameDecoder.release): long
- * enough that a body streamed in chunks reuses one buffer, short enough that idle connections hold none.
- */
-const RELEASE_AFTER_MS = 1000;
-
-/**
- * Event-loop turn counter, advanced by a setImmediate scheduled only when a connection asks for it (when
- * it reaches TURN_COMMANDS): a connection whose mark still equals `turn` has not seen the loop turn.
- */
-let turn = 0;
-let turnTickPending = false;
-const advanceTurn = (): void => {
-  turn++;
-  turnTickPending = false;
-};
-function currentTurn(): number {
-  if (!turnTickPending) {
-    turnTickPending = true;
-    setImmediate(advanceTurn);
-  }
-  return turn;
-}
 
 /** Everything a connection needs; built by the server for each accepted socket. */
 export interface ConnectionOptions {
@@ -110,36 +81,6 @@ export interface ConnectionOptions {
 }
 
 /**
- * Read-side counters shared by every connection of the process. Diagnostics only (tests use them to
- * prove that backpressure engages); plain increments, so cheap enough to keep on.
- * @internal
- */
-export const connectionDebugStats = {
-  /** Times a connection stopped reading because its pending chunks passed the budget. */
-  pauses: 0,
-  /** Largest number of pending (not yet decoded) bytes any connection held. */
-  maxPendingBytes: 0,
-  /** Times a connection waited for 'drain' before dispatching its next command. */
-  drainWaits: 0,
-  /** Times a connection stopped after TURN_COMMANDS commands to let other sockets run. */
-  turnYields: 0,
-  /** Connections that read into the shared buffer (the rest used ordinary stream reads). */
-  sharedReads: 0,
-  /** Direct writes (direct-write.ts) the kernel could not take at once: libuv queued them. */
-  queuedDirectWrites: 0,
-};
-
-/** Reset {@link connectionDebugStats} (tests). @internal */
-export function resetConnectionDebugStats(): void {
-  connectionDebugStats.pauses = 0;
-  connectionDebugStats.maxPendingBytes = 0;
-  connectionDebugStats.drainWaits = 0;
-  connectionDebugStats.turnYields = 0;
-  connectionDebugStats.sharedReads = 0;
-  connectionDebugStats.queuedDirectWrites = 0;
-}
-
-/**
  * Owns one accepted socket and its session. `closed` resolves once the socket is closed and the
  * session's termination (abort/close callbacks) has finished; it never rejects.
  */
@@ -159,16 +100,14 @@ export class MilterConnection {
   private readonly decoder: FrameDecoder;
   private readonly observer: MilterObserver | undefined;
   private readonly options: ConnectionOptions;
+  /** The write side; created in start(), once the socket is final. */
+  private writer!: ReplyWriter;
+  private readonly timers: ConnectionTimers;
 
-  /** Socket chunks read while a command was in flight, oldest first from `pendingHead`. */
-  private pending: Buffer[] = [];
-  private pendingHead = 0;
-  private pendingBytes = 0;
+  /** Socket chunks read while a command was in flight. */
+  private readonly pending = new ChunkQueue();
   private paused = false;
   private inFlight = false;
-  private waitingDrain = false;
-  /** Awaiting `drained()` (a streamed body replacement). */
-  private readonly drainWaiters: Array<() => void> = [];
   /** Stopped for this event-loop turn (TURN_COMMANDS reached); `onTurn` goes on. */
   private yielded = false;
   /** `framesHandled` when this turn's count started: the commands handled in it are the difference. */
@@ -177,14 +116,6 @@ export class MilterConnection {
   private turnMark = -1;
   /** Frames handed to the session so far (a turn's command count, the partial frame the frame timer watches). */
   private framesHandled = 0;
-  /** `framesHandled` when the current partial frame was first seen, and performance.now() then. */
-  private partialSeq = -1;
-  private partialSince = 0;
-  private frameTimer: NodeJS.Timeout | undefined;
-  /** Armed while the decoder keeps an accumulator with nothing in it (RELEASE_AFTER_MS). */
-  private releaseTimer: NodeJS.Timeout | undefined;
-  /** Replies written straight to the handle (direct-write.ts) that libuv still holds. */
-  private directQueued = 0;
   /** performance.now() of the last chunk read or command answered (idle timeout). */
   private lastActivity = 0;
   /** No more reading or dispatching: the connection is ending. */
@@ -194,8 +125,6 @@ export class MilterConnection {
   private quitSeen = false;
   private draining = false;
   private terminating: Promise<void> | undefined;
-  private negotiateTimer: NodeJS.Timeout | undefined;
-  private idleTimer: NodeJS.Timeout | undefined;
   private resolveClosed!: () => void;
   private resolveSocketClosed!: () => void;
 
@@ -226,6 +155,33 @@ export class MilterConnection {
       { sendNow: (response: MilterResponse) => this.sendNow(response) },
     );
     this.decoder.maxDataSize = this.session.maxDataSize;
+    this.timers = new ConnectionTimers(this.timed(), {
+      negotiateMs: options.negotiateTimeoutMs,
+      frameMs: options.frameTimeoutMs,
+      idleMs: options.idleTimeoutMs,
+    });
+  }
+
+  /** What the timers read when they expire (read at expiry only, never on the command path). */
+  private timed(): TimedConnection {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const conn = this;
+    return {
+      get dead() {
+        return conn.dead;
+      },
+      get inFlight() {
+        return conn.inFlight;
+      },
+      get busy() {
+        return conn.inFlight || conn.writer.waitingDrain || conn.yielded;
+      },
+      get lastActivity() {
+        return conn.lastActivity;
+      },
+      decoder: this.decoder,
+      timedOut: (key, fields, msg) => this.timedOut(key, fields, msg),
+    };
   }
 
   /** Attach the socket handlers and start reading. Called once, right after construction. */
@@ -244,6 +200,7 @@ export class MilterConnection {
       connectionDebugStats.sharedReads++;
     }
     const socket = this.socket;
+    this.writer = new ReplyWriter(socket, this.sharedReads, this.observer, this.onDrained);
     socket.setNoDelay(true);
     socket.setKeepAlive(true);
     if (adopted === undefined) {
@@ -254,10 +211,7 @@ export class MilterConnection {
     socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
-    if (this.options.negotiateTimeoutMs > 0) {
-      this.negotiateTimer = setTimeout(this.onNegotiateTimeout, this.options.negotiateTimeoutMs);
-      this.negotiateTimer.unref();
-    }
+    this.timers.startNegotiate();
   }
 
   /**
@@ -271,7 +225,7 @@ export class MilterConnection {
 
   /** Bytes this connection holds for frames not yet handled: decoder memory plus queued chunks. @internal */
   get retainedBytes(): number {
-    return this.decoder.capacity + this.pendingBytes;
+    return this.decoder.capacity + this.pending.bytes;
   }
 
   /**
@@ -304,15 +258,14 @@ export class MilterConnection {
    */
   private receive(chunk: Buffer, length: number, borrowed: boolean): void {
     if (this.dead) return;
-    if (this.inFlight || this.waitingDrain || this.yielded) {
+    if (this.inFlight || this.writer.waitingDrain || this.yielded) {
       this.lastActivity = performance.now();
-      const kept = borrowed ? Buffer.from(chunk.subarray(0, length)) : chunk;
-      this.pending.push(kept);
-      this.pendingBytes += kept.length;
-      if (this.pendingBytes > connectionDebugStats.maxPendingBytes) {
-        connectionDebugStats.maxPendingBytes = this.pendingBytes;
+      const pending = this.pending;
+      pending.push(borrowed ? Buffer.from(chunk.subarray(0, length)) : chunk);
+      if (pending.bytes > connectionDebugStats.maxPendingBytes) {
+        connectionDebugStats.maxPendingBytes = pending.bytes;
       }
-      if (this.pendingBytes >= this.options.readBudgetBytes && !this.paused) {
+      if (pending.bytes >= this.options.readBudgetBytes && !this.paused) {
         this.paused = true;
         connectionDebugStats.pauses++;
         this.socket.pause();
@@ -332,7 +285,8 @@ export class MilterConnection {
    * (no microtask per command); an async one stops it until the promise settles.
    */
   private pump(): void {
-    while (!this.dead && !this.inFlight && !this.waitingDrain && !this.yielded) {
+    const writer = this.writer;
+    while (!this.dead && !this.inFlight && !writer.waitingDrain && !this.yielded) {
       if (this.framesHandled - this.turnStart >= TURN_COMMANDS && this.turnSpent()) {
         this.yieldTurn();
         return;
@@ -345,21 +299,15 @@ export class MilterConnection {
         return;
       }
       if (frame === undefined) {
-        if (this.pendingHead === this.pending.length) break;
-        const chunk = this.pending[this.pendingHead] as Buffer;
-        this.pending[this.pendingHead++] = EMPTY;
-        if (this.pendingHead === this.pending.length) {
-          this.pending = [];
-          this.pendingHead = 0;
-        }
-        this.pendingBytes -= chunk.length;
+        const chunk = this.pending.shift();
+        if (chunk === undefined) break;
         this.decoder.push(chunk);
         continue;
       }
       this.framesHandled++;
       if (!this.dispatch(frame)) return;
     }
-    if (this.dead || this.inFlight || this.waitingDrain || this.yielded) return;
+    if (this.dead || this.inFlight || writer.waitingDrain || this.yielded) return;
     if (this.eofSeen) {
       // The MTA closed its side and every complete frame was handled: end like libmilter at EOF.
       this.terminate('eof');
@@ -367,11 +315,8 @@ export class MilterConnection {
       return;
     }
     // Whatever the decoder still holds is the start of a frame the MTA has not finished sending.
-    if (this.decoder.bufferedBytes !== 0) {
-      if (this.options.frameTimeoutMs > 0) this.watchPartialFrame();
-    } else if (this.decoder.capacity !== 0 && this.releaseTimer === undefined) {
-      this.startReleaseTimer(RELEASE_AFTER_MS);
-    }
+    if (this.decoder.bufferedBytes !== 0) this.timers.watchPartialFrame(this.framesHandled);
+    else if (this.decoder.capacity !== 0) this.timers.scheduleRelease();
     if (this.paused) {
       this.paused = false;
       this.socket.resume();
@@ -401,63 +346,7 @@ export class MilterConnection {
     this.yielded = false;
     this.turnStart = this.framesHandled;
     this.turnMark = currentTurn();
-    if (!this.dead && !this.inFlight && !this.waitingDrain) this.pump();
-  };
-
-  /**
-   * A partial frame is held: make sure the frame timer runs, timed from when this frame's first bytes
-   * were seen (a frame completed since then means a new partial frame, timed afresh).
-   */
-  private watchPartialFrame(): void {
-    if (this.partialSeq !== this.framesHandled) {
-      this.partialSeq = this.framesHandled;
-      this.partialSince = performance.now();
-    }
-    if (this.frameTimer === undefined) this.startFrameTimer(this.options.frameTimeoutMs);
-  }
-
-  private startFrameTimer(ms: number): void {
-    this.frameTimer = setTimeout(this.onFrameTimeout, ms);
-    this.frameTimer.unref();
-  }
-
-  /** Lazy like the idle timer: re-armed for the time left while a (later) partial frame is held. */
-  private readonly onFrameTimeout = (): void => {
-    this.frameTimer = undefined;
-    if (this.dead) return;
-    const timeoutMs = this.options.frameTimeoutMs;
-    // The bytes wait for us (a command running, a reply not flushed), not for the MTA.
-    if (this.inFlight || this.waitingDrain || this.yielded) {
-      this.startFrameTimer(timeoutMs);
-      return;
-    }
-    if (this.decoder.bufferedBytes === 0) return; // completed, nothing new started
-    const left = this.partialSince + timeoutMs - performance.now();
-    if (left > 0) {
-      this.startFrameTimer(Math.ceil(left));
-      return;
-    }
-    this.timedOut(
-      'frame-timeout',
-      { timeoutMs, bufferedBytes: this.decoder.bufferedBytes },
-      'frame not completed in time; closing',
-    );
-  };
-
-  private startReleaseTimer(ms: number): void {
-    this.releaseTimer = setTimeout(this.onReleaseTimer, ms);
-    this.releaseTimer.unref();
-  }
-
-  /** Lazy like the idle timer: gives the accumulator back once the connection was quiet long enough. */
-  private readonly onReleaseTimer = (): void => {
-    this.releaseTimer = undefined;
-    if (this.dead || this.decoder.capacity === 0) return;
-    const left = this.lastActivity + RELEASE_AFTER_MS - performance.now();
-    if (left > 0) this.startReleaseTimer(Math.ceil(left));
-    else if (this.inFlight || this.waitingDrain || this.yielded || this.decoder.bufferedBytes !== 0) {
-      this.startReleaseTimer(RELEASE_AFTER_MS); // in use: the bytes in it wait for us or for the MTA
-    } else this.decoder.release();
+    if (!this.dead && !this.inFlight && !this.writer.waitingDrain) this.pump();
   };
 
   /** Decode and hand one frame to the session. Returns true when the loop may go on synchronously. */
@@ -469,10 +358,7 @@ export class MilterConnection {
           ? PackedMacros.fromPayload(frame.payload)
           : decodeCommand(this.sharedReads && this.decoder.borrowing ? ownBody(frame) : frame);
       this.observer?.command?.(command.kind, frame.payload.length + FRAME_OVERHEAD);
-      if (this.negotiateTimer !== undefined) {
-        clearTimeout(this.negotiateTimer);
-        this.negotiateTimer = undefined;
-      }
+      this.timers.commandSeen();
       result = this.session.handle(command);
     } catch (err) {
       this.fail(err);
@@ -505,34 +391,21 @@ export class MilterConnection {
     if (this.complete(result)) this.pump();
   };
 
+  private readonly onAsyncError = (err: unknown): void => {
+    this.inFlight = false;
+    this.fail(err);
+  };
+
   /**
-   * An EOM answer with a streamed body replacement: the modifications, then the body in REPLBODY packets
-   * read from its store one at a time (waiting for each write to drain, so a large body is never in
-   * memory whole), then the decision. No command runs meanwhile. A read or write failure ends the
-   * connection before the decision is sent, so the MTA applies its own failure action: a half-written body
-   * is never accepted.
+   * An EOM answer with a streamed body replacement (body-stream.ts), then the decision. No command runs
+   * meanwhile. A read or write failure ends the connection before the decision is sent.
    */
   private async streamBody(result: HandleResult, body: BodyStore): Promise<void> {
     this.inFlight = true;
     try {
       const responses = result.responses;
       const decision = responses[responses.length - 1] as MilterResponse;
-      const before = responses.slice(0, -1);
-      if (before.length > 0 && !this.write(encodeResponses(before))) await this.drained();
-      let sent = false;
-      for await (const piece of body.read()) {
-        for (let off = 0; off < piece.length; off += MILTER_CHUNK_SIZE) {
-          if (this.dead) return;
-          const chunk = piece.subarray(off, off + MILTER_CHUNK_SIZE);
-          if (!this.write(encodeResponse({ kind: 'replaceBody', chunk }))) await this.drained();
-          sent = true;
-        }
-      }
-      // An empty replacement is one empty packet (= empty body), as chunkBody sends it.
-      if (!sent && !this.dead && !this.write(encodeResponse({ kind: 'replaceBody', chunk: EMPTY }))) {
-        await this.drained();
-      }
-      if (this.dead) return;
+      if (!(await writeBody(this.writer, responses.slice(0, -1), body, this.isDead))) return;
       this.inFlight = false;
       const rest: HandleResult =
         result.end === undefined ? { responses: [decision] } : { responses: [decision], end: result.end };
@@ -545,26 +418,7 @@ export class MilterConnection {
     }
   }
 
-  /** Resolves when the writes queued so far are out (see `complete`'s backpressure). */
-  private drained(): Promise<void> {
-    return new Promise<void>((resolve) => {
-      this.drainWaiters.push(resolve);
-      if (!this.waitingDrain) this.waitForDrain();
-    });
-  }
-
-  /** A write was queued: hold further commands until it is out (`onDrain`). */
-  private waitForDrain(): void {
-    this.waitingDrain = true;
-    connectionDebugStats.drainWaits++;
-    // Direct writes still queued end the wait themselves (onDirectWritten); the Writable's with 'drain'.
-    if (this.directQueued === 0) this.socket.once('drain', this.onDrain);
-  }
-
-  private readonly onAsyncError = (err: unknown): void => {
-    this.inFlight = false;
-    this.fail(err);
-  };
+  private readonly isDead = (): boolean => this.dead;
 
   /** Write the command's responses in one write and decide whether to go on. */
   private complete(result: HandleResult): boolean {
@@ -573,8 +427,8 @@ export class MilterConnection {
       this.decoder.maxDataSize = this.session.maxDataSize;
       const responses = result.responses;
       // One response is the common case; a payload-less one (CONTINUE…) is a shared preallocated frame.
-      if (responses.length === 1) flushed = this.write(encodeResponse(responses[0] as MilterResponse));
-      else if (responses.length > 1) flushed = this.write(encodeResponses(responses));
+      if (responses.length === 1) flushed = this.writer.write(encodeResponse(responses[0] as MilterResponse));
+      else if (responses.length > 1) flushed = this.writer.write(encodeResponses(responses));
     } catch (err) {
       this.fail(err);
       return false;
@@ -589,121 +443,35 @@ export class MilterConnection {
       this.endAfterFlush();
       return false;
     }
-    this.armIdleTimer();
+    this.timers.armIdle();
     if (!flushed) {
-      this.waitForDrain();
+      this.writer.waitForDrain();
       return false;
     }
     return true;
   }
 
-  private readonly onDrain = (): void => {
-    this.waitingDrain = false;
-    if (this.drainWaiters.length > 0) {
-      for (const resolve of this.drainWaiters.splice(0)) resolve();
-    }
+  /** The replies queued by the writer are out: go on with the next command. */
+  private readonly onDrained = (): void => {
     if (!this.dead && !this.inFlight) this.pump();
-  };
-
-  /** Write one buffer. False: the bytes are queued (backpressure); `onDrain` runs when they are out. */
-  private write(buf: Buffer): boolean {
-    this.observer?.bytesWritten?.(buf.length);
-    if (this.sharedReads) {
-      const outcome = writeDirect(this.socket, buf, this.onDirectWritten);
-      if (outcome === 'written') return true;
-      if (outcome === 'queued') {
-        this.directQueued++;
-        connectionDebugStats.queuedDirectWrites++;
-        return false;
-      }
-    }
-    return this.socket.write(buf);
-  }
-
-  /** A direct write that libuv had queued is out (or failed: the socket goes, like a failed write()). */
-  private readonly onDirectWritten = (err: Error | undefined): void => {
-    this.directQueued--;
-    if (err !== undefined) {
-      if (!this.socket.destroyed) this.socket.destroy(err);
-      return;
-    }
-    if (this.directQueued === 0 && this.waitingDrain) this.onDrain();
   };
 
   /** SessionIO.sendNow: progress packets go out at once, ahead of the running command's replies. */
   private sendNow(response: MilterResponse): void {
     if (this.dead || this.socket.destroyed) return;
-    this.write(encodeResponse(response));
+    this.writer.write(encodeResponse(response));
   }
 
-  /**
-   * Armed once, at the first answer; not refreshed per command (a timer refresh is a list operation, twice
-   * per command before): activity only stamps `lastActivity`, and the timer re-arms itself on expiry for
-   * the time left, so it still fires `idleTimeoutMs` after the last chunk or answer.
-   */
-  private armIdleTimer(): void {
-    if (this.idleTimer !== undefined || this.options.idleTimeoutMs <= 0) return;
-    this.startIdleTimer(this.options.idleTimeoutMs);
-  }
-
-  private startIdleTimer(ms: number): void {
-    this.idleTimer = setTimeout(this.onIdleTimeout, ms);
-    this.idleTimer.unref();
-  }
-
-  private readonly onNegotiateTimeout = (): void => {
-    this.negotiateTimer = undefined;
-    if (this.dead) return;
-    this.timedOut(
-      'negotiate-timeout',
-      { timeoutMs: this.options.negotiateTimeoutMs },
-      'no option negotiation in time; closing',
-    );
-  };
-
-  private readonly onIdleTimeout = (): void => {
-    if (this.dead) return;
-    const idleMs = this.options.idleTimeoutMs;
-    // A callback still running is the session's business (callbackTimeoutMs); its completion stamps
-    // `lastActivity`, so checking again one period later cannot expire early.
-    if (this.inFlight) {
-      this.startIdleTimer(idleMs);
-      return;
-    }
-    const left = this.lastActivity + idleMs - performance.now();
-    if (left > 0) {
-      this.startIdleTimer(Math.ceil(left));
-      return;
-    }
-    this.timedOut('idle-timeout', { timeoutMs: idleMs }, 'MTA idle for too long; closing');
-  };
-
-  /** End the connection on a timeout: a rate-limited line (a peer can cause timeouts at will), counted. */
+  /** End the connection on a timeout (connection-log.ts says and counts it). */
   private timedOut(key: string, fields: Record<string, number>, msg: string): void {
-    if (this.options.logLimiter.allow(key)) this.logger.warn(fields, msg);
-    this.observer?.error?.('ERR_MILTER_TIMEOUT');
+    logTimeout(this.logger, this.options.logLimiter, this.observer, key, fields, msg);
     this.abort('timeout');
   }
 
   /** A protocol error (or an internal bug) ends this connection only: log, count, no reply, destroy. */
   private fail(err: unknown): void {
     if (this.dead) return;
-    if (err instanceof MilterProtocolError) {
-      // The peer's fault: code and message only (a stack made a 5-byte bad frame cost 1 KB of log).
-      if (this.options.logLimiter.allow(err.code)) {
-        this.logger.error(
-          { code: err.code, reason: err.message },
-          'protocol error; closing the connection without a reply',
-        );
-      }
-      this.observer?.error?.(err.code);
-      this.abort('protocol');
-      return;
-    }
-    const code = isMilterError(err) ? err.code : undefined;
-    this.logger.error({ err, code }, 'internal error; closing the connection');
-    if (code !== undefined) this.observer?.error?.(code);
-    this.abort('error');
+    this.abort(logFailure(this.logger, this.options.logLimiter, this.observer, err));
   }
 
   private terminate(reason: TerminationReason): void {
@@ -730,21 +498,13 @@ export class MilterConnection {
     this.dead = true;
     // Like the pull loop it replaces: no more reading once the connection is ending.
     this.socket.pause();
-    this.pending = [];
-    this.pendingHead = 0;
-    this.pendingBytes = 0;
-    if (this.negotiateTimer !== undefined) clearTimeout(this.negotiateTimer);
-    if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
-    if (this.frameTimer !== undefined) clearTimeout(this.frameTimer);
-    if (this.releaseTimer !== undefined) clearTimeout(this.releaseTimer);
-    this.negotiateTimer = undefined;
-    this.frameTimer = undefined;
-    this.releaseTimer = undefined;
+    this.pending.clear();
+    this.timers.stop();
   }
 
   private readonly onEnd = (): void => {
     this.eofSeen = true;
-    if (!this.dead && !this.inFlight && !this.waitingDrain) this.pump();
+    if (!this.dead && !this.inFlight && !this.writer.waitingDrain) this.pump();
   };
 
   private readonly onError = (err: Error): void => {

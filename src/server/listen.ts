@@ -10,8 +10,9 @@
 import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import { dirname, join } from 'node:path';
-import { MilterConfigError, MilterError } from '../errors.js';
+import { MilterConfigError, MilterConnectionError } from '../errors.js';
 import { formatSocketSpec, type SocketSpec } from '../socket-spec.js';
+import { DEFAULTS } from '../defaults.js';
 
 /** Where a server listens, as reported by `MilterServer.addresses`. */
 export interface ListenAddress {
@@ -45,7 +46,7 @@ export interface BindOptions extends UnixSocketOptions {
  * once: on TCP the kernel drops SYNs (the client retries after 1 s), on Unix sockets connect() fails with
  * EAGAIN. 4096 is Linux's default somaxconn since 5.4.
  */
-export const DEFAULT_BACKLOG = 4096;
+export const DEFAULT_BACKLOG: number = DEFAULTS.backlog;
 
 /** A bound listener and how to release it. */
 export interface BoundListener {
@@ -144,9 +145,13 @@ async function listenPrivately(
     } catch (err) {
       await closeServer(server);
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      throw new MilterError('ERR_MILTER_SOCKET_IN_USE', `${path} appeared while binding; not replaced`, {
-        cause: err,
-      });
+      throw new MilterConnectionError(
+        'ERR_MILTER_SOCKET_IN_USE',
+        `${path} appeared while binding; not replaced`,
+        {
+          cause: err,
+        },
+      );
     }
   } finally {
     // Only what this created: the private name (net unlinks it too when the server closes) and the directory.
@@ -189,7 +194,9 @@ function listenOn(server: net.Server, options: net.ListenOptions, spec: string):
       server.off('listening', onListening);
       if (err.code === 'EADDRINUSE') {
         reject(
-          new MilterError('ERR_MILTER_SOCKET_IN_USE', `${spec}: address already in use`, { cause: err }),
+          new MilterConnectionError('ERR_MILTER_SOCKET_IN_USE', `${spec}: address already in use`, {
+            cause: err,
+          }),
         );
       } else reject(err);
     };
@@ -223,7 +230,7 @@ async function removeStaleSocket(path: string): Promise<void> {
     throw err;
   }
   if (!stat.isSocket()) {
-    throw new MilterError(
+    throw new MilterConnectionError(
       'ERR_MILTER_SOCKET_IN_USE',
       `${path} exists and is not a socket; refusing to remove it`,
     );
@@ -237,12 +244,15 @@ async function removeStaleSocket(path: string): Promise<void> {
     socket.once('error', (err: NodeJS.ErrnoException) => resolve(err));
   });
   if (probe === undefined) {
-    throw new MilterError('ERR_MILTER_SOCKET_IN_USE', `${path}: another process is listening on this socket`);
+    throw new MilterConnectionError(
+      'ERR_MILTER_SOCKET_IN_USE',
+      `${path}: another process is listening on this socket`,
+    );
   }
   if (probe.code === 'ENOENT') return; // removed meanwhile
   if (probe.code !== 'ECONNREFUSED') {
     // EACCES and the like: we cannot tell whether it is alive, so we must not remove it.
-    throw new MilterError('ERR_MILTER_SOCKET_IN_USE', `${path}: cannot probe the existing socket`, {
+    throw new MilterConnectionError('ERR_MILTER_SOCKET_IN_USE', `${path}: cannot probe the existing socket`, {
       cause: probe,
     });
   }

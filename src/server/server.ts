@@ -5,7 +5,7 @@
  */
 import * as net from 'node:net';
 import type { Logger } from 'pino';
-import { MilterConfigError, MilterError } from '../errors.js';
+import { MilterConfigError, MilterConnectionError } from '../errors.js';
 import type { Filter } from '../filter.js';
 import { silentLogger } from '../logging/logger.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
@@ -24,7 +24,7 @@ export type { ListenAddress } from './listen.js';
 
 /** Timeouts in milliseconds; 0 disables one. */
 export interface MilterServerTimeouts {
-  /** From accept to the MTA's OPTNEG. Default 30 s (MTAs send OPTNEG at once). */
+  /** From accept to the MTA's OPTNEG. Default 30 s (MTAs send OPTNEG at once; the daemon's is 10 s). */
   negotiateMs?: number;
   /**
    * From the first byte of a frame to its last. Default 10 s: Postfix and Sendmail write each packet at
@@ -32,9 +32,12 @@ export interface MilterServerTimeouts {
    * dribbles bytes to hold a connection slot ever needs longer.
    */
   frameMs?: number;
-  /** Waiting for the MTA's next command. Default 7210 s, libmilter's I/O timeout (§11.1). */
+  /** Waiting for the MTA's next command. Default 7210 s, libmilter's I/O timeout (§11.1; the daemon's is 10 min). */
   idleMs?: number;
-  /** One filter callback; on expiry the failure decision is sent. Default 300 s (Sendmail's E:5m). */
+  /**
+   * One filter callback; on expiry the failure decision is sent. Default 30 s, Postfix's
+   * milter_command_timeout; `eom` gets the same budget (why: src/defaults.ts, `callbackMs`).
+   */
   callbackMs?: number;
 }
 
@@ -226,7 +229,8 @@ class Server implements MilterServer {
   }
 
   async listen(spec: string | SocketSpec | net.Server): Promise<ListenAddress> {
-    if (this.closing) throw new MilterError('ERR_MILTER_SERVER_CLOSED', 'the milter server is closed');
+    if (this.closing)
+      throw new MilterConnectionError('ERR_MILTER_SERVER_CLOSED', 'the milter server is closed');
     if (this.fdReserve > 0) this.fdLimit ??= await openFileLimit();
     let bound: BoundListener;
     if (spec instanceof net.Server) {
@@ -244,7 +248,10 @@ class Server implements MilterServer {
     }
     if (this.closing) {
       await bound.close();
-      throw new MilterError('ERR_MILTER_SERVER_CLOSED', 'the milter server was closed while binding');
+      throw new MilterConnectionError(
+        'ERR_MILTER_SERVER_CLOSED',
+        'the milter server was closed while binding',
+      );
     }
     const address = bound.address;
     // A listener milterd created has no other audience: its connections skip net's paused socket.

@@ -12,10 +12,11 @@ import { MILTER_CHUNK_SIZE } from '../protocol/constants.js';
 import type { MilterResponse, ReplaceBodyResponse } from '../protocol/types.js';
 import type { HandleResult } from './types.js';
 import type { BodySource } from '../filter.js';
-import { MilterFilterError } from '../errors.js';
+import { MilterUsageError } from '../errors.js';
+import { DEFAULTS } from '../defaults.js';
 
 /** Default bytes kept in memory before the body spills to a temporary file. */
-export const BODY_MEMORY_LIMIT = 1024 * 1024;
+export const BODY_MEMORY_LIMIT: number = DEFAULTS.bodyMemoryLimit;
 
 /** Read size when streaming a spilled body back. */
 const READ_CHUNK = 64 * 1024;
@@ -162,8 +163,8 @@ export async function inlineBody(result: HandleResult): Promise<HandleResult> {
 export type CheckedBody =
   { kind: 'buffer'; buffer: Buffer } | { kind: 'stream'; stream: AsyncIterable<unknown> };
 
-function badBody(message: string): MilterFilterError {
-  return new MilterFilterError('ERR_MILTER_INVALID_ARGUMENT', message);
+function badBody(message: string): MilterUsageError {
+  return new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', message);
 }
 
 /** One piece of a replacement body as a Buffer (no copy); anything but bytes is refused. */

@@ -16,7 +16,7 @@ import type { MilterResponse, ModificationResponse, ReplaceBodyResponse } from '
 import type { HandleResult, SessionIO } from './types.js';
 import { isThenable } from './decision.js';
 import type { MacroStore } from './macros.js';
-import { MilterFilterError } from '../errors.js';
+import { MilterUsageError } from '../errors.js';
 import {
   SMFIF_ADDHDRS,
   SMFIF_ADDRCPT,
@@ -44,8 +44,8 @@ export interface MutableEnvelope extends Envelope {
 const MAX_U32 = 0xffffffff;
 const PROGRESS = Object.freeze({ kind: 'progress' as const });
 
-function badArg(message: string): MilterFilterError {
-  return new MilterFilterError('ERR_MILTER_INVALID_ARGUMENT', message);
+function badArg(message: string): MilterUsageError {
+  return new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', message);
 }
 
 /** Strings sent as C strings must not carry NUL; names additionally no CR/LF/colon/whitespace. */
@@ -235,7 +235,7 @@ export class MessageEomContext implements EomContext<unknown> {
     return this.conn.macros();
   }
   setReply(code: number | string, xcode?: string, ...lines: string[]): void {
-    if (!this.open) throw new MilterFilterError('ERR_MILTER_WRONG_STAGE', 'setReply after eom returned');
+    if (!this.open) throw new MilterUsageError('ERR_MILTER_WRONG_STAGE', 'setReply after eom returned');
     this.conn.setReply(code, xcode, ...lines);
   }
 
@@ -289,10 +289,10 @@ export class MessageEomContext implements EomContext<unknown> {
 
   private require(flag: number, what: string): void {
     if (!this.open) {
-      throw new MilterFilterError('ERR_MILTER_WRONG_STAGE', `${what} called after the eom callback returned`);
+      throw new MilterUsageError('ERR_MILTER_WRONG_STAGE', `${what} called after the eom callback returned`);
     }
     if (((this.conn.negotiated?.actions ?? 0) & flag) === 0) {
-      throw new MilterFilterError('ERR_MILTER_ACTION_NOT_NEGOTIATED', `${what} was not negotiated`);
+      throw new MilterUsageError('ERR_MILTER_ACTION_NOT_NEGOTIATED', `${what} was not negotiated`);
     }
   }
 

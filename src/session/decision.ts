@@ -8,7 +8,7 @@ import type { DecisionKind, SmtpReply } from '../filter.js';
 import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterResponse } from '../protocol/types.js';
 import type { HandleResult } from './types.js';
-import { MilterFilterError } from '../errors.js';
+import { MilterFilterError, MilterUsageError } from '../errors.js';
 import { formatReply, type ReplyDecision } from './reply.js';
 
 /** Outcome of one callback: its value, or the coded error that replaces it. */
@@ -29,8 +29,11 @@ export function chain<T, U>(v: T | Promise<T>, f: (t: T) => U | Promise<U>): U |
 }
 
 function failed(cause: unknown): MilterFilterError {
-  if (cause instanceof MilterFilterError && cause.code !== 'ERR_MILTER_CALLBACK_TIMEOUT') {
-    // A coded filter error (say, an EOM action that was not negotiated) keeps its code as the cause.
+  if (
+    (cause instanceof MilterUsageError || cause instanceof MilterFilterError) &&
+    cause.code !== 'ERR_MILTER_CALLBACK_TIMEOUT'
+  ) {
+    // A coded error of the filter (say, an EOM action that was not negotiated) keeps its code as the cause.
     return new MilterFilterError('ERR_MILTER_CALLBACK_FAILED', `callback failed: ${cause.code}`, { cause });
   }
   return new MilterFilterError('ERR_MILTER_CALLBACK_FAILED', 'callback threw or rejected', { cause });

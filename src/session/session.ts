@@ -43,6 +43,7 @@ import {
   undefinedDecisions,
 } from './stages.js';
 import type { StageCommand, StageInfo } from './stages.js';
+import { DEFAULTS } from '../defaults.js';
 
 /**
  * Create the session of one milter connection.
@@ -102,7 +103,7 @@ class MilterSession implements Session {
       this.ctx,
       options.observer,
       options.callbackTimeoutMs,
-      options.failureDecision ?? 'tempfail',
+      options.failureDecision ?? DEFAULTS.failureDecision,
     );
     this.observer = options.observer;
     this.floor = options.maxDataSize ?? MILTER_MDS_64K;
@@ -252,8 +253,17 @@ class MilterSession implements Session {
         break;
       case 'unknown':
         break;
-      default:
+      case 'data':
+      case 'header':
+      case 'eoh':
+      case 'body':
         this.ensureTransaction();
+        break;
+      default: {
+        // Every stage command is listed: a new one fails to compile here until its bookkeeping is decided.
+        const unhandled: never = cmd;
+        throw new Error(`no bookkeeping for command ${String((unhandled as { kind: unknown }).kind)}`);
+      }
     }
     this.state = info.state;
     return this.run(info, cmd);

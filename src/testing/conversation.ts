@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import type { ClientReply, EomResult } from '../client/index.js';
 import { STAGE, type Stage } from '../client/negotiate.js';
 import { isFinal, isShutdown, type MtaSide } from '../client/transaction.js';
-import { MilterError } from '../errors.js';
+import { MilterConnectionError, MilterProtocolError } from '../errors.js';
 import type { ConnectionInfo, Filter } from '../filter.js';
 import {
   MACRO_PACKET_LETTERS,
@@ -43,8 +43,8 @@ export function verdictOf(reply: ClientReply): Verdict {
   return reply.text.startsWith('4') ? 'tempfail' : 'reject';
 }
 
-function unexpected(what: string): MilterError {
-  return new MilterError('ERR_MILTER_UNEXPECTED_RESPONSE', what);
+function unexpected(what: string): MilterProtocolError {
+  return new MilterProtocolError('ERR_MILTER_UNEXPECTED_RESPONSE', what);
 }
 
 function toReply(r: MilterResponse, stage: string): ClientReply {
@@ -203,7 +203,7 @@ export class Conversation<P> implements MtaSide {
       } else {
         const r = responses[0];
         if (r === undefined) {
-          throw new MilterError(
+          throw new MilterConnectionError(
             'ERR_MILTER_TIMEOUT',
             `the session sent no reply to ${stage}: an MTA would time out`,
           );
@@ -230,7 +230,8 @@ export class Conversation<P> implements MtaSide {
     const modifications: ModificationResponse[] = [];
     let progress = 0;
     const last = responses[responses.length - 1];
-    if (last === undefined) throw new MilterError('ERR_MILTER_TIMEOUT', 'the session sent no reply to EOM');
+    if (last === undefined)
+      throw new MilterConnectionError('ERR_MILTER_TIMEOUT', 'the session sent no reply to EOM');
     for (const r of responses.slice(0, -1)) {
       if (r.kind === 'progress') progress++;
       else if (isModification(r)) modifications.push(r);

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import type { Filter } from '../../src/filter.js';
 import { MILTER_CHUNK_SIZE } from '../../src/protocol/constants.js';
 import { encodeCommands } from '../../src/protocol/encode.js';
-import { connectionDebugStats, resetConnectionDebugStats } from '../../src/server/connection.js';
+import { connectionDebugStats, resetConnectionDebugStats } from '../../src/server/connection-stats.js';
 import { RawMta, endOfMessage, step } from '../helpers/raw-mta.js';
 import { startServer } from '../helpers/server.js';
 import { sleep, tempDir } from '../helpers/wait.js';

@@ -8,7 +8,8 @@ import { test } from 'node:test';
 import type { Filter } from '../../src/filter.js';
 import { encodeCommands } from '../../src/protocol/encode.js';
 import type { MilterCommand } from '../../src/protocol/types.js';
-import { connectionDebugStats, TURN_COMMANDS } from '../../src/server/connection.js';
+import { connectionDebugStats } from '../../src/server/connection-stats.js';
+import { TURN_COMMANDS } from '../../src/server/fairness.js';
 import { RawMta } from '../helpers/raw-mta.js';
 import { startServer } from '../helpers/server.js';
 

@@ -11,7 +11,7 @@ import { test, type TestContext } from 'node:test';
 import type { Filter } from '../../src/filter.js';
 import { encodeCommands } from '../../src/protocol/encode.js';
 import type { MilterCommand } from '../../src/protocol/types.js';
-import { connectionDebugStats, resetConnectionDebugStats } from '../../src/server/connection.js';
+import { connectionDebugStats, resetConnectionDebugStats } from '../../src/server/connection-stats.js';
 import { createMilterServer, type ListenAddress, type MilterServer } from '../../src/server/server.js';
 import { RawMta, endOfMessage, step } from '../helpers/raw-mta.js';
 import { startServer } from '../helpers/server.js';

@@ -16,9 +16,10 @@ import { decodeCommand } from '../../../src/protocol/decode.js';
 import { encodeResponses } from '../../../src/protocol/encode.js';
 import { FrameDecoder } from '../../../src/protocol/frame.js';
 import { MILTER_LEN_BYTES } from '../../../src/protocol/constants.js';
+import { DEFAULTS } from '../../../src/defaults.js';
 
 /** The server's default callback budget (timeouts.callbackMs): replay under production settings. */
-const SERVER_CALLBACK_TIMEOUT_MS = 300_000;
+const SERVER_CALLBACK_TIMEOUT_MS = DEFAULTS.callbackMs;
 
 /** What the session wrote in answer to one MTA packet. */
 export interface ReplayStep {
