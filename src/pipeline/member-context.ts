@@ -186,7 +186,8 @@ export class MemberContext implements EomContext<unknown> {
   addHeader(name: string, value: string): void {
     const n = checkName(name);
     const v = checkText('header value', value, true);
-    if (this.allowed('addHeader')) this.staged.push((t) => t.headers.add(n, this.value(v)));
+    const w = this.value(v);
+    if (this.allowed('addHeader')) this.staged.push((t) => t.headers.add(n, w));
   }
 
   insertHeader(index: number, name: string, value: string): void {
@@ -194,10 +195,9 @@ export class MemberContext implements EomContext<unknown> {
     const n = checkName(name);
     const v = checkText('header value', value, true);
     if (!this.allowed('addHeader')) return;
+    const w = this.value(v);
     // The MTA's index counts its own Received: header on top, which the working copy does not hold.
-    this.staged.push((t) =>
-      t.headers.insert(Math.min(Math.max(0, i - 1), t.headers.length), n, this.value(v)),
-    );
+    this.staged.push((t) => t.headers.insert(Math.min(Math.max(0, i - 1), t.headers.length), n, w));
   }
 
   changeHeader(name: string, index: number, value: string | null): void {
@@ -205,9 +205,10 @@ export class MemberContext implements EomContext<unknown> {
     const i = checkIndex(index);
     const v = value === null ? '' : checkText('header value', value, true);
     if (!this.allowed('changeHeader') || i === 0) return;
+    const w = this.value(v);
     this.staged.push((t) => {
       if (v === '') t.headers.delete(n, i);
-      else t.headers.set(n, this.value(v), i);
+      else t.headers.set(n, w, i);
     });
   }
 
