@@ -37,7 +37,7 @@ export interface EomWork {
   /** The pipeline negotiated SMFIP_HDR_LEADSPC: header values it stores keep their leading space. */
   leadingSpace: boolean;
   memoryLimit: number;
-  tempDir: string | undefined;
+  tempDir: string;
 }
 
 /** Hooks of the pipeline a member context reports to. */

@@ -14,6 +14,7 @@
  *   sent is emitted once, as the fewest actions (Transaction.applyTo). SMFIR_PROGRESS keeps the MTA
  *   waiting meanwhile.
  */
+import os from 'node:os';
 import type {
   CallbackResult,
   Decision,
@@ -206,6 +207,9 @@ interface LiveRun {
   takers: MemberRun[];
 }
 
+/** The body of messages whose body nobody after the first changing member reads: never written to. */
+const NO_BODY = new BodyStore(0);
+
 const EMPTY_NEGOTIATION: Negotiation = { members: [], noReply: 0, protocol: 0 };
 
 function kindOf(r: unknown): DecisionKind {
@@ -239,6 +243,8 @@ class Pipeline {
   private readonly failure: FailureDecision;
   private readonly memoryLimit: number;
   private readonly progressMs: number;
+  /** Resolved once: os.tmpdir() reads the environment on every call. */
+  private readonly tempDir: string;
   /** Someone listens to member events: time callbacks and build the events (else skip both). */
   private readonly timed: boolean;
 
@@ -250,6 +256,7 @@ class Pipeline {
     this.memoryLimit = options.bodyMemoryLimit ?? BODY_MEMORY_LIMIT;
     this.progressMs = options.progressIntervalMs ?? DEFAULTS.pipelineProgressMs;
     this.timed = options.onMemberEvent !== undefined;
+    this.tempDir = options.tempDir ?? os.tmpdir();
   }
 
   readonly emit = (e: MemberEvent): void => {
@@ -344,44 +351,57 @@ class Pipeline {
 
   // ---- negotiation ----
 
+  /**
+   * Every member negotiates against the offer, all at once (upstream milters connect in parallel); the
+   * first failure, in member order, refuses the MTA (after which every member is closed).
+   */
   private async negotiate(ctx: BaseContext<unknown>, offer: NegotiationOffer): Promise<NegotiateResult> {
     const outcomes: Array<NegotiationOutcome | undefined> = [];
     const neg: Negotiation = { members: outcomes, noReply: 0, protocol: 0 };
     const st = new ConnState(neg, this.members, this.emit);
     ctx.priv = st; // so that `close` finds every member even if negotiation fails below
-    for (const [i, m] of this.members.entries()) {
-      const run = st.runs[i] as MemberRun;
-      run.ctx.outer = ctx as StageContext<unknown>;
-      const t0 = performance.now();
-      let out: NegotiationOutcome;
-      try {
-        const request = m.filter.negotiate
-          ? await m.filter.negotiate(run.ctx, offer)
-          : defaultNegotiation(m.filter, offer);
-        if (request === null || typeof request !== 'object') throw new Error('negotiate returned no result');
-        out = negotiate(m.filter, offer, undefined, request);
-      } catch (err) {
-        this.failed(run, 'negotiate', err, t0, 'tempfail');
+    const results = await Promise.all(
+      this.members.map(async (m, i): Promise<{ out: NegotiationOutcome } | { failure: unknown }> => {
+        const run = st.runs[i] as MemberRun;
+        run.ctx.outer = ctx as StageContext<unknown>;
+        const t0 = performance.now();
+        try {
+          const request = m.filter.negotiate
+            ? await m.filter.negotiate(run.ctx, offer)
+            : defaultNegotiation(m.filter, offer);
+          if (request === null || typeof request !== 'object')
+            throw new Error('negotiate returned no result');
+          const out = negotiate(m.filter, offer, undefined, request);
+          run.negotiated(out);
+          this.emit({
+            type: 'decision',
+            member: m.name,
+            connectionId: ctx.id,
+            stage: 'negotiate',
+            decision: 'continue',
+            durationMs: performance.now() - t0,
+            dryRun: m.dryRun,
+            applied: true,
+          });
+          return { out };
+        } catch (err) {
+          this.failed(run, 'negotiate', err, t0, 'tempfail');
+          return { failure: err };
+        }
+      }),
+    );
+    for (const [i, r] of results.entries()) {
+      if ('failure' in r) {
+        const name = (this.members[i] as Member).name;
         throw new MilterProtocolError(
           'ERR_MILTER_NEGOTIATION',
-          `pipeline member ${m.name}: negotiation failed`,
+          `pipeline member ${name}: negotiation failed`,
           {
-            cause: err,
+            cause: r.failure,
           },
         );
       }
-      outcomes.push(out);
-      run.negotiated(out);
-      this.emit({
-        type: 'decision',
-        member: m.name,
-        connectionId: ctx.id,
-        stage: 'negotiate',
-        decision: 'continue',
-        durationMs: performance.now() - t0,
-        dryRun: m.dryRun,
-        applied: true,
-      });
+      outcomes.push(r.out);
     }
     const result = this.union(outcomes as NegotiationOutcome[], offer);
     neg.noReply = result.protocol & STAGE_NAMES.reduce((a, s) => a | STAGE_BITS[s].nr, 0);
@@ -656,7 +676,7 @@ class Pipeline {
     const replayedReadsBody = st.runs.some(
       (r) => r.member.index > split && !r.retiredConnection && !r.retiredMessage && r.wants('body'),
     );
-    if (replayedReadsBody) msg.body = new BodyStore(this.memoryLimit, this.options.tempDir);
+    if (replayedReadsBody) msg.body = new BodyStore(this.memoryLimit, this.tempDir);
   }
 
   /** One live stage: members in order, the first message-ending decision wins. */
@@ -802,7 +822,8 @@ class Pipeline {
     const msg = this.message(ctx);
     this.split(ctx, msg);
     const env = ctx.envelope;
-    const body = msg.body ?? new BodyStore(0, this.options.tempDir);
+    // No replayed member reads the body: the transaction gets an empty one (nobody reads it).
+    const body = msg.body ?? NO_BODY;
     const trx = new MessageTransaction({
       connection: ctx.connection,
       helo: ctx.helo,
@@ -824,7 +845,7 @@ class Pipeline {
       }),
       leadingSpace: ((ctx.negotiated?.protocol ?? 0) & SMFIP_HDR_LEADSPC) !== 0,
       memoryLimit: this.memoryLimit,
-      tempDir: this.options.tempDir,
+      tempDir: this.tempDir,
     };
     const timer = setInterval(() => ctx.progress(), this.progressMs);
     timer.unref();
@@ -864,7 +885,7 @@ class Pipeline {
       await work.replacement?.dispose();
       if (!applied && st.msg === msg) await this.abortOthers(st, ctx, undefined);
       this.endMessage(st);
-      await body.dispose();
+      if (body !== NO_BODY) await body.dispose();
     }
   }
 

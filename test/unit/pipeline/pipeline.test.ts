@@ -554,3 +554,19 @@ test('decisions: a failure passed over (failureDecision continue) retires only t
     [['flaky', 'envfrom', 'ERR_MILTER_CALLBACK_FAILED', false, 'continue']],
   );
 });
+
+test('end of message: SMFIR_PROGRESS keeps the MTA waiting while a slow member works', async () => {
+  const slow: Filter = {
+    actions: ['addHeader'],
+    async eom(ctx) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      ctx.addHeader('X-Slow', 'done');
+    },
+  };
+  const t = await testFilter(pipeline([member('slow', slow)], { progressIntervalMs: 1 }), {
+    messages: [MESSAGE],
+  });
+  const eom = t.messages[0]?.eom;
+  assert.ok((eom?.progress ?? 0) >= 1, `progress packets: ${eom?.progress}`);
+  assert.deepEqual(eom?.modifications, [{ kind: 'addHeader', name: 'X-Slow', value: 'done' }]);
+});
