@@ -68,4 +68,9 @@ export const DEFAULTS = {
   logBufferBytes: 1024 * 1024,
   /** Admin endpoint connections at once (a probe or a scraper needs one or two). */
   adminMaxConnections: 64,
+  /**
+   * Pipeline: interval of SMFIR_PROGRESS while members work at end of message (well inside Postfix's
+   * 300 s milter_content_timeout and Sendmail's per-filter timeouts, so a slow chain is not cut off).
+   */
+  pipelineProgressMs: 10_000,
 } as const;

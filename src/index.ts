@@ -6,6 +6,7 @@
  * - `withShutdownPolicy` / `createShutdownPolicy` end SMTP sessions with a 421 when a policy says so.
  *
  * Elsewhere: `milterd/protocol` (the codec and the SMFI* constants), `milterd/client` (the MTA side),
+ * `milterd/pipeline` (several filters and existing milters run in order as one filter),
  * `milterd/policy` (the whole policy engine), `milterd/testing` (filters in memory, fake transactions).
  * test/package/exports.test.ts pins every entry point's names: a change here is always deliberate.
  */

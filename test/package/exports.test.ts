@@ -122,6 +122,20 @@ const SURFACE: Record<string, string[]> = {
     'ScriptRecipient',
     'playMessage',
   ],
+  './pipeline': [
+    'MEMBER_CONDITION_KEYS',
+    'MemberActionEvent',
+    'MemberCondition',
+    'MemberDecisionEvent',
+    'MemberErrorEvent',
+    'MemberEvent',
+    'MemberSkippedEvent',
+    'MemberStage',
+    'PipelineMember',
+    'PipelineOptions',
+    'parseMemberCondition',
+    'pipeline',
+  ],
   './policy': [
     'Cidr',
     'ClientInfo',
@@ -423,14 +437,22 @@ test('every entry point exports exactly its pinned names', () => {
   });
   const actual: Record<string, string[]> = {};
   for (const [entry, file] of entries) actual[entry] = exportedNames(program, file);
-  assert.deepEqual(Object.keys(actual).sort(), ['.', './client', './policy', './protocol', './testing']);
+  assert.deepEqual(Object.keys(actual).sort(), [
+    '.',
+    './client',
+    './pipeline',
+    './policy',
+    './protocol',
+    './testing',
+  ]);
   for (const [entry, names] of Object.entries(SURFACE)) {
     assert.deepEqual(actual[entry], [...names].sort(), `milterd${entry.slice(1)}`);
   }
   // The root stays small: what a filter author and an embedder need (pg-protocol's root has three).
   assert.ok((actual['.']?.length ?? 0) < 100);
-  // The codec, the MTA side and the policy internals are not at the root.
+  // The codec, the MTA side, the pipeline and the policy internals are not at the root.
   for (const name of [
+    'pipeline',
     'FrameDecoder',
     'encodeCommand',
     'MilterClient',
