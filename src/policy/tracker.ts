@@ -74,11 +74,13 @@ export class SessionTracker {
       const store = this.policy.store;
       const now = this.policy.now();
       this.#storeKey = key;
-      this.#sessionsFailed = !(await this.#store(ctx.logger, async () => {
+      // Concurrently: a shared store pipelines both into one round trip.
+      const opened = this.#store(ctx.logger, async () => {
         this.#concurrent = await store.sessionOpened(key, this.connectionId, now);
-      }));
-      if (this.#sessionsFailed) this.#concurrent = 0;
+      });
       await this.#countMessages(ctx.logger, key, (w) => store.messageCount(key, w, now));
+      this.#sessionsFailed = !(await opened);
+      if (this.#sessionsFailed) this.#concurrent = 0;
       this.#startRenewal(ctx.logger, key);
     }
     await this.evaluate(ctx, 'connect');
@@ -108,7 +110,8 @@ export class SessionTracker {
     const windows = this.policy.clientWindows;
     if (windows.length === 0) return;
     this.#messagesFailed = !(await this.#store(logger, async () => {
-      for (const w of windows) this.#windows[w] = await count(w);
+      const counts = await Promise.all(windows.map(count));
+      windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
     }));
     if (this.#messagesFailed) for (const w of windows) this.#windows[w] = 0;
   }
