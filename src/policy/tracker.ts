@@ -101,6 +101,22 @@ export class SessionTracker {
     await this.evaluate(ctx, 'message');
   }
 
+  /**
+   * MAIL of a later transaction: the client's messages may have been counted elsewhere since this
+   * session's last one (another session, another milterd of the fleet), so read the windows again and
+   * consult the chain: a limit reached meanwhile refuses this MAIL instead of letting one more through.
+   * The first transaction uses the counts read at CONNECT.
+   */
+  async beforeTransaction(ctx: BaseContext<unknown>): Promise<void> {
+    const key = this.#storeKey;
+    if (key === undefined || this.lastOutcome === undefined || this.armed !== undefined) return;
+    if (this.policy.clientWindows.length === 0) return;
+    const store = this.policy.store;
+    const now = this.policy.now();
+    await this.#countMessages(ctx.logger, key, (w) => store.messageCount(key, w, now));
+    await this.evaluate(ctx, 'message');
+  }
+
   /** Read (or add to) every tracked window; a failure zeroes them all and marks the counts as failed. */
   async #countMessages(
     logger: Logger,
