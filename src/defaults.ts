@@ -73,4 +73,20 @@ export const DEFAULTS = {
    * 300 s milter_content_timeout and Sendmail's per-filter timeouts, so a slow chain is not cut off).
    */
   pipelineProgressMs: 10_000,
+  /** Policy store: the deadline of one store call; past it the rule's `on-store-error` applies. */
+  storeTimeoutMs: 50,
+  /**
+   * Policy store: life of a session lease not renewed (a live session renews it every third of this), so a
+   * milterd killed with -9 stops counting against its clients within this time.
+   */
+  storeLeaseTtlMs: 60_000,
+  /**
+   * Policy store: how long its circuit breaker stays open before a probe. Shorter than an upstream
+   * milter's: a probe costs at most one store deadline, and limits are off (or local) while it is open.
+   */
+  storeBreakerOpenMs: 5_000,
+  /** Policy store: prefix of every key (Redis). */
+  storePrefix: 'milterd:',
+  /** Policy store: milterd instances sharing the limits (`on-store-error: local` divides limits by it). */
+  storeInstances: 1,
 } as const;

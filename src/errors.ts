@@ -37,9 +37,18 @@ export type ConnectionErrorCode =
 /** A configuration, policy, value or listen spec is invalid (codes of {@link MilterConfigError}). */
 export type ConfigErrorCode = 'ERR_MILTER_CONFIG' | 'ERR_MILTER_LISTEN_SPEC' | 'ERR_MILTER_HOOK_INVALID';
 
+/** A shared policy store failed, was too slow, or its circuit breaker is open (codes of {@link MilterStoreError}). */
+export type StoreErrorCode =
+  'ERR_MILTER_STORE_FAILED' | 'ERR_MILTER_STORE_TIMEOUT' | 'ERR_MILTER_STORE_UNAVAILABLE';
+
 /** Every code; each belongs to exactly one error class (its family's type above says which). */
 export type MilterErrorCode =
-  ProtocolErrorCode | FilterErrorCode | UsageErrorCode | ConnectionErrorCode | ConfigErrorCode;
+  | ProtocolErrorCode
+  | FilterErrorCode
+  | UsageErrorCode
+  | ConnectionErrorCode
+  | ConfigErrorCode
+  | StoreErrorCode;
 
 /**
  * Base class of every error milterd throws; never thrown itself: each code is thrown by the one subclass
@@ -91,6 +100,15 @@ export class MilterConnectionError extends MilterError {
   constructor(code: ConnectionErrorCode, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'MilterConnectionError';
+  }
+}
+
+/** A shared policy store failed, took too long, or was not asked because its circuit breaker is open. */
+export class MilterStoreError extends MilterError {
+  declare readonly code: StoreErrorCode;
+  constructor(code: StoreErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'MilterStoreError';
   }
 }
 
