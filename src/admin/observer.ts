@@ -9,6 +9,7 @@ import type { MilterErrorCode } from '../errors.js';
 import { Registry, StoreMetrics, type Counter, type Gauge, type Histogram } from './metrics.js';
 import { ProcessMetrics } from './process-metrics.js';
 import { commandName } from '../session/stages.js';
+import { unreachable } from '../unreachable.js';
 
 /** Names of every metric milterd exports (also documented in the README). */
 export const METRIC_NAMES = {
@@ -60,8 +61,13 @@ export function messageOutcome(stage: DecisionStage, decision: ObservedDecision)
     case 'body':
       if (decision === 'accept') return 'accept';
       break;
-    default:
+    case 'negotiate':
+    case 'connect':
+    case 'helo':
+    case 'unknown':
       return undefined;
+    default:
+      return unreachable(stage, 'decision stage');
   }
   return decision === 'reject' || decision === 'tempfail' || decision === 'discard' ? decision : undefined;
 }

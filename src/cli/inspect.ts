@@ -32,6 +32,7 @@ import { parseSocketSpec } from '../socket-spec.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { DEFAULT_LISTEN } from './options.js';
 import { parseListenSpec, parseSocketMode } from './values.js';
+import { unreachable } from '../unreachable.js';
 
 /**
  * The macros requested at every stage: Postfix's (milter.h, S8_MAC_*) and Sendmail's usual ones. 47
@@ -113,8 +114,19 @@ export function inspectReply(cmd: MilterCommand): MilterResponse | undefined {
     case 'quit':
     case 'quitNewConnection':
       return undefined;
-    default:
+    case 'connect':
+    case 'helo':
+    case 'mail':
+    case 'rcpt':
+    case 'data':
+    case 'header':
+    case 'eoh':
+    case 'body':
+    case 'eom':
+    case 'unknown':
       return { kind: 'continue' };
+    default:
+      return unreachable(cmd, 'command');
   }
 }
 

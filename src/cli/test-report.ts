@@ -5,6 +5,7 @@
 import type { ClientReply, MessageResult, NegotiatedClientOptions } from '../client/index.js';
 import type { ModificationResponse } from '../protocol/types.js';
 import type { OutputMessageSummary } from './test-output.js';
+import { unreachable } from '../unreachable.js';
 
 export const ACTION_NAMES: Array<[number, string]> = [
   [0x001, 'addHeader'],
@@ -96,8 +97,14 @@ function outcomeOf(
       return 'discarded';
     case 'replyCode':
       return reply.text.startsWith('5') ? 'rejected' : reply.text.startsWith('4') ? 'tempfailed' : 'accepted';
-    default:
+    case 'continue':
+    case 'accept':
+    case 'skip':
+    case 'noreply':
+    case 'skipped':
       return mods.some((m) => m.kind === 'quarantine') ? 'quarantined' : 'accepted';
+    default:
+      return unreachable(reply, 'reply');
   }
 }
 

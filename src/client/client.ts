@@ -33,6 +33,7 @@ import { STAGE, type Stage, validateNegotiation } from './negotiate.js';
 import { closedError, openSocket } from './socket.js';
 import type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
 import { DEFAULTS } from '../defaults.js';
+import { unreachable } from '../unreachable.js';
 
 export type { ClientReply, EomResult, MilterClientOptions, NegotiatedClientOptions } from './types.js';
 
@@ -382,13 +383,24 @@ export class MilterClient {
         // connFail is a filter failure for both MTAs: report it, then drop the connection.
         if (response.kind === 'connFail') this.close();
         return;
-      default:
+      case 'addHeader':
+      case 'insertHeader':
+      case 'changeHeader':
+      case 'addRecipient':
+      case 'addRecipientWithArgs':
+      case 'deleteRecipient':
+      case 'changeFrom':
+      case 'quarantine':
+      case 'replaceBody':
         if (waiter.mode !== 'eom') return unexpected();
         waiter.modifications.push(
           response.kind === 'replaceBody'
             ? { kind: 'replaceBody', chunk: Buffer.from(response.chunk) }
             : response,
         );
+        return;
+      default:
+        return unreachable(response, 'response');
     }
   }
 

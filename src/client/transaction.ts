@@ -10,6 +10,7 @@ import type { MilterClient } from './client.js';
 import type { ClientReply, EomResult } from './types.js';
 import type { MacroPacketStage } from '../protocol/constants.js';
 import { wireBytes } from '../protocol/wire-string.js';
+import { unreachable } from '../unreachable.js';
 
 /** A recipient, bare or with ESMTP args. */
 export type ScriptRecipient = string | { address: string; args?: string[] };
@@ -122,8 +123,13 @@ export function isFinal(reply: ClientReply): boolean {
     case 'shutdown':
     case 'connFail':
       return true;
-    default:
+    case 'continue':
+    case 'skip':
+    case 'noreply':
+    case 'skipped':
       return false;
+    default:
+      return unreachable(reply, 'reply');
   }
 }
 

@@ -44,6 +44,7 @@ import {
 } from './stages.js';
 import type { StageCommand, StageInfo } from './stages.js';
 import { DEFAULTS } from '../defaults.js';
+import { unreachable } from '../unreachable.js';
 
 /**
  * Create the session of one milter connection.
@@ -259,11 +260,9 @@ class MilterSession implements Session {
       case 'body':
         this.ensureTransaction();
         break;
-      default: {
+      default:
         // Every stage command is listed: a new one fails to compile here until its bookkeeping is decided.
-        const unhandled: never = cmd;
-        throw new Error(`no bookkeeping for command ${String((unhandled as { kind: unknown }).kind)}`);
-      }
+        return unreachable(cmd, 'stage command');
     }
     this.state = info.state;
     return this.run(info, cmd);
