@@ -9,7 +9,7 @@ import type { MilterErrorCode } from '../errors.js';
 import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
 import { ProcessMetrics } from './process-metrics.js';
 import type { BreakerState } from '../breaker.js';
-import type { MemberEvent } from '../cli/pipeline-api.js';
+import type { MemberEvent } from '../pipeline/index.js';
 
 const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
 

@@ -386,3 +386,77 @@ test('check-config prints the effective pipeline: members in order, conditions, 
     ),
   );
 });
+
+test('when: and dry-run from the config file: a submission-only member, a rejecting member in dry-run (counted, not applied)', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(path.join(dir, 'submission.mjs'), esmHeader('X-Submission', 'yes'));
+  await writeFile(
+    path.join(dir, 'reject.mjs'),
+    'export default { envfrom() { return { kind: "reject", reply: { code: 550, text: "no" } }; } };\n',
+  );
+  const config = path.join(dir, 'milterd.yaml');
+  await writeFile(
+    config,
+    [
+      'listen: inet:0@127.0.0.1',
+      'admin: inet:0@127.0.0.1',
+      'filters:',
+      '  - module: reject.mjs',
+      '    dry-run: true',
+      '  - module: submission.mjs',
+      '    when: { daemon-port: [587] }',
+      '',
+    ].join('\n'),
+  );
+  const d = new Daemon(['--config', config]);
+  t.after(() => d.kill());
+  const { milter, adminPort } = await d.started();
+  assert.ok(adminPort);
+
+  const play = async (port: string): Promise<string[]> => {
+    const client = await MilterClient.connect(milter);
+    try {
+      const r = await playMessage(client, { ...MESSAGE, macros: { connect: { '{daemon_port}': port } } });
+      assert.equal(r.reply.kind, 'continue', `the dry-run reject is not applied: ${JSON.stringify(r.reply)}`);
+      return added(r.eom);
+    } finally {
+      await client.quit().catch(() => client.close());
+    }
+  };
+  assert.deepEqual(await play('587'), ['X-Submission: yes'], 'on the submission port');
+  assert.deepEqual(await play('25'), [], 'not on port 25');
+
+  const metrics = parsePrometheus((await httpGet(adminPort, '/metrics')).body);
+  assert.equal(
+    sampleValue(metrics, 'milterd_member_decisions_total', {
+      member: 'reject',
+      stage: 'envfrom',
+      decision: 'reject',
+      mode: 'dry-run',
+    }),
+    2,
+  );
+  assert.ok(
+    metrics.samples.some(
+      (s) => s.name === 'milterd_member_skipped_total' && s.labels.member === 'submission' && s.value >= 1,
+    ),
+    'the port-25 session skipped the submission member',
+  );
+
+  d.signal('SIGTERM');
+  assert.equal((await d.exited).code, 0);
+
+  // A condition with a wrong key: one located line (exit 3), from serve and check-config alike.
+  await writeFile(
+    config,
+    'listen: inet:0@127.0.0.1\nfilters:\n  - builtin: stamp\n    when: { daemon-prot: 587 }\n',
+  );
+  for (const args of [
+    ['serve', '--config', config],
+    ['check-config', config],
+  ]) {
+    const r = await runMilterd(args);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stderr.split('\n')[0] ?? '', /milterd\.yaml:3:\d+: .*filters\[0\]\.when.*daemon-prot/);
+  }
+});
