@@ -174,13 +174,8 @@ async function buildMember(spec: MemberSpec, ctx: BuildPipelineContext): Promise
         name: spec.name,
         timeouts: spec.timeouts,
         ...(spec.onFailure === undefined ? {} : { onFailure: spec.onFailure }),
-        breaker: {
-          ...spec.breaker,
-          onChange: (state, previous) => {
-            metrics.memberBreakerState(spec.name, state);
-            logger.warn({ state, previous }, `upstream ${spec.address}: circuit breaker ${state}`);
-          },
-        },
+        ...(spec.breaker === undefined ? {} : { breaker: spec.breaker }),
+        onEvent: (event) => metrics.upstreamEvent(spec.name, event),
         logger,
       });
     } catch (err) {
