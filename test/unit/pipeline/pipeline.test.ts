@@ -488,3 +488,85 @@ test('close runs exactly once per member per connection, failed members included
   assert.equal(refused.end, 'refused');
   assert.deepEqual(closed, ['a', 'b', 'c']);
 });
+
+test('negotiation: header values keep their leading space only for members that asked; new values get one', async () => {
+  const seen: string[] = [];
+  const spaced: Filter = {
+    headerLeadingSpace: true,
+    header: (_c, n, v) => void seen.push(`spaced ${n}:${v}`),
+  };
+  const plain: Filter = {
+    actions: ['addHeader', 'changeHeader'],
+    header: (_c, n, v) => void seen.push(`plain ${n}:${v}`),
+    eom(ctx) {
+      ctx.addHeader('X-New', 'v');
+      ctx.changeHeader('Subject', 1, 'changed');
+    },
+  };
+  const t = await testFilter(pipeline([member('spaced', spaced), member('plain', plain)]), {
+    messages: [{ ...MESSAGE, headers: [['Subject', ' hello']] }],
+  });
+  assert.deepEqual(seen, ['spaced Subject: hello', 'plain Subject:hello']);
+  // The MTA negotiated HDR_LEADSPC for the pipeline: every value it gets carries its leading space.
+  assert.deepEqual(t.messages[0]?.eom?.modifications, [
+    { kind: 'changeHeader', index: 1, name: 'Subject', value: ' changed' },
+    { kind: 'addHeader', name: 'X-New', value: ' v' },
+  ]);
+});
+
+test('decisions: a failure passed over (failureDecision continue) retires only the failed member, for the message', async () => {
+  const seen: string[] = [];
+  const events: MemberEvent[] = [];
+  let calls = 0;
+  const flaky: Filter = {
+    envfrom: () => {
+      if (++calls === 1) throw new Error('first message fails');
+      seen.push('flaky envfrom');
+    },
+    eom: () => void seen.push('flaky eom'),
+  };
+  const steady: Filter = {
+    envfrom: () => void seen.push('steady envfrom'),
+    eom: () => void seen.push('steady eom'),
+  };
+  const t = await testFilter(
+    pipeline([member('flaky', flaky), member('steady', steady)], {
+      failureDecision: 'continue',
+      onMemberEvent: (e) => void events.push(e),
+    }),
+    { messages: [MESSAGE, MESSAGE] },
+  );
+  assert.deepEqual(
+    t.messages.map((m) => m.reply.kind),
+    ['continue', 'continue'],
+  );
+  assert.deepEqual(seen, [
+    'steady envfrom',
+    'steady eom',
+    'flaky envfrom',
+    'steady envfrom',
+    'flaky eom',
+    'steady eom',
+  ]);
+  const errors = events.filter((e) => e.type === 'error');
+  assert.deepEqual(
+    errors.map((e) => [e.member, e.stage, e.code, e.timeout, e.decision]),
+    [['flaky', 'envfrom', 'ERR_MILTER_CALLBACK_FAILED', false, 'continue']],
+  );
+});
+
+test('end of message: SMFIR_PROGRESS keeps the MTA waiting while a slow member works', async () => {
+  const slow: Filter = {
+    actions: ['addHeader'],
+    async eom(ctx) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      ctx.addHeader('X-Slow', 'done');
+    },
+  };
+  const t = await testFilter(pipeline([member('slow', slow)], { progressIntervalMs: 1 }), {
+    messages: [MESSAGE],
+  });
+  const eom = t.messages[0]?.eom;
+  assert.ok((eom?.progress ?? 0) >= 1, `progress packets: ${eom?.progress}`);
+  assert.deepEqual(eom?.modifications, [{ kind: 'addHeader', name: 'X-Slow', value: 'done' }]);
+});
