@@ -464,3 +464,27 @@ test('stopped upstream (SIGSTOP): commandMs, connectMs, then tempfail; sessions 
   process.kill(up.proc.pid as number, 'SIGCONT');
   assert.equal((await play(proxy.spec, MESSAGE)).stoppedAt, 'eom');
 });
+
+test('QUIT_NC: the next SMTP session on the same MTA connection gets a new upstream session, same bytes as direct', async (t) => {
+  const up = await startUpstream(t);
+  const proxy = await startProxy(t, { address: up.spec });
+  const twoSessions = async (spec: string): Promise<unknown[]> => {
+    const client = await MilterClient.connect(spec, MTA_OFFER);
+    try {
+      const first = await playMessage(client, MESSAGE);
+      client.quitNewConnection();
+      const second = await playMessage(client, MESSAGE);
+      return [wire(first), wire(second)];
+    } finally {
+      await client.quit();
+    }
+  };
+  const direct = await twoSessions(up.spec);
+  const closesDirect = up.count('close');
+  const proxied = await twoSessions(proxy.spec);
+  assert.deepEqual(proxied, direct);
+  assert.equal((direct[1] as { stoppedAt: string }).stoppedAt, 'eom');
+  // Through milterd each SMTP session had its own upstream connection, closed with it.
+  await waitFor(() => up.count('close') === closesDirect + 2, 'both upstream sessions to close');
+  assert.equal(up.count('close'), closesDirect + 2);
+});
