@@ -20,7 +20,13 @@ import path from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { MilterClient, playMessage, type MessageResult, type MessageScript } from '../../src/client/index.js';
+import {
+  MilterClient,
+  playMessage,
+  type MessageResult,
+  type MessageScript,
+  type MilterClientOptions,
+} from '../../src/client/index.js';
 import { MTA_OFFER } from '../../src/client/mta-profiles.js';
 import { SMFIP_NR_HDR } from '../../src/protocol/constants.js';
 import { decodeCommand } from '../../src/protocol/decode.js';
@@ -153,8 +159,12 @@ function wire(r: MessageResult): unknown {
   };
 }
 
-async function play(spec: string, script: MessageScript): Promise<MessageResult> {
-  const client = await MilterClient.connect(spec, MTA_OFFER);
+async function play(
+  spec: string,
+  script: MessageScript,
+  offer: MilterClientOptions = MTA_OFFER,
+): Promise<MessageResult> {
+  const client = await MilterClient.connect(spec, offer);
   try {
     return await playMessage(client, script);
   } finally {
@@ -171,6 +181,13 @@ test('happy path: through milterd the MTA gets the same bytes as from the libmil
     const proxied = await play(proxy.spec, script);
     assert.deepEqual(wire(proxied), wire(direct));
   }
+  // An older MTA's offer (v2 actions, no NR/SKIP, no macro lists) reaches the upstream as it is: it asks
+  // for less, fails its CHGFROM at EOM and tempfails, with the edits made before: the same either way.
+  const old = { version: 6, actions: 0x3f, protocol: 0x7f };
+  const oldDirect = await play(up.spec, MESSAGE, old);
+  assert.deepEqual(wire(await play(proxy.spec, MESSAGE, old)), wire(oldDirect));
+  assert.deepEqual(oldDirect.eom?.reply, { kind: 'tempfail' });
+  assert.equal(oldDirect.eom?.modifications.length, 4);
 
   // What the comparison covered: each branch of the fixture really happened.
   const direct = await play(up.spec, MESSAGE);
@@ -215,9 +232,10 @@ test('happy path: through milterd the MTA gets the same bytes as from the libmil
   });
   assert.deepEqual(rejected.connect, { kind: 'replyCode', text: '554 5.7.1 go away, 100%% sure' });
 
-  // One upstream connection per MTA connection, closed with it: 5 sessions, 5 closes seen by libmilter.
-  await waitFor(() => up.count('close') === 6, 'libmilter to see every connection close');
-  assert.equal(up.count('close'), 6);
+  // One upstream connection per MTA connection, closed with it: 8 sessions (6 proxied or direct, 2 more
+  // direct above), 8 closes seen by libmilter.
+  await waitFor(() => up.count('close') === 8, 'libmilter to see every connection close');
+  assert.equal(up.count('close'), 8);
   assert.ok(proxy.events.some((e) => e.type === 'connect'));
   assert.ok(!proxy.events.some((e) => e.type === 'error' || e.type === 'failure' || e.type === 'dropped'));
 });
