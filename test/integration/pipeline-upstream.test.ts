@@ -34,6 +34,7 @@ import { encodeResponse, encodeResponses } from '../../src/protocol/encode.js';
 import { FrameDecoder } from '../../src/protocol/frame.js';
 import type { MilterResponse } from '../../src/protocol/types.js';
 import { upstreamFilter, type UpstreamEvent, type UpstreamOptions } from '../../src/pipeline/upstream.js';
+import { memoryLogger, type MemoryLog } from '../helpers/logs.js';
 import { startServer } from '../helpers/server.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -102,11 +103,12 @@ async function startUpstream(t: TestContext, spec = freshSpec()): Promise<Upstre
 async function startProxy(
   t: TestContext,
   options: UpstreamOptions,
-): Promise<{ spec: string; events: UpstreamEvent[] }> {
+): Promise<{ spec: string; events: UpstreamEvent[]; log: MemoryLog }> {
   const events: UpstreamEvent[] = [];
-  const filter = upstreamFilter({ ...options, onEvent: (e) => events.push(e) });
-  const { address } = await startServer(t, { filter });
-  return { spec: `inet:${address.port}@127.0.0.1`, events };
+  const log = memoryLogger();
+  const filter = upstreamFilter({ logger: log.logger, ...options, onEvent: (e) => events.push(e) });
+  const { address } = await startServer(t, { filter, logger: log.logger });
+  return { spec: `inet:${address.port}@127.0.0.1`, events, log };
 }
 
 const CONNECT = { hostname: 'client.example', family: 'inet' as const, port: 40000, address: '192.0.2.1' };
@@ -280,6 +282,16 @@ test('an action the MTA did not grant is dropped and counted, never forwarded', 
       { upstream: `inet:${port}@127.0.0.1`, type: 'dropped', action: 'quarantine', reason: 'not-granted' },
     ],
   );
+  // One warning per dropped action (rate-limited per reason), in the connection's log.
+  assert.deepEqual(
+    proxy.log.lines
+      .filter((l) => l.reason === 'not-granted')
+      .map((l) => [l.level, l.action, l.conn !== undefined]),
+    [
+      [40, 'addHeader', true],
+      [40, 'quarantine', true],
+    ],
+  );
 });
 
 test('nothing listening: the failure action at CONNECT, the breaker opens, fails fast, then probes', async (t) => {
@@ -301,6 +313,11 @@ test('nothing listening: the failure action at CONNECT, the breaker opens, fails
   await session();
   assert.equal(errors(), 2);
   assert.ok(proxy.events.some((e) => e.type === 'breaker' && e.state === 'open'));
+  assert.ok(proxy.log.lines.some((l) => l.upstream === 'later' && l.state === 'open' && l.level === 40));
+  assert.equal(
+    proxy.log.coded('ERR_MILTER_CONNECTION_CLOSED').filter((l) => l.stage === 'negotiate').length,
+    2,
+  );
 
   // Open: failed fast (no attempt, so no new error), even once the upstream is back, until openMs passed.
   const up = await startUpstream(t, spec);
