@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -56,6 +56,12 @@ after(async () => {
 /** Open descriptors of this process (sockets, pipes, files). */
 function fdCount(): number {
   return readdirSync('/proc/self/fd').length;
+}
+
+/** Every thread of `pid` is stopped (state T in /proc): a signal stops a process asynchronously. */
+function stopped(pid: number): boolean {
+  const tasks = readdirSync(`/proc/${pid}/task`);
+  return tasks.every((tid) => /^\d+ \(.*\) T /.test(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1')));
 }
 
 interface Upstream {
@@ -480,6 +486,7 @@ test('stopped upstream (SIGSTOP): commandMs, connectMs, then tempfail; sessions 
   });
   const client = await openMessage(proxy.spec);
   process.kill(up.proc.pid as number, 'SIGSTOP');
+  await waitFor(() => stopped(up.proc.pid as number), 'the upstream to stop');
   assert.deepEqual(await client.rcpt('<dave@example.net>'), { kind: 'tempfail' });
   assert.deepEqual(await client.data(), { kind: 'tempfail' });
   await client.quit();
