@@ -852,6 +852,8 @@ class Pipeline {
     let applied = false;
     try {
       for (const r of st.runs) {
+        // The session gave up on this EOM (its callback budget) and went on: ask no further member.
+        if (st.msg !== msg) return undefined;
         if (r.retiredConnection || r.retiredMessage || r.neg === undefined) continue;
         if (this.excluded(r, ctx, 'eom', msg)) {
           if (r.inMessage) await this.abortAll([r], ctx);
@@ -873,6 +875,7 @@ class Pipeline {
           return await this.endStage(st, ctx, r, o, true);
         }
       }
+      if (st.msg !== msg) return undefined;
       if (work.replacement !== undefined) {
         const replacement = work.replacement;
         trx.replaceBody(replacement.read());
@@ -883,8 +886,11 @@ class Pipeline {
     } finally {
       clearInterval(timer);
       await work.replacement?.dispose();
-      if (!applied && st.msg === msg) await this.abortOthers(st, ctx, undefined);
-      this.endMessage(st);
+      // A late finish (the session's callback budget ran out, the MTA went on) must not end the next message.
+      if (st.msg === msg) {
+        if (!applied) await this.abortOthers(st, ctx, undefined);
+        this.endMessage(st);
+      }
       if (body !== NO_BODY) await body.dispose();
     }
   }
