@@ -7,7 +7,6 @@ import { DaemonMetrics } from '../admin/observer.js';
 import { ADMIN_LISTENER, startAdminServer, type AdminServer, type ReadinessState } from '../admin/server.js';
 import { GuardedStore } from '../policy/guarded-store.js';
 import { isMilterError, MilterConfigError } from '../errors.js';
-import { createDaemonFilter } from '../filters/default.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
 import {
   openSyslog,
@@ -27,6 +26,7 @@ import { EXIT, type ExitCode } from './exit-codes.js';
 import { createDaemonLogger, syslogText } from './log-output.js';
 import type { DaemonSettings } from './options.js';
 import { buildPolicy, describePolicy } from './policy-source.js';
+import { buildDaemonPipeline, type BuildPipelineContext } from './filter-modules.js';
 import { ReloadableFilter } from './reloadable-filter.js';
 import { loadReloadOffThread } from './reload-worker.js';
 import { openPolicyStore } from './store-source.js';
@@ -76,6 +76,16 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'storeInstances',
   'storeReadyz',
 ];
+
+/** What building the pipeline takes from the daemon. */
+function pipelineContext(
+  version: string,
+  settings: DaemonSettings,
+  logger: Logger,
+  metrics: DaemonMetrics,
+): BuildPipelineContext {
+  return { logger, metrics, stampHeader: `milterd ${version}`, failureDecision: settings.failureDecision };
+}
 
 /** The running daemon's mutable state. */
 class Daemon {
@@ -139,6 +149,7 @@ class Daemon {
   private async reloadNow(): Promise<void> {
     if (this.draining) return;
     let next: ResolvedSettings;
+    let members: string[];
     try {
       // Parsed in a worker: the milter keeps answering while a large file is read (reload-worker.ts).
       const { overrides, configFile } = this.options;
@@ -150,13 +161,16 @@ class Daemon {
         metrics: this.metrics,
         store: this.policy.store,
       });
-      this.filter.replace(
-        createDaemonFilter(policy, {
-          header: `milterd ${this.options.version}`,
-          failureDecision: this.settings.failureDecision,
-        }),
+      // Modules are imported here, on the daemon's thread (changed files afresh); any problem refuses
+      // the whole reload and the running pipeline stays.
+      const built = await buildDaemonPipeline(
+        next.settings.filters,
+        policy,
+        pipelineContext(this.options.version, this.settings, this.logger, this.metrics),
       );
+      this.filter.replace(built.filter);
       this.policy = policy;
+      members = built.members.map((m) => m.name);
     } catch (err) {
       this.metrics.reloads.inc({ result: 'error' });
       this.metrics.configLoaded(false);
@@ -181,6 +195,7 @@ class Daemon {
       {
         policy: describePolicy(next.settings.policy),
         rules: this.policy.list(),
+        filters: members,
         logLevel: this.settings.logLevel,
       },
       'configuration reloaded',
@@ -257,12 +272,22 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   const logLimiter = new LogRateLimiter({ logger });
   const store = await openPolicyStore(settings, { logger, metrics });
   const policy = buildPolicy(policyConfig, { logger, metrics, ...(store === undefined ? {} : { store }) });
-  const filter = new ReloadableFilter(
-    createDaemonFilter(policy, {
-      header: `milterd ${options.version}`,
-      failureDecision: settings.failureDecision,
-    }),
-  );
+  let built: Awaited<ReturnType<typeof buildDaemonPipeline>>;
+  try {
+    built = await buildDaemonPipeline(
+      settings.filters,
+      policy,
+      pipelineContext(options.version, settings, logger, metrics),
+    );
+  } catch (err) {
+    // A module that does not load is a configuration problem (exit 3), printed as one located line.
+    metrics.stop();
+    await policy.store.close?.();
+    await Promise.all([destination.drain(LOG_FLUSH_TIMEOUT_MS), syslog?.close(LOG_FLUSH_TIMEOUT_MS)]);
+    if (err instanceof MilterConfigError) throw MilterConfigError.of([err], formatConfigProblem);
+    throw err;
+  }
+  const filter = new ReloadableFilter(built.filter);
   const server = createMilterServer({
     filter: filter.filter,
     logger,
@@ -347,6 +372,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
       listen: server.addresses.map((a) => a.spec),
       policy: describePolicy(settings.policy),
       rules: policy.list(),
+      filters: built.members.map((m) => m.name),
     },
     'milterd started',
   );
