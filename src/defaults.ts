@@ -33,4 +33,15 @@ export const DEFAULTS = {
   breakerFailures: 5,
   /** Circuit breaker: how long it stays open before one probe is let through. */
   breakerOpenMs: 30_000,
+  /** Policy store: the deadline of one store call; past it the rule's `on-store-error` applies. */
+  storeTimeoutMs: 50,
+  /**
+   * Policy store: life of a session lease not renewed (a live session renews it every third of this), so a
+   * milterd killed with -9 stops counting against its clients within this time.
+   */
+  storeLeaseTtlMs: 60_000,
+  /** Policy store: prefix of every key (Redis). */
+  storePrefix: 'milterd:',
+  /** Policy store: milterd instances sharing the limits (`on-store-error: local` divides limits by it). */
+  storeInstances: 1,
 } as const;

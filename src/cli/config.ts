@@ -27,6 +27,7 @@ import {
   type PolicySetting,
   type SettingSource,
 } from './options.js';
+import { redactStoreUrl } from '../policy/store-url.js';
 import { loadPolicySetting } from './policy-source.js';
 import { formatDuration, formatSocketMode } from './values.js';
 
@@ -45,6 +46,12 @@ const KNOWN_PATHS = new Set(SETTING_KEYS.map((k) => SETTINGS[k].path.join('.')))
 const KNOWN_GROUPS = new Set(
   SETTING_KEYS.filter((k) => SETTINGS[k].path.length > 1).map((k) => SETTINGS[k].path[0] as string),
 );
+
+/**
+ * Groups that may also be written as one scalar, meaning their `url` field (`store: redis://…` is
+ * `store: { url: redis://… }`).
+ */
+const SCALAR_GROUPS: ReadonlyMap<string, string> = new Map([['store', 'url']]);
 
 /** Keys allowed at the top level and in each group, for "did you mean" hints. */
 const KEYS_IN: ReadonlyMap<string, readonly string[]> = (() => {
@@ -85,6 +92,7 @@ function checkUnknownKeys(doc: Document, lines: LineCounter, file: string, out: 
       const here = [...prefix, key];
       const joined = here.join('.');
       if (prefix.length === 0 && KNOWN_GROUPS.has(key)) {
+        if (SCALAR_GROUPS.has(key) && isScalar(pair.value)) continue;
         if (!isMap(pair.value)) {
           out.push(
             new MilterConfigError(`${joined}: expected a mapping`, {
@@ -147,8 +155,11 @@ export function parseConfigText(text: string, file: string): ConfigFileResult {
   checkUnknownKeys(doc, lines, file, problems);
   for (const key of SETTING_KEYS) {
     const def = SETTINGS[key];
-    if (!doc.hasIn(def.path)) continue;
-    const node = doc.getIn(def.path, true) as Node | undefined;
+    const group = def.path.length === 2 ? (def.path[0] as string) : undefined;
+    const shorthand =
+      group !== undefined && SCALAR_GROUPS.get(group) === def.path[1] && isScalar(doc.get(group, true));
+    if (!shorthand && !doc.hasIn(def.path)) continue;
+    const node = (shorthand ? doc.get(group, true) : doc.getIn(def.path, true)) as Node | undefined;
     const pos = posOf(node, lines);
     const line = pos.line;
     const field = def.path.join('.');
@@ -343,6 +354,15 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     adminMaxConnections: s.adminMaxConnections,
     policy:
       s.policy.kind === 'default' ? 'default' : s.policy.kind === 'file' ? s.policy.path : s.policy.value,
+    store: {
+      url: redactStoreUrl(s.store),
+      prefix: s.storePrefix,
+      timeout: formatDuration(s.storeTimeout),
+      leaseTtl: formatDuration(s.storeLeaseTtl),
+      hashAddresses: s.storeHashAddresses,
+      instances: s.storeInstances,
+      readyz: s.storeReadyz,
+    },
   };
 }
 

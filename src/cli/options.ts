@@ -6,7 +6,9 @@
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ADMIN_DEFAULTS } from '../admin/server.js';
+import { DEFAULTS } from '../defaults.js';
 import { ASYNC_LOG_DEFAULTS } from '../logging/async-destination.js';
+import { parseStoreUrl } from '../policy/store-url.js';
 import type { FailureDecision } from '../session/types.js';
 import {
   FAILURE_DECISIONS,
@@ -74,6 +76,20 @@ export interface DaemonSettings {
   admin: string;
   adminMaxConnections: number;
   policy: PolicySetting;
+  /** Policy store URL: `memory` (in-process) or a Redis URL (policy/store-url.ts). */
+  store: string;
+  /** Prefix of every store key. */
+  storePrefix: string;
+  /** Deadline of one store call (ms). */
+  storeTimeout: number;
+  /** Life of a session lease that is not renewed (ms). */
+  storeLeaseTtl: number;
+  /** Store a hash of the client address in keys instead of the address. */
+  storeHashAddresses: boolean;
+  /** milterd instances sharing the store (`on-store-error: local` divides limits by it). */
+  storeInstances: number;
+  /** /readyz fails while the store's circuit breaker is open. */
+  storeReadyz: boolean;
 }
 
 /** Where one resolved value came from. */
@@ -353,7 +369,103 @@ export const SETTINGS: SettingsTable = {
       throw new Error('expected a policy file name or an inline policy mapping');
     },
   },
+  store: {
+    flags: '--store <url>',
+    env: 'MILTERD_STORE',
+    path: ['store', 'url'],
+    description:
+      'where cross-session limits are counted: memory (this process), or redis://[USER:PASS@]HOST:PORT/DB, ' +
+      'rediss:// (TLS), redis+unix:///PATH, redis+sentinel://HOST:PORT,…/MASTER, redis+cluster://HOST:PORT,… ' +
+      '(config: also store: URL)',
+    defaultValue: 'memory',
+    defaultText: 'memory',
+    fromText: same(parseStoreSetting),
+    fromFile: parseStoreSetting,
+  },
+  storePrefix: {
+    flags: '--store-prefix <text>',
+    env: 'MILTERD_STORE_PREFIX',
+    path: ['store', 'prefix'],
+    description: 'prefix of every store key (several fleets can share one Redis)',
+    defaultValue: DEFAULTS.storePrefix,
+    defaultText: DEFAULTS.storePrefix,
+    fromText: same(parseStorePrefix),
+    fromFile: parseStorePrefix,
+  },
+  storeTimeout: {
+    flags: '--store-timeout <duration>',
+    env: 'MILTERD_STORE_TIMEOUT',
+    path: ['store', 'timeout'],
+    description: "deadline of one store call; past it the rule's on-store-error applies",
+    defaultValue: DEFAULTS.storeTimeoutMs,
+    defaultText: `${DEFAULTS.storeTimeoutMs}ms`,
+    fromText: same((v) => positive(parseDuration(v))),
+    fromFile: (v) => positive(parseDuration(v)),
+  },
+  storeLeaseTtl: {
+    flags: '--store-lease-ttl <duration>',
+    env: 'MILTERD_STORE_LEASE_TTL',
+    path: ['store', 'leaseTtl'],
+    description:
+      'a session counts against its client while its lease lives; live sessions renew it every third of ' +
+      'this, so the sessions of a crashed milterd stop counting within it',
+    defaultValue: DEFAULTS.storeLeaseTtlMs,
+    defaultText: `${DEFAULTS.storeLeaseTtlMs / 1000}s`,
+    fromText: same((v) => positive(parseDuration(v))),
+    fromFile: (v) => positive(parseDuration(v)),
+  },
+  storeHashAddresses: {
+    flags: '--store-hash-addresses [bool]',
+    env: 'MILTERD_STORE_HASH_ADDRESSES',
+    path: ['store', 'hashAddresses'],
+    description: 'keys hold a hash of the client address (or network) instead of the address',
+    defaultValue: false,
+    defaultText: 'false',
+    fromText: same(parseBoolean),
+    fromFile: parseBoolean,
+  },
+  storeInstances: {
+    flags: '--store-instances <n>',
+    env: 'MILTERD_STORE_INSTANCES',
+    path: ['store', 'instances'],
+    description: 'milterd instances sharing the store; on-store-error: local divides each limit by it',
+    defaultValue: DEFAULTS.storeInstances,
+    defaultText: String(DEFAULTS.storeInstances),
+    fromText: same((v) => parseInteger(v, 1)),
+    fromFile: (v) => parseInteger(v, 1),
+  },
+  storeReadyz: {
+    flags: '--store-readyz [bool]',
+    env: 'MILTERD_STORE_READYZ',
+    path: ['store', 'readyz'],
+    description:
+      "/readyz fails while the store's circuit breaker is open (default: the store does not matter)",
+    defaultValue: false,
+    defaultText: 'false',
+    fromText: same(parseBoolean),
+    fromFile: parseBoolean,
+  },
 };
+
+function positive(ms: number): number {
+  if (!(ms > 0)) throw new Error('must be greater than 0');
+  return ms;
+}
+
+/** A store URL, checked (the URL is kept as written; policy/store-url.ts parses it again at start). */
+function parseStoreSetting(value: unknown): string {
+  if (typeof value !== 'string') throw new Error('expected memory or a redis:// URL');
+  parseStoreUrl(value);
+  return value.trim() === '' ? 'memory' : value.trim();
+}
+
+/** A key prefix: printable, no `{`/`}` (they would become the Cluster hash tag of every key). */
+function parseStorePrefix(value: unknown): string {
+  if (typeof value !== 'string' || value.length > 64 || !/^[\x21-\x7e]*$/.test(value) || /[{}]/.test(value)) {
+    throw new Error('expected up to 64 printable characters without spaces, { or }');
+  }
+  return value;
+}
 
 /** The settings' keys, in table order. */
 export const SETTING_KEYS = Object.keys(SETTINGS) as Array<keyof DaemonSettings>;

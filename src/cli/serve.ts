@@ -65,6 +65,14 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'drainTimeout',
   'admin',
   'adminMaxConnections',
+  // The store (and its counts) is carried over a reload; a new one needs a restart.
+  'store',
+  'storePrefix',
+  'storeTimeout',
+  'storeLeaseTtl',
+  'storeHashAddresses',
+  'storeInstances',
+  'storeReadyz',
 ];
 
 /** The running daemon's mutable state. */

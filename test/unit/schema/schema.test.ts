@@ -24,6 +24,7 @@ interface SchemaNode {
   properties?: Record<string, SchemaNode>;
   $defs?: Record<string, SchemaNode>;
   oneOf?: Array<{ required?: string[] }>;
+  anyOf?: SchemaNode[];
   enum?: unknown[];
   [key: string]: unknown;
 }
@@ -48,8 +49,10 @@ const sorted = (list: readonly string[]): string[] => [...list].sort();
 test('config schema: exactly the fields of the settings table (SETTINGS paths), enums from values.ts', () => {
   const paths: string[] = [];
   for (const [key, node] of Object.entries(configSchema.properties ?? {})) {
-    if (node.properties === undefined) paths.push(key);
-    else for (const sub of keys(node)) paths.push(`${key}.${sub}`);
+    // A group that may also be one scalar (store: URL) keeps its fields in its mapping branch.
+    const group = node.properties === undefined ? node.anyOf?.find((b) => b.properties) : node;
+    if (group === undefined) paths.push(key);
+    else for (const sub of keys(group)) paths.push(`${key}.${sub}`);
   }
   assert.deepEqual(paths.sort(), sorted(SETTING_KEYS.map((k) => SETTINGS[k].path.join('.'))));
   assert.deepEqual(configSchema.properties?.logLevel?.enum, [...LOG_LEVELS]);
@@ -68,6 +71,16 @@ test('policy schema: exactly the keys of the policy loader (TOP, RULE, WHEN, PRE
     rule?.oneOf?.map((o) => o.required),
     LIMIT_KINDS.map((k) => [k]),
   );
+});
+
+test('store: URL alone or a mapping, both validate and load the same URL', () => {
+  const url = 'redis+cluster://127.0.0.1:7000,127.0.0.1:7001';
+  for (const text of [`store: ${url}\n`, `store:\n  url: ${url}\n  prefix: 'mx:'\n`]) {
+    assert.ok(validateConfig(parse(text)), JSON.stringify(validateConfig.errors));
+    const { values, problems } = parseConfigText(text, 'c.yaml');
+    assert.deepEqual(problems, []);
+    assert.equal(values.store, url);
+  }
 });
 
 test('the defaults, written as a config file (what check-config prints), validate', () => {
@@ -106,6 +119,8 @@ const WRONG_CONFIGS: Array<[string, string]> = [
   ['syslog over tcp', 'logSyslog: tcp:127.0.0.1:514\n'],
   ['unknown syslog facility', 'logSyslogFacility: maill\n'],
   ['listen not a socket spec', 'listen: [8890]\n'],
+  ['store URL with an unknown scheme', 'store: mysql://db:3306\n'],
+  ['store field misspelt', 'store:\n  url: memory\n  prefx: a\n'],
   ['inline policy with an unknown key', 'policy:\n  version: 1\n  rulez: []\n'],
   ['inline policy rule with two limits', 'policy:\n  rules:\n    - max-messages: 2\n      max-bytes: 1MB\n'],
 ];
