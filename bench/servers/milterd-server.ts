@@ -3,11 +3,15 @@
  * stage, add one header at EOM) on `createMilterServer`.
  *
  *   node dist/bench/servers/milterd-server.js --listen inet:0@127.0.0.1 [--listen unix:/tmp/x.sock]
- *        [--cluster N] [--max-connections N] [--async]
+ *        [--cluster N] [--max-connections N] [--async] [--policy FILE [--store URL]]
  *
  * Prints `READY <json addresses>` on stdout once every socket listens. With `--cluster N` the primary
  * forks N workers sharing the listening sockets (Node cluster); the primary prints READY when all
  * workers listen, and `PIDS <pid,...>` with the worker pids (for CPU and RSS accounting).
+ *
+ * With `--policy FILE` the filter runs under that shutdown policy (`withShutdownPolicy`), its cross-session
+ * rules counted in the store `--store URL` names (the daemon's `--store` syntax; default `memory`, the
+ * in-process store): the fleet cells of issue 15 compare the Redis store with the memory store.
  *
  * Every callback is defined on purpose: milterd negotiates absent callbacks away (SMFIP_NO*), which
  * would make it do less work than libmilter and go-milter, where every callback is registered.
@@ -16,6 +20,13 @@ import cluster from 'node:cluster';
 import net from 'node:net';
 import process from 'node:process';
 import { createMilterServer } from '../../src/server/server.js';
+import type { Filter } from '../../src/filter.js';
+import {
+  createShutdownPolicy,
+  loadPolicyFile,
+  withShutdownPolicy,
+  type PolicyStore,
+} from '../../src/policy/index.js';
 import { parseSocketSpec } from '../../src/socket-spec.js';
 import { benchFilter, benchFilterAsync } from './bench-filters.js';
 
@@ -27,6 +38,10 @@ interface ServerArgs {
   clusterPolicy: 'rr' | 'none';
   /** Listen backlog; when set, the bench creates the net.Server itself and hands it to milterd. */
   backlog: number | undefined;
+  /** Shutdown policy file; undefined = the bare bench filter. */
+  policy: string | undefined;
+  /** Store URL for the policy's cross-session rules (`memory` or a Redis URL). */
+  store: string;
 }
 
 function parseArgs(argv: readonly string[]): ServerArgs {
@@ -37,6 +52,8 @@ function parseArgs(argv: readonly string[]): ServerArgs {
     async: false,
     clusterPolicy: 'none',
     backlog: undefined,
+    policy: undefined,
+    store: 'memory',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -50,6 +67,8 @@ function parseArgs(argv: readonly string[]): ServerArgs {
     else if (a === '--max-connections') args.maxConnections = Number(value());
     else if (a === '--async') args.async = true;
     else if (a === '--backlog') args.backlog = Number(value());
+    else if (a === '--policy') args.policy = value();
+    else if (a === '--store') args.store = value();
     else if (a === '--cluster-policy') args.clusterPolicy = value() === 'rr' ? 'rr' : 'none';
     else throw new Error(`unknown argument ${String(a)}`);
   }
@@ -57,9 +76,30 @@ function parseArgs(argv: readonly string[]): ServerArgs {
   return args;
 }
 
+/** The store `url` names, opened as the daemon opens it; undefined for the in-process store. */
+async function openStore(url: string): Promise<PolicyStore | undefined> {
+  if (url === 'memory') return undefined;
+  throw new Error(`--store ${url}: not supported by this build`);
+}
+
+/** The bench filter, under the policy file's rules when `--policy` is given. */
+async function benchServerFilter(args: ServerArgs): Promise<{ filter: Filter; close(): Promise<void> }> {
+  const bare = args.async ? benchFilterAsync : benchFilter;
+  if (args.policy === undefined) return { filter: bare, close: async () => undefined };
+  const store = await openStore(args.store);
+  const policy = createShutdownPolicy(await loadPolicyFile(args.policy), store ? { store } : {});
+  return {
+    filter: withShutdownPolicy(bare, policy) as Filter,
+    close: async () => {
+      await (store as { close?: () => unknown } | undefined)?.close?.();
+    },
+  };
+}
+
 async function serve(args: ServerArgs, shared: boolean): Promise<string[]> {
+  const { filter, close } = await benchServerFilter(args);
   const server = createMilterServer({
-    filter: args.async ? benchFilterAsync : benchFilter,
+    filter,
     maxConnections: args.maxConnections,
   });
   const specs: string[] = [];
@@ -84,7 +124,10 @@ async function serve(args: ServerArgs, shared: boolean): Promise<string[]> {
     specs.push(addr.spec);
   }
   const stop = (): void => {
-    void server.close({ deadlineMs: 200 }).finally(() => process.exit(0));
+    void server
+      .close({ deadlineMs: 200 })
+      .then(close)
+      .finally(() => process.exit(0));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
