@@ -33,6 +33,10 @@ export type MilterErrorCode =
   | 'ERR_MILTER_HOOK_FAILED'
   | 'ERR_MILTER_HOOK_TIMEOUT'
   | 'ERR_MILTER_HOOK_INVALID'
+  // policy store (a shared store failed, was too slow, or its circuit breaker is open)
+  | 'ERR_MILTER_STORE_FAILED'
+  | 'ERR_MILTER_STORE_TIMEOUT'
+  | 'ERR_MILTER_STORE_UNAVAILABLE'
   | 'ERR_MILTER_CONFIG';
 
 /** Base class of every error milterd throws. */

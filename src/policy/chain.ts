@@ -18,6 +18,7 @@
 import type { Logger } from 'pino';
 import { MilterConfigError, MilterFilterError } from '../errors.js';
 import { MAX_REPLY_LINE_LENGTH } from '../protocol/constants.js';
+import { GuardedStore } from './guarded-store.js';
 import { MemoryPolicyStore, type PolicyStore } from './store.js';
 import { clientKey, DEFAULT_CLIENT_PREFIX, MAX_PREFIX, type ClientPrefix } from './values.js';
 import type {
@@ -42,8 +43,13 @@ export interface ShutdownPolicyOptions {
   replyText?: string;
   /** The policy clock (ms). Default `Date.now`. Session age and client windows use it. */
   now?: () => number;
-  /** Cross-session store. Default: a new MemoryPolicyStore. */
+  /**
+   * Cross-session store. Default: a new MemoryPolicyStore. Any other store is put behind a GuardedStore
+   * (deadline `storeTimeoutMs`, circuit breaker) unless it is one already.
+   */
   store?: PolicyStore;
+  /** Deadline of one call to a store that is not in-process (ms). Default DEFAULTS.storeTimeoutMs (50). */
+  storeTimeoutMs?: number;
   /**
    * How cross-session limits group clients (the store key): by IPv4 and IPv6 prefix length. Default
    * `{ ipv4: 32, ipv6: 64 }` (DEFAULT_CLIENT_PREFIX): a client cannot escape a limit by rotating the
@@ -163,7 +169,14 @@ export class ShutdownPolicy {
     this.#logger = options.logger;
     this.replyText = this.#fit(options.replyText, 'replyText') ?? DEFAULT_SHUTDOWN_TEXT;
     this.now = options.now ?? Date.now;
-    this.store = options.store ?? new MemoryPolicyStore();
+    const store = options.store ?? new MemoryPolicyStore();
+    this.store =
+      store instanceof MemoryPolicyStore || store instanceof GuardedStore
+        ? store
+        : new GuardedStore(
+            store,
+            options.storeTimeoutMs === undefined ? {} : { timeoutMs: options.storeTimeoutMs },
+          );
     this.clientPrefix = Object.freeze({ ...DEFAULT_CLIENT_PREFIX, ...definedOnly(options.clientPrefix) });
     for (const family of ['ipv4', 'ipv6'] as const) {
       const max = MAX_PREFIX[family];

@@ -10,7 +10,9 @@ import { MilterConfigError } from '../errors.js';
 import { MAX_SHUTDOWN_TEXT_BYTES, replyTextBytes } from './chain.js';
 import {
   LIMIT_KINDS,
+  ON_STORE_ERROR,
   compileConditions,
+  type OnStoreError,
   type PolicyConfig,
   type PolicyRule,
   type RuleLimit,
@@ -43,6 +45,7 @@ export const RULE_KEYS = [
   'when',
   'min-attempts',
   'window',
+  'on-store-error',
   ...LIMIT_KINDS,
 ] as const;
 export const WHEN_KEYS = ['client', 'not-client', 'authenticated', 'helo'] as const;
@@ -329,6 +332,18 @@ function parseRule(
   };
   onlyWith('min-attempts', 'max-failure-ratio');
   onlyWith('window', 'max-messages-per-client');
+  const storeError = get('on-store-error');
+  if (
+    storeError !== undefined &&
+    limitEntry !== undefined &&
+    limitEntry.key !== 'max-concurrent-sessions' &&
+    limitEntry.key !== 'max-messages-per-client'
+  )
+    w.report(
+      storeError.keyNode,
+      `${field}.on-store-error`,
+      'only allowed with max-concurrent-sessions or max-messages-per-client',
+    );
   // Each part is checked even when another one failed, so that one run reports every problem.
   const limit =
     limitEntry === undefined
@@ -340,6 +355,18 @@ function parseRule(
   const text = textEntry ? w.attempt(() => w.text(textEntry, `${field}.text`, true)) : undefined;
   const dry = get('dry-run');
   const dryRun = dry ? w.attempt(() => w.bool(dry, `${field}.dry-run`)) : undefined;
+  const onStoreError = storeError
+    ? w.attempt(() => {
+        const v = w.scalar(storeError, `${field}.on-store-error`);
+        if (typeof v !== 'string' || !(ON_STORE_ERROR as readonly string[]).includes(v))
+          w.fail(
+            storeError.value,
+            `${field}.on-store-error`,
+            `expected one of: ${ON_STORE_ERROR.join(', ')}`,
+          );
+        return v as OnStoreError;
+      })
+    : undefined;
   const when = get('when');
   const conditions: NonNullable<PolicyRule['when']> = {};
   if (when) {
@@ -365,6 +392,7 @@ function parseRule(
   const rule: PolicyRule = { name, limit, line: node?.range ? lines.linePos(node.range[0]).line : undefined };
   if (text !== undefined) rule.text = text;
   if (dryRun !== undefined) rule.dryRun = dryRun;
+  if (onStoreError !== undefined) rule.onStoreError = onStoreError;
   if (when) rule.when = conditions;
   return { rule, name, explicitName: nameEntry !== undefined, nameNode: nameEntry?.value ?? null };
 }

@@ -37,6 +37,17 @@ export const LIMIT_KINDS = [
   'max-messages-per-client',
 ] as const satisfies readonly RuleLimit['kind'][];
 
+/**
+ * What a cross-session rule does when the shared store failed for its count (error, deadline, open
+ * circuit breaker): `allow` (the default: mail is never cut because Redis is down), `tempfail` (the
+ * rule fires: 421, the client retries later), or `local` (this instance's own count against the limit
+ * divided by the number of instances sharing the store).
+ */
+export type OnStoreError = 'allow' | 'tempfail' | 'local';
+
+/** The values of `on-store-error`, default first. */
+export const ON_STORE_ERROR = ['allow', 'tempfail', 'local'] as const satisfies readonly OnStoreError[];
+
 /** When a rule applies. Every condition given must hold (AND); none given = always. */
 export interface RuleConditions {
   /** Client address in one of these blocks. */
@@ -62,6 +73,8 @@ export interface PolicyRule {
   text?: string;
   /** Log, never arm. */
   dryRun?: boolean;
+  /** Cross-session kinds: what to do when the shared store failed. Default `allow`. */
+  onStoreError?: OnStoreError;
   /** Where the rule was defined (for logs). */
   line?: number;
 }
@@ -92,9 +105,30 @@ export const DEFAULT_RULE_TEXT: Readonly<Record<RuleLimit['kind'], string>> = {
   'max-messages-per-client': 'Too many messages from your address, try again later',
 };
 
-/** True when the record's counter has hit the rule's limit. Exported for tests and custom hooks. */
-export function limitReached(limit: RuleLimit, r: DeliveryRecord): boolean {
+/**
+ * True when the record's counter has hit the rule's limit. Exported for tests and custom hooks. A
+ * cross-session count the store failed to give is judged by `onStoreError` (default `allow`).
+ */
+export function limitReached(
+  limit: RuleLimit,
+  r: DeliveryRecord,
+  onStoreError: OnStoreError = 'allow',
+): boolean {
   const c = r.counters;
+  const failed =
+    limit.kind === 'max-concurrent-sessions'
+      ? r.clientStats.storeErrors?.sessions === true
+      : limit.kind === 'max-messages-per-client' && r.clientStats.storeErrors?.messages === true;
+  if (failed) {
+    if (onStoreError === 'allow') return false;
+    const local = r.clientStats.local;
+    if (onStoreError === 'tempfail' || local === undefined) return onStoreError === 'tempfail';
+    // This instance's share of the limit, at least 1.
+    const share = (max: number): number => Math.max(1, Math.floor(max / local.instances));
+    if (limit.kind === 'max-concurrent-sessions') return local.concurrentSessions > share(limit.max);
+    if (limit.kind === 'max-messages-per-client')
+      return (local.messagesInWindow[limit.windowMs] ?? 0) >= share(limit.max);
+  }
   switch (limit.kind) {
     case 'max-messages':
       // Discarded messages were "accepted" as far as the client knows: they count.
@@ -148,8 +182,11 @@ export function compileRule(rule: PolicyRule): (record: DeliveryRecord) => Shutd
   const applies = compileConditions(rule.when);
   const { limit } = rule;
   const text = rule.text ?? DEFAULT_RULE_TEXT[limit.kind];
+  const onStoreError = rule.onStoreError ?? 'allow';
   return (record) =>
-    applies(record) && limitReached(limit, record) ? { shutdown: true, reason: limit.kind, text } : undefined;
+    applies(record) && limitReached(limit, record, onStoreError)
+      ? { shutdown: true, reason: limit.kind, text }
+      : undefined;
 }
 
 /** Register the rules at the back of the chain, in order (and the client windows they need). */

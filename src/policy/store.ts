@@ -1,57 +1,80 @@
 /**
  * Cross-session state of the shutdown policy: open sessions and message counts per client. A client is
  * the key `ShutdownPolicy.clientKey` makes of its address: the address, or its network (IPv6: /64).
- * The engine talks to it through `PolicyStore`, whose methods may be async so that a shared store
- * (Redis, a database) can implement it later; `MemoryPolicyStore` keeps everything in this process.
+ * The engine talks to it through `PolicyStore`, whose methods may be async: `MemoryPolicyStore` keeps
+ * everything in this process, `RedisPolicyStore` (redis-store.ts) shares it between the milterd
+ * instances of a fleet. Both implement the same two algorithms, and one test suite runs against both:
+ *
+ * - **Sessions are leases.** Opening a session adds (or renews) a lease named by the session id that
+ *   expires `leaseTtlMs` after its last renewal; the count is the live leases. A live session renews its
+ *   lease every third of the TTL (SessionTracker), so the sessions of a milterd killed with -9 stop
+ *   counting within one TTL, with no cleanup job. Closing a session releases its lease at once.
+ * - **Message rates are a sliding log**: the time of every finished message is kept for one window, and
+ *   the count is the number of messages in the last `windowMs` (a message at time t counts while
+ *   now - t < windowMs). Why not GCRA (KumoMTA's choice): GCRA answers "may the next event go?" for a
+ *   rate with a burst, and lets a client that bursts N then keep N/window through, up to 2N-1 in one
+ *   window; the policy's rule is a count ("finished messages of this client in the window reach N", read
+ *   after the fact and shown in `clientStats.messagesInWindow`), and the sliding log gives exactly that
+ *   count, never more than N accepted in any window and no doubling across a boundary as fixed windows
+ *   had. Its cost is one entry per message in the window; the rule's 421 bounds that to about N per
+ *   client (plus what races between instances). A sliding-window *counter* (two buckets, weighted)
+ *   would be smaller but approximate, and the shared tests assert exactness.
  */
 
 /**
  * Where the policy keeps per-client state that outlives one session. Every method may return a promise.
- * A store that fails (throws or rejects) never cuts mail: the engine logs the error and carries on with
- * a count of 0.
+ * A store that fails (throws or rejects) never cuts mail by default: the rule's `on-store-error`
+ * decides (allow, tempfail, or the in-process count).
  */
 export interface PolicyStore {
   /**
-   * A session of `client` started. Returns how many sessions of that client are open now, this one
-   * included. Must be idempotent for one `sessionId`.
+   * How long a lease lives without renewal (ms). A live session renews its lease (calls `sessionOpened`
+   * again) every third of it. Undefined: leases never expire, nothing is renewed.
    */
-  sessionOpened(client: string, sessionId: string): number | Promise<number>;
-  /** The session ended. Idempotent; unknown ids are ignored. */
-  sessionClosed(client: string, sessionId: string): void | Promise<void>;
-  /** Count one finished message of `client` in the window of `windowMs` that contains `now`; returns the new count. */
+  readonly leaseTtlMs?: number | undefined;
+  /**
+   * A session of `client` started (or renews its lease). Returns how many sessions of that client are
+   * open (live leases) now, this one included. Idempotent for one `sessionId`. `now` is the policy clock
+   * (a shared store uses its own server clock instead).
+   */
+  sessionOpened(client: string, sessionId: string, now?: number): number | Promise<number>;
+  /** The session ended: release its lease. Idempotent; unknown ids are ignored. */
+  sessionClosed(client: string, sessionId: string, now?: number): void | Promise<void>;
+  /** Count one finished message of `client`; returns the messages of the last `windowMs`, this one included. */
   addMessage(client: string, windowMs: number, now: number): number | Promise<number>;
-  /** Messages of `client` in the window of `windowMs` that contains `now`, without counting one. */
+  /** Messages of `client` in the last `windowMs`, without counting one. */
   messageCount(client: string, windowMs: number, now: number): number | Promise<number>;
+  /** Release connections (a shared store). Called once, when the daemon stops. */
+  close?(): void | Promise<void>;
 }
 
 /** Options of the in-memory store. */
 export interface MemoryPolicyStoreOptions {
   /**
-   * Most window counters kept at once (client × window length); beyond it the least recently started
-   * window is dropped (its client then starts again from 0). Default 100 000.
+   * Most message logs kept at once (client × window length); beyond it the least recently used log is
+   * dropped (its client then starts again from 0). Default 100 000.
    */
   maxWindows?: number;
-  /** How often (policy clock, ms) expired windows are swept, on the next call. Default 60 000. */
+  /** How often (policy clock, ms) expired entries are swept, on the next call. Default 60 000. */
   sweepIntervalMs?: number;
-}
-
-interface WindowCounter {
-  start: number;
-  count: number;
+  /**
+   * Lease life (ms, policy clock). Default: leases do not expire (the sessions of one process always
+   * close); the shared store tests set it to check the same expiry as Redis.
+   */
+  leaseTtlMs?: number;
 }
 
 /**
- * The default store: one process, no timers. Memory stays bounded: session sets are deleted when their
- * last session closes, window counters expire with their window (swept lazily on later calls) and are
- * capped by `maxWindows`.
- *
- * Windows are fixed and aligned on multiples of their length on the policy clock (a `1h` window runs
- * from one full hour to the next), so a client can send up to twice the limit across a boundary.
+ * The default store: one process, no timers. Memory stays bounded: lease sets are deleted when their
+ * last lease closes or expires, message logs lose their entries as they leave the window (swept lazily on
+ * later calls), and the number of logs is capped by `maxWindows`.
  */
 export class MemoryPolicyStore implements PolicyStore {
-  readonly #sessions = new Map<string, Set<string>>();
-  // Insertion order = order in which windows started: the first entries are the oldest.
-  readonly #windows = new Map<string, WindowCounter>();
+  readonly leaseTtlMs: number | undefined;
+  // client -> session id -> expiry (policy clock; Infinity without a TTL)
+  readonly #leases = new Map<string, Map<string, number>>();
+  // `${windowMs}|${client}` -> message times, ascending. Map order = least recently used first.
+  readonly #logs = new Map<string, number[]>();
   readonly #maxWindows: number;
   readonly #sweepIntervalMs: number;
   #lastSweep = Number.NEGATIVE_INFINITY;
@@ -59,63 +82,95 @@ export class MemoryPolicyStore implements PolicyStore {
   constructor(options: MemoryPolicyStoreOptions = {}) {
     this.#maxWindows = Math.max(1, options.maxWindows ?? 100_000);
     this.#sweepIntervalMs = Math.max(0, options.sweepIntervalMs ?? 60_000);
+    const ttl = options.leaseTtlMs;
+    this.leaseTtlMs = ttl !== undefined && ttl > 0 && Number.isFinite(ttl) ? ttl : undefined;
   }
 
-  sessionOpened(client: string, sessionId: string): number {
-    let set = this.#sessions.get(client);
-    if (set === undefined) {
-      set = new Set();
-      this.#sessions.set(client, set);
+  sessionOpened(client: string, sessionId: string, now: number = Date.now()): number {
+    let leases = this.#leases.get(client);
+    if (leases === undefined) {
+      leases = new Map();
+      this.#leases.set(client, leases);
     }
-    set.add(sessionId);
-    return set.size;
+    pruneLeases(leases, now);
+    leases.set(sessionId, this.leaseTtlMs === undefined ? Infinity : now + this.leaseTtlMs);
+    return leases.size;
   }
 
-  sessionClosed(client: string, sessionId: string): void {
-    const set = this.#sessions.get(client);
-    if (set === undefined) return;
-    set.delete(sessionId);
-    if (set.size === 0) this.#sessions.delete(client);
+  sessionClosed(client: string, sessionId: string, now: number = Date.now()): void {
+    const leases = this.#leases.get(client);
+    if (leases === undefined) return;
+    leases.delete(sessionId);
+    pruneLeases(leases, now);
+    if (leases.size === 0) this.#leases.delete(client);
+  }
+
+  /** Live leases of `client` at `now`, without opening one (the local fallback's count). */
+  sessionCount(client: string, now: number = Date.now()): number {
+    const leases = this.#leases.get(client);
+    if (leases === undefined) return 0;
+    pruneLeases(leases, now);
+    if (leases.size === 0) this.#leases.delete(client);
+    return leases.size;
   }
 
   addMessage(client: string, windowMs: number, now: number): number {
     this.#sweep(now);
     const key = `${windowMs}|${client}`;
-    const start = windowStart(windowMs, now);
-    const current = this.#windows.get(key);
-    if (current !== undefined && current.start === start) return ++current.count;
-    // A new window: re-insert so that the Map order stays "oldest window first".
-    this.#windows.delete(key);
-    this.#windows.set(key, { start, count: 1 });
-    while (this.#windows.size > this.#maxWindows) {
-      const oldest = this.#windows.keys().next();
+    const log = this.#logs.get(key) ?? [];
+    // Re-insert: the Map order stays "least recently used first".
+    this.#logs.delete(key);
+    this.#logs.set(key, log);
+    prune(log, windowMs, now);
+    // The policy clock may step back: keep the log sorted.
+    let i = log.length;
+    while (i > 0 && (log[i - 1] as number) > now) i--;
+    log.splice(i, 0, now);
+    while (this.#logs.size > this.#maxWindows) {
+      const oldest = this.#logs.keys().next();
       if (oldest.done === true) break;
-      this.#windows.delete(oldest.value);
+      this.#logs.delete(oldest.value);
     }
-    return 1;
+    return log.length;
   }
 
   messageCount(client: string, windowMs: number, now: number): number {
     this.#sweep(now);
-    const current = this.#windows.get(`${windowMs}|${client}`);
-    return current !== undefined && current.start === windowStart(windowMs, now) ? current.count : 0;
+    const key = `${windowMs}|${client}`;
+    const log = this.#logs.get(key);
+    if (log === undefined) return 0;
+    prune(log, windowMs, now);
+    if (log.length === 0) this.#logs.delete(key);
+    return log.length;
   }
 
-  /** Sizes, for tests and the admin endpoint: client addresses with open sessions, live window counters. */
+  /** Sizes, for tests and the admin endpoint: clients with live leases, message logs not yet emptied. */
   get size(): { clients: number; windows: number } {
-    return { clients: this.#sessions.size, windows: this.#windows.size };
+    return { clients: this.#leases.size, windows: this.#logs.size };
   }
 
   #sweep(now: number): void {
     if (now - this.#lastSweep < this.#sweepIntervalMs) return;
     this.#lastSweep = now;
-    for (const [key, counter] of this.#windows) {
-      const windowMs = Number(key.slice(0, key.indexOf('|')));
-      if (now >= counter.start + windowMs) this.#windows.delete(key);
+    for (const [key, log] of this.#logs) {
+      prune(log, Number(key.slice(0, key.indexOf('|'))), now);
+      if (log.length === 0) this.#logs.delete(key);
+    }
+    for (const [client, leases] of this.#leases) {
+      pruneLeases(leases, now);
+      if (leases.size === 0) this.#leases.delete(client);
     }
   }
 }
 
-function windowStart(windowMs: number, now: number): number {
-  return windowMs > 0 ? Math.floor(now / windowMs) * windowMs : now;
+/** Drop the messages that left the window: those at or before now - windowMs. */
+function prune(log: number[], windowMs: number, now: number): void {
+  const edge = now - windowMs;
+  let n = 0;
+  while (n < log.length && (log[n] as number) <= edge) n++;
+  if (n > 0) log.splice(0, n);
+}
+
+function pruneLeases(leases: Map<string, number>, now: number): void {
+  for (const [id, expires] of leases) if (expires <= now) leases.delete(id);
 }

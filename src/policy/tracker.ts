@@ -7,6 +7,7 @@ import type { BaseContext, ConnectionInfo } from '../filter.js';
 import type { EnforcedShutdown, ShutdownPolicy } from './chain.js';
 import type {
   ClientInfo,
+  ClientStats,
   DeliveryRecord,
   MessageOutcome,
   OutcomeClass,
@@ -18,6 +19,7 @@ import type {
   SessionCounters,
 } from './types.js';
 import { zeroCounters } from './types.js';
+import { GuardedStore, StoreError } from './guarded-store.js';
 
 const CLASS: Readonly<Record<OutcomeKind, OutcomeClass>> = {
   accepted: 'accepted',
@@ -52,6 +54,9 @@ export class SessionTracker {
   #concurrent = 0;
   readonly #windows: Record<number, number> = {};
   #storeKey: string | undefined;
+  #sessionsFailed = false;
+  #messagesFailed = false;
+  #renewal: NodeJS.Timeout | undefined;
 
   constructor(
     readonly policy: ShutdownPolicy,
@@ -60,7 +65,7 @@ export class SessionTracker {
     this.startedAt = policy.now();
   }
 
-  /** SMFIC_CONNECT: record the client, join the store, consult the chain (cross-session limits). */
+  /** SMFIC_CONNECT: record the client, open its lease in the store, consult the chain (cross-session limits). */
   async connect(ctx: BaseContext<unknown>, info: ConnectionInfo): Promise<void> {
     this.client = { address: info.address, hostname: info.hostname, port: info.port, family: info.family };
     // Grouped by network (clientPrefix), so that rotating addresses within a /64 does not escape a limit.
@@ -68,11 +73,13 @@ export class SessionTracker {
     if (key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
-      await this.#store(ctx.logger, async () => {
-        this.#storeKey = key;
-        this.#concurrent = await store.sessionOpened(key, this.connectionId);
-        for (const w of this.policy.clientWindows) this.#windows[w] = await store.messageCount(key, w, now);
-      });
+      this.#storeKey = key;
+      this.#sessionsFailed = !(await this.#store(ctx.logger, async () => {
+        this.#concurrent = await store.sessionOpened(key, this.connectionId, now);
+      }));
+      if (this.#sessionsFailed) this.#concurrent = 0;
+      await this.#countMessages(ctx.logger, key, (w) => store.messageCount(key, w, now));
+      this.#startRenewal(ctx.logger, key);
     }
     await this.evaluate(ctx, 'connect');
   }
@@ -87,11 +94,41 @@ export class SessionTracker {
     if (kind !== 'aborted' && key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
-      await this.#store(ctx.logger, async () => {
-        for (const w of this.policy.clientWindows) this.#windows[w] = await store.addMessage(key, w, now);
-      });
+      await this.#countMessages(ctx.logger, key, (w) => store.addMessage(key, w, now));
     }
     await this.evaluate(ctx, 'message');
+  }
+
+  /** Read (or add to) every tracked window; a failure zeroes them all and marks the counts as failed. */
+  async #countMessages(
+    logger: Logger,
+    key: string,
+    count: (windowMs: number) => number | Promise<number>,
+  ): Promise<void> {
+    const windows = this.policy.clientWindows;
+    if (windows.length === 0) return;
+    this.#messagesFailed = !(await this.#store(logger, async () => {
+      for (const w of windows) this.#windows[w] = await count(w);
+    }));
+    if (this.#messagesFailed) for (const w of windows) this.#windows[w] = 0;
+  }
+
+  /**
+   * A store whose leases expire is told every third of their life that this session is still open, so
+   * that a crashed milterd's sessions stop counting on their own. The timer does not hold the process.
+   */
+  #startRenewal(logger: Logger, key: string): void {
+    const ttl = this.policy.store.leaseTtlMs;
+    if (ttl === undefined || this.#renewal !== undefined) return;
+    this.#renewal = setInterval(
+      () => {
+        if (this.#storeKey !== key) return;
+        const store = this.policy.store;
+        void this.#store(logger, () => store.sessionOpened(key, this.connectionId, this.policy.now()));
+      },
+      Math.max(10, Math.floor(ttl / 3)),
+    );
+    this.#renewal.unref();
   }
 
   /** A recipient was accepted (continue/accept/discard). */
@@ -159,25 +196,56 @@ export class SessionTracker {
       clientStats: Object.freeze({
         concurrentSessions: this.#concurrent,
         messagesInWindow: Object.freeze({ ...this.#windows }),
+        ...this.#fallback(),
       }),
     });
   }
 
-  /** The session ended: leave the store. Idempotent, never throws. */
+  /** What `on-store-error` needs: which counts failed, and this instance's own counts. */
+  #fallback(): Pick<ClientStats, 'storeErrors' | 'local'> {
+    const store = this.policy.store;
+    const key = this.#storeKey;
+    if (!(store instanceof GuardedStore) || key === undefined) return {};
+    const now = this.policy.now();
+    const messagesInWindow: Record<number, number> = {};
+    for (const w of this.policy.clientWindows) messagesInWindow[w] = store.local.messageCount(key, w, now);
+    return {
+      storeErrors: Object.freeze({ sessions: this.#sessionsFailed, messages: this.#messagesFailed }),
+      local: Object.freeze({
+        concurrentSessions: store.local.sessionCount(key, now),
+        messagesInWindow: Object.freeze(messagesInWindow),
+        instances: store.instances,
+      }),
+    };
+  }
+
+  /** The session ended: release its lease. Idempotent, never throws. */
   async close(logger: Logger): Promise<void> {
+    if (this.#renewal !== undefined) clearInterval(this.#renewal);
+    this.#renewal = undefined;
     const key = this.#storeKey;
     this.#storeKey = undefined;
     if (key === undefined) return;
     const store = this.policy.store;
-    await this.#store(logger, () => store.sessionClosed(key, this.connectionId));
+    await this.#store(logger, () => store.sessionClosed(key, this.connectionId, this.policy.now()));
   }
 
-  // A failing store must never cut mail: log it and go on with what we have.
-  async #store(logger: Logger, fn: () => unknown): Promise<void> {
+  /**
+   * A failing store must never cut mail: the rules' `on-store-error` decides. Returns false on failure.
+   * Logged at warn, except while the circuit breaker is open (then every call fails at once: the
+   * breaker's own state change was the line worth reading, and metrics count the rest).
+   */
+  async #store(logger: Logger, fn: () => unknown): Promise<boolean> {
     try {
       await fn();
+      return true;
     } catch (err) {
-      logger.warn({ err }, 'shutdown policy store failed; cross-session limits not applied');
+      const open = err instanceof StoreError && err.code === 'ERR_MILTER_STORE_UNAVAILABLE';
+      logger[open ? 'debug' : 'warn'](
+        { err },
+        'shutdown policy store failed; rules apply their on-store-error',
+      );
+      return false;
     }
   }
 }

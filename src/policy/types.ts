@@ -72,8 +72,22 @@ export function zeroCounters(): SessionCounters {
 export interface ClientStats {
   /** Sessions of this client open when this session started, this one included. 0 if unknown. */
   readonly concurrentSessions: number;
-  /** Finished messages (not aborted) of this client in the current window, keyed by window length (ms). */
+  /** Finished messages (not aborted) of this client in the last window, keyed by window length (ms). */
   readonly messagesInWindow: Readonly<Record<number, number>>;
+  /**
+   * The shared store failed (error, deadline or open circuit breaker) for the latest session count
+   * (`sessions`) or message counts (`messages`): those counts are 0 and each rule's `on-store-error` decides.
+   */
+  readonly storeErrors?: { readonly sessions: boolean; readonly messages: boolean };
+  /**
+   * This instance's own counts, for `on-store-error: local` (which divides each limit by `instances`).
+   * Present when the store is a shared one (a GuardedStore).
+   */
+  readonly local?: {
+    readonly concurrentSessions: number;
+    readonly messagesInWindow: Readonly<Record<number, number>>;
+    readonly instances: number;
+  };
 }
 
 /** The SMTP client as SMFIC_CONNECT described it. */

@@ -66,6 +66,7 @@ test('full fixture: every key and rule kind', async () => {
   assert.deepEqual(bytes?.limit, { kind: 'max-bytes', max: 50_000_000 });
   assert.equal(helo?.when?.helo, '^\\[?\\d+\\.\\d+\\.\\d+\\.\\d+\\]?$');
   assert.deepEqual(rate?.limit, { kind: 'max-messages-per-client', max: 500, windowMs: 3_600_000 });
+  assert.equal(rate?.onStoreError, 'local');
   assert.equal(age?.line, 11);
   // And it compiles.
   assert.equal(createShutdownPolicy(c).list().length, 9);

@@ -100,7 +100,7 @@ test('a failing store never cuts mail', async () => {
   assert.equal((await mta.message()).final, 'continue');
   await mta.close();
   assert.ok(
-    mta.log.lines.some((l) => l.msg === 'shutdown policy store failed; cross-session limits not applied'),
+    mta.log.lines.some((l) => l.msg === 'shutdown policy store failed; rules apply their on-store-error'),
   );
 });
 

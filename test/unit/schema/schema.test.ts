@@ -130,6 +130,8 @@ const WRONG_POLICIES: Array<[string, string]> = [
   ['misspelt rule key', await readFile(`${ROOT}fixtures/policy/invalid-unknown-key.yaml`, 'utf8')],
   ['rule without a limit', 'rules:\n  - name: a\n'],
   ['window with another limit', 'rules:\n  - max-messages: 2\n    window: 1h\n'],
+  ['on-store-error with a per-session limit', 'rules:\n  - max-messages: 2\n    on-store-error: local\n'],
+  ['unknown on-store-error', 'rules:\n  - max-concurrent-sessions: 2\n    on-store-error: deny\n'],
   ['ratio of 1', 'rules:\n  - max-failure-ratio: 1\n'],
   ['dry-run as text', 'dry-run: yes\n'],
   ['prefix too long', 'client-prefix:\n  ipv4: 33\n'],

@@ -1,0 +1,142 @@
+/**
+ * A shared store behind a deadline and a circuit breaker, with an in-process shadow. Redis being slow or
+ * down must never hold or cut mail: every call either answers within `timeoutMs` or fails with a coded
+ * error (ERR_MILTER_STORE_TIMEOUT, _FAILED, or _UNAVAILABLE while the breaker is open, without calling the
+ * store at all), and the rule's `on-store-error` decides what that means. The shadow is a
+ * MemoryPolicyStore kept in step with every call, so that `on-store-error: local` has this instance's own
+ * counts to fall back on.
+ */
+import { CircuitBreaker, type BreakerState, type CircuitBreakerOptions } from '../breaker.js';
+import { DEFAULTS } from '../defaults.js';
+import { MilterError, type MilterErrorCode } from '../errors.js';
+import { MemoryPolicyStore, type PolicyStore } from './store.js';
+
+/** Store operations, as metrics label them. */
+export type StoreOp = 'session-open' | 'session-close' | 'message-add' | 'message-count';
+
+/** One finished store call, for metrics. */
+export interface StoreCallEvent {
+  op: StoreOp;
+  seconds: number;
+  /** The error code when the call failed (a call refused by the open breaker takes no time). */
+  code?: MilterErrorCode;
+}
+
+export interface GuardedStoreOptions {
+  /** Deadline of one call (ms). Default DEFAULTS.storeTimeoutMs (50). */
+  timeoutMs?: number;
+  /** The breaker, or options for a new one (default thresholds from DEFAULTS). */
+  breaker?: CircuitBreaker | CircuitBreakerOptions;
+  /** milterd instances sharing the store: `on-store-error: local` divides limits by it. Default 1. */
+  instances?: number;
+  /** Every call, with its duration and error code. Must not throw. */
+  onCall?: (event: StoreCallEvent) => void;
+}
+
+/** A store call failed, took too long, or was not made because the breaker is open. */
+export class StoreError extends MilterError {
+  constructor(code: MilterErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'StoreError';
+  }
+}
+
+const TIMEOUT = Symbol('timeout');
+
+export class GuardedStore implements PolicyStore {
+  readonly timeoutMs: number;
+  readonly instances: number;
+  readonly breaker: CircuitBreaker;
+  /** This instance's own counts, for `on-store-error: local`. */
+  readonly local: MemoryPolicyStore;
+  readonly #onCall: ((event: StoreCallEvent) => void) | undefined;
+
+  constructor(
+    readonly inner: PolicyStore,
+    options: GuardedStoreOptions = {},
+  ) {
+    this.timeoutMs = Math.max(1, options.timeoutMs ?? DEFAULTS.storeTimeoutMs);
+    this.instances = Math.max(1, Math.floor(options.instances ?? DEFAULTS.storeInstances));
+    this.breaker =
+      options.breaker instanceof CircuitBreaker ? options.breaker : new CircuitBreaker(options.breaker);
+    this.#onCall = options.onCall;
+    this.local = new MemoryPolicyStore(
+      inner.leaseTtlMs === undefined ? {} : { leaseTtlMs: inner.leaseTtlMs },
+    );
+  }
+
+  get leaseTtlMs(): number | undefined {
+    return this.inner.leaseTtlMs;
+  }
+
+  get breakerState(): BreakerState {
+    return this.breaker.state;
+  }
+
+  sessionOpened(client: string, sessionId: string, now: number = Date.now()): Promise<number> {
+    this.local.sessionOpened(client, sessionId, now);
+    return this.#call('session-open', () => this.inner.sessionOpened(client, sessionId, now));
+  }
+
+  async sessionClosed(client: string, sessionId: string, now: number = Date.now()): Promise<void> {
+    this.local.sessionClosed(client, sessionId, now);
+    await this.#call('session-close', () => this.inner.sessionClosed(client, sessionId, now));
+  }
+
+  addMessage(client: string, windowMs: number, now: number): Promise<number> {
+    this.local.addMessage(client, windowMs, now);
+    return this.#call('message-add', () => this.inner.addMessage(client, windowMs, now));
+  }
+
+  messageCount(client: string, windowMs: number, now: number): Promise<number> {
+    return this.#call('message-count', () => this.inner.messageCount(client, windowMs, now));
+  }
+
+  async close(): Promise<void> {
+    await this.inner.close?.();
+  }
+
+  async #call<T>(op: StoreOp, fn: () => T | Promise<T>): Promise<T> {
+    if (!this.breaker.allow()) {
+      this.#onCall?.({ op, seconds: 0, code: 'ERR_MILTER_STORE_UNAVAILABLE' });
+      throw new StoreError('ERR_MILTER_STORE_UNAVAILABLE', 'policy store unavailable (circuit breaker open)');
+    }
+    const started = process.hrtime.bigint();
+    const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const pending = Promise.resolve().then(fn);
+      const deadline = new Promise<typeof TIMEOUT>((resolve) => {
+        timer = setTimeout(resolve, this.timeoutMs, TIMEOUT);
+      });
+      const result = await Promise.race([pending, deadline]);
+      if (result === TIMEOUT) {
+        // The call goes on in the client; its late answer or failure is of no use any more.
+        pending.catch(() => undefined);
+        throw new StoreError(
+          'ERR_MILTER_STORE_TIMEOUT',
+          `policy store did not answer within ${this.timeoutMs} ms`,
+        );
+      }
+      this.breaker.success();
+      this.#onCall?.({ op, seconds: seconds() });
+      return result;
+    } catch (err) {
+      const error =
+        err instanceof StoreError
+          ? err
+          : new StoreError(
+              'ERR_MILTER_STORE_FAILED',
+              `policy store failed: ${(err as Error)?.message ?? String(err)}`,
+              {
+                cause: err,
+              },
+            );
+      this.breaker.failure();
+      this.#onCall?.({ op, seconds: seconds(), code: error.code });
+      throw error;
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+    }
+  }
+}

@@ -1,0 +1,216 @@
+/**
+ * Real Redis servers for tests: Debian's `redis-server` (scripts/install-test-deps.sh) started on free
+ * loopback ports, each in its own temporary directory, without persistence, stopped by pid. A 3-master
+ * Cluster is built on loopback with `redis-cli --cluster create`.
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+/** A port free on 127.0.0.1 now (the kernel's choice). */
+export async function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Send one inline command and read the first reply line (no client library: the harness must not depend on the code under test). */
+export function redisCommand(port: number, command: string, timeoutMs = 1000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    let data = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`redis on ${port}: no answer to ${command}`));
+    }, timeoutMs);
+    socket.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    socket.on('connect', () => socket.write(`${command}\r\n`));
+    socket.on('data', (chunk) => {
+      data += chunk.toString('latin1');
+      if (data.includes('\r\n')) {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve(data.slice(0, data.indexOf('\r\n')));
+      }
+    });
+  });
+}
+
+/** `redis-cli -p PORT ARGS…`, stdout. */
+export async function redisCli(port: number, ...args: string[]): Promise<string> {
+  const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], {
+    timeout: 10_000,
+  });
+  return stdout;
+}
+
+async function waitUntil(check: () => Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const start = Date.now();
+  for (;;) {
+    if (await check().catch(() => false)) return;
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** One redis-server process. */
+export class RedisServer {
+  #child: ChildProcess | undefined;
+  #exited: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly port: number,
+    readonly dir: string,
+    readonly extraArgs: readonly string[],
+  ) {}
+
+  /** Start a server on a free loopback port (or `port`); resolves when it answers PING. */
+  static async start(
+    options: { port?: number; args?: readonly string[]; unixSocket?: boolean } = {},
+  ): Promise<RedisServer> {
+    const dir = await mkdtemp(join(tmpdir(), 'milterd-redis-'));
+    const port = options.port ?? (await freeLoopbackPort());
+    const args = [...(options.args ?? [])];
+    if (options.unixSocket === true)
+      args.push('--unixsocket', join(dir, 'redis.sock'), '--unixsocketperm', '700');
+    const server = new RedisServer(port, dir, args);
+    await server.restart();
+    return server;
+  }
+
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
+  get socketPath(): string {
+    return join(this.dir, 'redis.sock');
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  /** (Re)start the process on the same port and directory, with no data. */
+  async restart(): Promise<void> {
+    const child = spawn(
+      'redis-server',
+      [
+        '--port',
+        String(this.port),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--dir',
+        this.dir,
+        '--daemonize',
+        'no',
+        '--logfile',
+        join(this.dir, 'redis.log'),
+        ...this.extraArgs,
+      ],
+      { stdio: 'ignore' },
+    );
+    this.#child = child;
+    this.#exited = new Promise((resolve) => child.once('exit', () => resolve()));
+    await waitUntil(
+      async () => (await redisCommand(this.port, 'PING', 300)) === '+PONG',
+      `redis-server on ${this.port}`,
+    );
+  }
+
+  /** Freeze the process (the deadline path: connections stay open, nothing answers). */
+  pause(): void {
+    if (this.#child?.pid !== undefined) process.kill(this.#child.pid, 'SIGSTOP');
+  }
+
+  resume(): void {
+    if (this.#child?.pid !== undefined) process.kill(this.#child.pid, 'SIGCONT');
+  }
+
+  /** Kill the process (SIGKILL) and wait for it to be gone. */
+  async kill(): Promise<void> {
+    const child = this.#child;
+    if (child?.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    process.kill(child.pid, 'SIGCONT');
+    process.kill(child.pid, 'SIGKILL');
+    await this.#exited;
+  }
+
+  /** Kill the process and remove its directory. */
+  async stop(): Promise<void> {
+    await this.kill();
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** A Redis Cluster of `masters` masters (no replicas) on loopback. */
+export class RedisCluster {
+  private constructor(readonly servers: RedisServer[]) {}
+
+  static async start(masters = 3): Promise<RedisCluster> {
+    const servers: RedisServer[] = [];
+    try {
+      for (let i = 0; i < masters; i++) {
+        const bus = await freeLoopbackPort();
+        servers.push(
+          await RedisServer.start({
+            args: [
+              '--cluster-enabled',
+              'yes',
+              '--cluster-config-file',
+              'nodes.conf',
+              '--cluster-port',
+              String(bus),
+            ],
+          }),
+        );
+      }
+      await run(
+        'redis-cli',
+        [
+          '--cluster',
+          'create',
+          ...servers.map((s) => `127.0.0.1:${s.port}`),
+          '--cluster-replicas',
+          '0',
+          '--cluster-yes',
+        ],
+        { timeout: 30_000 },
+      );
+      for (const s of servers) {
+        await waitUntil(
+          async () => (await redisCli(s.port, 'cluster', 'info')).includes('cluster_state:ok'),
+          `cluster state ok on ${s.port}`,
+        );
+      }
+      return new RedisCluster(servers);
+    } catch (err) {
+      await Promise.all(servers.map((s) => s.stop()));
+      throw err;
+    }
+  }
+
+  get url(): string {
+    return `redis+cluster://${this.servers.map((s) => `127.0.0.1:${s.port}`).join(',')}`;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.servers.map((s) => s.stop()));
+  }
+}

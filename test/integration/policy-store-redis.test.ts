@@ -1,0 +1,143 @@
+/**
+ * RedisPolicyStore against real servers: the shared store suite (test/unit/policy/store-suite.ts) on one
+ * redis-server and on a 3-master Redis Cluster built on loopback, then what only Redis has: the server's
+ * clock, key expiry set by the scripts, hash tags (one slot per client), the prefix, hashed addresses, the
+ * Unix-socket URL.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { createRedisPolicyStore, type RedisPolicyStore } from '../../src/policy/redis-store.js';
+import { RedisCluster, RedisServer, redisCli } from '../helpers/redis.js';
+import { storeSuite } from '../unit/policy/store-suite.js';
+
+let single: RedisServer;
+let cluster: RedisCluster;
+
+before(async () => {
+  single = await RedisServer.start({ unixSocket: true });
+  cluster = await RedisCluster.start(3);
+});
+after(async () => {
+  await single?.stop();
+  await cluster?.stop();
+});
+
+async function open(
+  url: string,
+  options: { leaseTtlMs?: number; prefix?: string; hashAddresses?: boolean } = {},
+): Promise<RedisPolicyStore> {
+  const store = await createRedisPolicyStore({ url, ...options });
+  await store.ready();
+  return store;
+}
+
+/** The server's clock in ms (TIME), read through the store's own client. */
+async function serverClock(store: RedisPolicyStore): Promise<number> {
+  const [s, us] = (await store.client.call('TIME')) as [string, string];
+  return Number(s) * 1000 + Number(us) / 1000;
+}
+
+for (const [name, url] of [
+  ['RedisPolicyStore (one server)', () => single.url],
+  ['RedisPolicyStore (3-master Cluster)', () => cluster.url],
+] as const) {
+  storeSuite(name, async ({ leaseTtlMs }) => {
+    const store = await open(url(), { leaseTtlMs, prefix: `t${Math.random().toString(36).slice(2, 8)}:` });
+    return { store, clock: () => serverClock(store), close: () => store.close() };
+  });
+}
+
+test('Redis: the scripts use the server clock, not the `now` they are given', async (t) => {
+  const store = await open(single.url, { leaseTtlMs: 60_000 });
+  t.after(() => store.close());
+  const before = await serverClock(store);
+  // A policy clock a day off (a skewed instance) changes nothing.
+  await store.sessionOpened('192.0.2.1', 'skewed', Date.now() - 86_400_000);
+  assert.equal(await store.addMessage('192.0.2.1', 60_000, Date.now() + 86_400_000), 1);
+  assert.equal(await store.messageCount('192.0.2.1', 60_000, 0), 1);
+  const afterTime = await serverClock(store);
+  const leaseExpiry = Number(await store.client.zscore(store.leaseKey('192.0.2.1'), 'skewed'));
+  assert.ok(
+    leaseExpiry >= Math.floor(before) + 60_000 && leaseExpiry <= Math.ceil(afterTime) + 60_000,
+    'lease expiry = server TIME + TTL',
+  );
+  const [, score] = (await store.client.zrange(
+    store.messageKey('192.0.2.1', 60_000),
+    0,
+    0,
+    'WITHSCORES',
+  )) as [string, string];
+  assert.ok(
+    Number(score) / 1000 >= before && Number(score) / 1000 <= afterTime,
+    'message time = server TIME (µs)',
+  );
+  await store.sessionClosed('192.0.2.1', 'skewed');
+});
+
+test('Redis: every key the scripts write has an expiry; the lease set lives as long as its longest lease', async (t) => {
+  const store = await open(single.url, { leaseTtlMs: 30_000, prefix: 'ttl:' });
+  t.after(() => store.close());
+  await store.sessionOpened('192.0.2.2', 'a');
+  await store.addMessage('192.0.2.2', 120_000);
+  await store.messageCount('192.0.2.2', 5_000);
+  const keys = (await redisCli(single.port, '--scan', '--pattern', 'ttl:*')).trim().split('\n').sort();
+  assert.deepEqual(
+    keys,
+    [store.leaseKey('192.0.2.2'), store.messageKey('192.0.2.2', 120_000)].sort(),
+    'reading creates nothing',
+  );
+  const leasePttl = Number(await redisCli(single.port, 'pttl', store.leaseKey('192.0.2.2')));
+  const logPttl = Number(await redisCli(single.port, 'pttl', store.messageKey('192.0.2.2', 120_000)));
+  assert.ok(leasePttl > 0 && leasePttl <= 30_000, `lease set PTTL ${leasePttl}`);
+  assert.ok(logPttl > 30_000 && logPttl <= 120_000, `message log PTTL ${logPttl}`);
+  await store.sessionClosed('192.0.2.2', 'a');
+  assert.equal(
+    (await redisCli(single.port, 'exists', store.leaseKey('192.0.2.2'))).trim(),
+    '0',
+    'the last release deletes the set',
+  );
+});
+
+test('Redis: one hash tag per client: all its keys in one Cluster slot; prefix on every key', async (t) => {
+  const store = await open(cluster.url, { prefix: 'fleet-a:' });
+  t.after(() => store.close());
+  const client = '2001:db8:1:2::/64';
+  const keys = [
+    store.leaseKey(client),
+    store.messageKey(client, 60_000),
+    store.messageKey(client, 3_600_000),
+  ];
+  for (const k of keys) assert.ok(k.startsWith(`fleet-a:{${client}}:`), k);
+  const slots = new Set<string>();
+  for (const k of keys) slots.add((await redisCli(cluster.servers[0]!.port, 'cluster', 'keyslot', k)).trim());
+  assert.equal(slots.size, 1, 'one slot');
+  // And the scripts run there (a CROSSSLOT or MOVED would reject).
+  assert.equal(await store.sessionOpened(client, 's1'), 1);
+  assert.equal(await store.addMessage(client, 60_000), 1);
+  assert.equal(await store.addMessage(client, 3_600_000), 1);
+  await store.sessionClosed(client, 's1');
+});
+
+test('Redis: hashed addresses: keys hold no address, counts are the same', async (t) => {
+  const store = await open(single.url, { prefix: 'hash:', hashAddresses: true });
+  t.after(() => store.close());
+  assert.equal(await store.sessionOpened('192.0.2.77', 'x'), 1);
+  assert.equal(await store.sessionOpened('192.0.2.77', 'y'), 2);
+  assert.equal(await store.addMessage('192.0.2.77', 60_000), 1);
+  const keys = (await redisCli(single.port, '--scan', '--pattern', 'hash:*')).trim().split('\n');
+  assert.equal(keys.length, 2);
+  for (const k of keys) {
+    assert.ok(!k.includes('192.0.2.77'), k);
+    assert.match(k, /^hash:\{[A-Za-z0-9_-]{22}\}:(l|m:60000)$/);
+  }
+  await store.sessionClosed('192.0.2.77', 'x');
+  await store.sessionClosed('192.0.2.77', 'y');
+});
+
+test('Redis: a Unix-socket URL (redis+unix://) works like TCP', async (t) => {
+  const store = await open(`redis+unix://${single.socketPath}`, { prefix: 'unix:' });
+  t.after(() => store.close());
+  assert.equal(await store.sessionOpened('192.0.2.9', 'u'), 1);
+  assert.equal(await store.addMessage('192.0.2.9', 60_000), 1);
+  await store.sessionClosed('192.0.2.9', 'u');
+});

@@ -1,0 +1,59 @@
+/**
+ * The shared store suite (store-suite.ts) against MemoryPolicyStore, on the real clock; plus what only the
+ * in-process store has: the explicit policy clock, the cap on logs, lazy sweeping.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { MemoryPolicyStore } from '../../../src/policy/store.js';
+import { storeSuite } from './store-suite.js';
+
+storeSuite('MemoryPolicyStore', async ({ leaseTtlMs }) => {
+  const store = new MemoryPolicyStore({ leaseTtlMs, sweepIntervalMs: 0 });
+  return { store, clock: () => Promise.resolve(Date.now()), close: () => Promise.resolve() };
+});
+
+test('MemoryPolicyStore: sliding log on the policy clock, exact at the edge; a clock stepping back keeps it sorted', () => {
+  const s = new MemoryPolicyStore({ sweepIntervalMs: 0 });
+  const W = 1000;
+  assert.equal(s.addMessage('a', W, 0), 1);
+  assert.equal(s.addMessage('a', W, 500), 2);
+  assert.equal(s.addMessage('a', W, 999), 3);
+  assert.equal(s.messageCount('a', W, 999), 3);
+  assert.equal(s.messageCount('a', W, 1000), 2, 'the message at 0 left at exactly 0 + W');
+  assert.equal(s.messageCount('a', W, 1499), 2);
+  assert.equal(s.messageCount('a', W, 1500), 1);
+  assert.equal(s.addMessage('a', W, 1600), 2);
+  assert.equal(s.addMessage('a', W, 1550), 3, 'a clock that stepped back still counts (kept in order)');
+  assert.equal(s.messageCount('a', W, 1999), 2, '999 left at 1999');
+  assert.equal(s.messageCount('a', W, 2550), 1, '1550 left before 1600');
+  assert.equal(s.messageCount('a', W, 2600), 0);
+  assert.deepEqual(s.size, { clients: 0, windows: 0 }, 'empty logs are dropped');
+});
+
+test('MemoryPolicyStore: leases on the policy clock; without a TTL they never expire', () => {
+  const s = new MemoryPolicyStore({ leaseTtlMs: 100 });
+  assert.equal(s.sessionOpened('c', 'a', 0), 1);
+  assert.equal(s.sessionOpened('c', 'b', 50), 2);
+  assert.equal(s.sessionCount('c', 99), 2);
+  assert.equal(s.sessionCount('c', 100), 1, 'a expired at 0 + TTL');
+  assert.equal(s.sessionOpened('c', 'b', 140), 1, 'renewing b');
+  assert.equal(s.sessionCount('c', 239), 1);
+  assert.equal(s.sessionCount('c', 240), 0);
+  assert.deepEqual(s.size, { clients: 0, windows: 0 });
+  const forever = new MemoryPolicyStore();
+  assert.equal(forever.leaseTtlMs, undefined);
+  forever.sessionOpened('c', 'a', 0);
+  assert.equal(forever.sessionCount('c', Number.MAX_SAFE_INTEGER), 1);
+});
+
+test('MemoryPolicyStore: message logs are capped (least recently used dropped) and swept lazily', () => {
+  const s = new MemoryPolicyStore({ maxWindows: 3, sweepIntervalMs: 1000 });
+  for (const c of ['a', 'b', 'c', 'd', 'e']) s.addMessage(c, 60_000, 1);
+  assert.equal(s.size.windows, 3);
+  assert.equal(s.messageCount('a', 60_000, 2), 0, 'oldest dropped');
+  assert.equal(s.messageCount('e', 60_000, 2), 1);
+  s.addMessage('x', 10, 5);
+  assert.equal(s.size.windows, 3);
+  s.messageCount('e', 60_000, 61_000);
+  assert.equal(s.size.windows, 0, 'the sweep dropped every expired log');
+});
