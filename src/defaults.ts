@@ -40,6 +40,11 @@ export const DEFAULTS = {
    * milterd killed with -9 stops counting against its clients within this time.
    */
   storeLeaseTtlMs: 60_000,
+  /**
+   * Policy store: how long its circuit breaker stays open before a probe. Shorter than an upstream
+   * milter's: a probe costs at most one store deadline, and limits are off (or local) while it is open.
+   */
+  storeBreakerOpenMs: 5_000,
   /** Policy store: prefix of every key (Redis). */
   storePrefix: 'milterd:',
   /** Policy store: milterd instances sharing the limits (`on-store-error: local` divides limits by it). */

@@ -263,3 +263,58 @@ export class Registry {
     return [...this.metrics.values()].map((m) => m.render()).join('');
   }
 }
+
+/** Names of the policy store series (documented in docs/internals.md with METRIC_NAMES). */
+export const STORE_METRIC_NAMES = {
+  callSeconds: 'milterd_store_call_duration_seconds',
+  errors: 'milterd_store_errors_total',
+  breakerState: 'milterd_store_breaker_state',
+} as const;
+
+/** Store calls take a fraction of a millisecond on a LAN: buckets from 0.1 ms to the 50 ms deadline and past it. */
+export const STORE_SECONDS_BUCKETS = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+] as const;
+
+/** Values of `milterd_store_breaker_state`. */
+export const BREAKER_STATE_VALUE = { closed: 0, 'half-open': 1, open: 2 } as const;
+
+/**
+ * The policy store's series: call latency by operation, errors by code, circuit breaker state. Registered
+ * with every daemon (the in-process store never fails: its breaker stays closed, it has no calls).
+ */
+export class StoreMetrics {
+  readonly callSeconds: Histogram;
+  readonly errors: Counter;
+  readonly breakerState: Gauge;
+
+  constructor(r: Registry) {
+    const n = STORE_METRIC_NAMES;
+    this.callSeconds = r.histogram({
+      name: n.callSeconds,
+      help: 'Calls to a shared policy store (Redis), by operation, failed ones included.',
+      labelNames: ['op'],
+      buckets: STORE_SECONDS_BUCKETS,
+    });
+    this.errors = r.counter({
+      name: n.errors,
+      help: 'Policy store calls that failed, by code: ERR_MILTER_STORE_FAILED, _TIMEOUT (deadline), _UNAVAILABLE (breaker open).',
+      labelNames: ['code'],
+    });
+    this.breakerState = r.gauge({
+      name: n.breakerState,
+      help: "State of the policy store's circuit breaker: 0 closed, 1 half-open, 2 open.",
+    });
+    this.breakerState.set(0);
+  }
+
+  /** One store call (GuardedStore's onCall). */
+  call(event: { op: string; seconds: number; code?: string }): void {
+    this.callSeconds.observe(event.seconds, { op: event.op });
+    if (event.code !== undefined) this.errors.inc({ code: event.code });
+  }
+
+  breaker(state: keyof typeof BREAKER_STATE_VALUE): void {
+    this.breakerState.set(BREAKER_STATE_VALUE[state]);
+  }
+}

@@ -6,7 +6,7 @@
 import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterCommandKind } from '../protocol/types.js';
 import type { MilterErrorCode } from '../errors.js';
-import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
+import { Registry, StoreMetrics, type Counter, type Gauge, type Histogram } from './metrics.js';
 import { ProcessMetrics } from './process-metrics.js';
 
 /** Names of every metric milterd exports (also documented in the README). */
@@ -89,6 +89,8 @@ export class DaemonMetrics {
   readonly messages: Counter;
   /** CPU, memory, descriptors, event loop, GC. */
   readonly process: ProcessMetrics;
+  /** The policy store: call latency, errors, circuit breaker. */
+  readonly store: StoreMetrics;
   /** The observer to hand to the milter server. */
   readonly observer: MilterObserver;
 
@@ -179,6 +181,7 @@ export class DaemonMetrics {
       labelNames: ['outcome'],
     });
     this.process = new ProcessMetrics(r);
+    this.store = new StoreMetrics(r);
     // Export the unlabelled series and the reload results from the first scrape on.
     this.sessionsOpen.set(0);
     this.draining.set(0);

@@ -46,6 +46,8 @@ export interface ReadinessState {
   draining: boolean;
   connections: number;
   maxConnections: number;
+  /** Present only with `store.readyz`: false while the policy store's circuit breaker is open. */
+  store?: boolean;
 }
 
 /** Options of {@link startAdminServer}. */
@@ -102,7 +104,7 @@ export function handleAdminRequest(
       return;
     case '/readyz': {
       const s = options.readiness();
-      const ready = s.listening && !s.draining && s.connections < s.maxConnections;
+      const ready = s.listening && !s.draining && s.connections < s.maxConnections && s.store !== false;
       send(res, ready ? 200 : 503, json, JSON.stringify({ ready, ...s }) + '\n');
       return;
     }

@@ -4,7 +4,8 @@
  */
 import type { Logger } from 'pino';
 import { DaemonMetrics } from '../admin/observer.js';
-import { ADMIN_LISTENER, startAdminServer, type AdminServer } from '../admin/server.js';
+import { ADMIN_LISTENER, startAdminServer, type AdminServer, type ReadinessState } from '../admin/server.js';
+import { GuardedStore } from '../policy/guarded-store.js';
 import { isMilterError, MilterConfigError } from '../errors.js';
 import { createDaemonFilter } from '../filters/default.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
@@ -28,6 +29,7 @@ import type { DaemonSettings } from './options.js';
 import { buildPolicy, describePolicy } from './policy-source.js';
 import { ReloadableFilter } from './reloadable-filter.js';
 import { loadReloadOffThread } from './reload-worker.js';
+import { openPolicyStore } from './store-source.js';
 
 /** What `serve` is started with. */
 export interface ServeOptions {
@@ -95,12 +97,17 @@ class Daemon {
     return this.stopping !== undefined;
   }
 
-  readiness(): { listening: boolean; draining: boolean; connections: number; maxConnections: number } {
+  readiness(): ReadinessState {
+    const store = this.policy.store;
     return {
       listening: this.server.addresses.length >= this.settings.listen.length,
       draining: this.draining || this.server.draining,
       connections: this.server.connectionCount,
       maxConnections: this.settings.maxConnections,
+      // Only when asked for (store.readyz): by default a Redis outage must not take MTAs' milters away.
+      ...(this.settings.storeReadyz && store instanceof GuardedStore
+        ? { store: store.breakerState !== 'open' }
+        : {}),
     };
   }
 
@@ -114,6 +121,8 @@ class Daemon {
       );
       await this.server.close({ deadlineMs: this.settings.drainTimeout });
       await this.admin?.close();
+      // Sessions have closed (their leases released): now the store's connections can go.
+      await this.policy.store.close?.();
       this.metrics.stop();
       this.logger.info({ signal }, 'milterd stopped');
       return EXIT.OK;
@@ -246,7 +255,8 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   root.logger = logger;
   // One limit for every line a peer can cause, milter listeners and admin endpoint alike.
   const logLimiter = new LogRateLimiter({ logger });
-  const policy = buildPolicy(policyConfig, { logger, metrics });
+  const store = await openPolicyStore(settings, { logger, metrics });
+  const policy = buildPolicy(policyConfig, { logger, metrics, ...(store === undefined ? {} : { store }) });
   const filter = new ReloadableFilter(
     createDaemonFilter(policy, {
       header: `milterd ${options.version}`,

@@ -25,7 +25,7 @@ export interface StoreCallEvent {
 export interface GuardedStoreOptions {
   /** Deadline of one call (ms). Default DEFAULTS.storeTimeoutMs (50). */
   timeoutMs?: number;
-  /** The breaker, or options for a new one (default thresholds from DEFAULTS). */
+  /** The breaker, or options for a new one (defaults: DEFAULTS.breakerFailures, DEFAULTS.storeBreakerOpenMs). */
   breaker?: CircuitBreaker | CircuitBreakerOptions;
   /** milterd instances sharing the store: `on-store-error: local` divides limits by it. Default 1. */
   instances?: number;
@@ -58,7 +58,9 @@ export class GuardedStore implements PolicyStore {
     this.timeoutMs = Math.max(1, options.timeoutMs ?? DEFAULTS.storeTimeoutMs);
     this.instances = Math.max(1, Math.floor(options.instances ?? DEFAULTS.storeInstances));
     this.breaker =
-      options.breaker instanceof CircuitBreaker ? options.breaker : new CircuitBreaker(options.breaker);
+      options.breaker instanceof CircuitBreaker
+        ? options.breaker
+        : new CircuitBreaker({ openMs: DEFAULTS.storeBreakerOpenMs, ...options.breaker });
     this.#onCall = options.onCall;
     this.local = new MemoryPolicyStore(
       inner.leaseTtlMs === undefined ? {} : { leaseTtlMs: inner.leaseTtlMs },

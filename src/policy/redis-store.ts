@@ -105,8 +105,9 @@ export class RedisPolicyStore implements PolicyStore {
   readonly hashAddresses: boolean;
   readonly #client: RedisClient | ClusterClient;
   readonly #scripts: Scripted;
-  // Members of the message logs must be unique across the fleet: a random instance id and a counter.
-  readonly #instance = randomBytes(6).toString('base64url');
+  // Lease and message-log members must be unique across the fleet, and connection ids are only unique in
+  // one process: every member starts with a random id of this instance.
+  readonly #instance = randomBytes(9).toString('base64url');
   #seq = 0;
 
   constructor(client: RedisClient | ClusterClient, options: Omit<RedisPolicyStoreOptions, 'url'> = {}) {
@@ -144,11 +145,17 @@ export class RedisPolicyStore implements PolicyStore {
 
   // `_now` (the policy clock) is ignored: the scripts read the server's TIME.
   async sessionOpened(client: string, sessionId: string, _now?: number): Promise<number> {
-    return Number(await this.#scripts.milterdLeaseOpen(this.leaseKey(client), sessionId, this.leaseTtlMs));
+    return Number(
+      await this.#scripts.milterdLeaseOpen(
+        this.leaseKey(client),
+        `${this.#instance}:${sessionId}`,
+        this.leaseTtlMs,
+      ),
+    );
   }
 
   async sessionClosed(client: string, sessionId: string, _now?: number): Promise<void> {
-    await this.#scripts.milterdLeaseClose(this.leaseKey(client), sessionId);
+    await this.#scripts.milterdLeaseClose(this.leaseKey(client), `${this.#instance}:${sessionId}`);
   }
 
   async addMessage(client: string, windowMs: number, _now?: number): Promise<number> {
@@ -181,10 +188,18 @@ export class RedisPolicyStore implements PolicyStore {
     });
   }
 
+  /** QUIT, or drop the connection if the server does not answer within a second (paused, gone). */
   async close(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, 1000);
+    });
     try {
-      await this.#client.quit();
+      await Promise.race([this.#client.quit(), gaveUp]);
     } catch {
+      // Not connected: nothing to say goodbye to.
+    } finally {
+      clearTimeout(timer);
       this.#client.disconnect();
     }
   }

@@ -56,7 +56,16 @@ test('Redis: the scripts use the server clock, not the `now` they are given', as
   assert.equal(await store.addMessage('192.0.2.1', 60_000, Date.now() + 86_400_000), 1);
   assert.equal(await store.messageCount('192.0.2.1', 60_000, 0), 1);
   const afterTime = await serverClock(store);
-  const leaseExpiry = Number(await store.client.zscore(store.leaseKey('192.0.2.1'), 'skewed'));
+  const [member, expiry] = (await store.client.zrange(store.leaseKey('192.0.2.1'), 0, 0, 'WITHSCORES')) as [
+    string,
+    string,
+  ];
+  assert.match(
+    member,
+    /^[A-Za-z0-9_-]{12}:skewed$/,
+    "lease members are this instance's id and the session id",
+  );
+  const leaseExpiry = Number(expiry);
   assert.ok(
     leaseExpiry >= Math.floor(before) + 60_000 && leaseExpiry <= Math.ceil(afterTime) + 60_000,
     'lease expiry = server TIME + TTL',
@@ -140,4 +149,14 @@ test('Redis: a Unix-socket URL (redis+unix://) works like TCP', async (t) => {
   assert.equal(await store.sessionOpened('192.0.2.9', 'u'), 1);
   assert.equal(await store.addMessage('192.0.2.9', 60_000), 1);
   await store.sessionClosed('192.0.2.9', 'u');
+});
+
+test('Redis: two instances with the same connection ids count two sessions (lease members carry an instance id)', async (t) => {
+  const [a, b] = [await open(single.url, { prefix: 'two:' }), await open(single.url, { prefix: 'two:' })];
+  t.after(() => Promise.all([a.close(), b.close()]));
+  assert.equal(await a.sessionOpened('192.0.2.3', 'conn-1'), 1);
+  assert.equal(await b.sessionOpened('192.0.2.3', 'conn-1'), 2);
+  await a.sessionClosed('192.0.2.3', 'conn-1');
+  assert.equal(await b.sessionOpened('192.0.2.3', 'conn-1'), 1, "a's close released only a's lease");
+  await b.sessionClosed('192.0.2.3', 'conn-1');
 });
