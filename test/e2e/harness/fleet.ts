@@ -11,9 +11,9 @@
  * session connects from its own loopback source address (127.0.x.y), which the MTAs pass to milterd in
  * SMFIC_CONNECT, so the policy's per-client counts are per source address.
  */
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Daemon } from '../../cli/helpers.js';
+import { Daemon, httpGet, parsePrometheus, sampleValue } from '../../cli/helpers.js';
 import { openServerConnections, type Mta } from './mta.js';
 import { PostfixMta } from './postfix.js';
 import { freePort, makeWorkDir, waitFor } from './proc.js';
@@ -81,6 +81,13 @@ export class FleetMilterd {
       await daemon.exited;
       clearTimeout(timer);
     }
+  }
+
+  /** One series of this daemon's /metrics, summed over the samples matching `labels`. */
+  async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
+    const res = await httpGet(this.adminPort, '/metrics');
+    if (res.status !== 200) throw new Error(`milterd ${this.index} /metrics: ${res.status}`);
+    return sampleValue(parsePrometheus(res.body), name, labels);
   }
 
   /** Log lines of every run of this slot. */
@@ -218,6 +225,15 @@ export class Fleet {
     }
   }
 
+  /** `milterd_store_errors_total{code}` summed over the running daemons. */
+  async storeErrors(code: string): Promise<number> {
+    let sum = 0;
+    for (const m of this.milterds) {
+      if (m.daemon) sum += await m.metric('milterd_store_errors_total', { code });
+    }
+    return sum;
+  }
+
   /** Wait until every MTA has delivered its queue and closed every SMTP session. */
   async settle(): Promise<void> {
     for (const [i, mta] of this.mtas.entries()) {
@@ -251,9 +267,20 @@ export class Fleet {
       .filter((s) => s.startsWith(prefix));
   }
 
-  /** MTA logs (Postfix maillog, Sendmail milter debug output) for failure messages and desync checks. */
-  async mtaLogs(): Promise<string[]> {
-    return Promise.all(this.mtas.map((m) => m.log()));
+  /** The whole log of MTA `i`: Postfix's maillog, Sendmail's milter debug output (-d64.5). */
+  async mtaLog(i: number): Promise<string> {
+    const file = MTA_NAMES[i] === 'sendmail' ? 'sendmail-debug.txt' : 'maillog';
+    return readFile(path.join(this.mta(i).dir, file), 'latin1').catch(() => '');
+  }
+
+  /** Where each MTA's log ends now, for `mtaLogsSince`. */
+  async mtaLogMarks(): Promise<number[]> {
+    return Promise.all(this.mtas.map(async (_, i) => (await this.mtaLog(i)).length));
+  }
+
+  /** What each MTA logged after `marks`. */
+  async mtaLogsSince(marks: readonly number[]): Promise<string[]> {
+    return Promise.all(this.mtas.map(async (_, i) => (await this.mtaLog(i)).slice(marks[i] ?? 0)));
   }
 
   redisLog(): string {
