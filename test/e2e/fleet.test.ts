@@ -19,7 +19,9 @@ const LEASE_TTL_MS = 12_000;
 
 /**
  * The policy of the whole file. 127.0.1.0/24 and 127.0.4.0/24: 2 concurrent sessions per address;
- * 127.0.2.0/24: 10 messages per address per window; 127.0.3.0/24: 2 per address (fault tests).
+ * 127.0.2.0/24: 10 messages per address per window; 127.0.3.0/24: 2 per address (fault tests), with
+ * on-store-error allow; 127.0.5.0/24: on-store-error tempfail; 127.0.6.0/24: 6 per address with
+ * on-store-error local (each of the 3 instances, `--store-instances 3`, then allows 6 / 3 = 2).
  * The rate window is the issue's minute: the store keeps a sliding log, so "10 in the last minute" is
  * exact as long as the 16 sessions of that test take less than a minute (they take a few seconds).
  */
@@ -35,7 +37,18 @@ rules:
   - name: fault-rate
     max-messages-per-client: 2
     window: 1h
+    on-store-error: allow
     when: { client: 127.0.3.0/24 }
+  - name: fault-tempfail
+    max-messages-per-client: 100
+    window: 1h
+    on-store-error: tempfail
+    when: { client: 127.0.5.0/24 }
+  - name: fault-local
+    max-messages-per-client: 6
+    window: 1m
+    on-store-error: local
+    when: { client: 127.0.6.0/24 }
 `;
 
 /** Sendmail's milter debug lines (-d64.5) for a filter it lost step with (strings of sendmail 8.17). */
@@ -67,7 +80,14 @@ await describe(
       try {
         fleet = await Fleet.start({
           policyYaml: POLICY,
-          storeArgs: (redis) => ['--store', redis.url(), '--store-lease-ttl', `${LEASE_TTL_MS}ms`],
+          storeArgs: (redis) => [
+            '--store',
+            redis.url(),
+            '--store-lease-ttl',
+            `${LEASE_TTL_MS}ms`,
+            '--store-instances',
+            '3',
+          ],
         });
       } catch (error) {
         startError = error;
@@ -158,9 +178,13 @@ await describe(
       assert.equal(other.kind, 'accepted', explain(other));
     });
 
-    test('redis-server killed, paused (SIGSTOP) and restarted: every message accepted and delivered, no MTA desync, limits resume', async () => {
+    test('redis-server killed, paused (SIGSTOP) and restarted: every message accepted and delivered, no MTA desync, limits resume', async (t) => {
       const f = env();
       const redis = f.redisServer;
+      // Whatever fails here, the next test gets a running Redis back.
+      t.after(async () => {
+        if (!redis.running) await redis.restart();
+      });
       const marks = await f.mtaLogMarks();
       const accepted: string[] = [];
       const unexpected: string[] = [];
@@ -196,6 +220,24 @@ await describe(
           accepted.push(id);
         }
       };
+      // The other failure modes while the store is out: `tempfail` turns the client away with the policy's
+      // 421 (a 4xx: it retries later); `local` counts on each instance alone against its share of the limit.
+      const otherModes = async (phase: string, n: number): Promise<void> => {
+        const t = await f.message(n % 3, `127.0.5.${n}`, `fault-${phase}-tempfail`);
+        assert.equal(t.kind, '421', `${phase}: on-store-error tempfail: ${explain(t)}`);
+        const local: MessageOutcome[] = [];
+        for (const [k, i] of [0, 0, 0, 1].entries()) {
+          const id = `fault-${phase}-local-${k}`;
+          const o = await f.message(i, `127.0.6.${n}`, id);
+          local.push(o);
+          if (o.kind === 'accepted') accepted.push(id);
+        }
+        assert.deepEqual(
+          local.map((o) => o.kind),
+          ['accepted', 'accepted', '421', 'accepted'],
+          `${phase}: on-store-error local: ${local.map(explain).join('\n')}`,
+        );
+      };
       // After a fault: once the breaker lets a probe through, `probe` is counted again and gets its 421
       // (bounded wait: the breaker's open time); then a fresh client gets exactly its 2 messages, and a
       // fresh client of the concurrency rule its 421 on the third session.
@@ -224,6 +266,13 @@ await describe(
           `${phase}: ${exact.map(explain).join('\n')}`,
         );
         await thirdRefused(f, [2, 1, 0], `127.0.1.${100 + net}`, `fault-${phase}-concurrent`);
+        const t = await f.message(net % 3, `127.0.5.${net}`, `fault-${phase}-tempfail-back`);
+        assert.equal(
+          t.kind,
+          'accepted',
+          `${phase}: on-store-error tempfail client once the store is back: ${explain(t)}`,
+        );
+        accepted.push(`fault-${phase}-tempfail-back`);
         accepted.push(`fault-${phase}-concurrent-0`, `fault-${phase}-concurrent-1`);
       };
 
@@ -248,6 +297,7 @@ await describe(
       await redis.kill();
       await onLong('killed');
       await overLimit('killed', '127.0.3.1');
+      await otherModes('killed', 1);
       // The store calls did fail meanwhile (refused connections, then the open breaker): the messages
       // above went through because of on-store-error allow, not because the store was never asked.
       const e1 = await errors();
@@ -262,6 +312,7 @@ await describe(
       try {
         await onLong('paused');
         await overLimit('paused', '127.0.3.2');
+        await otherModes('paused', 2);
       } finally {
         redis.resume();
       }
