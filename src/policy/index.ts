@@ -14,6 +14,12 @@ export { withShutdownPolicy } from './wrapper.js';
 export type { WithShutdownPolicyOptions } from './wrapper.js';
 export { MemoryPolicyStore } from './store.js';
 export type { PolicyStore, MemoryPolicyStoreOptions } from './store.js';
+export { GuardedStore, StoreError } from './guarded-store.js';
+export type { GuardedStoreOptions, StoreCallEvent, StoreOp } from './guarded-store.js';
+export { RedisPolicyStore, createRedisPolicyStore } from './redis-store.js';
+export type { RedisPolicyStoreOptions } from './redis-store.js';
+export { parseStoreUrl, redactStoreUrl } from './store-url.js';
+export type { StoreLocation, StoreNode } from './store-url.js';
 export {
   createShutdownPolicy,
   compileRule,
@@ -21,9 +27,10 @@ export {
   limitReached,
   registerRules,
   LIMIT_KINDS,
+  ON_STORE_ERROR,
   DEFAULT_RULE_TEXT,
 } from './rules.js';
-export type { PolicyConfig, PolicyRule, RuleLimit, RuleConditions } from './rules.js';
+export type { PolicyConfig, PolicyRule, RuleLimit, RuleConditions, OnStoreError } from './rules.js';
 export { parsePolicy, loadPolicyFile } from './load.js';
 export { compileLinearRegex, LinearRegex, RegexSyntaxError, MAX_REGEX_STATES } from './linear-regex.js';
 export type { LinearRegexOptions } from './linear-regex.js';

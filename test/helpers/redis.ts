@@ -103,8 +103,14 @@ export class RedisServer {
     return `redis://127.0.0.1:${this.port}`;
   }
 
-  /** (Re)start the process on the same port and directory, with no data. */
+  get alive(): boolean {
+    const c = this.#child;
+    return c !== undefined && c.exitCode === null && c.signalCode === null;
+  }
+
+  /** (Re)start the process on the same port and directory, with no data; nothing if it is running. */
   async restart(): Promise<void> {
+    if (this.alive) return;
     const child = spawn(
       'redis-server',
       [
@@ -136,17 +142,17 @@ export class RedisServer {
 
   /** Freeze the process (the deadline path: connections stay open, nothing answers). */
   pause(): void {
-    if (this.#child?.pid !== undefined) process.kill(this.#child.pid, 'SIGSTOP');
+    if (this.#child?.pid !== undefined && this.alive) process.kill(this.#child.pid, 'SIGSTOP');
   }
 
   resume(): void {
-    if (this.#child?.pid !== undefined) process.kill(this.#child.pid, 'SIGCONT');
+    if (this.#child?.pid !== undefined && this.alive) process.kill(this.#child.pid, 'SIGCONT');
   }
 
   /** Kill the process (SIGKILL) and wait for it to be gone. */
   async kill(): Promise<void> {
     const child = this.#child;
-    if (child?.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    if (child?.pid === undefined || !this.alive) return;
     process.kill(child.pid, 'SIGCONT');
     process.kill(child.pid, 'SIGKILL');
     await this.#exited;

@@ -1,0 +1,148 @@
+/**
+ * A real redis-server that freezes (SIGSTOP) or dies under a GuardedStore: every call answers within the
+ * deadline with a coded error, the shared CircuitBreaker opens and stops calling, its probe closes it once
+ * Redis is back; and each rule's on-store-error decides the session: allow (mail flows), tempfail (421),
+ * local (this instance's own count against the limit divided by the instances).
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { GuardedStore, StoreError, type StoreCallEvent } from '../../src/policy/guarded-store.js';
+import { createRedisPolicyStore, type RedisPolicyStore } from '../../src/policy/redis-store.js';
+import { createShutdownPolicy, type OnStoreError } from '../../src/policy/rules.js';
+import { withShutdownPolicy } from '../../src/policy/wrapper.js';
+import { RedisServer } from '../helpers/redis.js';
+import { FakeMta } from '../unit/policy/fake-context.js';
+import { until } from '../unit/policy/store-suite.js';
+
+let redis: RedisServer;
+before(async () => {
+  redis = await RedisServer.start();
+});
+after(() => redis?.stop());
+
+async function guarded(options: { openMs?: number; instances?: number } = {}): Promise<{
+  guard: GuardedStore;
+  inner: RedisPolicyStore;
+  calls: StoreCallEvent[];
+}> {
+  const inner = await createRedisPolicyStore({
+    url: redis.url,
+    prefix: `f${Math.random().toString(36).slice(2, 8)}:`,
+  });
+  await inner.ready();
+  const calls: StoreCallEvent[] = [];
+  const guard = new GuardedStore(inner, {
+    timeoutMs: 50,
+    instances: options.instances ?? 1,
+    breaker: { failures: 2, openMs: options.openMs ?? 200 },
+    onCall: (e) => calls.push(e),
+  });
+  return { guard, inner, calls };
+}
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'ok';
+  } catch (err) {
+    assert.ok(err instanceof StoreError, String(err));
+    return err.code;
+  }
+}
+
+test('SIGSTOP: calls fail at the deadline, then the breaker opens and nothing is called; SIGCONT: the probe closes it', async (t) => {
+  const { guard, inner, calls } = await guarded();
+  t.after(() => guard.close());
+  t.after(() => redis.resume());
+  assert.equal(await guard.sessionOpened('192.0.2.1', 'a'), 1);
+  redis.pause();
+  assert.equal(await code(guard.sessionOpened('192.0.2.1', 'b')), 'ERR_MILTER_STORE_TIMEOUT');
+  assert.equal(await code(guard.addMessage('192.0.2.1', 60_000, Date.now())), 'ERR_MILTER_STORE_TIMEOUT');
+  assert.equal(guard.breakerState, 'open', 'two failures open it');
+  const before = calls.length;
+  assert.equal(
+    await code(guard.messageCount('192.0.2.1', 60_000, Date.now())),
+    'ERR_MILTER_STORE_UNAVAILABLE',
+  );
+  assert.deepEqual(calls.slice(before), [
+    { op: 'message-count', seconds: 0, code: 'ERR_MILTER_STORE_UNAVAILABLE' },
+  ]);
+  // The local shadow counted everything meanwhile.
+  assert.equal(guard.local.sessionCount('192.0.2.1'), 2);
+  redis.resume();
+  await until(
+    async () => (await code(guard.sessionOpened('192.0.2.1', 'c'))) === 'ok',
+    'the probe to succeed',
+  );
+  assert.equal(guard.breakerState, 'closed');
+  // a and c are there; b's frozen call was not cancelled by the deadline and may have landed after SIGCONT.
+  assert.ok((await inner.sessionOpened('192.0.2.1', 'c')) >= 2);
+});
+
+test('killed: calls fail fast (no offline queue) with ERR_MILTER_STORE_FAILED; restarted: the store works again', async (t) => {
+  const { guard, calls } = await guarded();
+  t.after(() => guard.close());
+  assert.equal(await guard.addMessage('192.0.2.2', 60_000, Date.now()), 1);
+  await redis.kill();
+  t.after(() => redis.restart().catch(() => undefined));
+  const failed = await code(guard.addMessage('192.0.2.2', 60_000, Date.now()));
+  assert.ok(['ERR_MILTER_STORE_FAILED', 'ERR_MILTER_STORE_TIMEOUT'].includes(failed), failed);
+  assert.ok(calls.some((c) => c.code === 'ERR_MILTER_STORE_FAILED' || c.code === 'ERR_MILTER_STORE_TIMEOUT'));
+  await redis.restart();
+  await until(
+    async () => (await code(guard.messageCount('192.0.2.2', 60_000, Date.now()))) === 'ok',
+    'the store to come back',
+  );
+  assert.equal(
+    await guard.addMessage('192.0.2.2', 60_000, Date.now()),
+    1,
+    'a restarted Redis without persistence starts empty',
+  );
+});
+
+async function verdicts(onStoreError: OnStoreError | undefined, instances: number): Promise<string[]> {
+  const { guard } = await guarded({ instances, openMs: 60_000 });
+  const policy = createShutdownPolicy(
+    {
+      dryRun: false,
+      rules: [
+        {
+          name: 'conc',
+          limit: { kind: 'max-concurrent-sessions', max: 4 },
+          ...(onStoreError === undefined ? {} : { onStoreError }),
+        },
+      ],
+    },
+    { store: guard },
+  );
+  const filter = withShutdownPolicy({}, policy);
+  redis.pause();
+  const out: string[] = [];
+  const mtas: FakeMta[] = [];
+  try {
+    for (let i = 0; i < 4; i++) {
+      const mta = new FakeMta(filter, `s${i}`, {
+        hostname: 'c',
+        family: 'inet',
+        port: 1,
+        address: '192.0.2.9',
+      });
+      mtas.push(mta);
+      await mta.connect();
+      out.push(String(await mta.helo()));
+    }
+  } finally {
+    redis.resume();
+    for (const m of mtas) await m.close();
+    await guard.close();
+  }
+  return out;
+}
+
+test('on-store-error with Redis frozen: allow lets every session in (the default), tempfail answers 421, local applies limit / instances to this instance', async () => {
+  assert.deepEqual(await verdicts(undefined, 1), ['continue', 'continue', 'continue', 'continue']);
+  assert.deepEqual(await verdicts('allow', 1), ['continue', 'continue', 'continue', 'continue']);
+  assert.deepEqual(await verdicts('tempfail', 1), ['421', '421', '421', '421']);
+  // 4 sessions fleet-wide over 2 instances: this one lets 2 in.
+  assert.deepEqual(await verdicts('local', 2), ['continue', 'continue', '421', '421']);
+});
