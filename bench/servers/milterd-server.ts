@@ -22,14 +22,14 @@ import process from 'node:process';
 import { createMilterServer } from '../../src/server/server.js';
 import type { Filter } from '../../src/filter.js';
 import {
+  createRedisPolicyStore,
   createShutdownPolicy,
+  GuardedStore,
   loadPolicyFile,
+  parseStoreUrl,
   withShutdownPolicy,
   type PolicyStore,
 } from '../../src/policy/index.js';
-import { GuardedStore } from '../../src/policy/guarded-store.js';
-import { createRedisPolicyStore } from '../../src/policy/redis-store.js';
-import { parseStoreUrl } from '../../src/policy/store-url.js';
 import { parseSocketSpec } from '../../src/socket-spec.js';
 import { benchFilter, benchFilterAsync } from './bench-filters.js';
 
