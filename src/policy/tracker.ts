@@ -74,11 +74,13 @@ export class SessionTracker {
       const store = this.policy.store;
       const now = this.policy.now();
       this.#storeKey = key;
-      this.#sessionsFailed = !(await this.#store(ctx.logger, async () => {
+      // Concurrently: a shared store pipelines both into one round trip.
+      const opened = this.#store(ctx.logger, async () => {
         this.#concurrent = await store.sessionOpened(key, this.connectionId, now);
-      }));
-      if (this.#sessionsFailed) this.#concurrent = 0;
+      });
       await this.#countMessages(ctx.logger, key, (w) => store.messageCount(key, w, now));
+      this.#sessionsFailed = !(await opened);
+      if (this.#sessionsFailed) this.#concurrent = 0;
       this.#startRenewal(ctx.logger, key);
     }
     await this.evaluate(ctx, 'connect');
@@ -99,6 +101,22 @@ export class SessionTracker {
     await this.evaluate(ctx, 'message');
   }
 
+  /**
+   * MAIL of a later transaction: the client's messages may have been counted elsewhere since this
+   * session's last one (another session, another milterd of the fleet), so read the windows again and
+   * consult the chain: a limit reached meanwhile refuses this MAIL instead of letting one more through.
+   * The first transaction uses the counts read at CONNECT.
+   */
+  async beforeTransaction(ctx: BaseContext<unknown>): Promise<void> {
+    const key = this.#storeKey;
+    if (key === undefined || this.lastOutcome === undefined || this.armed !== undefined) return;
+    if (this.policy.clientWindows.length === 0) return;
+    const store = this.policy.store;
+    const now = this.policy.now();
+    await this.#countMessages(ctx.logger, key, (w) => store.messageCount(key, w, now));
+    await this.evaluate(ctx, 'message');
+  }
+
   /** Read (or add to) every tracked window; a failure zeroes them all and marks the counts as failed. */
   async #countMessages(
     logger: Logger,
@@ -108,7 +126,8 @@ export class SessionTracker {
     const windows = this.policy.clientWindows;
     if (windows.length === 0) return;
     this.#messagesFailed = !(await this.#store(logger, async () => {
-      for (const w of windows) this.#windows[w] = await count(w);
+      const counts = await Promise.all(windows.map(count));
+      windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
     }));
     if (this.#messagesFailed) for (const w of windows) this.#windows[w] = 0;
   }

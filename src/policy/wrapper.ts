@@ -209,6 +209,7 @@ export function withShutdownPolicy<P>(
       // A new MAIL while a transaction is still open: the MTA ended it without telling us (Sendmail
       // sends no ABORT to a filter it no longer considers "in message"); it is over without an outcome.
       if (t.inTransaction) await t.outcome(ctx, 'aborted', 'abort');
+      await t.beforeTransaction(ctx);
       if (t.armed) return fire(s, ctx, 'envfrom');
       const auth = ctx.macro('{auth_authen}');
       if (auth !== undefined && auth !== '') t.authenticated = auth;

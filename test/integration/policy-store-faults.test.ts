@@ -146,3 +146,40 @@ test('on-store-error with Redis frozen: allow lets every session in (the default
   // 4 sessions fleet-wide over 2 instances: this one lets 2 in.
   assert.deepEqual(await verdicts('local', 2), ['continue', 'continue', '421', '421']);
 });
+
+test('a live session renews its lease past many TTLs; when its milterd dies (connection gone, never closed) the lease expires on its own', async (t) => {
+  const ttl = 300;
+  const prefix = `r${Math.random().toString(36).slice(2, 8)}:`;
+  const dying = await createRedisPolicyStore({ url: redis.url, prefix, leaseTtlMs: ttl });
+  const observer = await createRedisPolicyStore({ url: redis.url, prefix, leaseTtlMs: ttl });
+  await Promise.all([dying.ready(), observer.ready()]);
+  t.after(() => Promise.all([dying.close(), observer.close()]));
+  const policy = createShutdownPolicy(
+    { dryRun: false, rules: [{ name: 'conc', limit: { kind: 'max-concurrent-sessions', max: 5 } }] },
+    { store: dying },
+  );
+  const mta = new FakeMta(withShutdownPolicy({}, policy), 'live', {
+    hostname: 'c',
+    family: 'inet',
+    port: 1,
+    address: '192.0.2.44',
+  });
+  await mta.connect();
+  const leases = async (): Promise<number> => {
+    const n = await observer.sessionOpened('192.0.2.44', 'probe');
+    await observer.sessionClosed('192.0.2.44', 'probe');
+    return n - 1;
+  };
+  assert.equal(await leases(), 1);
+  // Five TTLs later the session is still counted: SessionTracker renewed it every TTL/3.
+  const [s0] = (await observer.client.call('TIME')) as [string];
+  await until(async () => {
+    const [s] = (await observer.client.call('TIME')) as [string];
+    return Number(s) >= Number(s0) + 2;
+  }, 'two seconds of server time');
+  assert.equal(await leases(), 1, 'renewed');
+  // The milterd dies: its connection goes, the session is never closed.
+  dying.client.disconnect();
+  await until(async () => (await leases()) === 0, 'the lease to expire on its own');
+  await mta.close();
+});

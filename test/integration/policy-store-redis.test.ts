@@ -7,8 +7,13 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { createRedisPolicyStore, type RedisPolicyStore } from '../../src/policy/redis-store.js';
-import { RedisCluster, RedisServer, redisCli } from '../helpers/redis.js';
-import { storeSuite } from '../unit/policy/store-suite.js';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RedisCluster, RedisServer, freeLoopbackPort, redisCli, redisCommand } from '../helpers/redis.js';
+import { storeSuite, until } from '../unit/policy/store-suite.js';
 
 let single: RedisServer;
 let cluster: RedisCluster;
@@ -159,4 +164,33 @@ test('Redis: two instances with the same connection ids count two sessions (leas
   await a.sessionClosed('192.0.2.3', 'conn-1');
   assert.equal(await b.sessionOpened('192.0.2.3', 'conn-1'), 1, "a's close released only a's lease");
   await b.sessionClosed('192.0.2.3', 'conn-1');
+});
+
+test('Redis: a Sentinel URL (redis+sentinel://HOST:PORT/MASTER) finds the master through the sentinel', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'milterd-sentinel-'));
+  const port = await freeLoopbackPort();
+  const conf = join(dir, 'sentinel.conf');
+  await writeFile(
+    conf,
+    `port ${port}\nbind 127.0.0.1\ndir ${dir}\nsentinel monitor fleet 127.0.0.1 ${single.port} 1\n`,
+  );
+  const sentinel = spawn('redis-server', [conf, '--sentinel'], { stdio: 'ignore' });
+  t.after(async () => {
+    if (sentinel.exitCode === null && sentinel.signalCode === null) {
+      sentinel.kill('SIGKILL');
+      await once(sentinel, 'exit');
+    }
+    await rm(dir, { recursive: true, force: true });
+  });
+  await until(
+    async () => (await redisCommand(port, 'PING', 300).catch(() => '')) === '+PONG',
+    'the sentinel',
+  );
+  const store = await open(`redis+sentinel://127.0.0.1:${port}/fleet`, { prefix: 'sentinel:' });
+  t.after(() => store.close());
+  assert.equal(await store.sessionOpened('192.0.2.8', 's'), 1);
+  assert.equal(await store.addMessage('192.0.2.8', 60_000), 1);
+  // The keys are on the master the sentinel named.
+  assert.equal((await redisCli(single.port, 'exists', store.leaseKey('192.0.2.8'))).trim(), '1');
+  await store.sessionClosed('192.0.2.8', 's');
 });

@@ -75,6 +75,26 @@ test('max-messages-per-client: counted across sessions within the window, new se
   await s4.close();
 });
 
+test('max-messages-per-client: a session whose client reached the limit elsewhere meanwhile is refused at its next MAIL', async () => {
+  const policy = createShutdownPolicy({
+    dryRun: false,
+    rules: [{ name: 'rate', limit: { kind: 'max-messages-per-client', max: 3, windowMs: 60_000 } }],
+  });
+  const filter = withShutdownPolicy({}, policy);
+  const a = new FakeMta(filter, 'a', client('198.51.100.6'));
+  const b = new FakeMta(filter, 'b', client('198.51.100.6'));
+  await a.connect();
+  await b.connect();
+  assert.equal((await a.message()).final, 'continue', 'message 1 (a)');
+  assert.equal((await b.message()).final, 'continue', 'message 2 (b)');
+  assert.equal((await b.message()).final, 'continue', 'message 3 (b): the limit is reached');
+  const next = await a.message();
+  assert.equal(next.final, '421', "a's count was 1 after its message: MAIL reads the shared count again");
+  assert.equal(next.endedAt, 'envfrom');
+  await a.close();
+  await b.close();
+});
+
 test('a failing store never cuts mail', async () => {
   const broken: PolicyStore = {
     sessionOpened: () => Promise.reject(new Error('redis down')),
