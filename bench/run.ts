@@ -29,6 +29,7 @@ import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
 import { hostileExtras, type HostileArgs } from './lib/hostile.js';
 import type { DriverName } from './loadgen/types.js';
+import { FleetBench, fleetTargets } from './lib/fleet.js';
 
 interface Args {
   quick: boolean;
@@ -77,7 +78,10 @@ const HELP = `usage: npm run bench -- [options]
   --candidates a,b,...       milterd, libmilter, go-milter, c-responder (default), and optional
                              milterd-cluster (2 workers), milterd-async (async callbacks), libmilter-nodelay,
                              milterd-pipeline1 / milterd-pipeline3 (the filter in a pipeline of 1 / 3 members),
-                             node-responder (milterd's socket layer with pre-built replies: the Node floor)
+                             node-responder (milterd's socket layer with pre-built replies: the Node floor),
+                             milterd-policy, milterd-redis, milterd-redis-unix (issue 15: cross-session
+                             limits on the memory store, on Redis over TCP, on Redis over its Unix socket;
+                             a private redis-server is started for the run)
   --connections 1,16,128,1000   concurrency values        --messages 1,10   messages per connection
   --sockets tcp,unix         transports                   --reps 3          repetitions (medians reported)
   --recipients 2 --headers 10 --body 4096                 message shape (body in bytes)
@@ -307,7 +311,7 @@ const MILTERD_SERVER = path.resolve('dist/bench/servers/milterd-server.js');
 const NODE_RESPONDER = path.resolve('dist/bench/servers/node-responder.js');
 const RESULTS = path.resolve('bench/results');
 
-function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDef> {
+function candidateDefs(native: NativeBuild, args: Args, fleet: FleetBench): Map<string, CandidateDef> {
   const defs = new Map<string, CandidateDef>();
   const node =
     (extra: string[], server = MILTERD_SERVER): CandidateDef['command'] =>
@@ -370,6 +374,7 @@ function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDe
     description: 'milterd, Node cluster: 2 workers sharing the listening socket (SCHED_NONE)',
     command: node(['--cluster', '2']),
   });
+  for (const def of fleet.defs((extra) => node(extra))) defs.set(def.name, def);
   const lm = native.binaries.libmilter;
   if (lm !== undefined) {
     defs.set('libmilter', {
@@ -505,7 +510,7 @@ interface TargetCheck {
 }
 
 function targets(sums: readonly Summary[], args: Args, extras: Record<string, unknown>): TargetCheck[] {
-  const out: TargetCheck[] = [];
+  const out: TargetCheck[] = [...fleetTargets(sums)];
   const find = (cand: string, conns: number, msgs: number, socket: SocketKind): Summary | undefined =>
     sums.find(
       (s) =>
@@ -724,6 +729,15 @@ async function main(): Promise<void> {
     process.exit(r.status ?? 1);
   }
   mkdirSync(RESULTS, { recursive: true });
+  const fleet = await FleetBench.start(args.candidates, RESULTS);
+  try {
+    await measureAll(args, fleet);
+  } finally {
+    await fleet.stop();
+  }
+}
+
+async function measureAll(args: Args, fleet: FleetBench): Promise<void> {
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const logFile = path.join(RESULTS, `servers-${stamp}.log`);
   const log = (s: string): void => {
@@ -731,7 +745,7 @@ async function main(): Promise<void> {
   };
   const native = setupNative({ install: args.install, log });
   for (const m of native.missing) log(`setup: unavailable: ${m}`);
-  const defs = candidateDefs(native, args);
+  const defs = candidateDefs(native, args, fleet);
   const candidates = args.candidates.filter((c) => {
     if (defs.has(c)) return true;
     log(`candidate ${c} is not available, skipped`);

@@ -3,7 +3,7 @@
  * stage, add one header at EOM) on `createMilterServer`.
  *
  *   node dist/bench/servers/milterd-server.js --listen inet:0@127.0.0.1 [--listen unix:/tmp/x.sock]
- *        [--cluster N] [--max-connections N] [--async] [--pipeline N]
+ *        [--cluster N] [--max-connections N] [--async] [--pipeline N] [--policy FILE [--store URL]]
  *
  * Prints `READY <json addresses>` on stdout once every socket listens. With `--cluster N` the primary
  * forks N workers sharing the listening sockets (Node cluster); the primary prints READY when all
@@ -12,6 +12,10 @@
  * `--pipeline N` runs the filter as the last member of an in-process `pipeline()` of N members (the N - 1
  * before it continue at every stage and change nothing), to measure what the pipeline layer costs.
  *
+ * With `--policy FILE` the filter runs under that shutdown policy (`withShutdownPolicy`), its cross-session
+ * rules counted in the store `--store URL` names (the daemon's `--store` syntax; default `memory`, the
+ * in-process store): the fleet cells of issue 15 compare the Redis store with the memory store.
+ *
  * Every callback is defined on purpose: milterd negotiates absent callbacks away (SMFIP_NO*), which
  * would make it do less work than libmilter and go-milter, where every callback is registered.
  */
@@ -19,6 +23,16 @@ import cluster from 'node:cluster';
 import net from 'node:net';
 import process from 'node:process';
 import { createMilterServer } from '../../src/server/server.js';
+import type { Filter } from '../../src/filter.js';
+import {
+  createRedisPolicyStore,
+  createShutdownPolicy,
+  GuardedStore,
+  loadPolicyFile,
+  parseStoreUrl,
+  withShutdownPolicy,
+  type PolicyStore,
+} from '../../src/policy/index.js';
 import { parseSocketSpec } from '../../src/socket-spec.js';
 import { benchFilter, benchFilterAsync, benchPipeline } from './bench-filters.js';
 
@@ -32,6 +46,10 @@ interface ServerArgs {
   pipeline: number;
   /** Listen backlog; when set, the bench creates the net.Server itself and hands it to milterd. */
   backlog: number | undefined;
+  /** Shutdown policy file; undefined = the bare bench filter. */
+  policy: string | undefined;
+  /** Store URL for the policy's cross-session rules (`memory` or a Redis URL). */
+  store: string;
 }
 
 function parseArgs(argv: readonly string[]): ServerArgs {
@@ -43,6 +61,8 @@ function parseArgs(argv: readonly string[]): ServerArgs {
     clusterPolicy: 'none',
     pipeline: 0,
     backlog: undefined,
+    policy: undefined,
+    store: 'memory',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -57,6 +77,8 @@ function parseArgs(argv: readonly string[]): ServerArgs {
     else if (a === '--async') args.async = true;
     else if (a === '--pipeline') args.pipeline = Number(value());
     else if (a === '--backlog') args.backlog = Number(value());
+    else if (a === '--policy') args.policy = value();
+    else if (a === '--store') args.store = value();
     else if (a === '--cluster-policy') args.clusterPolicy = value() === 'rr' ? 'rr' : 'none';
     else throw new Error(`unknown argument ${String(a)}`);
   }
@@ -64,10 +86,48 @@ function parseArgs(argv: readonly string[]): ServerArgs {
   return args;
 }
 
+/** Store calls made and failed (by error code), printed when the server stops (the bench's server log). */
+const storeCalls = { total: 0, failed: new Map<string, number>() };
+
+/**
+ * The store `url` names, as the daemon has it: Redis behind GuardedStore (50 ms deadline, circuit breaker,
+ * defaults of src/defaults.ts); undefined for the in-process store. A failed call lets the message
+ * through (on-store-error: allow), so failures are counted here and printed, not hidden.
+ */
+async function openStore(url: string): Promise<PolicyStore | undefined> {
+  if (parseStoreUrl(url).kind === 'memory') return undefined;
+  const redis = await createRedisPolicyStore({ url });
+  return new GuardedStore(redis, {
+    onCall: (e) => {
+      storeCalls.total++;
+      if (e.code !== undefined) storeCalls.failed.set(e.code, (storeCalls.failed.get(e.code) ?? 0) + 1);
+    },
+  });
+}
+
+/** The bench filter, under the policy file's rules when `--policy` is given. */
+async function benchServerFilter(args: ServerArgs): Promise<{ filter: Filter; close(): Promise<void> }> {
+  const one = args.async ? benchFilterAsync : benchFilter;
+  const bare = args.pipeline > 0 ? benchPipeline(one, args.pipeline) : one;
+  if (args.policy === undefined) return { filter: bare, close: async () => undefined };
+  const store = await openStore(args.store);
+  const policy = createShutdownPolicy(await loadPolicyFile(args.policy), store ? { store } : {});
+  return {
+    filter: withShutdownPolicy(bare, policy) as Filter,
+    close: async () => {
+      await store?.close?.();
+      if (store !== undefined) {
+        const failed = [...storeCalls.failed].map(([code, n]) => `${code} ${n}`).join(', ') || 'none';
+        process.stderr.write(`store ${args.store}: ${storeCalls.total} calls, failed: ${failed}\n`);
+      }
+    },
+  };
+}
+
 async function serve(args: ServerArgs, shared: boolean): Promise<string[]> {
-  const filter = args.async ? benchFilterAsync : benchFilter;
+  const { filter, close } = await benchServerFilter(args);
   const server = createMilterServer({
-    filter: args.pipeline > 0 ? benchPipeline(filter, args.pipeline) : filter,
+    filter,
     maxConnections: args.maxConnections,
   });
   const specs: string[] = [];
@@ -92,7 +152,10 @@ async function serve(args: ServerArgs, shared: boolean): Promise<string[]> {
     specs.push(addr.spec);
   }
   const stop = (): void => {
-    void server.close({ deadlineMs: 200 }).finally(() => process.exit(0));
+    void server
+      .close({ deadlineMs: 200 })
+      .then(close)
+      .finally(() => process.exit(0));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

@@ -23,8 +23,9 @@ export class SmtpClient {
   /** Everything the server sent, for error messages. */
   transcript: string[] = [];
 
-  async connect(host: string, port: number, timeoutMs = 15_000): Promise<void> {
-    const socket = net.connect({ host, port });
+  /** `localAddress`: the loopback source address (e.g. 127.0.1.2), so that one test can be several clients. */
+  async connect(host: string, port: number, timeoutMs = 15_000, localAddress?: string): Promise<void> {
+    const socket = net.connect({ host, port, ...(localAddress === undefined ? {} : { localAddress }) });
     this.socket = socket;
     socket.setEncoding('latin1');
     socket.on('data', (d: string) => {

@@ -1,0 +1,138 @@
+/**
+ * The fleet cells of issue 15: the bench filter under a shutdown policy with `max-concurrent-sessions` and
+ * `max-messages-per-client`, counted in the in-process store (`milterd-policy`) or in Redis reached over
+ * TCP (`milterd-redis`) or over its Unix socket (`milterd-redis-unix`). The bench starts one private
+ * `redis-server` (test/e2e/harness/redis.ts: loopback, nothing persisted) when a Redis candidate is
+ * selected, and stops it by pid at the end of the run. The limits are far above the load, so that every
+ * message passes and every reply still checks: what is measured is the cost of counting.
+ *
+ * Target (issue 15), per cell and generator: the Redis store at most 10 % fewer msg/s than the memory
+ * store and at most 1 ms more EOM p99.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { RedisServer } from '../../test/e2e/harness/redis.js';
+import type { CandidateDef } from './candidates.js';
+import type { Cell } from './measure.js';
+import { fmtUs } from './stats.js';
+
+export const FLEET_BASELINE = 'milterd-policy';
+export const FLEET_REDIS = ['milterd-redis', 'milterd-redis-unix'] as const;
+
+/**
+ * Both cross-session rules on every session (no `when`): every connection joins and leaves the
+ * concurrency count and every message is added to the rate log. The load generators send one client
+ * address (192.0.2.10), so all 128 connections share one client's keys: the hottest case for Redis.
+ */
+export const FLEET_POLICY_YAML = `version: 1
+rules:
+  - name: concurrent
+    max-concurrent-sessions: 100000
+  - name: per-client-rate
+    max-messages-per-client: 1000000000
+    window: 1m
+`;
+
+type NodeCommand = (extra: string[]) => CandidateDef['command'];
+
+export class FleetBench {
+  private constructor(
+    readonly policyFile: string,
+    readonly redis: RedisServer | undefined,
+  ) {}
+
+  /** Writes the policy file; starts redis-server when a Redis candidate is among `candidates`. */
+  static async start(candidates: readonly string[], resultsDir: string): Promise<FleetBench> {
+    const dir = path.join(resultsDir, 'fleet');
+    mkdirSync(dir, { recursive: true });
+    const policyFile = path.join(dir, 'policy.yaml');
+    writeFileSync(policyFile, FLEET_POLICY_YAML);
+    const needRedis = candidates.some((c) => (FLEET_REDIS as readonly string[]).includes(c));
+    const redis = needRedis
+      ? await RedisServer.start({ dir: path.join(dir, `redis-${process.pid}`) })
+      : undefined;
+    return new FleetBench(policyFile, redis);
+  }
+
+  /** The three candidates (the Redis ones only when redis-server runs). */
+  defs(node: NodeCommand): CandidateDef[] {
+    const policy = ['--policy', this.policyFile];
+    const defs: CandidateDef[] = [
+      {
+        name: FLEET_BASELINE,
+        description: 'milterd under max-concurrent-sessions + max-messages-per-client, in-process store',
+        command: node([...policy, '--store', 'memory']),
+      },
+    ];
+    const redis = this.redis;
+    if (redis !== undefined) {
+      defs.push(
+        {
+          name: 'milterd-redis',
+          description: 'the same policy on the Redis store, redis-server over TCP (127.0.0.1)',
+          command: node([...policy, '--store', redis.url()]),
+        },
+        {
+          name: 'milterd-redis-unix',
+          description: 'the same policy on the Redis store, redis-server over its Unix socket',
+          command: node([...policy, '--store', `redis+unix://${redis.socketPath}`]),
+        },
+      );
+    }
+    return defs;
+  }
+
+  /** Stop redis-server (by pid). */
+  async stop(): Promise<void> {
+    await this.redis?.stop();
+  }
+}
+
+/** What the target check needs of a summary row. */
+export interface FleetRow {
+  candidate: string;
+  cell: Cell;
+  messagesPerSecond: number;
+  eomP99: number;
+}
+
+export interface FleetCheck {
+  target: string;
+  value: string;
+  ok: boolean;
+}
+
+function sameCell(a: Cell, b: Cell): boolean {
+  return (
+    a.connections === b.connections &&
+    a.messagesPerConnection === b.messagesPerConnection &&
+    a.bodySize === b.bodySize &&
+    a.socket === b.socket
+  );
+}
+
+/** Redis against memory in every cell both were measured in (rows of one generator). */
+export function fleetTargets(rows: readonly FleetRow[]): FleetCheck[] {
+  const out: FleetCheck[] = [];
+  for (const base of rows.filter((r) => r.candidate === FLEET_BASELINE)) {
+    const c = base.cell;
+    const where = `${c.connections}×${c.messagesPerConnection} ${c.socket}`;
+    for (const name of FLEET_REDIS) {
+      const r = rows.find((x) => x.candidate === name && sameCell(x.cell, c));
+      if (r === undefined) continue;
+      const ratio = r.messagesPerSecond / base.messagesPerSecond;
+      out.push({
+        target: `${where}: ${name} ≥ 90 % of the memory store's msg/s`,
+        value: `${(100 * ratio).toFixed(1)} %`,
+        ok: ratio >= 0.9,
+      });
+      const extra = r.eomP99 - base.eomP99;
+      out.push({
+        target: `${where}: ${name} EOM p99 ≤ memory store's + 1 ms`,
+        value: `${fmtUs(r.eomP99)} vs ${fmtUs(base.eomP99)}`,
+        ok: extra <= 1_000_000,
+      });
+    }
+  }
+  return out;
+}
