@@ -439,6 +439,9 @@ class Pipeline {
       if (skip) protocol |= no & offer.protocol;
       if (takers.every((o) => (o.requested & nr) !== 0)) protocol |= nr;
     }
+    // Headers wanted means EOH too: a message without any header goes DATA → EOM, and a session that asked
+    // for headers but not EOH drops that EOM as out of sequence (libmilter's state table does the same).
+    if ((protocol & STAGE_BITS.header.no) === 0) protocol &= ~STAGE_BITS.eoh.no;
     for (const bit of [SMFIP_SKIP, SMFIP_HDR_LEADSPC, SMFIP_RCPT_REJ]) {
       if (outs.some((o) => (o.requested & bit) !== 0)) protocol |= bit & offer.protocol;
     }

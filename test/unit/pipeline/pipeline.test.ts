@@ -20,6 +20,7 @@ import {
   SMFIF_SETSYMLIST,
   SMFIP_NOBODY,
   SMFIP_NOCONNECT,
+  SMFIP_NOEOH,
   SMFIP_NOHDRS,
   SMFIP_NOHELO,
   SMFIP_NR_CONN,
@@ -611,4 +612,24 @@ test("end of message: an EOM that outlives the session's callback budget does no
   );
   // `slow` accepted message 2 at MAIL: it stays retired for it although message 1's EOM ended meanwhile.
   assert.deepEqual(seen, ['envfrom 1', 'envrcpt 1', 'eom 1', 'envfrom 2', 'other eom 2']);
+});
+
+test('negotiation: headers wanted means EOH too, so a message without any header still gets its EOM answered', async () => {
+  // The stamp shape: headers are asked for (the message model needs them), no member defines eoh.
+  const stamp = messageFilter({
+    name: 'stamp',
+    message(trx) {
+      trx.headers.add('X-Stamp', 'yes');
+    },
+  });
+  const t = await testFilter(pipeline([member('stamp', stamp)]), {
+    messages: [
+      { sender: '<alice@example.org>', recipients: ['<bob@example.net>'], headers: [], body: 'x\r\n' },
+    ],
+  });
+  const neg = t.negotiated;
+  assert.ok(neg);
+  assert.equal(neg.protocol & SMFIP_NOEOH, 0, 'EOH is not skipped');
+  assert.equal(t.messages[0]?.eom?.reply.kind, 'continue');
+  assert.deepEqual(t.messages[0]?.eom?.modifications, [{ kind: 'addHeader', name: 'X-Stamp', value: 'yes' }]);
 });
