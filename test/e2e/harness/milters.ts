@@ -107,8 +107,8 @@ export class ThirdPartyMilters {
     return this.ns?.straceFiles ?? [];
   }
 
-  private async endpoint(name: string, transport: Transport): Promise<MilterEndpoint> {
-    if (transport === 'inet') return { kind: 'inet', port: await freePort(false) };
+  private async endpoint(name: string, transport: Transport, port?: number): Promise<MilterEndpoint> {
+    if (transport === 'inet') return { kind: 'inet', port: port ?? (await freePort(false)) };
     const sockDir = path.join(this.dir, `${name}-sock`);
     await mkdir(sockDir, { recursive: true });
     await chmod(sockDir, 0o755);
@@ -188,10 +188,13 @@ export class ThirdPartyMilters {
     return { privateKey, dnsData };
   }
 
-  /** OpenDKIM signing every message from `@example.com` (relaxed/simple, rsa-sha256). */
-  async startOpenDkimSigner(transport: Transport = 'inet'): Promise<RunningMilter> {
+  /**
+   * OpenDKIM signing every message from `@example.com` (relaxed/simple, rsa-sha256); `port` to restart one on
+   * the port of an earlier one.
+   */
+  async startOpenDkimSigner(transport: Transport = 'inet', port?: number): Promise<RunningMilter> {
     const { privateKey } = await this.dkimKey();
-    const endpoint = await this.endpoint('opendkim', transport);
+    const endpoint = await this.endpoint('opendkim', transport, port);
     const conf = path.join(this.dir, 'opendkim-sign');
     await mkdir(conf, { recursive: true });
     const keyName = `${DKIM_SELECTOR}._domainkey.${DKIM_DOMAIN}`;
@@ -323,11 +326,19 @@ export class ThirdPartyMilters {
     if (proc) await waitExit(proc.child, 5000);
   }
 
+  /** Send `signal` to one milter's pid (SIGKILL, SIGSTOP, SIGCONT); after SIGKILL, wait until it is gone. */
+  async signal(milter: RunningMilter, signal: NodeJS.Signals): Promise<void> {
+    process.kill(milter.pid, signal);
+    const proc = this.procs.find((p) => p.child.pid === milter.pid);
+    if (signal === 'SIGKILL' && proc) await waitExit(proc.child, 5000);
+  }
+
   /** Every process started here, by pid, then the namespace (and whatever is left in it). */
   async stop(): Promise<void> {
     for (const proc of this.procs.reverse()) {
       const pid = proc.child.pid;
       if (pid !== undefined && proc.child.exitCode === null && proc.child.signalCode === null) {
+        process.kill(pid, 'SIGCONT'); // a test may have stopped it (SIGSTOP)
         await stopPid(pid, 5000);
         await waitExit(proc.child, 5000);
       }
