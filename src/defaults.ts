@@ -33,4 +33,9 @@ export const DEFAULTS = {
   breakerFailures: 5,
   /** Circuit breaker: how long it stays open before one probe is let through. */
   breakerOpenMs: 30_000,
+  /**
+   * Pipeline: interval of SMFIR_PROGRESS while members work at end of message (well inside Postfix's
+   * 300 s milter_content_timeout and Sendmail's per-filter timeouts, so a slow chain is not cut off).
+   */
+  pipelineProgressMs: 10_000,
 } as const;

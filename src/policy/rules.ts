@@ -116,13 +116,16 @@ export function limitReached(limit: RuleLimit, r: DeliveryRecord): boolean {
   }
 }
 
+/** The part of a record conditions look at (the pipeline judges its members' `when` on these too). */
+export type ConditionFacts = Pick<DeliveryRecord, 'client' | 'helo' | 'authenticated'>;
+
 /**
  * Compile conditions into a predicate (throws a plain Error on a bad CIDR, a RegexSyntaxError on a regex
  * the linear-time matcher refuses).
  */
-export function compileConditions(when: RuleConditions | undefined): (r: DeliveryRecord) => boolean {
+export function compileConditions(when: RuleConditions | undefined): (r: ConditionFacts) => boolean {
   if (when === undefined) return () => true;
-  const tests: Array<(r: DeliveryRecord) => boolean> = [];
+  const tests: Array<(r: ConditionFacts) => boolean> = [];
   if (when.client !== undefined) {
     const set = new NetworkSet(when.client);
     tests.push((r) => set.has(r.client?.address));
