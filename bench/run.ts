@@ -75,6 +75,7 @@ const HELP = `usage: npm run bench -- [options]
   --quick                    short run: 1 repetition, 3 s windows, cells 1 and 128 connections x 10 messages
   --candidates a,b,...       milterd, libmilter, go-milter, c-responder (default), and optional
                              milterd-cluster (2 workers), milterd-async (async callbacks), libmilter-nodelay,
+                             milterd-pipeline1 / milterd-pipeline3 (the filter in a pipeline of 1 / 3 members),
                              node-responder (milterd's socket layer with pre-built replies: the Node floor)
   --connections 1,16,128,1000   concurrency values        --messages 1,10   messages per connection
   --sockets tcp,unix         transports                   --reps 3          repetitions (medians reported)
@@ -343,6 +344,16 @@ function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDe
     name: 'milterd-async',
     description: 'milterd, one process, async callbacks',
     command: node(['--async']),
+  });
+  defs.set('milterd-pipeline1', {
+    name: 'milterd-pipeline1',
+    description: 'milterd, the bench filter as the one member of an in-process pipeline()',
+    command: node(['--pipeline', '1']),
+  });
+  defs.set('milterd-pipeline3', {
+    name: 'milterd-pipeline3',
+    description: 'milterd, in-process pipeline() of three members: two pass-through, then the bench filter',
+    command: node(['--pipeline', '3']),
   });
   defs.set('node-responder', {
     name: 'node-responder',

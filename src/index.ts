@@ -4,6 +4,7 @@
  * - `Filter` (typed callbacks mirroring libmilter's xxfi_*) or `messageFilter` (the whole message at once),
  *   run behind Postfix or Sendmail by `createMilterServer` on TCP or Unix sockets.
  * - `withShutdownPolicy` / `createShutdownPolicy` end SMTP sessions with a 421 when a policy says so.
+ * - `pipeline(members)` runs several filters (and upstream milters) in order as one filter.
  *
  * Elsewhere: `milterd/protocol` (the codec and the SMFI* constants), `milterd/client` (the MTA side),
  * `milterd/policy` (the whole policy engine), `milterd/testing` (filters in memory, fake transactions).
@@ -30,3 +31,4 @@ export { parseSocketSpec, formatSocketSpec } from './socket-spec.js';
 export type { SocketSpec, ParseSocketSpecOptions } from './socket-spec.js';
 export { withShutdownPolicy, createShutdownPolicy, ShutdownPolicy } from './policy/index.js';
 export type { PolicyConfig, ShutdownPolicyOptions, WithShutdownPolicyOptions } from './policy/index.js';
+export * from './pipeline/index.js';

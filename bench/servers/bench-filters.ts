@@ -6,6 +6,7 @@
  * would make it do less work than libmilter and go-milter, where every callback is registered.
  */
 import type { Filter } from '../../src/filter.js';
+import { pipeline } from '../../src/pipeline/index.js';
 
 /** The benchmark filter, synchronous callbacks (like the C and Go versions). */
 export const benchFilter: Filter = {
@@ -44,3 +45,26 @@ export const benchFilterAsync: Filter = {
   async abort() {},
   async close() {},
 };
+
+/** A member that takes every stage and changes nothing (continue everywhere, no actions). */
+const passThrough: Filter = {
+  name: 'pass',
+  actions: [],
+  connect() {},
+  helo() {},
+  envfrom() {},
+  envrcpt() {},
+  data() {},
+  header() {},
+  eoh() {},
+  body() {},
+  eom() {},
+  abort() {},
+  close() {},
+};
+
+/** `filter` as the last of `members` pipeline members; the ones before it pass everything through. */
+export function benchPipeline(filter: Filter, members: number): Filter {
+  const list = Array.from({ length: members - 1 }, (_, i) => ({ name: `pass${i + 1}`, filter: passThrough }));
+  return pipeline([...list, { name: 'bench', filter }]);
+}

@@ -3,11 +3,14 @@
  * stage, add one header at EOM) on `createMilterServer`.
  *
  *   node dist/bench/servers/milterd-server.js --listen inet:0@127.0.0.1 [--listen unix:/tmp/x.sock]
- *        [--cluster N] [--max-connections N] [--async]
+ *        [--cluster N] [--max-connections N] [--async] [--pipeline N]
  *
  * Prints `READY <json addresses>` on stdout once every socket listens. With `--cluster N` the primary
  * forks N workers sharing the listening sockets (Node cluster); the primary prints READY when all
  * workers listen, and `PIDS <pid,...>` with the worker pids (for CPU and RSS accounting).
+ *
+ * `--pipeline N` runs the filter as the last member of an in-process `pipeline()` of N members (the N - 1
+ * before it continue at every stage and change nothing), to measure what the pipeline layer costs.
  *
  * Every callback is defined on purpose: milterd negotiates absent callbacks away (SMFIP_NO*), which
  * would make it do less work than libmilter and go-milter, where every callback is registered.
@@ -17,7 +20,7 @@ import net from 'node:net';
 import process from 'node:process';
 import { createMilterServer } from '../../src/server/server.js';
 import { parseSocketSpec } from '../../src/socket-spec.js';
-import { benchFilter, benchFilterAsync } from './bench-filters.js';
+import { benchFilter, benchFilterAsync, benchPipeline } from './bench-filters.js';
 
 interface ServerArgs {
   listen: string[];
@@ -25,6 +28,8 @@ interface ServerArgs {
   maxConnections: number;
   async: boolean;
   clusterPolicy: 'rr' | 'none';
+  /** Run the filter inside a pipeline of this many members (0: no pipeline). */
+  pipeline: number;
   /** Listen backlog; when set, the bench creates the net.Server itself and hands it to milterd. */
   backlog: number | undefined;
 }
@@ -36,6 +41,7 @@ function parseArgs(argv: readonly string[]): ServerArgs {
     maxConnections: 20000,
     async: false,
     clusterPolicy: 'none',
+    pipeline: 0,
     backlog: undefined,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -49,6 +55,7 @@ function parseArgs(argv: readonly string[]): ServerArgs {
     else if (a === '--cluster') args.cluster = Number(value());
     else if (a === '--max-connections') args.maxConnections = Number(value());
     else if (a === '--async') args.async = true;
+    else if (a === '--pipeline') args.pipeline = Number(value());
     else if (a === '--backlog') args.backlog = Number(value());
     else if (a === '--cluster-policy') args.clusterPolicy = value() === 'rr' ? 'rr' : 'none';
     else throw new Error(`unknown argument ${String(a)}`);
@@ -58,8 +65,9 @@ function parseArgs(argv: readonly string[]): ServerArgs {
 }
 
 async function serve(args: ServerArgs, shared: boolean): Promise<string[]> {
+  const filter = args.async ? benchFilterAsync : benchFilter;
   const server = createMilterServer({
-    filter: args.async ? benchFilterAsync : benchFilter,
+    filter: args.pipeline > 0 ? benchPipeline(filter, args.pipeline) : filter,
     maxConnections: args.maxConnections,
   });
   const specs: string[] = [];
