@@ -34,7 +34,7 @@ function formatValue(value: number): string {
 }
 
 /** Name, help text and label names of a metric. */
-interface MetricOptions {
+export interface MetricOptions {
   name: string;
   help: string;
   labelNames?: readonly string[];
@@ -250,6 +250,10 @@ export class Registry {
   histogram(options: MetricOptions & { buckets?: readonly number[] }): Histogram {
     return this.add(new Histogram(options));
   }
+  /** The metric registered under `name`, if any. */
+  find(name: string): Counter | Gauge | Histogram | undefined {
+    return this.metrics.get(name);
+  }
   /** Name, type and label names of every metric, in registration order (what the docs must list). */
   describe(): Array<{
     name: string;
@@ -261,5 +265,51 @@ export class Registry {
   /** The whole exposition, one metric family after the other. */
   render(): string {
     return [...this.metrics.values()].map((m) => m.render()).join('');
+  }
+}
+
+/**
+ * The registry as a filter module sees it (its factory's `metrics`): registering a name the modules
+ * registered before returns that metric when type and label names match, so a module re-evaluated on
+ * SIGHUP keeps its series; a clash with another type, other labels or one of the daemon's own metrics
+ * throws a TypeError (the module's factory fails, which refuses the start or the reload).
+ */
+export class ModuleRegistry {
+  /** Names registered through any ModuleRegistry on the same registry. */
+  static readonly #ownedBy = new WeakMap<Registry, Set<string>>();
+  readonly #registry: Registry;
+  readonly #owned: Set<string>;
+
+  constructor(registry: Registry) {
+    this.#registry = registry;
+    let owned = ModuleRegistry.#ownedBy.get(registry);
+    if (owned === undefined) ModuleRegistry.#ownedBy.set(registry, (owned = new Set()));
+    this.#owned = owned;
+  }
+
+  #reuse<M extends Counter | Gauge | Histogram>(type: M['type'], options: MetricOptions, create: () => M): M {
+    const existing = this.#registry.find(options.name);
+    if (existing === undefined) {
+      const metric = create();
+      this.#owned.add(options.name);
+      return metric;
+    }
+    const labels = (l: readonly string[] | undefined): string => [...(l ?? [])].sort().join(',');
+    if (!this.#owned.has(options.name)) {
+      throw new TypeError(`metric "${options.name}" is one of the daemon's own`);
+    }
+    if (existing.type !== type || labels(existing.labelNames) !== labels(options.labelNames)) {
+      throw new TypeError(`metric "${options.name}" is already registered with another type or labels`);
+    }
+    return existing as M;
+  }
+  counter(options: MetricOptions): Counter {
+    return this.#reuse('counter', options, () => this.#registry.counter(options));
+  }
+  gauge(options: MetricOptions): Gauge {
+    return this.#reuse('gauge', options, () => this.#registry.gauge(options));
+  }
+  histogram(options: MetricOptions & { buckets?: readonly number[] }): Histogram {
+    return this.#reuse('histogram', options, () => this.#registry.histogram(options));
   }
 }

@@ -8,6 +8,10 @@ import type { MilterCommandKind } from '../protocol/types.js';
 import type { MilterErrorCode } from '../errors.js';
 import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
 import { ProcessMetrics } from './process-metrics.js';
+import type { BreakerState } from '../breaker.js';
+import type { MemberEvent } from '../cli/pipeline-api.js';
+
+const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
 
 /** Names of every metric milterd exports (also documented in the README). */
 export const METRIC_NAMES = {
@@ -32,6 +36,13 @@ export const METRIC_NAMES = {
   draining: 'milterd_draining',
   buildInfo: 'milterd_build_info',
   startTime: 'milterd_start_time_seconds',
+  memberDecisions: 'milterd_member_decisions_total',
+  memberSeconds: 'milterd_member_duration_seconds',
+  memberErrors: 'milterd_member_errors_total',
+  memberTimeouts: 'milterd_member_timeouts_total',
+  memberSkipped: 'milterd_member_skipped_total',
+  memberActions: 'milterd_member_actions_total',
+  memberBreaker: 'milterd_member_breaker_state',
 } as const;
 
 /** Values of `milterd_messages_total{outcome}`. */
@@ -87,6 +98,13 @@ export class DaemonMetrics {
   readonly reloadSuccessTime: Gauge;
   readonly maxConnections: Gauge;
   readonly messages: Counter;
+  readonly memberDecisions: Counter;
+  readonly memberSeconds: Histogram;
+  readonly memberErrors: Counter;
+  readonly memberTimeouts: Counter;
+  readonly memberSkipped: Counter;
+  readonly memberActions: Counter;
+  readonly memberBreaker: Gauge;
   /** CPU, memory, descriptors, event loop, GC. */
   readonly process: ProcessMetrics;
   /** The observer to hand to the milter server. */
@@ -178,6 +196,45 @@ export class DaemonMetrics {
       help: 'Messages by final outcome (accept, reject, tempfail, discard) as decided by the filter.',
       labelNames: ['outcome'],
     });
+    this.memberDecisions = r.counter({
+      name: n.memberDecisions,
+      help:
+        'Pipeline member decisions, by member, stage, decision and mode (enforce, or dry-run: logged, ' +
+        'not applied).',
+      labelNames: ['member', 'stage', 'decision', 'mode'],
+    });
+    this.memberSeconds = r.histogram({
+      name: n.memberSeconds,
+      help: 'Time a pipeline member took per callback (an upstream: its reply), by member and stage.',
+      labelNames: ['member', 'stage'],
+    });
+    this.memberErrors = r.counter({
+      name: n.memberErrors,
+      help: 'Pipeline member failures (errors and timeouts) mapped to its failure action, by member and code.',
+      labelNames: ['member', 'code'],
+    });
+    this.memberTimeouts = r.counter({
+      name: n.memberTimeouts,
+      help: 'Pipeline member failures that were timeouts, by member and stage.',
+      labelNames: ['member', 'stage'],
+    });
+    this.memberSkipped = r.counter({
+      name: n.memberSkipped,
+      help: 'Pipeline members left out by their when: condition, by member and scope (connection, message).',
+      labelNames: ['member', 'scope'],
+    });
+    this.memberActions = r.counter({
+      name: n.memberActions,
+      help:
+        'Message changes pipeline members asked for at end of message, by member, action and result ' +
+        '(applied, dry-run, not-negotiated: dropped).',
+      labelNames: ['member', 'action', 'result'],
+    });
+    this.memberBreaker = r.gauge({
+      name: n.memberBreaker,
+      help: 'Circuit breaker of an upstream member: 1 for its current state (closed, open, half-open).',
+      labelNames: ['member', 'state'],
+    });
     this.process = new ProcessMetrics(r);
     // Export the unlabelled series and the reload results from the first scrape on.
     this.sessionsOpen.set(0);
@@ -218,6 +275,42 @@ export class DaemonMetrics {
       error: (code: MilterErrorCode) => this.errors.inc({ code }),
       acceptError: (listener: string, code: string) => this.acceptErrors.inc({ listener, code }),
     };
+  }
+
+  /** One pipeline member event (the pipeline's `onMemberEvent`). */
+  memberEvent(event: MemberEvent): void {
+    const member = event.member;
+    switch (event.type) {
+      case 'decision':
+        this.memberDecisions.inc({
+          member,
+          stage: event.stage,
+          decision: event.decision,
+          mode: event.dryRun ? 'dry-run' : 'enforce',
+        });
+        this.memberSeconds.observe(event.durationMs / 1000, { member, stage: event.stage });
+        break;
+      case 'error':
+        this.memberErrors.inc({ member, code: event.code });
+        if (event.timeout) this.memberTimeouts.inc({ member, stage: event.stage });
+        this.memberSeconds.observe(event.durationMs / 1000, { member, stage: event.stage });
+        break;
+      case 'skipped':
+        this.memberSkipped.inc({ member, scope: event.scope });
+        break;
+      case 'action':
+        this.memberActions.inc({
+          member,
+          action: event.action,
+          result: event.applied ? 'applied' : (event.reason ?? 'dropped'),
+        });
+        break;
+    }
+  }
+
+  /** An upstream member's breaker changed state (one series per state, 1 for the current one). */
+  memberBreakerState(member: string, state: BreakerState): void {
+    for (const s of BREAKER_STATES) this.memberBreaker.set(s === state ? 1 : 0, { member, state: s });
   }
 
   /** A shutdown-policy rule fired (wired to the policy engine's decision event). */

@@ -12,7 +12,14 @@ import {
 } from './config.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { SETTING_KEYS, SETTINGS } from './options.js';
-import { describePolicy } from './policy-source.js';
+import { DaemonMetrics } from '../admin/observer.js';
+import { MilterConfigError } from '../errors.js';
+import { silentLogger } from '../logging/logger.js';
+import { buildDaemonPipeline } from './filter-modules.js';
+import { memberToConfigObject, type MemberSpec } from './pipeline-config.js';
+import { buildPolicy, describePolicy } from './policy-source.js';
+import type { PolicyConfig } from '../policy/index.js';
+import type { DaemonSettings } from './options.js';
 
 /** Inputs of {@link checkConfig}. */
 export interface CheckConfigOptions {
@@ -31,6 +38,10 @@ export interface CheckConfigOptions {
 export async function checkConfig(options: CheckConfigOptions): Promise<ExitCode> {
   const { resolved, policy, problems } = await loadConfiguration(options.overrides, options.file);
   if (problems.length === 0 && policy !== undefined) {
+    const loadProblem = await checkMembers(resolved.settings, policy);
+    if (loadProblem !== undefined) problems.push(loadProblem);
+  }
+  if (problems.length === 0 && policy !== undefined) {
     const sources: Record<string, string> = {};
     for (const key of SETTING_KEYS) sources[SETTINGS[key].path.join('.')] = resolved.sources[key];
     const doc = {
@@ -46,6 +57,7 @@ export async function checkConfig(options: CheckConfigOptions): Promise<ExitCode
           ...(r.dryRun ? { dryRun: true } : {}),
         })),
       },
+      pipeline: describePipeline(resolved.settings.filters),
     };
     options.stdout(JSON.stringify(doc, null, 2) + '\n');
     return EXIT.OK;
@@ -53,4 +65,53 @@ export async function checkConfig(options: CheckConfigOptions): Promise<ExitCode
   for (const p of problems) options.stderr(formatConfigProblem(p) + '\n');
   options.stderr(`configuration invalid: ${problems.length} problem${problems.length === 1 ? '' : 's'}\n`);
   return EXIT.CONFIG;
+}
+
+/**
+ * Load the members as `serve` would (modules imported, factories called with a silent logger and a
+ * throwaway registry, conditions parsed): a module that would make `serve` exit 3 fails here too.
+ */
+async function checkMembers(
+  settings: DaemonSettings,
+  config: PolicyConfig,
+): Promise<MilterConfigError | undefined> {
+  const metrics = new DaemonMetrics({ version: 'check-config' });
+  try {
+    const logger = silentLogger;
+    const policy = buildPolicy(config, { logger, metrics });
+    await buildDaemonPipeline(settings.filters, policy, {
+      logger,
+      metrics,
+      stampHeader: 'milterd',
+      failureDecision: settings.failureDecision,
+    });
+    return undefined;
+  } catch (err) {
+    if (err instanceof MilterConfigError) return err;
+    throw err;
+  } finally {
+    metrics.stop();
+  }
+}
+
+/**
+ * The effective pipeline, members in order: what each is, its condition, dry-run, and for upstreams the
+ * timeouts and failure action in force (`default` where the upstream member's default applies).
+ */
+export function describePipeline(members: readonly MemberSpec[]): Array<Record<string, unknown>> {
+  return members.map((m) => {
+    const out = memberToConfigObject(m);
+    const where = m.where.file === undefined ? m.where.field : `${m.where.file}:${m.where.line ?? 0}`;
+    if (m.kind === 'upstream') {
+      const t = out.timeouts as Record<string, string> | undefined;
+      out.timeouts = {
+        connect: t?.connect ?? 'default',
+        command: t?.command ?? 'default',
+        eom: t?.eom ?? 'default',
+      };
+      out['on-failure'] = m.onFailure ?? 'tempfail';
+      out.breaker = { failures: 'default', open: 'default', ...(out.breaker as object | undefined) };
+    }
+    return { ...out, from: where };
+  });
 }

@@ -6,7 +6,7 @@
  * `column` and `field`.
  */
 import path from 'node:path';
-import { isMap, isPair, isScalar, LineCounter, type Document, type Node } from 'yaml';
+import { isCollection, isMap, isPair, isScalar, LineCounter, type Document, type Node } from 'yaml';
 import { MilterConfigError } from '../errors.js';
 import { checkPolicy } from '../policy/load.js';
 import type { PolicyConfig } from '../policy/rules.js';
@@ -27,6 +27,7 @@ import {
   type PolicySetting,
   type SettingSource,
 } from './options.js';
+import { memberToConfigObject, type PositionOf } from './pipeline-config.js';
 import { loadPolicySetting } from './policy-source.js';
 import { formatDuration, formatSocketMode } from './values.js';
 
@@ -154,13 +155,26 @@ export function parseConfigText(text: string, file: string): ConfigFileResult {
     const field = def.path.join('.');
     try {
       const raw: unknown = isScalar(node) ? node.value : (node?.toJSON() as unknown);
-      const parse = def.fromFile as (v: unknown, w: { file: string; line: number | undefined }) => unknown;
-      values[key] = parse(raw, { file, line });
+      const parse = def.fromFile as (
+        v: unknown,
+        w: { file: string; line: number | undefined; positionOf: PositionOf },
+      ) => unknown;
+      const positionOf: PositionOf = (at) => {
+        // The value at that path, else the whole setting.
+        const inner = isCollection(node) ? (node.getIn(at, true) as Node | undefined) : undefined;
+        return posOf(inner ?? node, lines);
+      };
+      values[key] = parse(raw, { file, line, positionOf });
       const policy = values[key] as PolicySetting;
       if (key === 'policy' && policy.kind === 'inline' && node?.range) {
         values[key] = { ...policy, source: blankOutside(text, node.range[0], node.range[1]) };
       }
     } catch (err) {
+      // Already located below the setting (a `filters:` entry).
+      if (err instanceof MilterConfigError && err.field?.startsWith(field)) {
+        problems.push(err);
+        continue;
+      }
       const why = err instanceof Error ? err.message : String(err);
       problems.push(new MilterConfigError(`${field}: ${why}`, { file, ...pos, field }, { cause: err }));
     }
@@ -343,6 +357,7 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
     adminMaxConnections: s.adminMaxConnections,
     policy:
       s.policy.kind === 'default' ? 'default' : s.policy.kind === 'file' ? s.policy.path : s.policy.value,
+    filters: s.filters.map(memberToConfigObject),
   };
 }
 

@@ -27,6 +27,15 @@ import {
   type LogLevel,
 } from './values.js';
 import {
+  appendMembers,
+  defaultMembers,
+  parseFilterArg,
+  parseFiltersValue,
+  parseUpstreamArg,
+  type MemberSpec,
+  type PositionOf,
+} from './pipeline-config.js';
+import {
   DEFAULT_SYSLOG_SOCKET,
   SYSLOG_FACILITIES,
   SYSLOG_FORMATS,
@@ -74,6 +83,8 @@ export interface DaemonSettings {
   admin: string;
   adminMaxConnections: number;
   policy: PolicySetting;
+  /** The pipeline's members, in order (default: the built-in stamp alone). */
+  filters: MemberSpec[];
 }
 
 /** Where one resolved value came from. */
@@ -96,8 +107,21 @@ export interface SettingDef<T> {
   defaultText: string;
   /** Parse a command-line or environment value; `previous` is set for repeated flags. */
   fromText(text: string, previous: T | undefined): T;
-  /** Parse a config-file value; `where` locates it (inline policies keep it for their own errors). */
-  fromFile(value: unknown, where: { file: string; line: number | undefined }): T;
+  /**
+   * Parse a config-file value; `where` locates it (inline policies keep it for their own errors;
+   * `positionOf` finds the line and column of a path below the value).
+   */
+  fromFile(value: unknown, where: { file: string; line: number | undefined; positionOf: PositionOf }): T;
+  /**
+   * A second flag (with its own environment variable) that adds to the same value: `--upstream` next to
+   * `--filter`, so both keep their command-line order.
+   */
+  alias?: {
+    flags: string;
+    env: string;
+    description: string;
+    fromText(text: string, previous: T | undefined): T;
+  };
 }
 
 type SettingsTable = { [K in keyof DaemonSettings]: SettingDef<DaemonSettings[K]> };
@@ -353,6 +377,27 @@ export const SETTINGS: SettingsTable = {
       throw new Error('expected a policy file name or an inline policy mapping');
     },
   },
+  filters: {
+    flags: '--filter <module>',
+    env: 'MILTERD_FILTER',
+    path: ['filters'],
+    description:
+      'pipeline member: a filter module (ESM or CommonJS; default export a Filter or a factory) or ' +
+      "builtin:stamp; repeat for several, in order; replaces the config file's filters (env: comma-separated)",
+    defaultValue: defaultMembers(),
+    defaultText: 'builtin:stamp',
+    fromText: (text, previous) => appendMembers(previous, text, (item) => parseFilterArg(item, '--filter')),
+    fromFile: (value, where) => parseFiltersValue(value, where.file, where.positionOf),
+    alias: {
+      flags: '--upstream <spec>',
+      env: 'MILTERD_UPSTREAM',
+      description:
+        'pipeline member: an existing milter at inet:PORT@HOST or unix:/path, between the --filter ' +
+        'members in command-line order; repeat for several (env: comma-separated)',
+      fromText: (text, previous) =>
+        appendMembers(previous, text, (item) => parseUpstreamArg(item, '--upstream')),
+    },
+  },
 };
 
 /** The settings' keys, in table order. */
@@ -372,6 +417,18 @@ export function anchorPolicyPath(policy: PolicySetting, configFile: string): Pol
     : policy;
 }
 
+/** An option that stores its value under another setting's name (commander derives it from the flag). */
+class AliasOption extends Option {
+  readonly #attribute: string;
+  constructor(flags: string, description: string, attribute: string) {
+    super(flags, description);
+    this.#attribute = attribute;
+  }
+  override attributeName(): string {
+    return this.#attribute;
+  }
+}
+
 /**
  * Add every setting as a commander option with its environment variable and a help line that states
  * the default and the config-file field. Commander defaults are deliberately not set: a value's source
@@ -383,9 +440,11 @@ export function addSettingOptions(cmd: Command): Command {
   );
   for (const key of SETTING_KEYS) {
     const def = SETTINGS[key];
-    const option = new Option(
+    // Named by the setting, not the flag: `--filter` fills `filters`.
+    const option = new AliasOption(
       def.flags,
       `${def.description} (default: ${def.defaultText}) (config: ${def.path.join('.')})`,
+      key,
     ).env(def.env);
     if (def.preset !== undefined) option.preset(def.preset);
     option.argParser((text: string, previous: unknown) => {
@@ -396,6 +455,18 @@ export function addSettingOptions(cmd: Command): Command {
       }
     });
     cmd.addOption(option);
+    const alias = def.alias as SettingDef<unknown>['alias'];
+    if (alias !== undefined) {
+      const extra = new AliasOption(alias.flags, `${alias.description} (config: ${def.path.join('.')})`, key);
+      extra.env(alias.env).argParser((text: string, previous: unknown) => {
+        try {
+          return alias.fromText(text, previous);
+        } catch (err) {
+          throw new InvalidArgumentError(err instanceof Error ? err.message : String(err));
+        }
+      });
+      cmd.addOption(extra);
+    }
   }
   return cmd;
 }

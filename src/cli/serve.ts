@@ -6,7 +6,6 @@ import type { Logger } from 'pino';
 import { DaemonMetrics } from '../admin/observer.js';
 import { ADMIN_LISTENER, startAdminServer, type AdminServer } from '../admin/server.js';
 import { isMilterError, MilterConfigError } from '../errors.js';
-import { createDaemonFilter } from '../filters/default.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
 import {
   openSyslog,
@@ -26,6 +25,7 @@ import { EXIT, type ExitCode } from './exit-codes.js';
 import { createDaemonLogger, syslogText } from './log-output.js';
 import type { DaemonSettings } from './options.js';
 import { buildPolicy, describePolicy } from './policy-source.js';
+import { buildDaemonPipeline, type BuildPipelineContext } from './filter-modules.js';
 import { ReloadableFilter } from './reloadable-filter.js';
 import { loadReloadOffThread } from './reload-worker.js';
 
@@ -66,6 +66,16 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'admin',
   'adminMaxConnections',
 ];
+
+/** What building the pipeline takes from the daemon. */
+function pipelineContext(
+  version: string,
+  settings: DaemonSettings,
+  logger: Logger,
+  metrics: DaemonMetrics,
+): BuildPipelineContext {
+  return { logger, metrics, stampHeader: `milterd ${version}`, failureDecision: settings.failureDecision };
+}
 
 /** The running daemon's mutable state. */
 class Daemon {
@@ -122,6 +132,7 @@ class Daemon {
   private async reloadNow(): Promise<void> {
     if (this.draining) return;
     let next: ResolvedSettings;
+    let members: string[];
     try {
       // Parsed in a worker: the milter keeps answering while a large file is read (reload-worker.ts).
       const { overrides, configFile } = this.options;
@@ -133,13 +144,16 @@ class Daemon {
         metrics: this.metrics,
         store: this.policy.store,
       });
-      this.filter.replace(
-        createDaemonFilter(policy, {
-          header: `milterd ${this.options.version}`,
-          failureDecision: this.settings.failureDecision,
-        }),
+      // Modules are imported here, on the daemon's thread (changed files afresh); any problem refuses
+      // the whole reload and the running pipeline stays.
+      const built = await buildDaemonPipeline(
+        next.settings.filters,
+        policy,
+        pipelineContext(this.options.version, this.settings, this.logger, this.metrics),
       );
+      this.filter.replace(built.filter);
       this.policy = policy;
+      members = built.members.map((m) => m.name);
     } catch (err) {
       this.metrics.reloads.inc({ result: 'error' });
       this.metrics.configLoaded(false);
@@ -164,6 +178,7 @@ class Daemon {
       {
         policy: describePolicy(next.settings.policy),
         rules: this.policy.list(),
+        filters: members,
         logLevel: this.settings.logLevel,
       },
       'configuration reloaded',
@@ -239,12 +254,21 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   // One limit for every line a peer can cause, milter listeners and admin endpoint alike.
   const logLimiter = new LogRateLimiter({ logger });
   const policy = buildPolicy(policyConfig, { logger, metrics });
-  const filter = new ReloadableFilter(
-    createDaemonFilter(policy, {
-      header: `milterd ${options.version}`,
-      failureDecision: settings.failureDecision,
-    }),
-  );
+  let built: Awaited<ReturnType<typeof buildDaemonPipeline>>;
+  try {
+    built = await buildDaemonPipeline(
+      settings.filters,
+      policy,
+      pipelineContext(options.version, settings, logger, metrics),
+    );
+  } catch (err) {
+    // A module that does not load is a configuration problem (exit 3), printed as one located line.
+    metrics.stop();
+    await Promise.all([destination.drain(LOG_FLUSH_TIMEOUT_MS), syslog?.close(LOG_FLUSH_TIMEOUT_MS)]);
+    if (err instanceof MilterConfigError) throw MilterConfigError.of([err], formatConfigProblem);
+    throw err;
+  }
+  const filter = new ReloadableFilter(built.filter);
   const server = createMilterServer({
     filter: filter.filter,
     logger,
@@ -329,6 +353,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
       listen: server.addresses.map((a) => a.spec),
       policy: describePolicy(settings.policy),
       rules: policy.list(),
+      filters: built.members.map((m) => m.name),
     },
     'milterd started',
   );

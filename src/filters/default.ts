@@ -1,13 +1,11 @@
 /**
  * The filter `milterd serve` runs: it lets every message through, stamps it with an `X-Milterd` header so
- * operators can see that the milter saw it, and logs one `info` line per message with the queue id. The
- * daemon wraps it with the shutdown policy (the embedded default or a policy file), which is where the
- * daemon's actual decisions come from.
+ * operators can see that the milter saw it, and logs one `info` line per message with the queue id. In the
+ * daemon it is the pipeline member `builtin: stamp`, the whole pipeline when none is configured; the
+ * shutdown policy (the embedded default or a policy file) wraps the pipeline and makes the decisions.
  */
 import type { Logger } from 'pino';
 import type { Filter } from '../filter.js';
-import { withShutdownPolicy, type ShutdownPolicy } from '../policy/index.js';
-import type { FailureDecision } from '../session/types.js';
 
 /** Name of the header the default filter adds at end of message. */
 export const DEFAULT_FILTER_HEADER = 'X-Milterd';
@@ -78,17 +76,4 @@ export function createDefaultFilter(options: DefaultFilterOptions = {}): Filter<
       ctx.priv = undefined;
     },
   };
-}
-
-/** The daemon filter: the default filter under `policy`. */
-export function createDaemonFilter(
-  policy: ShutdownPolicy,
-  options: DefaultFilterOptions & { failureDecision?: FailureDecision } = {},
-): Filter<DefaultPriv> {
-  const failureDecision = options.failureDecision;
-  return withShutdownPolicy(
-    createDefaultFilter(options),
-    policy,
-    failureDecision === undefined ? {} : { failureDecision },
-  );
 }

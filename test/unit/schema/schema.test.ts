@@ -12,6 +12,13 @@ import { parse } from 'yaml';
 import { parseConfigText, settingsToConfigObject } from '../../../src/cli/config.js';
 import { defaultSettings, SETTING_KEYS, SETTINGS } from '../../../src/cli/options.js';
 import { FAILURE_DECISIONS, LOG_LEVELS } from '../../../src/cli/values.js';
+import {
+  BUILTIN_MEMBERS,
+  MEMBER_BREAKER_KEYS,
+  MEMBER_KEYS,
+  MEMBER_TIMEOUT_KEYS,
+  ON_FAILURE_ACTIONS,
+} from '../../../src/cli/pipeline-config.js';
 import { SYSLOG_FACILITIES, SYSLOG_FORMATS } from '../../../src/logging/syslog.js';
 import { DEFAULT_POLICY_YAML } from '../../../src/policy/default-policy.js';
 import { checkPolicy, PREFIX_KEYS, RULE_KEYS, TOP_KEYS, WHEN_KEYS } from '../../../src/policy/load.js';
@@ -56,6 +63,19 @@ test('config schema: exactly the fields of the settings table (SETTINGS paths), 
   assert.deepEqual(configSchema.properties?.failureDecision?.enum, [...FAILURE_DECISIONS]);
   assert.deepEqual(configSchema.properties?.logSyslogFacility?.enum, Object.keys(SYSLOG_FACILITIES));
   assert.deepEqual(configSchema.properties?.logSyslogFormat?.enum, [...SYSLOG_FORMATS]);
+});
+
+test('config schema: a filters entry has exactly the keys of the member parser (pipeline-config.ts)', () => {
+  const member = configSchema.$defs?.member;
+  assert.deepEqual(keys(member), sorted(MEMBER_KEYS));
+  assert.deepEqual(keys(member?.properties?.timeouts), sorted(MEMBER_TIMEOUT_KEYS));
+  assert.deepEqual(keys(member?.properties?.breaker), sorted(MEMBER_BREAKER_KEYS));
+  assert.deepEqual(member?.properties?.['on-failure']?.enum, [...ON_FAILURE_ACTIONS]);
+  assert.deepEqual(member?.properties?.builtin?.enum, [...BUILTIN_MEMBERS]);
+  assert.deepEqual(
+    member?.oneOf?.map((o) => o.required),
+    [['builtin'], ['module'], ['upstream']],
+  );
 });
 
 test('policy schema: exactly the keys of the policy loader (TOP, RULE, WHEN, PREFIX keys, LIMIT_KINDS)', () => {
@@ -108,6 +128,16 @@ const WRONG_CONFIGS: Array<[string, string]> = [
   ['listen not a socket spec', 'listen: [8890]\n'],
   ['inline policy with an unknown key', 'policy:\n  version: 1\n  rulez: []\n'],
   ['inline policy rule with two limits', 'policy:\n  rules:\n    - max-messages: 2\n      max-bytes: 1MB\n'],
+  [
+    'filters entry with module and upstream',
+    'filters:\n  - module: a.js\n    upstream: inet:8891@127.0.0.1\n',
+  ],
+  ['filters entry with neither', 'filters:\n  - name: nothing\n'],
+  ['unknown built-in filter', 'filters:\n  - builtin: dkim\n'],
+  ['on-failure on a module', 'filters:\n  - module: a.js\n    on-failure: accept\n'],
+  ['unknown upstream failure action', 'filters:\n  - upstream: inet:8891@127.0.0.1\n    on-failure: retry\n'],
+  ['misspelt upstream timeout', 'filters:\n  - upstream: inet:8891@127.0.0.1\n    timeouts: { eoh: 5s }\n'],
+  ['dry-run as text', 'filters:\n  - builtin: stamp\n    dry-run: maybe\n'],
 ];
 
 const WRONG_POLICIES: Array<[string, string]> = [
