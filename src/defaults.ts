@@ -38,4 +38,12 @@ export const DEFAULTS = {
    * 300 s milter_content_timeout and Sendmail's per-filter timeouts, so a slow chain is not cut off).
    */
   pipelineProgressMs: 10_000,
+  /** Upstream milter: connecting and its OPTNEG reply (Postfix waits 30 s for the whole negotiation). */
+  upstreamConnectMs: 5_000,
+  /** Upstream milter: each reply before end of message (well inside Postfix's 30 s command timeout). */
+  upstreamCommandMs: 10_000,
+  /** Upstream milter: end of message, restarted by each progress packet (Postfix: 300 s per content reply). */
+  upstreamEomMs: 120_000,
+  /** Upstream milter: what the MTA gets when the upstream fails (or its breaker is open). */
+  upstreamOnFailure: 'tempfail',
 } as const;

@@ -57,8 +57,9 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 export class MilterClient {
   private readonly socket: net.Socket;
   private readonly decoder: FrameDecoder;
-  private readonly timeoutMs: number;
-  private readonly timer: NodeJS.Timeout;
+  private timeoutMs: number;
+  private timer: NodeJS.Timeout;
+  private readonly onProgress: (() => void) | undefined;
   private readonly offer: { version: number; actions: number; protocol: number };
   private readonly macrosWhenSkipped: boolean;
   private waiter: Waiter | undefined;
@@ -78,6 +79,7 @@ export class MilterClient {
       protocol: options.protocol ?? SMFI_CURR_PROT,
     };
     this.macrosWhenSkipped = options.macrosWhenSkipped ?? false;
+    this.onProgress = options.onProgress;
     this.timer = setTimeout(() => this.onTimer(), this.timeoutMs).unref();
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.fail(closedError(err)));
@@ -130,6 +132,17 @@ export class MilterClient {
   get negotiated(): NegotiatedClientOptions {
     if (this.agreed === undefined) throw closedError();
     return this.agreed;
+  }
+
+  /**
+   * Change the reply timeout for the calls that follow (a proxy gives end of message a longer budget than
+   * the other commands). A reply already awaited gets the new budget from now.
+   */
+  setReplyTimeout(ms: number): void {
+    if (ms === this.timeoutMs) return;
+    this.timeoutMs = ms;
+    clearTimeout(this.timer);
+    if (!this.ended) this.timer = setTimeout(() => this.onTimer(), ms).unref();
   }
 
   /** Queue a SMFIC_MACRO packet for `stage` (command letter); it goes out in the same write as the next command. */
@@ -352,6 +365,7 @@ export class MilterClient {
         if (waiter.mode !== 'eom') return unexpected();
         waiter.progress++;
         this.timer.refresh();
+        this.onProgress?.();
         return;
       case 'continue':
       case 'accept':

@@ -18,6 +18,8 @@ export interface MilterClientOptions {
    * Postfix and Sendmail do (MACROS_WHEN_SKIPPED); default false: no macros for an event not sent.
    */
   macrosWhenSkipped?: boolean;
+  /** Called for each SMFIR_PROGRESS during end of message, as it arrives (a proxy passes it on). */
+  onProgress?: () => void;
 }
 
 /** The reply to one command, as the MTA sees it. */
