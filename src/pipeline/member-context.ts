@@ -186,7 +186,9 @@ export class MemberContext implements EomContext<unknown> {
   addHeader(name: string, value: string): void {
     const n = checkName(name);
     const v = checkText('header value', value, true);
-    if (this.allowed('addHeader')) this.staged.push((t) => t.headers.add(n, this.value(v)));
+    // The stored value is computed now: the staged change runs after `eom` returned, when `work` is gone.
+    const stored = this.value(v);
+    if (this.allowed('addHeader')) this.staged.push((t) => t.headers.add(n, stored));
   }
 
   insertHeader(index: number, name: string, value: string): void {
@@ -194,10 +196,9 @@ export class MemberContext implements EomContext<unknown> {
     const n = checkName(name);
     const v = checkText('header value', value, true);
     if (!this.allowed('addHeader')) return;
+    const stored = this.value(v);
     // The MTA's index counts its own Received: header on top, which the working copy does not hold.
-    this.staged.push((t) =>
-      t.headers.insert(Math.min(Math.max(0, i - 1), t.headers.length), n, this.value(v)),
-    );
+    this.staged.push((t) => t.headers.insert(Math.min(Math.max(0, i - 1), t.headers.length), n, stored));
   }
 
   changeHeader(name: string, index: number, value: string | null): void {
@@ -205,9 +206,10 @@ export class MemberContext implements EomContext<unknown> {
     const i = checkIndex(index);
     const v = value === null ? '' : checkText('header value', value, true);
     if (!this.allowed('changeHeader') || i === 0) return;
+    const stored = this.value(v);
     this.staged.push((t) => {
       if (v === '') t.headers.delete(n, i);
-      else t.headers.set(n, this.value(v), i);
+      else t.headers.set(n, stored, i);
     });
   }
 
