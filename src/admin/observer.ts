@@ -9,7 +9,8 @@ import type { MilterErrorCode } from '../errors.js';
 import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
 import { ProcessMetrics } from './process-metrics.js';
 import type { BreakerState } from '../breaker.js';
-import type { MemberEvent } from '../cli/pipeline-api.js';
+import type { MemberEvent } from '../pipeline/index.js';
+import type { UpstreamEvent } from '../pipeline/upstream.js';
 
 const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
 
@@ -304,6 +305,31 @@ export class DaemonMetrics {
           action: event.action,
           result: event.applied ? 'applied' : (event.reason ?? 'dropped'),
         });
+        break;
+    }
+  }
+
+  /**
+   * An upstream member's own event: its faults (the pipeline sees the failure action's decision, not the
+   * fault), its breaker, and the modifications it sent that were dropped.
+   */
+  upstreamEvent(member: string, event: UpstreamEvent): void {
+    switch (event.type) {
+      case 'error':
+        this.memberErrors.inc({ member, code: event.code });
+        if (event.code === 'ERR_MILTER_TIMEOUT') this.memberTimeouts.inc({ member, stage: event.stage });
+        break;
+      case 'breaker':
+        this.memberBreakerState(member, event.state);
+        break;
+      case 'dropped':
+        this.memberActions.inc({
+          member,
+          action: event.action,
+          result: event.reason === 'not-granted' ? 'not-negotiated' : event.reason,
+        });
+        break;
+      default:
         break;
     }
   }

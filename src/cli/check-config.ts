@@ -13,6 +13,8 @@ import {
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { SETTING_KEYS, SETTINGS } from './options.js';
 import { DaemonMetrics } from '../admin/observer.js';
+import { DEFAULTS } from '../defaults.js';
+import { formatDuration } from './values.js';
 import { MilterConfigError } from '../errors.js';
 import { silentLogger } from '../logging/logger.js';
 import { buildDaemonPipeline } from './filter-modules.js';
@@ -96,21 +98,25 @@ async function checkMembers(
 
 /**
  * The effective pipeline, members in order: what each is, its condition, dry-run, and for upstreams the
- * timeouts and failure action in force (`default` where the upstream member's default applies).
+ * timeouts, failure action and breaker in force (defaults filled in).
  */
 export function describePipeline(members: readonly MemberSpec[]): Array<Record<string, unknown>> {
   return members.map((m) => {
     const out = memberToConfigObject(m);
     const where = m.where.file === undefined ? m.where.field : `${m.where.file}:${m.where.line ?? 0}`;
     if (m.kind === 'upstream') {
+      // The values in force: the member's own, else the upstream defaults (src/defaults.ts).
       const t = out.timeouts as Record<string, string> | undefined;
       out.timeouts = {
-        connect: t?.connect ?? 'default',
-        command: t?.command ?? 'default',
-        eom: t?.eom ?? 'default',
+        connect: t?.connect ?? formatDuration(DEFAULTS.upstreamConnectMs),
+        command: t?.command ?? formatDuration(DEFAULTS.upstreamCommandMs),
+        eom: t?.eom ?? formatDuration(DEFAULTS.upstreamEomMs),
       };
-      out['on-failure'] = m.onFailure ?? 'tempfail';
-      out.breaker = { failures: 'default', open: 'default', ...(out.breaker as object | undefined) };
+      out['on-failure'] = m.onFailure ?? DEFAULTS.upstreamOnFailure;
+      out.breaker = {
+        failures: m.breaker?.failures ?? DEFAULTS.breakerFailures,
+        open: formatDuration(m.breaker?.openMs ?? DEFAULTS.breakerOpenMs),
+      };
     }
     return { ...out, from: where };
   });

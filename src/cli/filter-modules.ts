@@ -174,13 +174,8 @@ async function buildMember(spec: MemberSpec, ctx: BuildPipelineContext): Promise
         name: spec.name,
         timeouts: spec.timeouts,
         ...(spec.onFailure === undefined ? {} : { onFailure: spec.onFailure }),
-        breaker: {
-          ...spec.breaker,
-          onChange: (state, previous) => {
-            metrics.memberBreakerState(spec.name, state);
-            logger.warn({ state, previous }, `upstream ${spec.address}: circuit breaker ${state}`);
-          },
-        },
+        ...(spec.breaker === undefined ? {} : { breaker: spec.breaker }),
+        onEvent: (event) => metrics.upstreamEvent(spec.name, event),
         logger,
       });
     } catch (err) {
@@ -195,12 +190,23 @@ async function buildMember(spec: MemberSpec, ctx: BuildPipelineContext): Promise
         field: `${spec.where.field}.when`,
       });
     } catch (err) {
-      // Located at the member's entry; the condition's own message names the field.
+      if (!(err instanceof MilterConfigError)) throw memberError(spec, 'when', err);
+      // The condition's message names the field (`filters[1].when.daemon-port: ...`); locate it at the entry.
+      const { file, line, column } = spec.where;
       const text =
-        err instanceof MilterConfigError && err.file !== undefined
-          ? err.message.slice(err.file.length + 2)
-          : err;
-      throw memberError(spec, 'when', text);
+        file !== undefined && err.message.startsWith(`${file}: `)
+          ? err.message.slice(file.length + 2)
+          : err.message;
+      throw new MilterConfigError(
+        text,
+        {
+          ...(file === undefined ? {} : { file }),
+          ...(line === undefined ? {} : { line }),
+          ...(column === undefined ? {} : { column }),
+          ...(err.field === undefined ? {} : { field: err.field }),
+        },
+        { cause: err },
+      );
     }
   }
   return member;

@@ -9,12 +9,13 @@
  */
 import path from 'node:path';
 import { MilterConfigError } from '../errors.js';
+import type { UpstreamFailureAction } from '../pipeline/upstream.js';
 import { parseDuration } from '../values.js';
 import { formatDuration, parseInteger, parseListenSpec } from './values.js';
 
 /** What a member does when its upstream fails (upstream.ts `onFailure`). */
-export const ON_FAILURE_ACTIONS = ['tempfail', 'accept', 'reject', 'skip'] as const;
-export type OnFailureAction = (typeof ON_FAILURE_ACTIONS)[number];
+export const ON_FAILURE_ACTIONS: readonly UpstreamFailureAction[] = ['tempfail', 'accept', 'reject', 'skip'];
+export type OnFailureAction = UpstreamFailureAction;
 
 /** Built-in members by name (`builtin: stamp` in the file, `--filter builtin:stamp` on the command line). */
 export const BUILTIN_MEMBERS = ['stamp'] as const;

@@ -51,7 +51,7 @@ Every option can also be set by its environment variable or in the config file (
 Durations: 500ms, 30s, 5m, 1h, or a bare number of seconds.
 
 Signals: SIGTERM/SIGINT drain (stop accepting, /readyz turns 503, open sessions finish at QUIT,
-forced after --drain-timeout), then exit 0; a second one exits at once (1). SIGHUP reloads the config file and the policy; an
+forced after --drain-timeout), then exit 0; a second one exits at once (1). SIGHUP reloads the config file, the policy and changed filter modules; an
 invalid new file is refused with an error log and the old configuration stays in force.
 
 Logs: JSON lines on stdout (pino). Levels: fatal, error, warn, info (start/stop/reload, one line

@@ -357,7 +357,7 @@ test('check-config prints the effective pipeline: members in order, conditions, 
       upstream: 'inet:8891@127.0.0.1',
       when: { 'daemon-port': [587] },
       'dry-run': false,
-      timeouts: { connect: '2s', command: 'default', eom: '20s' },
+      timeouts: { connect: '2s', command: '10s', eom: '20s' },
       'on-failure': 'accept',
       breaker: { failures: 3, open: '1m' },
       from: `${config}:5`,
@@ -385,4 +385,195 @@ test('check-config prints the effective pipeline: members in order, conditions, 
       `${config.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:3:\\d+: filters\\[0\\]\\.on-failure: only for an upstream: member`,
     ),
   );
+});
+
+test('when: and dry-run from the config file: a submission-only member, a rejecting member in dry-run (counted, not applied)', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(path.join(dir, 'submission.mjs'), esmHeader('X-Submission', 'yes'));
+  await writeFile(
+    path.join(dir, 'reject.mjs'),
+    'export default { envfrom() { return { kind: "reject", reply: { code: 550, text: "no" } }; } };\n',
+  );
+  const config = path.join(dir, 'milterd.yaml');
+  await writeFile(
+    config,
+    [
+      'listen: inet:0@127.0.0.1',
+      'admin: inet:0@127.0.0.1',
+      'filters:',
+      '  - module: reject.mjs',
+      '    dry-run: true',
+      '  - module: submission.mjs',
+      '    when: { daemon-port: [587] }',
+      '',
+    ].join('\n'),
+  );
+  const d = new Daemon(['--config', config]);
+  t.after(() => d.kill());
+  const { milter, adminPort } = await d.started();
+  assert.ok(adminPort);
+
+  const play = async (port: string): Promise<string[]> => {
+    const client = await MilterClient.connect(milter);
+    try {
+      const r = await playMessage(client, { ...MESSAGE, macros: { connect: { '{daemon_port}': port } } });
+      assert.equal(r.reply.kind, 'continue', `the dry-run reject is not applied: ${JSON.stringify(r.reply)}`);
+      return added(r.eom);
+    } finally {
+      await client.quit().catch(() => client.close());
+    }
+  };
+  assert.deepEqual(await play('587'), ['X-Submission: yes'], 'on the submission port');
+  assert.deepEqual(await play('25'), [], 'not on port 25');
+
+  const metrics = parsePrometheus((await httpGet(adminPort, '/metrics')).body);
+  assert.equal(
+    sampleValue(metrics, 'milterd_member_decisions_total', {
+      member: 'reject',
+      stage: 'envfrom',
+      decision: 'reject',
+      mode: 'dry-run',
+    }),
+    2,
+  );
+  assert.ok(
+    metrics.samples.some(
+      (s) => s.name === 'milterd_member_skipped_total' && s.labels.member === 'submission' && s.value >= 1,
+    ),
+    'the port-25 session skipped the submission member',
+  );
+
+  d.signal('SIGTERM');
+  assert.equal((await d.exited).code, 0);
+
+  // A condition with a wrong key: one located line (exit 3), from serve and check-config alike.
+  await writeFile(
+    config,
+    'listen: inet:0@127.0.0.1\nfilters:\n  - builtin: stamp\n    when: { daemon-prot: 587 }\n',
+  );
+  for (const args of [
+    ['serve', '--config', config],
+    ['check-config', config],
+  ]) {
+    const r = await runMilterd(args);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stderr.split('\n')[0] ?? '', /milterd\.yaml:3:\d+: .*filters\[0\]\.when.*daemon-prot/);
+  }
+});
+
+test('--upstream to a milter in another process (a second milterd): its changes and replies come through; killed, the failure action and the breaker apply', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(
+    path.join(dir, 'behind.mjs'),
+    [
+      'export default {',
+      "  actions: ['addHeader'],",
+      "  envfrom(ctx, sender) { if (sender === '<spam@example.org>') return { kind: 'reject', reply: { code: 550, xcode: '5.7.1', text: 'spam here' } }; },",
+      "  eom(ctx) { ctx.addHeader('X-Behind', 'upstream'); },",
+      '};',
+      '',
+    ].join('\n'),
+  );
+  const behind = new Daemon(['--listen', 'inet:0@127.0.0.1', '--filter', path.join(dir, 'behind.mjs')]);
+  t.after(() => behind.kill());
+  const upstream = (await behind.started()).milter;
+
+  const front = new Daemon([
+    '--listen',
+    'inet:0@127.0.0.1',
+    '--admin',
+    'inet:0@127.0.0.1',
+    '--upstream',
+    upstream,
+    '--filter',
+    'builtin:stamp',
+  ]);
+  t.after(() => front.kill());
+  const { milter, adminPort } = await front.started();
+  assert.ok(adminPort);
+  const started = await front.waitFor((l) => l.msg === 'milterd started');
+  assert.deepEqual(started.filters, [upstream, 'stamp'], '--upstream and --filter in command-line order');
+
+  const headers = await oneMessage(milter);
+  assert.equal(headers[0], 'X-Behind: upstream', "the upstream's header first");
+  assert.match(headers[1] ?? '', /^X-Milterd: /);
+
+  const client = await MilterClient.connect(milter);
+  try {
+    const r = await playMessage(client, { ...MESSAGE, sender: '<spam@example.org>' });
+    assert.equal(r.stoppedAt, 'mail');
+    assert.deepEqual(r.reply, { kind: 'replyCode', text: '550 5.7.1 spam here' }, "the upstream's reply");
+  } finally {
+    await client.quit().catch(() => client.close());
+  }
+
+  // The upstream goes away: the default failure action (tempfail) answers, never an accept without it.
+  behind.signal('SIGKILL');
+  await behind.exited;
+  const after = await MilterClient.connect(milter);
+  try {
+    const r = await playMessage(after, MESSAGE);
+    const reply = r.reply.kind === 'replyCode' ? r.reply.text.slice(0, 1) : r.reply.kind;
+    assert.ok(reply === 'tempfail' || reply === '4', `tempfailed: ${JSON.stringify(r.reply)}`);
+    assert.ok(r.stoppedAt !== 'eom' || added(r.eom).length === 0, 'nothing delivered as if filtered');
+  } finally {
+    await after.quit().catch(() => after.close());
+  }
+  const metrics = parsePrometheus((await httpGet(adminPort, '/metrics')).body);
+  assert.ok(
+    metrics.samples.some(
+      (s) => s.name === 'milterd_member_errors_total' && s.labels.member === upstream && s.value >= 1,
+    ),
+    'the upstream failure is counted for its member',
+  );
+  assert.equal(
+    sampleValue(metrics, 'milterd_member_decisions_total', {
+      member: upstream,
+      stage: 'eom',
+      decision: 'continue',
+      mode: 'enforce',
+    }),
+    1,
+  );
+  assert.equal(
+    sampleValue(metrics, 'milterd_member_breaker_state', { member: upstream, state: 'closed' }),
+    1,
+  );
+  front.signal('SIGTERM');
+  assert.equal((await front.exited).code, 0);
+
+  // From the config file, a breaker that opens at the first failure: open, and still tempfail.
+  const config = path.join(dir, 'milterd.yaml');
+  await writeFile(
+    config,
+    [
+      'listen: inet:0@127.0.0.1',
+      'admin: inet:0@127.0.0.1',
+      'filters:',
+      `  - upstream: ${upstream}`,
+      '    name: gone',
+      '    timeouts: { connect: 2s }',
+      '    breaker: { failures: 1, open: 1h }',
+      '',
+    ].join('\n'),
+  );
+  const third = new Daemon(['--config', config]);
+  t.after(() => third.kill());
+  const s3 = await third.started();
+  assert.ok(s3.adminPort);
+  for (let i = 0; i < 2; i++) {
+    const c = await MilterClient.connect(s3.milter);
+    try {
+      const r = await playMessage(c, MESSAGE);
+      const reply = r.reply.kind === 'replyCode' ? r.reply.text.slice(0, 1) : r.reply.kind;
+      assert.ok(reply === 'tempfail' || reply === '4', `session ${i}: ${JSON.stringify(r.reply)}`);
+    } finally {
+      await c.quit().catch(() => c.close());
+    }
+  }
+  const m3 = parsePrometheus((await httpGet(s3.adminPort, '/metrics')).body);
+  assert.equal(sampleValue(m3, 'milterd_member_breaker_state', { member: 'gone', state: 'open' }), 1);
+  assert.equal(sampleValue(m3, 'milterd_member_breaker_state', { member: 'gone', state: 'closed' }), 0);
+  third.signal('SIGTERM');
+  assert.equal((await third.exited).code, 0);
 });
