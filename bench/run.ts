@@ -76,6 +76,7 @@ const HELP = `usage: npm run bench -- [options]
   --candidates a,b,...       milterd, libmilter, go-milter, c-responder (default), and optional
                              milterd-cluster (2 workers), milterd-async (async callbacks), libmilter-nodelay,
                              milterd-pipeline1 / milterd-pipeline3 (the filter in a pipeline of 1 / 3 members),
+                             milterd-proxy-libmilter (milterd with the libmilter filter as its upstream member),
                              node-responder (milterd's socket layer with pre-built replies: the Node floor)
   --connections 1,16,128,1000   concurrency values        --messages 1,10   messages per connection
   --sockets tcp,unix         transports                   --reps 3          repetitions (medians reported)
@@ -301,6 +302,7 @@ function parseArgs(argv: readonly string[]): Args {
 
 const MILTERD_SERVER = path.resolve('dist/bench/servers/milterd-server.js');
 const NODE_RESPONDER = path.resolve('dist/bench/servers/node-responder.js');
+const PROXY_SERVER = path.resolve('dist/bench/servers/milterd-proxy-server.js');
 const RESULTS = path.resolve('bench/results');
 
 function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDef> {
@@ -368,6 +370,12 @@ function candidateDefs(native: NativeBuild, args: Args): Map<string, CandidateDe
   });
   const lm = native.binaries.libmilter;
   if (lm !== undefined) {
+    defs.set('milterd-proxy-libmilter', {
+      name: 'milterd-proxy-libmilter',
+      description:
+        'milterd proxying to the libmilter filter (a pipeline of one upstreamFilter, Unix socket); CPU and RSS of both',
+      command: node(['--upstream', lm], PROXY_SERVER),
+    });
     defs.set('libmilter', {
       name: 'libmilter',
       description: 'Sendmail libmilter 8.17 (Debian libmilter-dev), C, thread per connection',
