@@ -37,7 +37,7 @@ export interface EomWork {
   /** The pipeline negotiated SMFIP_HDR_LEADSPC: header values it stores keep their leading space. */
   leadingSpace: boolean;
   memoryLimit: number;
-  tempDir: string | undefined;
+  tempDir: string;
 }
 
 /** Hooks of the pipeline a member context reports to. */
@@ -104,6 +104,7 @@ export class MemberContext implements EomContext<unknown> {
   staged: Array<(trx: MessageTransaction) => void> = [];
   stagedBody: BodyStore | undefined = undefined;
   pending: Array<Promise<void>> = [];
+  private readonly droppedLogged = new Set<ActionName>();
   private loggerBase: Logger | undefined = undefined;
   private loggerChild: Logger | undefined = undefined;
 
@@ -167,6 +168,11 @@ export class MemberContext implements EomContext<unknown> {
     }
     if (((this.options?.actions ?? 0) & ACTION_BITS[action]) === 0) {
       this.hooks.action(action, false, 'not-negotiated');
+      // Once per action and SMTP session: a member that insists must not flood the log.
+      if (!this.droppedLogged.has(action)) {
+        this.droppedLogged.add(action);
+        this.logger.warn({ action }, 'pipeline member action not negotiated: dropped, not sent to the MTA');
+      }
       return false;
     }
     if (this.dryRun) {

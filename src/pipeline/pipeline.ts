@@ -14,6 +14,7 @@
  *   sent is emitted once, as the fewest actions (Transaction.applyTo). SMFIR_PROGRESS keeps the MTA
  *   waiting meanwhile.
  */
+import os from 'node:os';
 import type {
   CallbackResult,
   Decision,
@@ -49,6 +50,7 @@ import {
   type StageName,
 } from '../protocol/constants.js';
 import { BodyStore, BODY_MEMORY_LIMIT } from '../session/body-store.js';
+import { chain, isThenable } from '../session/decision.js';
 import { defaultNegotiation, negotiate, type NegotiationOutcome } from '../session/negotiate.js';
 import type { FailureDecision } from '../session/types.js';
 import { compileMemberCondition, type ConditionTest } from './condition.js';
@@ -179,6 +181,35 @@ class ConnState {
   }
 }
 
+/** How a stage's callback is called on a member (the member's filter, its context). */
+type Invoke = (f: Filter, c: MemberContext) => unknown;
+const callData: Invoke = (f, c) => f.data?.(c);
+const callEoh: Invoke = (f, c) => f.eoh?.(c);
+const callAbort: Invoke = (f, c) => f.abort?.(c);
+const callClose: Invoke = (f, c) => f.close?.(c);
+
+/** A member's plain `continue` (nothing to carry). */
+const CONTINUE: Outcome = Object.freeze({ kind: 'continue', decision: undefined, failed: false });
+/** `after`: go on to the next member. */
+const NEXT = Symbol('next');
+
+/** One live stage in progress (see `runFrom`). */
+interface LiveRun {
+  st: ConnState;
+  ctx: StageContext<unknown>;
+  stage: LiveStage;
+  invoke: Invoke;
+  msg: MessageState | undefined;
+  rcpt: string | undefined;
+  connectionStage: boolean;
+  /** The stage is no-reply toward the MTA. */
+  noReply: boolean;
+  takers: MemberRun[];
+}
+
+/** The body of messages whose body nobody after the first changing member reads: never written to. */
+const NO_BODY = new BodyStore(0);
+
 const EMPTY_NEGOTIATION: Negotiation = { members: [], noReply: 0, protocol: 0 };
 
 function kindOf(r: unknown): DecisionKind {
@@ -212,6 +243,10 @@ class Pipeline {
   private readonly failure: FailureDecision;
   private readonly memoryLimit: number;
   private readonly progressMs: number;
+  /** Resolved once: os.tmpdir() reads the environment on every call. */
+  private readonly tempDir: string;
+  /** Someone listens to member events: time callbacks and build the events (else skip both). */
+  private readonly timed: boolean;
 
   constructor(
     private readonly members: readonly Member[],
@@ -220,6 +255,8 @@ class Pipeline {
     this.failure = options.failureDecision ?? 'tempfail';
     this.memoryLimit = options.bodyMemoryLimit ?? BODY_MEMORY_LIMIT;
     this.progressMs = options.progressIntervalMs ?? DEFAULTS.pipelineProgressMs;
+    this.timed = options.onMemberEvent !== undefined;
+    this.tempDir = options.tempDir ?? os.tmpdir();
   }
 
   readonly emit = (e: MemberEvent): void => {
@@ -231,29 +268,26 @@ class Pipeline {
   };
 
   filter(): Filter {
-    const call =
-      (stage: LiveStage, invoke: (f: Filter, ctx: StageContext<unknown>) => MaybePromise<CallbackResult>) =>
-      (ctx: StageContext<unknown>): Promise<CallbackResult> =>
-        this.live(ctx, stage, invoke);
     return {
       name: this.options.name ?? 'pipeline',
       negotiate: (ctx, offer) => this.negotiate(ctx, offer),
-      connect: (ctx, info) => call('connect', (f, c) => f.connect?.(c, info))(ctx),
-      helo: (ctx, name) => call('helo', (f, c) => f.helo?.(c, name))(ctx),
-      envfrom: (ctx, sender, args) => call('envfrom', (f, c) => f.envfrom?.(c, sender, args))(ctx),
+      connect: (ctx, info) => this.live(ctx, 'connect', (f, c) => f.connect?.(c, info)),
+      helo: (ctx, name) => this.live(ctx, 'helo', (f, c) => f.helo?.(c, name)),
+      envfrom: (ctx, sender, args) => this.live(ctx, 'envfrom', (f, c) => f.envfrom?.(c, sender, args)),
       envrcpt: (ctx, rcpt, args) => this.live(ctx, 'envrcpt', (f, c) => f.envrcpt?.(c, rcpt, args), rcpt),
-      data: call('data', (f, c) => f.data?.(c)),
-      unknown: (ctx, line) => call('unknown', (f, c) => f.unknown?.(c, line))(ctx),
+      data: (ctx) => this.live(ctx, 'data', callData),
+      unknown: (ctx, line) => this.live(ctx, 'unknown', (f, c) => f.unknown?.(c, line)),
       header: (ctx, name, value) => {
         this.message(ctx).headers.push([name, value]);
         return this.live(ctx, 'header', (f, c) => f.header?.(c, name, this.headerValue(ctx, c, value)));
       },
-      eoh: call('eoh', (f, c) => f.eoh?.(c)),
-      body: async (ctx, chunk) => {
+      eoh: (ctx) => this.live(ctx, 'eoh', callEoh),
+      body: (ctx, chunk) => {
         const msg = this.message(ctx);
         this.split(ctx, msg);
-        if (msg.body !== undefined) await msg.body.append(chunk);
-        return this.live(ctx, 'body', (f, c) => f.body?.(c, chunk));
+        const stored = msg.body?.append(chunk);
+        const go = (): MaybePromise<CallbackResult> => this.live(ctx, 'body', (f, c) => f.body?.(c, chunk));
+        return stored instanceof Promise ? stored.then(go) : go();
       },
       eom: (ctx) => this.eom(ctx),
       abort: (ctx) => this.abort(ctx),
@@ -317,44 +351,57 @@ class Pipeline {
 
   // ---- negotiation ----
 
+  /**
+   * Every member negotiates against the offer, all at once (upstream milters connect in parallel); the
+   * first failure, in member order, refuses the MTA (after which every member is closed).
+   */
   private async negotiate(ctx: BaseContext<unknown>, offer: NegotiationOffer): Promise<NegotiateResult> {
     const outcomes: Array<NegotiationOutcome | undefined> = [];
     const neg: Negotiation = { members: outcomes, noReply: 0, protocol: 0 };
     const st = new ConnState(neg, this.members, this.emit);
     ctx.priv = st; // so that `close` finds every member even if negotiation fails below
-    for (const [i, m] of this.members.entries()) {
-      const run = st.runs[i] as MemberRun;
-      run.ctx.outer = ctx as StageContext<unknown>;
-      const t0 = performance.now();
-      let out: NegotiationOutcome;
-      try {
-        const request = m.filter.negotiate
-          ? await m.filter.negotiate(run.ctx, offer)
-          : defaultNegotiation(m.filter, offer);
-        if (request === null || typeof request !== 'object') throw new Error('negotiate returned no result');
-        out = negotiate(m.filter, offer, undefined, request);
-      } catch (err) {
-        this.failed(run, 'negotiate', err, t0, 'tempfail');
+    const results = await Promise.all(
+      this.members.map(async (m, i): Promise<{ out: NegotiationOutcome } | { failure: unknown }> => {
+        const run = st.runs[i] as MemberRun;
+        run.ctx.outer = ctx as StageContext<unknown>;
+        const t0 = performance.now();
+        try {
+          const request = m.filter.negotiate
+            ? await m.filter.negotiate(run.ctx, offer)
+            : defaultNegotiation(m.filter, offer);
+          if (request === null || typeof request !== 'object')
+            throw new Error('negotiate returned no result');
+          const out = negotiate(m.filter, offer, undefined, request);
+          run.negotiated(out);
+          this.emit({
+            type: 'decision',
+            member: m.name,
+            connectionId: ctx.id,
+            stage: 'negotiate',
+            decision: 'continue',
+            durationMs: performance.now() - t0,
+            dryRun: m.dryRun,
+            applied: true,
+          });
+          return { out };
+        } catch (err) {
+          this.failed(run, 'negotiate', err, t0, 'tempfail');
+          return { failure: err };
+        }
+      }),
+    );
+    for (const [i, r] of results.entries()) {
+      if ('failure' in r) {
+        const name = (this.members[i] as Member).name;
         throw new MilterProtocolError(
           'ERR_MILTER_NEGOTIATION',
-          `pipeline member ${m.name}: negotiation failed`,
+          `pipeline member ${name}: negotiation failed`,
           {
-            cause: err,
+            cause: r.failure,
           },
         );
       }
-      outcomes.push(out);
-      run.negotiated(out);
-      this.emit({
-        type: 'decision',
-        member: m.name,
-        connectionId: ctx.id,
-        stage: 'negotiate',
-        decision: 'continue',
-        durationMs: performance.now() - t0,
-        dryRun: m.dryRun,
-        applied: true,
-      });
+      outcomes.push(r.out);
     }
     const result = this.union(outcomes as NegotiationOutcome[], offer);
     neg.noReply = result.protocol & STAGE_NAMES.reduce((a, s) => a | STAGE_BITS[s].nr, 0);
@@ -424,36 +471,70 @@ class Pipeline {
     return { kind: decision, decision: undefined, failed: true };
   }
 
-  /** Call one member callback; a throw becomes the failure decision. */
+  /**
+   * Call one member callback; a throw becomes the failure decision. Synchronous when the callback is
+   * (no promise, no microtask): a pipeline of synchronous members stays on the session's fast path.
+   */
+  private callNow(
+    run: MemberRun,
+    stage: MemberStage,
+    outer: StageContext<unknown>,
+    invoke: Invoke,
+    noReply = false,
+  ): Outcome | Promise<Outcome> {
+    run.ctx.outer = outer;
+    run.ctx.stored = undefined;
+    const t0 = this.timed ? performance.now() : 0;
+    const fail = run.member.dryRun ? 'continue' : this.failure;
+    let value: unknown;
+    try {
+      value = invoke(run.member.filter, run.ctx);
+    } catch (err) {
+      return this.failed(run, stage, err, t0, fail);
+    }
+    if (isThenable(value)) {
+      return Promise.resolve(value).then(
+        (v) => this.settle(run, stage, outer, v, noReply, t0),
+        (err: unknown) => this.failed(run, stage, err, t0, fail),
+      );
+    }
+    return this.settle(run, stage, outer, value, noReply, t0);
+  }
+
+  /** `callNow`, always as a promise (end of message, abort, close). */
   private async call(
     run: MemberRun,
     stage: MemberStage,
     outer: StageContext<unknown>,
-    invoke: () => MaybePromise<unknown>,
+    invoke: Invoke,
     noReply = false,
   ): Promise<Outcome> {
-    run.ctx.outer = outer;
-    run.ctx.stored = undefined;
-    const t0 = performance.now();
-    let value: unknown;
-    try {
-      value = await invoke();
-    } catch (err) {
-      return this.failed(run, stage, err, t0, run.member.dryRun ? 'continue' : this.failure);
-    }
+    return this.callNow(run, stage, outer, invoke, noReply);
+  }
+
+  private settle(
+    run: MemberRun,
+    stage: MemberStage,
+    outer: StageContext<unknown>,
+    value: unknown,
+    noReply: boolean,
+    t0: number,
+  ): Outcome {
     const kind = kindOf(value);
     const applied = !run.member.dryRun && !noReply;
-    this.emit({
-      type: 'decision',
-      member: run.member.name,
-      connectionId: outer.id,
-      stage,
-      decision: noReply ? 'noreply' : kind,
-      durationMs: performance.now() - t0,
-      dryRun: run.member.dryRun,
-      applied,
-    });
-    if (!applied) return { kind: 'continue', decision: undefined, failed: false };
+    if (this.timed) {
+      this.emit({
+        type: 'decision',
+        member: run.member.name,
+        connectionId: outer.id,
+        stage,
+        decision: noReply ? 'noreply' : kind,
+        durationMs: performance.now() - t0,
+        dryRun: run.member.dryRun,
+        applied,
+      });
+    }
+    if (!applied || (kind === 'continue' && value === undefined)) return CONTINUE;
     return {
       kind,
       decision: typeof value === 'object' && value !== null ? (value as Decision) : undefined,
@@ -519,45 +600,64 @@ class Pipeline {
     return true;
   }
 
-  /** Members to call at a live stage, in order (conditions judged, `abort`s owed collected). */
-  private async takers(
+  /**
+   * Members to call at a live stage, in order. Conditions are judged here; members judged out while inside
+   * the message are put in `owed` (they get `abort`).
+   */
+  private takers(
     st: ConnState,
     ctx: StageContext<unknown>,
     stage: LiveStage,
     msg: MessageState | undefined,
     rcpt: string | undefined,
-  ): Promise<MemberRun[]> {
+    owed: MemberRun[],
+  ): MemberRun[] {
     const out: MemberRun[] = [];
     const rcptRejected = rcpt !== undefined && ctx.macro('rcpt_mailer') === 'error';
+    const replayed = CONTENT_STAGES.has(stage)
+      ? (msg?.split ?? Number.POSITIVE_INFINITY)
+      : Number.POSITIVE_INFINITY;
     for (const r of st.runs) {
       if (r.retiredConnection || (msg !== undefined && r.retiredMessage)) continue;
       if (r.neg === undefined) continue;
       if (this.excluded(r, ctx, stage, msg)) {
-        if (r.inMessage) await this.abortMember(r, ctx);
+        if (r.inMessage) {
+          r.inMessage = false;
+          owed.push(r);
+        }
         continue;
       }
       if (!r.wants(stage)) continue;
       if (rcptRejected && (r.neg.requested & SMFIP_RCPT_REJ) === 0) continue;
-      if (CONTENT_STAGES.has(stage) && msg?.split !== undefined && r.member.index > msg.split) continue;
+      if (r.member.index > replayed) continue;
       if (stage === 'body' && r.skippedBody) continue;
       out.push(r);
     }
     return out;
   }
 
-  private async abortMember(r: MemberRun, outer: StageContext<unknown>): Promise<void> {
-    r.inMessage = false;
-    if (!r.wants('abort')) return;
-    await this.call(r, 'abort', outer, () => r.member.filter.abort?.(r.ctx));
+  /** `abort` for each of `runs`, in order; synchronous when none has an `abort` callback. */
+  private abortAll(runs: readonly MemberRun[], outer: StageContext<unknown>): void | Promise<void> {
+    const due = runs.filter((r) => {
+      r.inMessage = false;
+      return r.wants('abort');
+    });
+    if (due.length === 0) return;
+    return (async () => {
+      for (const r of due) await this.call(r, 'abort', outer, callAbort);
+    })();
   }
 
   /** Every member still inside the message gets the `abort` the MTA would send, but `except`. */
-  private async abortOthers(
+  private abortOthers(
     st: ConnState,
     outer: StageContext<unknown>,
     except: MemberRun | undefined,
-  ): Promise<void> {
-    for (const r of st.runs) if (r !== except && r.inMessage) await this.abortMember(r, outer);
+  ): void | Promise<void> {
+    return this.abortAll(
+      st.runs.filter((r) => r !== except && r.inMessage),
+      outer,
+    );
   }
 
   /** Decide where content stops streaming: before the first member after one that may change the message. */
@@ -576,87 +676,125 @@ class Pipeline {
     const replayedReadsBody = st.runs.some(
       (r) => r.member.index > split && !r.retiredConnection && !r.retiredMessage && r.wants('body'),
     );
-    if (replayedReadsBody) msg.body = new BodyStore(this.memoryLimit, this.options.tempDir);
+    if (replayedReadsBody) msg.body = new BodyStore(this.memoryLimit, this.tempDir);
   }
 
   /** One live stage: members in order, the first message-ending decision wins. */
-  private async live(
+  private live(
     ctx: StageContext<unknown>,
     stage: LiveStage,
-    invoke: (f: Filter, c: StageContext<unknown>) => MaybePromise<CallbackResult>,
+    invoke: Invoke,
     rcpt?: string,
-  ): Promise<CallbackResult> {
+  ): MaybePromise<CallbackResult> {
     const st = this.state(ctx);
     const inTxn = ctx.envelope !== undefined && stage !== 'connect' && stage !== 'helo';
     if (stage === 'envfrom' && st.msg !== undefined) this.endMessage(st);
     const msg = inTxn ? this.message(ctx) : undefined;
     if (msg !== undefined && CONTENT_STAGES.has(stage)) this.split(ctx, msg);
-    const connectionStage = stage === 'connect' || stage === 'helo';
-    const pipelineNoReply = (st.neg.noReply & STAGE_BITS[stage].nr) !== 0;
-    if (rcpt !== undefined && msg !== undefined && ctx.macro('rcpt_mailer') === 'error')
+    if (rcpt !== undefined && msg !== undefined && ctx.macro('rcpt_mailer') === 'error') {
       msg.refused.add(rcpt);
-    for (const r of await this.takers(st, ctx, stage, msg, rcpt)) {
-      const nr = r.noReply(stage);
-      if (msg !== undefined) r.inMessage = true;
-      const o = await this.call(r, stage, ctx, () => invoke(r.member.filter, r.ctx), nr || pipelineNoReply);
-      switch (o.kind) {
-        case 'continue':
-          break;
-        case 'skip':
-          if (stage === 'body') r.skippedBody = true;
-          break;
-        case 'accept':
-          if (connectionStage) r.retiredConnection = true;
-          else if (msg !== undefined) {
-            r.retiredMessage = true;
-            r.inMessage = false;
-          }
-          break;
-        case 'discard':
-          // Undefined at CONNECT/HELO and outside a transaction (see session/stages.ts): continue.
-          if (connectionStage || msg === undefined) break;
-          return this.endStage(st, ctx, r, o, stage, true);
-        case 'reject':
-        case 'tempfail': {
-          const endsMessage = msg !== undefined && stage !== 'envrcpt' && stage !== 'unknown';
-          if (rcpt !== undefined && msg !== undefined) msg.refused.add(rcpt);
-          return this.endStage(st, ctx, r, o, stage, endsMessage);
-        }
-      }
-      if (o.failed && (o.kind === 'continue' || o.kind === 'accept')) {
-        // A member whose failure is passed over sits out the rest of the message (or session).
-        if (msg !== undefined) {
-          r.retiredMessage = true;
-          r.inMessage = false;
-        } else r.retiredConnection = true;
-      }
     }
-    if (pipelineNoReply) return undefined;
-    if (stage === 'body' && msg !== undefined && this.bodyDone(st, msg, ctx)) return 'skip';
-    if (this.allRetired(st, connectionStage)) {
-      if (msg !== undefined) this.endMessage(st);
+    const owed: MemberRun[] = [];
+    const run: LiveRun = {
+      st,
+      ctx,
+      stage,
+      invoke,
+      msg,
+      rcpt,
+      connectionStage: stage === 'connect' || stage === 'helo',
+      noReply: (st.neg.noReply & STAGE_BITS[stage].nr) !== 0,
+      takers: this.takers(st, ctx, stage, msg, rcpt, owed),
+    };
+    if (owed.length === 0) return this.runFrom(run, 0);
+    return chain(this.abortAll(owed, ctx), () => this.runFrom(run, 0));
+  }
+
+  /** The members of a live stage from the `i`-th on; goes async only at the first member that does. */
+  private runFrom(s: LiveRun, i: number): MaybePromise<CallbackResult> {
+    for (; i < s.takers.length; i++) {
+      const r = s.takers[i] as MemberRun;
+      if (s.msg !== undefined) r.inMessage = true;
+      const o = this.callNow(r, s.stage, s.ctx, s.invoke, s.noReply || r.noReply(s.stage));
+      if (o instanceof Promise) {
+        const next = i + 1;
+        return o.then((x) => {
+          const d = this.after(s, r, x);
+          return d === NEXT ? this.runFrom(s, next) : d;
+        });
+      }
+      const d = this.after(s, r, o);
+      if (d !== NEXT) return d;
+    }
+    if (s.noReply) return undefined;
+    if (s.stage === 'body' && s.msg !== undefined && this.bodyDone(s.st, s.msg, s.ctx)) return 'skip';
+    if (this.allRetired(s.st, s.connectionStage, s.msg !== undefined)) {
+      if (s.msg !== undefined) this.endMessage(s.st);
       return 'accept';
     }
     return undefined;
   }
 
+  /** What a member's outcome means for the stage: go on (NEXT), or the pipeline's answer. */
+  private after(s: LiveRun, r: MemberRun, o: Outcome): MaybePromise<CallbackResult> | typeof NEXT {
+    const msg = s.msg;
+    switch (o.kind) {
+      case 'continue':
+        break;
+      case 'skip':
+        if (s.stage === 'body') r.skippedBody = true;
+        break;
+      case 'accept':
+        if (s.connectionStage) r.retiredConnection = true;
+        else if (msg !== undefined) {
+          r.retiredMessage = true;
+          r.inMessage = false;
+        }
+        break;
+      case 'discard':
+        // Undefined at CONNECT/HELO and outside a transaction (see session/stages.ts): continue.
+        if (s.connectionStage || msg === undefined) break;
+        if (s.stage === 'envrcpt') {
+          // The whole message is discarded, but the MTA goes on with it: every member sits it out.
+          r.inMessage = false;
+          return chain(this.abortOthers(s.st, s.ctx, r), () => {
+            for (const x of s.st.runs) x.retiredMessage = true;
+            return this.answer(r, o);
+          });
+        }
+        return this.endStage(s.st, s.ctx, r, o, true);
+      case 'reject':
+      case 'tempfail': {
+        const endsMessage = msg !== undefined && s.stage !== 'envrcpt' && s.stage !== 'unknown';
+        if (s.rcpt !== undefined && msg !== undefined) msg.refused.add(s.rcpt);
+        return this.endStage(s.st, s.ctx, r, o, endsMessage);
+      }
+    }
+    if (o.failed) {
+      // A member whose failure is passed over sits out the rest of the message (or session).
+      if (msg !== undefined) {
+        r.retiredMessage = true;
+        r.inMessage = false;
+      } else r.retiredConnection = true;
+    }
+    return NEXT;
+  }
+
   /** A decision that ends the stage for all: later members are not asked, members in the message get abort. */
-  private async endStage(
+  private endStage(
     st: ConnState,
     ctx: StageContext<unknown>,
     decider: MemberRun,
     o: Outcome,
-    stage: MemberStage,
     endsMessage: boolean,
-  ): Promise<CallbackResult> {
+  ): MaybePromise<CallbackResult> {
     const answer = this.answer(decider, o);
-    if (endsMessage) {
-      decider.inMessage = false;
-      await this.abortOthers(st, ctx, decider);
+    if (!endsMessage) return answer;
+    decider.inMessage = false;
+    return chain(this.abortOthers(st, ctx, decider), () => {
       this.endMessage(st);
-    }
-    void stage;
-    return answer;
+      return answer;
+    });
   }
 
   /** Every member still reading the body skipped it, and no replayed member needs the rest. */
@@ -669,10 +807,11 @@ class Pipeline {
   }
 
   /** Every member is done with this message (or session): the MTA can stop asking. */
-  private allRetired(st: ConnState, connectionStage: boolean): boolean {
+  private allRetired(st: ConnState, connectionStage: boolean, inMessage: boolean): boolean {
     if (st.runs.length === 0) return false;
+    const messageToo = inMessage && !connectionStage;
     return st.runs.every(
-      (r) => r.neg === undefined || r.retiredConnection || (!connectionStage && r.retiredMessage),
+      (r) => r.neg === undefined || r.retiredConnection || (messageToo && r.retiredMessage),
     );
   }
 
@@ -683,7 +822,8 @@ class Pipeline {
     const msg = this.message(ctx);
     this.split(ctx, msg);
     const env = ctx.envelope;
-    const body = msg.body ?? new BodyStore(0, this.options.tempDir);
+    // No replayed member reads the body: the transaction gets an empty one (nobody reads it).
+    const body = msg.body ?? NO_BODY;
     const trx = new MessageTransaction({
       connection: ctx.connection,
       helo: ctx.helo,
@@ -705,22 +845,24 @@ class Pipeline {
       }),
       leadingSpace: ((ctx.negotiated?.protocol ?? 0) & SMFIP_HDR_LEADSPC) !== 0,
       memoryLimit: this.memoryLimit,
-      tempDir: this.options.tempDir,
+      tempDir: this.tempDir,
     };
     const timer = setInterval(() => ctx.progress(), this.progressMs);
     timer.unref();
     let applied = false;
     try {
       for (const r of st.runs) {
+        // The session gave up on this EOM (its callback budget) and went on: ask no further member.
+        if (st.msg !== msg) return undefined;
         if (r.retiredConnection || r.retiredMessage || r.neg === undefined) continue;
         if (this.excluded(r, ctx, 'eom', msg)) {
-          if (r.inMessage) await this.abortMember(r, ctx);
+          if (r.inMessage) await this.abortAll([r], ctx);
           continue;
         }
         r.inMessage = true;
         if (msg.split !== undefined && r.member.index > msg.split) {
           const replayed = await this.replay(r, ctx, work, msg);
-          if (replayed !== undefined) return await this.endStage(st, ctx, r, replayed, 'eom', true);
+          if (replayed !== undefined) return await this.endStage(st, ctx, r, replayed, true);
           if (r.retiredMessage) continue;
         }
         if (!r.wants('eom')) {
@@ -730,9 +872,10 @@ class Pipeline {
         const o = await this.runEom(r, ctx, work);
         r.inMessage = false;
         if (o.kind === 'reject' || o.kind === 'tempfail' || o.kind === 'discard') {
-          return await this.endStage(st, ctx, r, o, 'eom', true);
+          return await this.endStage(st, ctx, r, o, true);
         }
       }
+      if (st.msg !== msg) return undefined;
       if (work.replacement !== undefined) {
         const replacement = work.replacement;
         trx.replaceBody(replacement.read());
@@ -743,9 +886,12 @@ class Pipeline {
     } finally {
       clearInterval(timer);
       await work.replacement?.dispose();
-      if (!applied && st.msg === msg) await this.abortOthers(st, ctx, undefined);
-      this.endMessage(st);
-      await body.dispose();
+      // A late finish (the session's callback budget ran out, the MTA went on) must not end the next message.
+      if (st.msg === msg) {
+        if (!applied) await this.abortOthers(st, ctx, undefined);
+        this.endMessage(st);
+      }
+      if (body !== NO_BODY) await body.dispose();
     }
   }
 
@@ -758,8 +904,8 @@ class Pipeline {
     mc.pending = [];
     let o: Outcome;
     try {
-      o = await this.call(r, 'eom', ctx, async () => {
-        const v = await r.member.filter.eom?.(mc);
+      o = await this.call(r, 'eom', ctx, async (f) => {
+        const v = await f.eom?.(mc);
         await Promise.all(mc.pending);
         return v;
       });
@@ -857,7 +1003,7 @@ class Pipeline {
       if (r.closed) continue;
       r.closed = true;
       if (typeof r.member.filter.close !== 'function') continue;
-      await this.call(r, 'close', ctx as StageContext<unknown>, () => r.member.filter.close?.(r.ctx));
+      await this.call(r, 'close', ctx as StageContext<unknown>, callClose);
     }
   }
 }

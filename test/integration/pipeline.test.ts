@@ -119,3 +119,55 @@ test('pipeline over a socket: later members see earlier changes, conditions foll
   const closes = events.filter((e) => e.type === 'decision' && e.stage === 'close').map((e) => e.member);
   assert.deepEqual(closes, ['rewrite', 'rewrite']);
 });
+
+test('pipeline over a socket: after QUIT_NC members start a fresh SMTP session on the same negotiation (close once each, priv reset)', async (t) => {
+  const seen: string[] = [];
+  const mk = (name: string): Filter<string> => ({
+    actions: ['addHeader'],
+    connect(ctx, info) {
+      seen.push(`${name} connect ${info.hostname} priv=${String(ctx.priv)}`);
+      ctx.priv = `${name}@${info.hostname}`;
+    },
+    eom(ctx) {
+      ctx.addHeader(`X-${name}`, String(ctx.priv));
+    },
+    close(ctx) {
+      seen.push(`${name} close priv=${String(ctx.priv)}`);
+    },
+  });
+  const filter = pipeline([
+    { name: 'a', filter: mk('a') as Filter },
+    { name: 'b', filter: mk('b') as Filter },
+  ]);
+  const { address } = await startServer(t, { filter, logger: silentLogger });
+  const mta = await RawMta.connect(address);
+  t.after(() => mta.destroy());
+  const neg = await mta.negotiate();
+  for (const host of ['one.example', 'two.example']) {
+    const commands: Array<MilterCommand & { kind: 'connect' | 'mail' | 'rcpt' }> = [
+      { kind: 'connect', hostname: host, family: 'inet', port: 4567, address: '192.0.2.1' },
+      { kind: 'mail', sender: '<a@example.org>', args: [] },
+      { kind: 'rcpt', recipient: '<b@example.net>', args: [] },
+    ];
+    for (const c of commands) await step(mta, neg.protocol, c);
+    const eom = await endOfMessage(mta);
+    assert.deepEqual(eom.modifications, [
+      { kind: 'addHeader', name: 'X-a', value: `a@${host}` },
+      { kind: 'addHeader', name: 'X-b', value: `b@${host}` },
+    ]);
+    assert.deepEqual(eom.final, { kind: 'continue' });
+    if (host === 'one.example') mta.send({ kind: 'quitNewConnection' });
+  }
+  mta.send({ kind: 'quit' });
+  await mta.closed;
+  assert.deepEqual(seen, [
+    'a connect one.example priv=undefined',
+    'b connect one.example priv=undefined',
+    'a close priv=a@one.example',
+    'b close priv=b@one.example',
+    'a connect two.example priv=undefined',
+    'b connect two.example priv=undefined',
+    'a close priv=a@two.example',
+    'b close priv=b@two.example',
+  ]);
+});

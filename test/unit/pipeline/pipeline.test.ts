@@ -27,6 +27,7 @@ import {
   SMFIP_NR_MAIL,
 } from '../../../src/protocol/constants.js';
 import { testFilter } from '../../../src/testing/index.js';
+import { memoryLogger } from '../../helpers/logs.js';
 
 const member = (name: string, filter: Filter, extra: Partial<PipelineMember> = {}): PipelineMember => ({
   name,
@@ -86,12 +87,14 @@ test('negotiation: the union of what members need, no-reply only where every rec
   assert.equal(t.messages[0]?.headers[0]?.kind, 'noreply');
 });
 
-test('negotiation: an action a member did not negotiate is dropped and reported, never sent', async () => {
+test('negotiation: an action a member did not negotiate is dropped, logged and reported, never sent', async () => {
   const events: MemberEvent[] = [];
+  const log = memoryLogger();
   const f: Filter = {
     actions: ['addHeader'],
     eom(ctx) {
       ctx.changeFrom('<evil@example.org>');
+      ctx.changeFrom('<again@example.org>');
       ctx.addHeader('X-Ok', 'yes');
     },
   };
@@ -99,15 +102,21 @@ test('negotiation: an action a member did not negotiate is dropped and reported,
     pipeline([member('f', f), member('g', { actions: ['changeFrom'], eom: () => undefined })], {
       onMemberEvent: (e) => void events.push(e),
     }),
-    { messages: [MESSAGE] },
+    { messages: [MESSAGE], session: { logger: log.logger } },
   );
   assert.deepEqual(t.messages[0]?.eom?.modifications, [{ kind: 'addHeader', name: 'X-Ok', value: 'yes' }]);
   assert.deepEqual(
     events.filter((e) => e.type === 'action').map((e) => [e.member, e.action, e.applied, e.reason]),
     [
       ['f', 'changeFrom', false, 'not-negotiated'],
+      ['f', 'changeFrom', false, 'not-negotiated'],
       ['f', 'addHeader', true, undefined],
     ],
+  );
+  const warned = log.lines.filter((l) => l.action === 'changeFrom');
+  assert.deepEqual(
+    warned.map((l) => [l.level, l.member]),
+    [[40, 'f']],
   );
 });
 
@@ -487,4 +496,119 @@ test('close runs exactly once per member per connection, failed members included
   );
   assert.equal(refused.end, 'refused');
   assert.deepEqual(closed, ['a', 'b', 'c']);
+});
+
+test('negotiation: header values keep their leading space only for members that asked; new values get one', async () => {
+  const seen: string[] = [];
+  const spaced: Filter = {
+    headerLeadingSpace: true,
+    header: (_c, n, v) => void seen.push(`spaced ${n}:${v}`),
+  };
+  const plain: Filter = {
+    actions: ['addHeader', 'changeHeader'],
+    header: (_c, n, v) => void seen.push(`plain ${n}:${v}`),
+    eom(ctx) {
+      ctx.addHeader('X-New', 'v');
+      ctx.changeHeader('Subject', 1, 'changed');
+    },
+  };
+  const t = await testFilter(pipeline([member('spaced', spaced), member('plain', plain)]), {
+    messages: [{ ...MESSAGE, headers: [['Subject', ' hello']] }],
+  });
+  assert.deepEqual(seen, ['spaced Subject: hello', 'plain Subject:hello']);
+  // The MTA negotiated HDR_LEADSPC for the pipeline: every value it gets carries its leading space.
+  assert.deepEqual(t.messages[0]?.eom?.modifications, [
+    { kind: 'changeHeader', index: 1, name: 'Subject', value: ' changed' },
+    { kind: 'addHeader', name: 'X-New', value: ' v' },
+  ]);
+});
+
+test('decisions: a failure passed over (failureDecision continue) retires only the failed member, for the message', async () => {
+  const seen: string[] = [];
+  const events: MemberEvent[] = [];
+  let calls = 0;
+  const flaky: Filter = {
+    envfrom: () => {
+      if (++calls === 1) throw new Error('first message fails');
+      seen.push('flaky envfrom');
+    },
+    eom: () => void seen.push('flaky eom'),
+  };
+  const steady: Filter = {
+    envfrom: () => void seen.push('steady envfrom'),
+    eom: () => void seen.push('steady eom'),
+  };
+  const t = await testFilter(
+    pipeline([member('flaky', flaky), member('steady', steady)], {
+      failureDecision: 'continue',
+      onMemberEvent: (e) => void events.push(e),
+    }),
+    { messages: [MESSAGE, MESSAGE] },
+  );
+  assert.deepEqual(
+    t.messages.map((m) => m.reply.kind),
+    ['continue', 'continue'],
+  );
+  assert.deepEqual(seen, [
+    'steady envfrom',
+    'steady eom',
+    'flaky envfrom',
+    'steady envfrom',
+    'flaky eom',
+    'steady eom',
+  ]);
+  const errors = events.filter((e) => e.type === 'error');
+  assert.deepEqual(
+    errors.map((e) => [e.member, e.stage, e.code, e.timeout, e.decision]),
+    [['flaky', 'envfrom', 'ERR_MILTER_CALLBACK_FAILED', false, 'continue']],
+  );
+});
+
+test('end of message: SMFIR_PROGRESS keeps the MTA waiting while a slow member works', async () => {
+  const slow: Filter = {
+    actions: ['addHeader'],
+    async eom(ctx) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      ctx.addHeader('X-Slow', 'done');
+    },
+  };
+  const t = await testFilter(pipeline([member('slow', slow)], { progressIntervalMs: 1 }), {
+    messages: [MESSAGE],
+  });
+  const eom = t.messages[0]?.eom;
+  assert.ok((eom?.progress ?? 0) >= 1, `progress packets: ${eom?.progress}`);
+  assert.deepEqual(eom?.modifications, [{ kind: 'addHeader', name: 'X-Slow', value: 'done' }]);
+});
+
+test("end of message: an EOM that outlives the session's callback budget does not end the next message", async () => {
+  const seen: string[] = [];
+  let open: (() => void) | undefined;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  let n = 0;
+  const slow: Filter = {
+    envfrom() {
+      n++;
+      seen.push(`envfrom ${n}`);
+      if (n === 2) {
+        open?.(); // the first message's EOM finishes now, late, during the second message
+        return 'accept';
+      }
+    },
+    envrcpt: () => void seen.push(`envrcpt ${n}`),
+    async eom() {
+      seen.push(`eom ${n}`);
+      if (n === 1) await gate;
+    },
+  };
+  const other: Filter = { eom: () => void seen.push(`other eom ${n}`) };
+  const t = await testFilter(pipeline([member('slow', slow), member('other', other)]), {
+    messages: [MESSAGE, MESSAGE],
+    session: { callbackTimeoutMs: 20 },
+  });
+  assert.deepEqual(
+    t.messages.map((m) => m.reply.kind),
+    ['tempfail', 'continue'],
+  );
+  // `slow` accepted message 2 at MAIL: it stays retired for it although message 1's EOM ended meanwhile.
+  assert.deepEqual(seen, ['envfrom 1', 'envrcpt 1', 'eom 1', 'envfrom 2', 'other eom 2']);
 });
