@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -20,7 +20,13 @@ import path from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { MilterClient, playMessage, type MessageResult, type MessageScript } from '../../src/client/index.js';
+import {
+  MilterClient,
+  playMessage,
+  type MessageResult,
+  type MessageScript,
+  type MilterClientOptions,
+} from '../../src/client/index.js';
 import { MTA_OFFER } from '../../src/client/mta-profiles.js';
 import { SMFIP_NR_HDR } from '../../src/protocol/constants.js';
 import { decodeCommand } from '../../src/protocol/decode.js';
@@ -28,6 +34,7 @@ import { encodeResponse, encodeResponses } from '../../src/protocol/encode.js';
 import { FrameDecoder } from '../../src/protocol/frame.js';
 import type { MilterResponse } from '../../src/protocol/types.js';
 import { upstreamFilter, type UpstreamEvent, type UpstreamOptions } from '../../src/pipeline/upstream.js';
+import { memoryLogger, type MemoryLog } from '../helpers/logs.js';
 import { startServer } from '../helpers/server.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -49,6 +56,12 @@ after(async () => {
 /** Open descriptors of this process (sockets, pipes, files). */
 function fdCount(): number {
   return readdirSync('/proc/self/fd').length;
+}
+
+/** Every thread of `pid` is stopped (state T in /proc): a signal stops a process asynchronously. */
+function stopped(pid: number): boolean {
+  const tasks = readdirSync(`/proc/${pid}/task`);
+  return tasks.every((tid) => /^\d+ \(.*\) T /.test(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1')));
 }
 
 interface Upstream {
@@ -96,11 +109,12 @@ async function startUpstream(t: TestContext, spec = freshSpec()): Promise<Upstre
 async function startProxy(
   t: TestContext,
   options: UpstreamOptions,
-): Promise<{ spec: string; events: UpstreamEvent[] }> {
+): Promise<{ spec: string; events: UpstreamEvent[]; log: MemoryLog }> {
   const events: UpstreamEvent[] = [];
-  const filter = upstreamFilter({ ...options, onEvent: (e) => events.push(e) });
-  const { address } = await startServer(t, { filter });
-  return { spec: `inet:${address.port}@127.0.0.1`, events };
+  const log = memoryLogger();
+  const filter = upstreamFilter({ logger: log.logger, ...options, onEvent: (e) => events.push(e) });
+  const { address } = await startServer(t, { filter, logger: log.logger });
+  return { spec: `inet:${address.port}@127.0.0.1`, events, log };
 }
 
 const CONNECT = { hostname: 'client.example', family: 'inet' as const, port: 40000, address: '192.0.2.1' };
@@ -153,8 +167,12 @@ function wire(r: MessageResult): unknown {
   };
 }
 
-async function play(spec: string, script: MessageScript): Promise<MessageResult> {
-  const client = await MilterClient.connect(spec, MTA_OFFER);
+async function play(
+  spec: string,
+  script: MessageScript,
+  offer: MilterClientOptions = MTA_OFFER,
+): Promise<MessageResult> {
+  const client = await MilterClient.connect(spec, offer);
   try {
     return await playMessage(client, script);
   } finally {
@@ -171,6 +189,13 @@ test('happy path: through milterd the MTA gets the same bytes as from the libmil
     const proxied = await play(proxy.spec, script);
     assert.deepEqual(wire(proxied), wire(direct));
   }
+  // An older MTA's offer (v2 actions, no NR/SKIP, no macro lists) reaches the upstream as it is: it asks
+  // for less, fails its CHGFROM at EOM and tempfails, with the edits made before: the same either way.
+  const old = { version: 6, actions: 0x3f, protocol: 0x7f };
+  const oldDirect = await play(up.spec, MESSAGE, old);
+  assert.deepEqual(wire(await play(proxy.spec, MESSAGE, old)), wire(oldDirect));
+  assert.deepEqual(oldDirect.eom?.reply, { kind: 'tempfail' });
+  assert.equal(oldDirect.eom?.modifications.length, 4);
 
   // What the comparison covered: each branch of the fixture really happened.
   const direct = await play(up.spec, MESSAGE);
@@ -215,9 +240,10 @@ test('happy path: through milterd the MTA gets the same bytes as from the libmil
   });
   assert.deepEqual(rejected.connect, { kind: 'replyCode', text: '554 5.7.1 go away, 100%% sure' });
 
-  // One upstream connection per MTA connection, closed with it: 5 sessions, 5 closes seen by libmilter.
-  await waitFor(() => up.count('close') === 6, 'libmilter to see every connection close');
-  assert.equal(up.count('close'), 6);
+  // One upstream connection per MTA connection, closed with it: 8 sessions (6 proxied or direct, 2 more
+  // direct above), 8 closes seen by libmilter.
+  await waitFor(() => up.count('close') === 8, 'libmilter to see every connection close');
+  assert.equal(up.count('close'), 8);
   assert.ok(proxy.events.some((e) => e.type === 'connect'));
   assert.ok(!proxy.events.some((e) => e.type === 'error' || e.type === 'failure' || e.type === 'dropped'));
 });
@@ -262,6 +288,16 @@ test('an action the MTA did not grant is dropped and counted, never forwarded', 
       { upstream: `inet:${port}@127.0.0.1`, type: 'dropped', action: 'quarantine', reason: 'not-granted' },
     ],
   );
+  // One warning per dropped action (rate-limited per reason), in the connection's log.
+  assert.deepEqual(
+    proxy.log.lines
+      .filter((l) => l.reason === 'not-granted')
+      .map((l) => [l.level, l.action, l.conn !== undefined]),
+    [
+      [40, 'addHeader', true],
+      [40, 'quarantine', true],
+    ],
+  );
 });
 
 test('nothing listening: the failure action at CONNECT, the breaker opens, fails fast, then probes', async (t) => {
@@ -283,6 +319,11 @@ test('nothing listening: the failure action at CONNECT, the breaker opens, fails
   await session();
   assert.equal(errors(), 2);
   assert.ok(proxy.events.some((e) => e.type === 'breaker' && e.state === 'open'));
+  assert.ok(proxy.log.lines.some((l) => l.upstream === 'later' && l.state === 'open' && l.level === 40));
+  assert.equal(
+    proxy.log.coded('ERR_MILTER_CONNECTION_CLOSED').filter((l) => l.stage === 'negotiate').length,
+    2,
+  );
 
   // Open: failed fast (no attempt, so no new error), even once the upstream is back, until openMs passed.
   const up = await startUpstream(t, spec);
@@ -445,6 +486,7 @@ test('stopped upstream (SIGSTOP): commandMs, connectMs, then tempfail; sessions 
   });
   const client = await openMessage(proxy.spec);
   process.kill(up.proc.pid as number, 'SIGSTOP');
+  await waitFor(() => stopped(up.proc.pid as number), 'the upstream to stop');
   assert.deepEqual(await client.rcpt('<dave@example.net>'), { kind: 'tempfail' });
   assert.deepEqual(await client.data(), { kind: 'tempfail' });
   await client.quit();
@@ -463,4 +505,28 @@ test('stopped upstream (SIGSTOP): commandMs, connectMs, then tempfail; sessions 
   // Resumed, it serves new sessions again.
   process.kill(up.proc.pid as number, 'SIGCONT');
   assert.equal((await play(proxy.spec, MESSAGE)).stoppedAt, 'eom');
+});
+
+test('QUIT_NC: the next SMTP session on the same MTA connection gets a new upstream session, same bytes as direct', async (t) => {
+  const up = await startUpstream(t);
+  const proxy = await startProxy(t, { address: up.spec });
+  const twoSessions = async (spec: string): Promise<unknown[]> => {
+    const client = await MilterClient.connect(spec, MTA_OFFER);
+    try {
+      const first = await playMessage(client, MESSAGE);
+      client.quitNewConnection();
+      const second = await playMessage(client, MESSAGE);
+      return [wire(first), wire(second)];
+    } finally {
+      await client.quit();
+    }
+  };
+  const direct = await twoSessions(up.spec);
+  const closesDirect = up.count('close');
+  const proxied = await twoSessions(proxy.spec);
+  assert.deepEqual(proxied, direct);
+  assert.equal((direct[1] as { stoppedAt: string }).stoppedAt, 'eom');
+  // Through milterd each SMTP session had its own upstream connection, closed with it.
+  await waitFor(() => up.count('close') === closesDirect + 2, 'both upstream sessions to close');
+  assert.equal(up.count('close'), closesDirect + 2);
 });
