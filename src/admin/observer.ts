@@ -3,16 +3,14 @@
  * series (policy firings, reloads, draining, build info). Every observer method is a couple of Map
  * lookups and never throws.
  */
+import type { BreakerState } from '../breaker.js';
+import type { MemberEvent } from '../pipeline/index.js';
+import type { UpstreamEvent } from '../pipeline/upstream.js';
 import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterCommandKind } from '../protocol/types.js';
 import type { MilterErrorCode } from '../errors.js';
 import { Registry, type Counter, type Gauge, type Histogram } from './metrics.js';
 import { ProcessMetrics } from './process-metrics.js';
-import type { BreakerState } from '../breaker.js';
-import type { MemberEvent } from '../pipeline/index.js';
-import type { UpstreamEvent } from '../pipeline/upstream.js';
-
-const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
 
 /** Names of every metric milterd exports (also documented in the README). */
 export const METRIC_NAMES = {
@@ -76,6 +74,9 @@ export function messageOutcome(stage: DecisionStage, decision: ObservedDecision)
   }
   return decision === 'reject' || decision === 'tempfail' || decision === 'discard' ? decision : undefined;
 }
+
+/** The states of an upstream member's breaker (`milterd_member_breaker_state{state}`). */
+const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
 
 /** Metrics of one daemon process. Create one per process; `observer` goes to `createMilterServer`. */
 export class DaemonMetrics {

@@ -21,13 +21,8 @@ import { FILTER_CALLBACKS, type Filter } from '../filter.js';
 import { createDefaultFilter } from '../filters/default.js';
 import { withShutdownPolicy, type ShutdownPolicy } from '../policy/index.js';
 import type { FailureDecision } from '../session/types.js';
-import {
-  parseMemberCondition,
-  pipeline,
-  upstreamFilter,
-  type MemberEvent,
-  type PipelineMember,
-} from './pipeline-api.js';
+import { parseMemberCondition, pipeline, type MemberEvent, type PipelineMember } from '../pipeline/index.js';
+import { upstreamFilter } from '../pipeline/upstream.js';
 import type { MemberSpec } from './pipeline-config.js';
 
 /** What a filter module's factory receives besides its options. */

@@ -171,6 +171,24 @@ test('--filter and --upstream on the command line replace the config file filter
   d.signal('SIGTERM');
   assert.equal((await d.exited).code, 0);
 
+  // The environment: both variables, comma-separated; filters before upstreams. The command line wins
+  // over it as a whole and keeps the order of --upstream and --filter.
+  const env = {
+    MILTERD_FILTER: `${path.join(dir, 'file.mjs')},builtin:stamp`,
+    MILTERD_UPSTREAM: 'inet:8891@127.0.0.1',
+  };
+  const fromEnv = await runMilterd(['check-config'], { env });
+  assert.equal(fromEnv.code, 0, fromEnv.stderr);
+  const names = (out: string): unknown[] =>
+    (JSON.parse(out) as { pipeline: Array<{ name: string }> }).pipeline.map((m) => m.name);
+  assert.deepEqual(names(fromEnv.stdout), ['file', 'stamp', 'inet:8891@127.0.0.1']);
+  const fromCli = await runMilterd(
+    ['check-config', '--upstream', 'unix:/run/dkim.sock', '--filter', path.join(dir, 'only.js')],
+    { env },
+  );
+  assert.equal(fromCli.code, 0, fromCli.stderr);
+  assert.deepEqual(names(fromCli.stdout), ['unix:/run/dkim.sock', 'only']);
+
   const d2 = new Daemon([
     '--listen',
     'inet:0@127.0.0.1',

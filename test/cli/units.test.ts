@@ -8,7 +8,7 @@ import {
 } from '../../src/policy/values.js';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Registry } from '../../src/admin/metrics.js';
+import { ModuleRegistry, Registry } from '../../src/admin/metrics.js';
 import { DaemonMetrics } from '../../src/admin/observer.js';
 import { mergeSettings, parseConfigText, settingsToConfigObject } from '../../src/cli/config.js';
 import { headerValueToSend, parseEml } from '../../src/cli/eml.js';
@@ -59,6 +59,25 @@ test('registry: invalid names, labels, and decreasing counters are refused', () 
   assert.throws(() => c.inc({}), TypeError);
   assert.throws(() => c.inc({ a: 'x', b: 'y' }), TypeError);
   assert.throws(() => r.counter({ name: 'c_total', help: '' }), TypeError);
+});
+
+test('module registry: a module registering again (reloaded) gets its metric back; clashes are refused', () => {
+  const r = new Registry();
+  r.counter({ name: 'milterd_daemon_total', help: 'the daemon' });
+  const first = new ModuleRegistry(r).counter({ name: 'f_seen_total', help: 'seen', labelNames: ['kind'] });
+  first.inc({ kind: 'a' });
+  // A second instance (a SIGHUP reload of the module) on the same registry.
+  const again = new ModuleRegistry(r).counter({ name: 'f_seen_total', help: 'seen', labelNames: ['kind'] });
+  assert.equal(again, first);
+  again.inc({ kind: 'a' });
+  assert.match(r.render(), /^f_seen_total\{kind="a"\} 2$/m);
+  const m = new ModuleRegistry(r);
+  assert.throws(
+    () => m.gauge({ name: 'f_seen_total', help: 'x', labelNames: ['kind'] }),
+    /another type or labels/,
+  );
+  assert.throws(() => m.counter({ name: 'f_seen_total', help: 'x' }), /another type or labels/);
+  assert.throws(() => m.counter({ name: 'milterd_daemon_total', help: 'x' }), /the daemon's own/);
 });
 
 test('daemon metrics: the observer feeds the series', () => {

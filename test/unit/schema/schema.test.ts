@@ -21,6 +21,7 @@ import {
 } from '../../../src/cli/pipeline-config.js';
 import { SYSLOG_FACILITIES, SYSLOG_FORMATS } from '../../../src/logging/syslog.js';
 import { DEFAULT_POLICY_YAML } from '../../../src/policy/default-policy.js';
+import { MEMBER_CONDITION_KEYS } from '../../../src/pipeline/index.js';
 import { checkPolicy, PREFIX_KEYS, RULE_KEYS, TOP_KEYS, WHEN_KEYS } from '../../../src/policy/load.js';
 import { LIMIT_KINDS } from '../../../src/policy/rules.js';
 
@@ -65,13 +66,14 @@ test('config schema: exactly the fields of the settings table (SETTINGS paths), 
   assert.deepEqual(configSchema.properties?.logSyslogFormat?.enum, [...SYSLOG_FORMATS]);
 });
 
-test('config schema: a filters entry has exactly the keys of the member parser (pipeline-config.ts)', () => {
+test('config schema: a filters entry has exactly the keys of the member parser (pipeline-config.ts) and of parseMemberCondition', () => {
   const member = configSchema.$defs?.member;
   assert.deepEqual(keys(member), sorted(MEMBER_KEYS));
   assert.deepEqual(keys(member?.properties?.timeouts), sorted(MEMBER_TIMEOUT_KEYS));
   assert.deepEqual(keys(member?.properties?.breaker), sorted(MEMBER_BREAKER_KEYS));
   assert.deepEqual(member?.properties?.['on-failure']?.enum, [...ON_FAILURE_ACTIONS]);
   assert.deepEqual(member?.properties?.builtin?.enum, [...BUILTIN_MEMBERS]);
+  assert.deepEqual(keys(configSchema.$defs?.memberCondition), sorted(MEMBER_CONDITION_KEYS));
   assert.deepEqual(
     member?.oneOf?.map((o) => o.required),
     [['builtin'], ['module'], ['upstream']],
