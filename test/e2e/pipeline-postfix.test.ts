@@ -116,10 +116,14 @@ describe('conditions and dry-run behind Postfix', { concurrency: 1 }, () => {
       'one dry-run reject counted',
     );
     // The decision is in the log (debug: one line per member decision), marked as not applied.
-    const line = milterd.daemon.lines.find((l) => {
-      const text = JSON.stringify(l);
-      return text.includes('spamassassin') && /"reject"/.test(text) && /dry.?run/i.test(text);
-    });
+    const line = milterd.daemon.lines.find(
+      (l) =>
+        l.msg === 'member decision' &&
+        l.member === 'spamassassin' &&
+        l.decision === 'reject' &&
+        l.dryRun === true &&
+        l.applied === false,
+    );
     assert.ok(line, await explain('no log line for the dry-run reject'));
 
     const droppedBefore = await milterd.metric('milterd_member_actions_total', {
