@@ -218,6 +218,16 @@ export async function buildDaemonPipeline(
 ): Promise<BuiltPipeline> {
   const members: PipelineMember[] = [];
   for (const spec of specs) members.push(await buildMember(spec, ctx));
+  const only = members[0];
+  const plain = only !== undefined && only.when === undefined && only.dryRun !== true;
+  if (members.length === 1 && specs[0]?.kind === 'builtin' && plain) {
+    // The default pipeline, the stamp alone: run it as it always ran (same negotiation and bytes on the
+    // wire, no per-member layer), so a daemon without filters behaves exactly as before.
+    const filter = withShutdownPolicy(only.filter, policy, {
+      failureDecision: ctx.failureDecision,
+    }) as Filter;
+    return { filter, members };
+  }
   const metrics = ctx.metrics;
   const debug = ctx.logger.child({ pipeline: true });
   const inner = pipeline(members, {

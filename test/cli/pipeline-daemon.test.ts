@@ -22,9 +22,8 @@ const CONNECT = {
   address: '192.0.2.10',
 };
 
-const MESSAGE: MessageScript = {
-  connect: CONNECT,
-  helo: 'client.example.org',
+/** A message on a connection that already sent CONNECT and HELO. */
+const NEXT_MESSAGE: MessageScript = {
   sender: '<a@example.org>',
   recipients: ['<b@example.net>'],
   headers: [
@@ -33,6 +32,8 @@ const MESSAGE: MessageScript = {
   ],
   body: 'hello\r\n',
 };
+
+const MESSAGE: MessageScript = { connect: CONNECT, helo: 'client.example.org', ...NEXT_MESSAGE };
 
 async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const dir = await mkdtemp(path.join(tmpdir(), 'milterd-pipeline-'));
@@ -287,12 +288,10 @@ test('SIGHUP: a changed module serves new connections, an open connection keeps 
   assert.ok(adminPort);
   assert.deepEqual(await oneMessage(milter), ['X-Esm: v1', 'X-Cjs: v1']);
 
-  // A connection that started before the reload (its MAIL reply: the callbacks before it ran).
+  // A connection that started before the reload, with one message through the v1 pipeline.
   const open = await MilterClient.connect(milter);
   t.after(() => open.close());
-  await open.connect(CONNECT);
-  await open.helo('client.example.org');
-  assert.equal((await open.mail('<a@example.org>')).kind, 'continue');
+  assert.deepEqual(added((await playMessage(open, MESSAGE)).eom), ['X-Esm: v1', 'X-Cjs: v1']);
 
   await writeFile(esm, esmHeader('X-Esm', 'v2'));
   await writeFile(cjs, cjsHeader('X-Cjs', 'v2'));
@@ -305,14 +304,9 @@ test('SIGHUP: a changed module serves new connections, an open connection keeps 
     'new connections: the changed modules',
   );
 
-  assert.equal((await open.rcpt('<b@example.net>')).kind, 'continue');
-  await open.data();
-  await open.header('Subject', 'open across the reload');
-  await open.eoh();
-  await open.body(Buffer.from('hello\r\n'));
-  const kept = await open.eom();
+  const kept = await playMessage(open, NEXT_MESSAGE);
   assert.equal(kept.reply.kind, 'continue');
-  assert.deepEqual(added(kept), ['X-Esm: v1', 'X-Cjs: v1'], 'the open connection keeps its pipeline');
+  assert.deepEqual(added(kept.eom), ['X-Esm: v1', 'X-Cjs: v1'], 'the open connection keeps its pipeline');
   await open.quit();
 
   // A broken module: refused, located, and v2 stays for new connections.
@@ -519,7 +513,7 @@ test('--upstream to a milter in another process (a second milterd): its changes 
   const client = await MilterClient.connect(milter);
   try {
     const r = await playMessage(client, { ...MESSAGE, sender: '<spam@example.org>' });
-    assert.equal(r.stoppedAt, 'mail');
+    assert.equal(r.eom, undefined, 'stopped before end of message');
     assert.deepEqual(r.reply, { kind: 'replyCode', text: '550 5.7.1 spam here' }, "the upstream's reply");
   } finally {
     await client.quit().catch(() => client.close());
