@@ -79,6 +79,7 @@ const HELP = `usage: npm run bench -- [options]
                              milterd-cluster (2 workers), milterd-async (async callbacks), libmilter-nodelay,
                              milterd-pipeline1 / milterd-pipeline3 (the filter in a pipeline of 1 / 3 members),
                              node-responder (milterd's socket layer with pre-built replies: the Node floor),
+                             milterd-proxy-libmilter (milterd with the libmilter filter as its upstream member),
                              milterd-policy, milterd-redis, milterd-redis-unix (issue 15: cross-session
                              limits on the memory store, on Redis over TCP, on Redis over its Unix socket;
                              a private redis-server is started for the run)
@@ -309,6 +310,7 @@ function parseArgs(argv: readonly string[]): Args {
 
 const MILTERD_SERVER = path.resolve('dist/bench/servers/milterd-server.js');
 const NODE_RESPONDER = path.resolve('dist/bench/servers/node-responder.js');
+const PROXY_SERVER = path.resolve('dist/bench/servers/milterd-proxy-server.js');
 const RESULTS = path.resolve('bench/results');
 
 function candidateDefs(native: NativeBuild, args: Args, fleet: FleetBench): Map<string, CandidateDef> {
@@ -377,6 +379,12 @@ function candidateDefs(native: NativeBuild, args: Args, fleet: FleetBench): Map<
   for (const def of fleet.defs((extra) => node(extra))) defs.set(def.name, def);
   const lm = native.binaries.libmilter;
   if (lm !== undefined) {
+    defs.set('milterd-proxy-libmilter', {
+      name: 'milterd-proxy-libmilter',
+      description:
+        'milterd proxying to the libmilter filter (a pipeline of one upstreamFilter, Unix socket); CPU and RSS of both',
+      command: node(['--upstream', lm], PROXY_SERVER),
+    });
     defs.set('libmilter', {
       name: 'libmilter',
       description: 'Sendmail libmilter 8.17 (Debian libmilter-dev), C, thread per connection',

@@ -17,7 +17,10 @@
 #   * prometheus, for promtool (test/cli/promtool.test.ts checks examples/prometheus/ and a live scrape);
 #     its service is never started (policy-rc.d);
 #   * podman, runc, debootstrap, iptables, with their recommends (the container test builds and runs the
-#     Dockerfile offline, docs in scripts/container-base.sh).
+#     Dockerfile offline, docs in scripts/container-base.sh);
+#   * opendkim, opendkim-tools, opendmarc, spamassassin, spamd, spamc, spamass-milter: the third-party
+#     milters of the pipeline tests (test/e2e/pipeline*.test.ts). Their services are never started
+#     (policy-rc.d); the tests run private instances on loopback (test/e2e/harness/milters.ts).
 #
 # Usage: scripts/install-test-deps.sh [--if-missing]
 #   --if-missing  do nothing (quickly) when everything is already there.
@@ -31,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --if-missing) IF_MISSING=1 ;;
     -h | --help)
-      sed -n '2,21p' "$0"
+      sed -n '2,27p' "$0"
       exit 0
       ;;
     *)
@@ -51,7 +54,8 @@ die() {
 # prometheus ships promtool (`check rules`, `check metrics` in test/cli); its service is never started
 # (policy-rc.d below) and the tests run promtool only. python3 binds the Unix datagram socket the syslog
 # test receives on (Node cannot); `logger` (bsdutils) is essential in Debian and always there.
-APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd prometheus python3 redis-server redis-tools)
+APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd prometheus python3 redis-server redis-tools
+  opendkim opendkim-tools opendmarc spamassassin spamd spamc spamass-milter)
 # Container tooling, installed with recommends as in the verified podman recipe (netavark, buildah...).
 CONTAINER_PACKAGES=(podman runc debootstrap iptables)
 have_pkg() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
@@ -175,6 +179,22 @@ if [ "${#TO_INSTALL[@]}" -gt 0 ]; then
   "${APT[@]}" install "${TO_INSTALL[@]}" >/dev/null
 else
   say "already installed: ${CONTAINER_PACKAGES[*]}"
+fi
+
+# --- third-party milters: never run as services ---------------------------------------------------
+# policy-rc.d kept them from starting during the install; disable their units too so that a machine whose
+# init is systemd never starts them at boot (the tests run private instances on loopback), and stop the
+# gpg-agent spamassassin's postinst leaves running for its sa-update keyring.
+if command -v systemctl >/dev/null; then
+  for unit in opendkim.service opendmarc.service spamd.service spamass-milter.service spamassassin-maintenance.timer; do
+    if [ "$(systemctl is-enabled "$unit" 2>/dev/null || true)" = enabled ]; then
+      systemctl disable "$unit" >/dev/null 2>&1 || die "systemctl disable $unit failed"
+      say "disabled $unit (the tests start their own instances)"
+    fi
+  done
+fi
+if [ -d /var/lib/spamassassin/sa-update-keys ] && command -v gpgconf >/dev/null; then
+  gpgconf --homedir /var/lib/spamassassin/sa-update-keys --kill gpg-agent 2>/dev/null || true
 fi
 
 # --- private sendmail (sendmail-bin conflicts with postfix) ------------------------------------------

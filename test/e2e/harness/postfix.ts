@@ -19,6 +19,17 @@ import { freePort, isAlive, stopPid, waitFor } from './proc.js';
 
 const POSTFIX = '/usr/sbin/postfix';
 
+/** {daemon_name} of the second smtpd a `submission` Postfix runs (the name milters see). */
+export const SUBMISSION_DAEMON_NAME = 'submission';
+
+export interface PostfixStartOptions extends MtaStartOptions {
+  /**
+   * Also run a second smtpd on 127.0.0.1:`submissionPort` whose milters see {daemon_name} `submission`, as a
+   * real submission service (`-o milter_macro_daemon_name=…`); the first keeps Postfix's default ($myhostname).
+   */
+  submission?: boolean;
+}
+
 function userId(name: string): number {
   return Number(execFileSync('id', ['-u', name], { encoding: 'utf8' }).trim());
 }
@@ -26,20 +37,22 @@ function userId(name: string): number {
 export class PostfixMta implements Mta {
   readonly kind = 'postfix' as const;
   port = 0;
+  /** With `submission`: the port of the second smtpd ({daemon_name} `submission`); else 0. */
+  submissionPort = 0;
   readonly dir: string;
   private ns: MtaNamespace | undefined;
   private readonly confDir: string;
   private readonly queueDir: string;
   private readonly maillog: string;
 
-  private constructor(private readonly options: MtaStartOptions) {
+  private constructor(private readonly options: PostfixStartOptions) {
     this.dir = options.dir;
     this.confDir = path.join(this.dir, 'conf');
     this.queueDir = path.join(this.dir, 'queue');
     this.maillog = path.join(this.dir, 'maillog');
   }
 
-  static async start(options: MtaStartOptions): Promise<PostfixMta> {
+  static async start(options: PostfixStartOptions): Promise<PostfixMta> {
     const mta = new PostfixMta(options);
     try {
       await mta.boot();
@@ -65,6 +78,7 @@ export class PostfixMta implements Mta {
       throw new Error(`${POSTFIX} not found: run scripts/install-test-deps.sh (as root)`);
     }
     this.port = await freePort(true);
+    if (this.options.submission) this.submissionPort = await freePort(false);
     const dataDir = path.join(this.dir, 'data');
     await mkdir(this.confDir, { recursive: true });
     await mkdir(this.queueDir, { recursive: true });
@@ -121,6 +135,15 @@ export class PostfixMta implements Mta {
     const master = [
       service(`127.0.0.1:${this.port}`, 'inet', 'n', '-', 'smtpd'),
       service(`[::1]:${this.port}`, 'inet', 'n', '-', 'smtpd'),
+      this.submissionPort === 0
+        ? ''
+        : service(
+            `127.0.0.1:${this.submissionPort}`,
+            'inet',
+            'n',
+            '-',
+            `smtpd -o milter_macro_daemon_name=${SUBMISSION_DAEMON_NAME}`,
+          ),
       service('pickup', 'unix', 'n', '1', 'pickup'),
       service('cleanup', 'unix', 'n', '0', 'cleanup'),
       service('qmgr', 'unix', 'n', '1', 'qmgr'),
@@ -158,7 +181,10 @@ export class PostfixMta implements Mta {
           throw new Error(`postfix start failed (exit ${starter.exitCode}):\n${output}`);
         }
         if (starter.signalCode !== null) throw new Error(`postfix start killed by ${starter.signalCode}`);
-        return (await isListening(this.port, 4)) && (await isListening(this.port, 6)) ? true : undefined;
+        const submission = this.submissionPort === 0 || (await isListening(this.submissionPort, 4));
+        return (await isListening(this.port, 4)) && (await isListening(this.port, 6)) && submission
+          ? true
+          : undefined;
       },
       { timeoutMs: 30_000 },
     );
