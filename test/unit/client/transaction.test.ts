@@ -125,3 +125,28 @@ test('a header-stage 421 reply code stops the message', async (t) => {
   assert.equal(result.headers.length, 1);
   assert.ok(!kinds.includes('eoh'));
 });
+
+test('a 421 at RCPT ends the message there, as testFilter plays it (the MTA ends the session)', async (t) => {
+  const { result, kinds } = await run(t, (c, fallback) =>
+    c.kind === 'rcpt' ? [{ kind: 'replyCode', text: '421 4.7.0 Closing' }] : fallback(),
+  );
+  assert.equal(result.stoppedAt, 'envrcpt');
+  assert.deepEqual(result.envrcpt, [{ kind: 'replyCode', text: '421 4.7.0 Closing' }]);
+  assert.deepEqual(result.acceptedRecipients, []);
+  assert.equal(kinds.filter((k) => k === 'rcpt').length, 1, 'the second recipient is not tried');
+  assert.ok(!kinds.includes('data'));
+});
+
+test('abortAfter a stage cuts the message there with SMFIC_ABORT', async (t) => {
+  const filter = await startFakeFilter(V6);
+  t.after(() => filter.close());
+  const client = await MilterClient.connect(filter.spec, { timeoutMs: 2000 });
+  t.after(() => client.close());
+  const result = await playMessage(client, { ...script, abortAfter: 'data' });
+  await client.helo('sync');
+  assert.equal(result.stoppedAt, 'data');
+  assert.deepEqual(result.reply, { kind: 'continue' });
+  assert.equal(result.aborted, true);
+  const kinds = filter.commands.map((c: MilterCommand) => c.kind);
+  assert.deepEqual(kinds.slice(kinds.indexOf('data')), ['data', 'abort', 'helo']);
+});
