@@ -16,7 +16,8 @@ import type {
 import { MilterUsageError } from '../errors.js';
 import { SMFIP_HDR_LEADSPC } from '../protocol/constants.js';
 import type { MessageTransaction } from '../message/transaction.js';
-import { BodyStore } from '../session/body-store.js';
+import { BodyStore, bodyPiece, checkBodySource } from '../session/body-store.js';
+import { badArg, checkHeaderName, checkIndex, checkString } from '../session/action-args.js';
 import { ACTION_BITS } from '../session/negotiate.js';
 import { formatReply, replyDecisionOf } from '../session/reply.js';
 
@@ -46,44 +47,18 @@ export interface MemberHooks {
   action(action: ActionName, applied: boolean, reason?: 'dry-run' | 'not-negotiated'): void;
 }
 
-function badArg(message: string): MilterUsageError {
-  return new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', message);
-}
-
-function checkText(what: string, v: unknown, allowEmpty: boolean): string {
-  if (typeof v !== 'string') throw badArg(`${what} must be a string`);
-  if (!allowEmpty && v.length === 0) throw badArg(`${what} must not be empty`);
-  if (v.includes('\0')) throw badArg(`${what} must not contain NUL`);
-  return v;
-}
-
-function checkName(name: unknown): string {
-  const n = checkText('header name', name, false);
-  if (!/^[\x21-\x39\x3b-\x7e]+$/.test(n)) throw badArg(`invalid header name ${JSON.stringify(n)}`);
-  return n;
-}
-
-function checkIndex(index: unknown): number {
-  if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index > 0xffffffff) {
-    throw badArg('header index must be an integer from 0 to 2^32-1');
-  }
-  return index;
-}
-
 /** Read a body source into a store (memory, then an unlinked temporary file). */
 async function storeBody(
   body: BodySource,
   memoryLimit: number,
   tempDir: string | undefined,
 ): Promise<BodyStore> {
+  // The same checks as the session's EOM context (a member fails where it would fail alone).
+  const checked = checkBodySource(body);
   const store = new BodyStore(memoryLimit, tempDir);
   try {
-    if (body instanceof Uint8Array) await store.append(Buffer.from(body));
-    else if (typeof (body as Partial<AsyncIterable<unknown>>)[Symbol.asyncIterator] === 'function') {
-      for await (const piece of body as AsyncIterable<Uint8Array>) await store.append(Buffer.from(piece));
-    } else if (typeof (body as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function') {
-      for (const piece of body as Iterable<Uint8Array>) await store.append(Buffer.from(piece));
-    } else throw badArg('body must be a Buffer, Uint8Array or iterable');
+    if (checked.kind === 'buffer') await store.append(checked.buffer);
+    else for await (const piece of checked.stream) await store.append(bodyPiece(piece));
   } catch (err) {
     await store.dispose();
     throw err;
@@ -190,8 +165,8 @@ export class MemberContext implements EomContext<unknown> {
   }
 
   addHeader(name: string, value: string): void {
-    const n = checkName(name);
-    const v = checkText('header value', value, true);
+    const n = checkHeaderName(name);
+    const v = checkString('header value', value, true);
     // The stored value is computed now: the staged change runs after `eom` returned, when `work` is gone.
     const stored = this.value(v);
     if (this.allowed('addHeader')) this.staged.push((t) => t.headers.add(n, stored));
@@ -199,8 +174,8 @@ export class MemberContext implements EomContext<unknown> {
 
   insertHeader(index: number, name: string, value: string): void {
     const i = checkIndex(index);
-    const n = checkName(name);
-    const v = checkText('header value', value, true);
+    const n = checkHeaderName(name);
+    const v = checkString('header value', value, true);
     if (!this.allowed('addHeader')) return;
     const stored = this.value(v);
     // The MTA's index counts its own Received: header on top, which the working copy does not hold.
@@ -208,9 +183,9 @@ export class MemberContext implements EomContext<unknown> {
   }
 
   changeHeader(name: string, index: number, value: string | null): void {
-    const n = checkName(name);
+    const n = checkHeaderName(name);
     const i = checkIndex(index);
-    const v = value === null ? '' : checkText('header value', value, true);
+    const v = value === null ? '' : checkString('header value', value, true);
     if (!this.allowed('changeHeader') || i === 0) return;
     const stored = this.value(v);
     this.staged.push((t) => {
@@ -224,28 +199,28 @@ export class MemberContext implements EomContext<unknown> {
   }
 
   addRecipient(recipient: string, args?: string): void {
-    const r = checkText('recipient', recipient, false);
+    const r = checkString('recipient', recipient, false);
     if (args === undefined) {
       if (this.allowed('addRecipient')) this.staged.push((t) => t.recipients.add(r));
       return;
     }
-    const a = checkText('args', args, true);
+    const a = checkString('args', args, true);
     if (this.allowed('addRecipientWithArgs')) this.staged.push((t) => t.recipients.add(r, a));
   }
 
   deleteRecipient(recipient: string): void {
-    const r = checkText('recipient', recipient, false);
+    const r = checkString('recipient', recipient, false);
     if (this.allowed('deleteRecipient')) this.staged.push((t) => void t.recipients.remove(r));
   }
 
   changeFrom(sender: string, args?: string): void {
-    const s = checkText('sender', sender, false);
-    const a = args === undefined ? undefined : checkText('args', args, true);
+    const s = checkString('sender', sender, false);
+    const a = args === undefined ? undefined : checkString('args', args, true);
     if (this.allowed('changeFrom')) this.staged.push((t) => t.setSender(s, a));
   }
 
   quarantine(reason: string): void {
-    const r = checkText('quarantine reason', reason, false);
+    const r = checkString('quarantine reason', reason, false);
     if (/[\r\n]/.test(r)) throw badArg('quarantine reason must not contain CR or LF');
     if (this.allowed('quarantine')) this.staged.push((t) => t.quarantine(r));
   }

@@ -2,7 +2,7 @@
  * Types of the pipeline: an ordered list of members (each an ordinary `Filter`) run as one `Filter`, and
  * the events it reports per member for metrics and debug logs.
  */
-import type { ActionName, DecisionKind, Filter } from '../filter.js';
+import type { ActionName, DecisionKind, Filter, FilterCallbackName } from '../filter.js';
 import type { MilterErrorCode } from '../errors.js';
 import type { Cidr } from '../policy/values.js';
 import type { FailureDecision } from '../session/types.js';
@@ -44,20 +44,7 @@ export interface PipelineMember {
 }
 
 /** Stages a member is called at (its callback names). */
-export type MemberStage =
-  | 'negotiate'
-  | 'connect'
-  | 'helo'
-  | 'envfrom'
-  | 'envrcpt'
-  | 'data'
-  | 'unknown'
-  | 'header'
-  | 'eoh'
-  | 'body'
-  | 'eom'
-  | 'abort'
-  | 'close';
+export type MemberStage = FilterCallbackName;
 
 interface MemberEventBase {
   /** The member's name. */

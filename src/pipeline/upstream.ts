@@ -25,6 +25,7 @@ import {
   type BaseContext,
   type EomContext,
   type Filter,
+  type FilterCallbackName,
   type MacroStage,
   type NegotiateResult,
   type NegotiationOffer,
@@ -62,20 +63,7 @@ import { replyFromText, type ParsedReply } from './upstream-reply.js';
 export type UpstreamFailureAction = 'tempfail' | 'accept' | 'reject' | 'skip';
 
 /** Where an upstream event happened: the filter callback that talked to the upstream. */
-export type UpstreamStage =
-  | 'negotiate'
-  | 'connect'
-  | 'helo'
-  | 'envfrom'
-  | 'envrcpt'
-  | 'data'
-  | 'unknown'
-  | 'header'
-  | 'eoh'
-  | 'body'
-  | 'eom'
-  | 'abort'
-  | 'close';
+export type UpstreamStage = FilterCallbackName;
 
 /** Budgets for the upstream, in ms. Defaults: DEFAULTS.upstreamConnectMs / upstreamCommandMs / upstreamEomMs. */
 export interface UpstreamTimeouts {

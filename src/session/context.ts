@@ -29,6 +29,7 @@ import {
 } from '../protocol/constants.js';
 import { formatReply, replyDecisionOf, type ReplyDecision } from './reply.js';
 import { BodyStore, bodyPiece, checkBodySource, chunkBody } from './body-store.js';
+import { badArg, checkHeaderName, checkIndex, checkString } from './action-args.js';
 
 /** A reply stored by `setReply`, already formatted. */
 export interface StoredReply {
@@ -41,33 +42,7 @@ export interface MutableEnvelope extends Envelope {
   recipients: Array<{ address: string; args: readonly string[] }>;
 }
 
-const MAX_U32 = 0xffffffff;
 const PROGRESS = Object.freeze({ kind: 'progress' as const });
-
-function badArg(message: string): MilterUsageError {
-  return new MilterUsageError('ERR_MILTER_INVALID_ARGUMENT', message);
-}
-
-/** Strings sent as C strings must not carry NUL; names additionally no CR/LF/colon/whitespace. */
-function checkString(what: string, v: unknown, allowEmpty: boolean): string {
-  if (typeof v !== 'string') throw badArg(`${what} must be a string`);
-  if (!allowEmpty && v.length === 0) throw badArg(`${what} must not be empty`);
-  if (v.includes('\0')) throw badArg(`${what} must not contain NUL`);
-  return v;
-}
-
-function checkHeaderName(name: unknown): string {
-  const n = checkString('header name', name, false);
-  if (/[\r\n:\s]/.test(n)) throw badArg('header name must not contain CR, LF, colon or whitespace');
-  return n;
-}
-
-function checkIndex(index: unknown): number {
-  if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index > MAX_U32) {
-    throw badArg('header index must be an integer from 0 to 2^32-1');
-  }
-  return index;
-}
 
 /** Context of every stage callback of one connection. Internal fields are session-owned. */
 export class ConnectionContext implements StageContext<unknown> {
