@@ -270,17 +270,20 @@ export class ShutdownPolicy {
 
   /**
    * Run the chain over `record`. Logs one line and emits one `decision` event per verdict (enforced or
-   * dry-run). Returns the enforced winner, or undefined. Never throws, never rejects.
+   * dry-run). Returns the enforced winner, or undefined. Never throws, never rejects. `logger` may be a
+   * function returning it: it is then called only when a line is written (a pino child costs).
    */
   async evaluate(
     record: DeliveryRecord,
-    options: { logger?: Logger; firesAt?: PolicyDecisionEvent['firesAt'] } = {},
+    options: { logger?: Logger | (() => Logger); firesAt?: PolicyDecisionEvent['firesAt'] } = {},
   ): Promise<EnforcedShutdown | undefined> {
-    const logger = options.logger ?? this.#logger;
+    const given = options.logger;
+    const lazy = (): Logger | undefined => (typeof given === 'function' ? given() : (given ?? this.#logger));
     for (const entry of this.#chain) {
-      const result = await this.#run(entry, record, logger);
+      const result = await this.#run(entry, record, lazy);
       const verdict = toVerdict(result);
       if (verdict === undefined) continue;
+      const logger = lazy();
       const reason = sanitizeText(verdict.reason) ?? entry.name;
       const own = sanitize(verdict.text);
       if (own.cut && !entry.cutLogged) {
@@ -316,7 +319,11 @@ export class ShutdownPolicy {
     return undefined;
   }
 
-  async #run(entry: HookEntry, record: DeliveryRecord, logger: Logger | undefined): Promise<HookResult> {
+  async #run(
+    entry: HookEntry,
+    record: DeliveryRecord,
+    logger: () => Logger | undefined,
+  ): Promise<HookResult> {
     let pending: HookResult | Promise<HookResult>;
     try {
       pending = entry.hook(record);
@@ -340,11 +347,11 @@ export class ShutdownPolicy {
       // The chain has moved on: whatever the hook says now is only worth a debug line.
       pending.then(
         (late) =>
-          logger?.debug(
+          logger()?.debug(
             { hook: entry.name, late: toVerdict(late) !== undefined },
             'late hook answer ignored',
           ),
-        (err: unknown) => logger?.debug({ hook: entry.name, err }, 'late hook failure ignored'),
+        (err: unknown) => logger()?.debug({ hook: entry.name, err }, 'late hook failure ignored'),
       );
       return undefined;
     } catch (err) {
@@ -358,7 +365,7 @@ export class ShutdownPolicy {
   #hookFailed(
     entry: HookEntry,
     record: DeliveryRecord,
-    logger: Logger | undefined,
+    lazy: () => Logger | undefined,
     code: 'ERR_MILTER_HOOK_FAILED' | 'ERR_MILTER_HOOK_TIMEOUT',
     cause: unknown,
     budget?: number,
@@ -368,6 +375,7 @@ export class ShutdownPolicy {
         ? `shutdown hook "${entry.name}" did not answer within ${budget} ms`
         : `shutdown hook "${entry.name}" failed`;
     const error = new MilterFilterError(code, message, cause === undefined ? undefined : { cause });
+    const logger = lazy();
     logger?.warn({ err: error, hook: entry.name }, 'shutdown policy hook failed; counted as no shutdown');
     this.emit('hookError', { connectionId: record.connectionId, hook: entry.name, error }, logger);
   }
