@@ -142,6 +142,9 @@ function fitReplyLine(text: string): string {
  * A session-shutdown policy: the hook chain, its options and the cross-session store. One instance is
  * shared by every connection of a server; wrap a filter with `withShutdownPolicy(filter, policy)`.
  */
+/** Most addresses whose client key `ShutdownPolicy.clientKey` remembers. */
+const CLIENT_KEY_CACHE = 4096;
+
 export class ShutdownPolicy {
   readonly hookTimeoutMs: number;
   readonly dryRun: boolean;
@@ -153,6 +156,10 @@ export class ShutdownPolicy {
   readonly #logger: Logger | undefined;
   #chain: HookEntry[] = [];
   readonly #windows = new Set<number>();
+  #windowList: readonly number[] = Object.freeze([]);
+  // clientKey per address: parsing and formatting an address on every CONNECT was measurable, and
+  // clients come back. Bounded; emptied when full (a pure function of the address: nothing goes stale).
+  readonly #keys = new Map<string, string | undefined>();
   readonly #listeners: { [K in keyof PolicyEventMap]: Set<Listener<K>> } = {
     decision: new Set(),
     fired: new Set(),
@@ -232,6 +239,7 @@ export class ShutdownPolicy {
       throw new MilterConfigError('window must be a positive number of ms', { field: 'window' });
     }
     this.#windows.add(windowMs);
+    this.#windowList = Object.freeze([...this.#windows]);
   }
 
   /**
@@ -239,12 +247,17 @@ export class ShutdownPolicy {
    * `2001:db8:1:2::/64`, or the address at full length; undefined for '' (not tracked).
    */
   clientKey(address: string): string | undefined {
-    return clientKey(address, this.clientPrefix);
+    const cached = this.#keys.get(address);
+    if (cached !== undefined || this.#keys.has(address)) return cached;
+    const key = clientKey(address, this.clientPrefix);
+    if (this.#keys.size >= CLIENT_KEY_CACHE) this.#keys.clear();
+    this.#keys.set(address, key);
+    return key;
   }
 
   /** Window lengths tracked per client (ms). */
   get clientWindows(): readonly number[] {
-    return [...this.#windows];
+    return this.#windowList;
   }
 
   /** Subscribe to decisions, fired shutdowns or hook errors. Returns the unsubscribe function. */
