@@ -179,6 +179,12 @@ export class SessionTracker {
     const windows = this.policy.clientWindows;
     if (windows.length === 0) return;
     this.#messagesFailed = !(await this.#store(logger, async () => {
+      if (windows.length === 1) {
+        // The usual case (one `window` in the rules): no arrays.
+        const w = windows[0] as number;
+        this.#windows[w] = await count(w);
+        return;
+      }
       const counts = await Promise.all(windows.map(count));
       windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
     }));
