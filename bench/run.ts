@@ -110,7 +110,8 @@ const HELP = `usage: npm run bench -- [options]
                              (bigframes and flood also run on milterd-alt when --alt-server is given)
   --no-matrix                only the extras
   --alt-server PATH          another build's dist/bench/servers/milterd-server.js, as candidates milterd-alt and
-                             milterd-alt-async (A/B)
+                             milterd-alt-async (A/B), and the fleet cells as milterd-policy-alt, milterd-redis-alt,
+                             milterd-redis-unix-alt
   --node-flags "..."         extra node flags for the milterd candidates (e.g. --max-semi-space-size=4)
   --cpu-prof                 run milterd under node --cpu-prof (profiles in bench/results/profiles)
   --no-install               never apt-get install; report what is missing
@@ -377,6 +378,14 @@ function candidateDefs(native: NativeBuild, args: Args, fleet: FleetBench): Map<
     command: node(['--cluster', '2']),
   });
   for (const def of fleet.defs((extra) => node(extra))) defs.set(def.name, def);
+  if (args.altServer !== undefined) {
+    // The fleet cells on the other build too (A/B of the policy store's cost): NAME-alt.
+    const alt = args.altServer;
+    for (const def of fleet.defs((extra) => node(extra, alt))) {
+      const name = `${def.name}-alt`;
+      defs.set(name, { ...def, name, description: `${def.description}, from ${alt}` });
+    }
+  }
   const lm = native.binaries.libmilter;
   if (lm !== undefined) {
     defs.set('milterd-proxy-libmilter', {

@@ -47,7 +47,10 @@ export class FleetBench {
     mkdirSync(dir, { recursive: true });
     const policyFile = path.join(dir, 'policy.yaml');
     writeFileSync(policyFile, FLEET_POLICY_YAML);
-    const needRedis = candidates.some((c) => (FLEET_REDIS as readonly string[]).includes(c));
+    // NAME-alt: the same cell on the --alt-server build.
+    const needRedis = candidates.some((c) =>
+      (FLEET_REDIS as readonly string[]).includes(c.replace(/-alt$/, '')),
+    );
     const redis = needRedis
       ? await RedisServer.start({ dir: path.join(dir, `redis-${process.pid}`) })
       : undefined;

@@ -142,6 +142,9 @@ function fitReplyLine(text: string): string {
  * A session-shutdown policy: the hook chain, its options and the cross-session store. One instance is
  * shared by every connection of a server; wrap a filter with `withShutdownPolicy(filter, policy)`.
  */
+/** Most addresses whose client key `ShutdownPolicy.clientKey` remembers. */
+const CLIENT_KEY_CACHE = 4096;
+
 export class ShutdownPolicy {
   readonly hookTimeoutMs: number;
   readonly dryRun: boolean;
@@ -153,6 +156,10 @@ export class ShutdownPolicy {
   readonly #logger: Logger | undefined;
   #chain: HookEntry[] = [];
   readonly #windows = new Set<number>();
+  #windowList: readonly number[] = Object.freeze([]);
+  // clientKey per address: parsing and formatting an address on every CONNECT was measurable, and
+  // clients come back. Bounded; emptied when full (a pure function of the address: nothing goes stale).
+  readonly #keys = new Map<string, string | undefined>();
   readonly #listeners: { [K in keyof PolicyEventMap]: Set<Listener<K>> } = {
     decision: new Set(),
     fired: new Set(),
@@ -232,6 +239,7 @@ export class ShutdownPolicy {
       throw new MilterConfigError('window must be a positive number of ms', { field: 'window' });
     }
     this.#windows.add(windowMs);
+    this.#windowList = Object.freeze([...this.#windows]);
   }
 
   /**
@@ -239,12 +247,17 @@ export class ShutdownPolicy {
    * `2001:db8:1:2::/64`, or the address at full length; undefined for '' (not tracked).
    */
   clientKey(address: string): string | undefined {
-    return clientKey(address, this.clientPrefix);
+    const cached = this.#keys.get(address);
+    if (cached !== undefined || this.#keys.has(address)) return cached;
+    const key = clientKey(address, this.clientPrefix);
+    if (this.#keys.size >= CLIENT_KEY_CACHE) this.#keys.clear();
+    this.#keys.set(address, key);
+    return key;
   }
 
   /** Window lengths tracked per client (ms). */
   get clientWindows(): readonly number[] {
-    return [...this.#windows];
+    return this.#windowList;
   }
 
   /** Subscribe to decisions, fired shutdowns or hook errors. Returns the unsubscribe function. */
@@ -270,17 +283,20 @@ export class ShutdownPolicy {
 
   /**
    * Run the chain over `record`. Logs one line and emits one `decision` event per verdict (enforced or
-   * dry-run). Returns the enforced winner, or undefined. Never throws, never rejects.
+   * dry-run). Returns the enforced winner, or undefined. Never throws, never rejects. `logger` may be a
+   * function returning it: it is then called only when a line is written (a pino child costs).
    */
   async evaluate(
     record: DeliveryRecord,
-    options: { logger?: Logger; firesAt?: PolicyDecisionEvent['firesAt'] } = {},
+    options: { logger?: Logger | (() => Logger); firesAt?: PolicyDecisionEvent['firesAt'] } = {},
   ): Promise<EnforcedShutdown | undefined> {
-    const logger = options.logger ?? this.#logger;
+    const given = options.logger;
+    const lazy = (): Logger | undefined => (typeof given === 'function' ? given() : (given ?? this.#logger));
     for (const entry of this.#chain) {
-      const result = await this.#run(entry, record, logger);
+      const result = await this.#run(entry, record, lazy);
       const verdict = toVerdict(result);
       if (verdict === undefined) continue;
+      const logger = lazy();
       const reason = sanitizeText(verdict.reason) ?? entry.name;
       const own = sanitize(verdict.text);
       if (own.cut && !entry.cutLogged) {
@@ -316,7 +332,11 @@ export class ShutdownPolicy {
     return undefined;
   }
 
-  async #run(entry: HookEntry, record: DeliveryRecord, logger: Logger | undefined): Promise<HookResult> {
+  async #run(
+    entry: HookEntry,
+    record: DeliveryRecord,
+    logger: () => Logger | undefined,
+  ): Promise<HookResult> {
     let pending: HookResult | Promise<HookResult>;
     try {
       pending = entry.hook(record);
@@ -340,11 +360,11 @@ export class ShutdownPolicy {
       // The chain has moved on: whatever the hook says now is only worth a debug line.
       pending.then(
         (late) =>
-          logger?.debug(
+          logger()?.debug(
             { hook: entry.name, late: toVerdict(late) !== undefined },
             'late hook answer ignored',
           ),
-        (err: unknown) => logger?.debug({ hook: entry.name, err }, 'late hook failure ignored'),
+        (err: unknown) => logger()?.debug({ hook: entry.name, err }, 'late hook failure ignored'),
       );
       return undefined;
     } catch (err) {
@@ -358,7 +378,7 @@ export class ShutdownPolicy {
   #hookFailed(
     entry: HookEntry,
     record: DeliveryRecord,
-    logger: Logger | undefined,
+    lazy: () => Logger | undefined,
     code: 'ERR_MILTER_HOOK_FAILED' | 'ERR_MILTER_HOOK_TIMEOUT',
     cause: unknown,
     budget?: number,
@@ -368,6 +388,7 @@ export class ShutdownPolicy {
         ? `shutdown hook "${entry.name}" did not answer within ${budget} ms`
         : `shutdown hook "${entry.name}" failed`;
     const error = new MilterFilterError(code, message, cause === undefined ? undefined : { cause });
+    const logger = lazy();
     logger?.warn({ err: error, hook: entry.name }, 'shutdown policy hook failed; counted as no shutdown');
     this.emit('hookError', { connectionId: record.connectionId, hook: entry.name, error }, logger);
   }

@@ -58,7 +58,7 @@ export class PolicyConnections<P> {
   /** SMFIC_CONNECT: a fresh record (closing one left by a session that never got its close). */
   async start(ctx: BaseContext<unknown>): Promise<PolicyConnection> {
     // A CONNECT without close for the previous session would leave it counted in the store.
-    await this.#byId.get(ctx.id)?.tracker.close(ctx.logger);
+    await this.#byId.get(ctx.id)?.tracker.close(() => ctx.logger);
     const c = this.#create(ctx);
     this.#negotiated.delete(ctx.id);
     this.#byId.set(ctx.id, c);
@@ -70,7 +70,7 @@ export class PolicyConnections<P> {
     const c = this.#byId.get(ctx.id);
     this.#byId.delete(ctx.id);
     this.#negotiated.delete(ctx.id);
-    if (c !== undefined) await c.tracker.close(ctx.logger);
+    if (c !== undefined) await c.tracker.close(() => ctx.logger);
   }
 
   /** The user's negotiate callback asked for `wants` on this connection. */

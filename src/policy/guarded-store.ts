@@ -102,14 +102,14 @@ export class GuardedStore implements PolicyStore {
     const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
     let timer: NodeJS.Timeout | undefined;
     try {
-      const pending = Promise.resolve().then(fn);
-      const deadline = new Promise<typeof TIMEOUT>((resolve) => {
+      // One promise settled by whichever comes first, the answer or the deadline (cheaper than
+      // Promise.race over two). A late answer or failure settles nothing: the call goes on in the
+      // client, of no use any more.
+      const result = await new Promise<T | typeof TIMEOUT>((resolve, reject) => {
         timer = setTimeout(resolve, this.timeoutMs, TIMEOUT);
+        Promise.resolve().then(fn).then(resolve, reject);
       });
-      const result = await Promise.race([pending, deadline]);
       if (result === TIMEOUT) {
-        // The call goes on in the client; its late answer or failure is of no use any more.
-        pending.catch(() => undefined);
         throw new MilterStoreError(
           'ERR_MILTER_STORE_TIMEOUT',
           `policy store did not answer within ${this.timeoutMs} ms`,

@@ -81,6 +81,9 @@ const SCRIPTS = {
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
+
+/** Most clients whose key base the store remembers. */
+const KEY_CACHE = 4096;
 type Scripted = Record<ScriptName, (key: string, ...args: Array<string | number>) => Promise<number>>;
 
 export interface RedisPolicyStoreOptions {
@@ -109,6 +112,9 @@ export class RedisPolicyStore implements PolicyStore {
   // one process: every member starts with a random id of this instance.
   readonly #instance = randomBytes(9).toString('base64url');
   #seq = 0;
+  // client -> `PREFIX{CLIENT}`: four calls per session each built it again (a SHA-256 each with
+  // hashAddresses). Bounded; emptied when full (a pure function of the client: nothing goes stale).
+  readonly #keyBases = new Map<string, string>();
 
   constructor(client: RedisClient | ClusterClient, options: Omit<RedisPolicyStoreOptions, 'url'> = {}) {
     this.prefix = options.prefix ?? DEFAULTS.storePrefix;
@@ -129,10 +135,15 @@ export class RedisPolicyStore implements PolicyStore {
 
   /** The hash-tagged part of a client's keys: `PREFIX{CLIENT}`. */
   keyBase(client: string): string {
+    let base = this.#keyBases.get(client);
+    if (base !== undefined) return base;
     const tag = this.hashAddresses
       ? createHash('sha256').update(client).digest('base64url').slice(0, 22)
       : client;
-    return `${this.prefix}{${tag}}`;
+    base = `${this.prefix}{${tag}}`;
+    if (this.#keyBases.size >= KEY_CACHE) this.#keyBases.clear();
+    this.#keyBases.set(client, base);
+    return base;
   }
 
   leaseKey(client: string): string {

@@ -73,6 +73,9 @@ export class MemoryPolicyStore implements PolicyStore {
   readonly leaseTtlMs: number | undefined;
   // client -> session id -> expiry (policy clock; Infinity without a TTL)
   readonly #leases = new Map<string, Map<string, number>>();
+  // client -> no lease of it expires before this (may be early after a renewal: then the next call walks
+  // the leases and sets it again). Spares walking every lease of a busy client on every call.
+  readonly #earliest = new Map<string, number>();
   // `${windowMs}|${client}` -> message times, ascending. Map order = least recently used first.
   readonly #logs = new Map<string, number[]>();
   readonly #maxWindows: number;
@@ -92,8 +95,10 @@ export class MemoryPolicyStore implements PolicyStore {
       leases = new Map();
       this.#leases.set(client, leases);
     }
-    pruneLeases(leases, now);
-    leases.set(sessionId, this.leaseTtlMs === undefined ? Infinity : now + this.leaseTtlMs);
+    this.#pruneLeases(client, leases, now);
+    const expires = this.leaseTtlMs === undefined ? Infinity : now + this.leaseTtlMs;
+    leases.set(sessionId, expires);
+    if (!(expires >= (this.#earliest.get(client) ?? Infinity))) this.#earliest.set(client, expires);
     return leases.size;
   }
 
@@ -101,16 +106,16 @@ export class MemoryPolicyStore implements PolicyStore {
     const leases = this.#leases.get(client);
     if (leases === undefined) return;
     leases.delete(sessionId);
-    pruneLeases(leases, now);
-    if (leases.size === 0) this.#leases.delete(client);
+    this.#pruneLeases(client, leases, now);
+    if (leases.size === 0) this.#forget(client);
   }
 
   /** Live leases of `client` at `now`, without opening one (the local fallback's count). */
   sessionCount(client: string, now: number = Date.now()): number {
     const leases = this.#leases.get(client);
     if (leases === undefined) return 0;
-    pruneLeases(leases, now);
-    if (leases.size === 0) this.#leases.delete(client);
+    this.#pruneLeases(client, leases, now);
+    if (leases.size === 0) this.#forget(client);
     return leases.size;
   }
 
@@ -157,9 +162,26 @@ export class MemoryPolicyStore implements PolicyStore {
       if (log.length === 0) this.#logs.delete(key);
     }
     for (const [client, leases] of this.#leases) {
-      pruneLeases(leases, now);
-      if (leases.size === 0) this.#leases.delete(client);
+      this.#pruneLeases(client, leases, now);
+      if (leases.size === 0) this.#forget(client);
     }
+  }
+
+  /** Drop the expired leases of `client`, if any can have expired. */
+  #pruneLeases(client: string, leases: Map<string, number>, now: number): void {
+    const earliest = this.#earliest.get(client);
+    if (earliest !== undefined && earliest > now) return;
+    let next = Infinity;
+    for (const [id, expires] of leases) {
+      if (expires <= now) leases.delete(id);
+      else if (expires < next) next = expires;
+    }
+    this.#earliest.set(client, next);
+  }
+
+  #forget(client: string): void {
+    this.#leases.delete(client);
+    this.#earliest.delete(client);
   }
 }
 
@@ -169,8 +191,4 @@ function prune(log: number[], windowMs: number, now: number): void {
   let n = 0;
   while (n < log.length && (log[n] as number) <= edge) n++;
   if (n > 0) log.splice(0, n);
-}
-
-function pruneLeases(leases: Map<string, number>, now: number): void {
-  for (const [id, expires] of leases) if (expires <= now) leases.delete(id);
 }

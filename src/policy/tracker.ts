@@ -30,6 +30,55 @@ const CLASS: Readonly<Record<OutcomeKind, OutcomeClass>> = {
   aborted: 'aborted',
 };
 
+/**
+ * A logger obtained only when a line is written: `ctx.logger` builds a pino child per connection and per
+ * transaction, and the store calls and chain evaluations of a healthy session never log.
+ */
+export type LazyLogger = () => Logger;
+
+function lazyLogger(ctx: BaseContext<unknown>): LazyLogger {
+  let logger: Logger | undefined;
+  return () => (logger ??= ctx.logger);
+}
+
+/**
+ * Lease renewal: one interval per renewal period for all the live sessions, instead of a timer per
+ * session (each session's setInterval/clearInterval cost more than the policy's own work). Every live
+ * session is still renewed at least every period (the first renewal may come earlier), and an empty set
+ * stops its timer. The timer does not hold the process.
+ */
+class Renewals {
+  readonly #live = new Set<() => void>();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(readonly periodMs: number) {}
+
+  add(renew: () => void): void {
+    this.#live.add(renew);
+    if (this.#timer !== undefined) return;
+    this.#timer = setInterval(() => {
+      for (const r of this.#live) r();
+    }, this.periodMs);
+    this.#timer.unref();
+  }
+
+  delete(renew: () => void): void {
+    this.#live.delete(renew);
+    if (this.#live.size === 0 && this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+}
+
+const renewalsByPeriod = new Map<number, Renewals>();
+
+function renewalsOf(periodMs: number): Renewals {
+  let r = renewalsByPeriod.get(periodMs);
+  if (r === undefined) renewalsByPeriod.set(periodMs, (r = new Renewals(periodMs)));
+  return r;
+}
+
 const COUNTER: Readonly<Record<OutcomeKind, keyof SessionCounters>> = {
   accepted: 'messagesAccepted',
   discarded: 'messagesDiscarded',
@@ -57,7 +106,7 @@ export class SessionTracker {
   #storeKey: string | undefined;
   #sessionsFailed = false;
   #messagesFailed = false;
-  #renewal: NodeJS.Timeout | undefined;
+  #renewal: { renewals: Renewals; renew: () => void } | undefined;
 
   constructor(
     readonly policy: ShutdownPolicy,
@@ -71,20 +120,21 @@ export class SessionTracker {
     this.client = { address: info.address, hostname: info.hostname, port: info.port, family: info.family };
     // Grouped by network (clientPrefix), so that rotating addresses within a /64 does not escape a limit.
     const key = this.policy.clientKey(info.address);
+    const logger = lazyLogger(ctx);
     if (key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
       this.#storeKey = key;
       // Concurrently: a shared store pipelines both into one round trip.
-      const opened = this.#store(ctx.logger, async () => {
+      const opened = this.#store(logger, async () => {
         this.#concurrent = await store.sessionOpened(key, this.connectionId, now);
       });
-      await this.#countMessages(ctx.logger, key, (w) => store.messageCount(key, w, now));
+      await this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
       this.#sessionsFailed = !(await opened);
       if (this.#sessionsFailed) this.#concurrent = 0;
-      this.#startRenewal(ctx.logger, key);
+      this.#startRenewal(logger, key);
     }
-    await this.evaluate(ctx, 'connect');
+    await this.#evaluate(logger, ctx, 'connect');
   }
 
   /** The transaction ended with `kind` at `stage`: count it, tell the store, consult the chain. */
@@ -94,12 +144,13 @@ export class SessionTracker {
     this.counters[COUNTER[kind]] += 1;
     this.lastOutcome = { kind, class: CLASS[kind], stage };
     const key = this.#storeKey;
+    const logger = lazyLogger(ctx);
     if (kind !== 'aborted' && key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
-      await this.#countMessages(ctx.logger, key, (w) => store.addMessage(key, w, now));
+      await this.#countMessages(logger, key, (w) => store.addMessage(key, w, now));
     }
-    await this.evaluate(ctx, 'message');
+    await this.#evaluate(logger, ctx, 'message');
   }
 
   /**
@@ -114,19 +165,26 @@ export class SessionTracker {
     if (this.policy.clientWindows.length === 0) return;
     const store = this.policy.store;
     const now = this.policy.now();
-    await this.#countMessages(ctx.logger, key, (w) => store.messageCount(key, w, now));
-    await this.evaluate(ctx, 'message');
+    const logger = lazyLogger(ctx);
+    await this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
+    await this.#evaluate(logger, ctx, 'message');
   }
 
   /** Read (or add to) every tracked window; a failure zeroes them all and marks the counts as failed. */
   async #countMessages(
-    logger: Logger,
+    logger: LazyLogger,
     key: string,
     count: (windowMs: number) => number | Promise<number>,
   ): Promise<void> {
     const windows = this.policy.clientWindows;
     if (windows.length === 0) return;
     this.#messagesFailed = !(await this.#store(logger, async () => {
+      if (windows.length === 1) {
+        // The usual case (one `window` in the rules): no arrays.
+        const w = windows[0] as number;
+        this.#windows[w] = await count(w);
+        return;
+      }
       const counts = await Promise.all(windows.map(count));
       windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
     }));
@@ -135,20 +193,19 @@ export class SessionTracker {
 
   /**
    * A store whose leases expire is told every third of their life that this session is still open, so
-   * that a crashed milterd's sessions stop counting on their own. The timer does not hold the process.
+   * that a crashed milterd's sessions stop counting on their own (see Renewals).
    */
-  #startRenewal(logger: Logger, key: string): void {
+  #startRenewal(logger: LazyLogger, key: string): void {
     const ttl = this.policy.store.leaseTtlMs;
     if (ttl === undefined || this.#renewal !== undefined) return;
-    this.#renewal = setInterval(
-      () => {
-        if (this.#storeKey !== key) return;
-        const store = this.policy.store;
-        void this.#store(logger, () => store.sessionOpened(key, this.connectionId, this.policy.now()));
-      },
-      Math.max(10, Math.floor(ttl / 3)),
-    );
-    this.#renewal.unref();
+    const renew = (): void => {
+      if (this.#storeKey !== key) return;
+      const store = this.policy.store;
+      void this.#store(logger, () => store.sessionOpened(key, this.connectionId, this.policy.now()));
+    };
+    const renewals = renewalsOf(Math.max(10, Math.floor(ttl / 3)));
+    renewals.add(renew);
+    this.#renewal = { renewals, renew };
   }
 
   /** A recipient was accepted (continue/accept/discard). */
@@ -179,10 +236,20 @@ export class SessionTracker {
     recipient?: RecipientInfo,
     firesAt: PolicyDecisionEvent['firesAt'] = 'next-command',
   ): Promise<EnforcedShutdown | undefined> {
+    return this.#evaluate(lazyLogger(ctx), ctx, event, recipient, firesAt);
+  }
+
+  async #evaluate(
+    logger: LazyLogger,
+    ctx: BaseContext<unknown>,
+    event: PolicyEvent,
+    recipient?: RecipientInfo,
+    firesAt: PolicyDecisionEvent['firesAt'] = 'next-command',
+  ): Promise<EnforcedShutdown | undefined> {
     // Once armed the session is ending; more verdicts would only repeat the same log line.
     if (this.armed !== undefined) return undefined;
     const verdict = await this.policy.evaluate(this.snapshot(ctx, event, recipient), {
-      logger: ctx.logger,
+      logger,
       firesAt,
     });
     if (verdict !== undefined) this.armed = verdict;
@@ -240,14 +307,15 @@ export class SessionTracker {
   }
 
   /** The session ended: release its lease. Idempotent, never throws. */
-  async close(logger: Logger): Promise<void> {
-    if (this.#renewal !== undefined) clearInterval(this.#renewal);
+  async close(logger: Logger | LazyLogger): Promise<void> {
+    if (this.#renewal !== undefined) this.#renewal.renewals.delete(this.#renewal.renew);
     this.#renewal = undefined;
     const key = this.#storeKey;
     this.#storeKey = undefined;
     if (key === undefined) return;
     const store = this.policy.store;
-    await this.#store(logger, () => store.sessionClosed(key, this.connectionId, this.policy.now()));
+    const lazy = typeof logger === 'function' ? logger : () => logger;
+    await this.#store(lazy, () => store.sessionClosed(key, this.connectionId, this.policy.now()));
   }
 
   /**
@@ -255,13 +323,13 @@ export class SessionTracker {
    * Logged at warn, except while the circuit breaker is open (then every call fails at once: the
    * breaker's own state change was the line worth reading, and metrics count the rest).
    */
-  async #store(logger: Logger, fn: () => unknown): Promise<boolean> {
+  async #store(logger: LazyLogger, fn: () => unknown): Promise<boolean> {
     try {
       await fn();
       return true;
     } catch (err) {
       const open = err instanceof MilterStoreError && err.code === 'ERR_MILTER_STORE_UNAVAILABLE';
-      logger[open ? 'debug' : 'warn'](
+      logger()[open ? 'debug' : 'warn'](
         { err },
         'shutdown policy store failed; rules apply their on-store-error',
       );

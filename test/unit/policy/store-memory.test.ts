@@ -46,6 +46,24 @@ test('MemoryPolicyStore: leases on the policy clock; without a TTL they never ex
   assert.equal(forever.sessionCount('c', Number.MAX_SAFE_INTEGER), 1);
 });
 
+test('MemoryPolicyStore: renewing the earliest lease, then others expiring, and a clock stepping back: exact counts', () => {
+  const s = new MemoryPolicyStore({ leaseTtlMs: 100 });
+  assert.equal(s.sessionOpened('c', 'a', 0), 1, 'a until 100');
+  assert.equal(s.sessionOpened('c', 'b', 10), 2, 'b until 110');
+  assert.equal(s.sessionOpened('c', 'a', 50), 2, 'a renewed until 150: the earliest expiry moved later');
+  assert.equal(s.sessionCount('c', 105), 2, 'nothing expired at 100: a was renewed');
+  assert.equal(s.sessionOpened('c', 'd', 108), 3, 'd until 208');
+  assert.equal(s.sessionCount('c', 110), 2, 'b expired at 110');
+  assert.equal(s.sessionCount('c', 60), 2, 'a clock stepping back brings nothing back');
+  assert.equal(s.sessionCount('c', 150), 1, 'a expired at 150');
+  s.sessionClosed('c', 'd', 151);
+  assert.equal(s.sessionCount('c', 151), 0);
+  assert.deepEqual(s.size, { clients: 0, windows: 0 });
+  assert.equal(s.sessionOpened('c', 'e', 300), 1, 'a forgotten client starts afresh');
+  assert.equal(s.sessionCount('c', 399), 1);
+  assert.equal(s.sessionCount('c', 400), 0);
+});
+
 test('MemoryPolicyStore: message logs are capped (least recently used dropped) and swept lazily', () => {
   const s = new MemoryPolicyStore({ maxWindows: 3, sweepIntervalMs: 1000 });
   for (const c of ['a', 'b', 'c', 'd', 'e']) s.addMessage(c, 60_000, 1);
