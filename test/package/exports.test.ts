@@ -183,6 +183,7 @@ const SURFACE: Record<string, string[]> = {
     'RuleConditions',
     'RuleLimit',
     'SessionCounters',
+    'SessionOpening',
     'ShouldShutdownHook',
     'ShutdownPolicy',
     'ShutdownPolicyOptions',
