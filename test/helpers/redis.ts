@@ -172,7 +172,8 @@ export class RedisServer {
     child.stderr.on('data', (d: Buffer) => (this.#output += d.toString()));
     this.#exited = new Promise((resolve) => child.once('close', () => resolve()));
     await waitUntil(
-      async () => (await redisCommand(this.port, 'PING', 300)) === '+PONG',
+      // Up once it answers; with --requirepass the answer is a NOAUTH error.
+      async () => /^(\+PONG|-NOAUTH)/.test(await redisCommand(this.port, 'PING', 300)),
       `redis-server on ${this.port}`,
       () => {
         if (spawnError !== undefined)

@@ -13,7 +13,9 @@
  * line, which wins over the file) and the probes' paths answer as the kubelet expects.
  * The fleet besides: its MILTERD_STORE comes from the Secret and is a Redis URL naming the Redis Service
  * with the password Redis is started with; `milterd check-config` accepts the config with that store;
- * the policy counts on the store (fleet-wide rules, each with on-store-error); replicas = store.instances.
+ * the policy counts on the store (fleet-wide rules, each with on-store-error); replicas = store.instances;
+ * a real redis-server runs with the Redis Deployment's arguments and the Secret's URL counts on it; the
+ * docs/policy.md block is the ConfigMap's milterd.yaml.
  */
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -21,9 +23,11 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { parseAllDocuments } from 'yaml';
 import { parseConfigText } from '../../src/cli/config.js';
+import { createRedisPolicyStore } from '../../src/policy/redis-store.js';
 import { parseStoreUrl } from '../../src/policy/store-url.js';
 import { parseSocketSpec } from '../../src/socket-spec.js';
 import { Daemon, httpGet, ROOT, runMilterd } from '../cli/helpers.js';
+import { RedisServer, redisCommand } from '../helpers/redis.js';
 import { tempDir } from '../helpers/wait.js';
 
 const POD = path.join(ROOT, 'examples', 'kubernetes', 'postfix-milterd-pod.yaml');
@@ -401,4 +405,30 @@ test("fleet.yaml: docs/policy.md's fleet block is the ConfigMap's milterd.yaml, 
   assert.match(section, /\(\.\.\/examples\/kubernetes\/fleet\.yaml\)/);
   const block = /```yml\n([\s\S]*?)```/.exec(section)?.[1];
   assert.equal(block, configMap.data['milterd.yaml']);
+});
+
+test("fleet.yaml: redis-server runs with the Deployment's arguments, and the Secret's URL counts on it", async (t) => {
+  const { redis, storeUrl, secret } = await fleet();
+  const container = redis.spec.template.spec.containers.find((c) => c.name === 'redis');
+  assert.ok(container !== undefined);
+  // $(VAR) is the kubelet's expansion of the container's env, here from the Secret.
+  const env = new Map(
+    (container.env ?? []).map((e) => [e.name, secret.stringData[e.valueFrom?.secretKeyRef?.key ?? ''] ?? '']),
+  );
+  const args = (container.args ?? []).map((a) =>
+    a.replace(/\$\((\w+)\)/g, (_, v: string) => env.get(v) ?? ''),
+  );
+  const server = await RedisServer.start({ args });
+  t.after(() => server.stop());
+  // The Secret's URL, with the Service's name and port replaced by where this server listens.
+  const local = storeUrl.replace(/@[^/]+\//, `@127.0.0.1:${server.port}/`);
+  assert.notEqual(local, storeUrl);
+  const store = await createRedisPolicyStore({ url: local, prefix: 'k8s:' });
+  t.after(() => store.close());
+  await store.ready();
+  assert.equal(await store.sessionOpened('192.0.2.1', 's1'), 1);
+  assert.equal(await store.addMessage('192.0.2.1', 60_000), 1);
+  await store.sessionClosed('192.0.2.1', 's1');
+  // Without the password Redis refuses: the password in the URL is the one that counted.
+  assert.match(await redisCommand(server.port, 'PING'), /^-NOAUTH/);
 });
