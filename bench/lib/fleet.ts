@@ -2,7 +2,7 @@
  * The fleet cells of issue 15: the bench filter under a shutdown policy with `max-concurrent-sessions` and
  * `max-messages-per-client`, counted in the in-process store (`milterd-policy`) or in Redis reached over
  * TCP (`milterd-redis`) or over its Unix socket (`milterd-redis-unix`). The bench starts one private
- * `redis-server` (test/e2e/harness/redis.ts: loopback, nothing persisted) when a Redis candidate is
+ * `redis-server` (test/helpers/redis.ts: loopback, nothing persisted) when a Redis candidate is
  * selected, and stops it by pid at the end of the run. The limits are far above the load, so that every
  * message passes and every reply still checks: what is measured is the cost of counting.
  *
@@ -11,7 +11,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { RedisServer } from '../../test/e2e/harness/redis.js';
+import { RedisServer } from '../../test/helpers/redis.js';
 import type { CandidateDef } from './candidates.js';
 import type { Cell } from './measure.js';
 import { fmtUs } from './stats.js';
@@ -52,7 +52,7 @@ export class FleetBench {
       (FLEET_REDIS as readonly string[]).includes(c.replace(/-alt$/, '')),
     );
     const redis = needRedis
-      ? await RedisServer.start({ dir: path.join(dir, `redis-${process.pid}`) })
+      ? await RedisServer.start({ dir: path.join(dir, `redis-${process.pid}`), unixSocket: true })
       : undefined;
     return new FleetBench(policyFile, redis);
   }
@@ -73,7 +73,7 @@ export class FleetBench {
         {
           name: 'milterd-redis',
           description: 'the same policy on the Redis store, redis-server over TCP (127.0.0.1)',
-          command: node([...policy, '--store', redis.url()]),
+          command: node([...policy, '--store', redis.url]),
         },
         {
           name: 'milterd-redis-unix',

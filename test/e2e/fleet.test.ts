@@ -82,7 +82,7 @@ await describe(
           policyYaml: POLICY,
           storeArgs: (redis) => [
             '--store',
-            redis.url(),
+            redis.url,
             '--store-lease-ttl',
             `${LEASE_TTL_MS}ms`,
             '--store-instances',
@@ -194,7 +194,7 @@ await describe(
       const redis = f.redisServer;
       // Whatever fails here, the next test gets a running Redis back.
       t.after(async () => {
-        if (!redis.running) await redis.restart();
+        if (!redis.alive) await redis.restart();
       });
       const marks = await f.mtaLogMarks();
       const accepted: string[] = [];

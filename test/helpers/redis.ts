@@ -1,10 +1,12 @@
 /**
- * Real Redis servers for tests: Debian's `redis-server` (scripts/install-test-deps.sh) started on free
- * loopback ports, each in its own temporary directory, without persistence, stopped by pid. A 3-master
- * Cluster is built on loopback with `redis-cli --cluster create`.
+ * Real Redis servers for the tests, the e2e fleet (test/e2e/harness/fleet.ts) and the benchmark: Debian's
+ * `redis-server` (scripts/install-test-deps.sh) started in the foreground (its pid is ours) on a free
+ * loopback port, optionally also on a Unix socket, in its own directory, without persistence, stopped by
+ * pid. The fault tests kill it (-9), pause it (SIGSTOP) and start it again on the same port and socket.
+ * A 3-master Cluster is built on loopback with `redis-cli --cluster create`.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,9 +59,17 @@ export async function redisCli(port: number, ...args: string[]): Promise<string>
   return stdout;
 }
 
-async function waitUntil(check: () => Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+/** Poll `check` (an error counts as false) until true; `fatal` returning an error ends the wait with it. */
+async function waitUntil(
+  check: () => Promise<boolean>,
+  what: string,
+  fatal: () => Error | undefined = () => undefined,
+  timeoutMs = 15_000,
+): Promise<void> {
   const start = Date.now();
   for (;;) {
+    const failure = fatal();
+    if (failure !== undefined) throw failure;
     if (await check().catch(() => false)) return;
     if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
@@ -70,24 +80,38 @@ async function waitUntil(check: () => Promise<boolean>, what: string, timeoutMs 
 export class RedisServer {
   #child: ChildProcess | undefined;
   #exited: Promise<void> = Promise.resolve();
+  #output = '';
 
   private constructor(
     readonly port: number,
     readonly dir: string,
     readonly extraArgs: readonly string[],
+    /** Whether `stop()` removes `dir` (a temporary one this class made). */
+    private readonly ownsDir: boolean,
   ) {}
 
-  /** Start a server on a free loopback port (or `port`); resolves when it answers PING. */
+  /**
+   * Start a server on a free loopback port (or `port`); resolves when it answers PING. `dir` (created)
+   * is its working directory, left in place by `stop()`; default a temporary one that `stop()` removes.
+   * `unixSocket`: also listen on `socketPath`.
+   */
   static async start(
-    options: { port?: number; args?: readonly string[]; unixSocket?: boolean } = {},
+    options: { port?: number; args?: readonly string[]; unixSocket?: boolean; dir?: string } = {},
   ): Promise<RedisServer> {
-    const dir = await mkdtemp(join(tmpdir(), 'milterd-redis-'));
+    let dir = options.dir;
+    if (dir !== undefined) await mkdir(dir, { recursive: true });
+    else dir = await mkdtemp(join(tmpdir(), 'milterd-redis-'));
     const port = options.port ?? (await freeLoopbackPort());
     const args = [...(options.args ?? [])];
     if (options.unixSocket === true)
       args.push('--unixsocket', join(dir, 'redis.sock'), '--unixsocketperm', '700');
-    const server = new RedisServer(port, dir, args);
-    await server.restart();
+    const server = new RedisServer(port, dir, args, options.dir === undefined);
+    try {
+      await server.restart();
+    } catch (err) {
+      await server.stop();
+      throw err;
+    }
     return server;
   }
 
@@ -108,9 +132,15 @@ export class RedisServer {
     return c !== undefined && c.exitCode === null && c.signalCode === null;
   }
 
+  /** What the server printed (warnings and errors) since it was last (re)started. */
+  log(): string {
+    return this.#output;
+  }
+
   /** (Re)start the process on the same port and directory, with no data; nothing if it is running. */
   async restart(): Promise<void> {
     if (this.alive) return;
+    this.#output = '';
     const child = spawn(
       'redis-server',
       [
@@ -126,17 +156,32 @@ export class RedisServer {
         this.dir,
         '--daemonize',
         'no',
+        // The log goes to stdout, kept for log() (and the error below).
         '--logfile',
-        join(this.dir, 'redis.log'),
+        '',
+        '--loglevel',
+        'warning',
         ...this.extraArgs,
       ],
-      { stdio: 'ignore' },
+      { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     this.#child = child;
-    this.#exited = new Promise((resolve) => child.once('exit', () => resolve()));
+    let spawnError: Error | undefined;
+    child.once('error', (err) => (spawnError = err));
+    child.stdout.on('data', (d: Buffer) => (this.#output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (this.#output += d.toString()));
+    this.#exited = new Promise((resolve) => child.once('close', () => resolve()));
     await waitUntil(
-      async () => (await redisCommand(this.port, 'PING', 300)) === '+PONG',
+      // Up once it answers; with --requirepass the answer is a NOAUTH error.
+      async () => /^(\+PONG|-NOAUTH)/.test(await redisCommand(this.port, 'PING', 300)),
       `redis-server on ${this.port}`,
+      () => {
+        if (spawnError !== undefined)
+          return new Error(`redis-server: ${spawnError.message} (run scripts/install-test-deps.sh as root)`);
+        if (child.exitCode !== null || child.signalCode !== null)
+          return new Error(`redis-server exited (${child.exitCode ?? child.signalCode}):\n${this.#output}`);
+        return undefined;
+      },
     );
   }
 
@@ -158,10 +203,10 @@ export class RedisServer {
     await this.#exited;
   }
 
-  /** Kill the process and remove its directory. */
+  /** Kill the process and remove its directory (if `start` made it). */
   async stop(): Promise<void> {
     await this.kill();
-    await rm(this.dir, { recursive: true, force: true });
+    if (this.ownsDir) await rm(this.dir, { recursive: true, force: true });
   }
 }
 

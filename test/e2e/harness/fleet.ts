@@ -17,7 +17,7 @@ import { Daemon, httpGet, parsePrometheus, sampleValue } from '../../cli/helpers
 import { openServerConnections, type Mta } from './mta.js';
 import { PostfixMta } from './postfix.js';
 import { freePort, makeWorkDir, waitFor } from './proc.js';
-import { RedisServer } from './redis.js';
+import { RedisServer } from '../../helpers/redis.js';
 import { SendmailMta } from './sendmail.js';
 import { SmtpSink } from './sink.js';
 import { SmtpClient, type SmtpReply } from './smtp-client.js';
@@ -132,7 +132,7 @@ export class Fleet {
   private async boot(): Promise<void> {
     this.dir = await makeWorkDir('milterd-e2e-fleet-');
     await this.sink.start();
-    this.redis = await RedisServer.start({ dir: path.join(this.dir, 'redis') });
+    this.redis = await RedisServer.start({ dir: path.join(this.dir, 'redis'), unixSocket: true });
     const policyFile = path.join(this.dir, 'policy.yaml');
     await writeFile(policyFile, this.options.policyYaml);
     const args = ['--policy', policyFile, ...this.options.storeArgs(this.redis)];
