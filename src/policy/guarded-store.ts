@@ -9,12 +9,9 @@
 import { CircuitBreaker, type BreakerState, type CircuitBreakerOptions } from '../breaker.js';
 import { DEFAULTS } from '../defaults.js';
 import { MilterStoreError, type MilterErrorCode } from '../errors.js';
-import { MemoryPolicyStore, type PolicyStore, type SessionOpening } from './store.js';
+import { MemoryPolicyStore, type PolicyStore } from './store.js';
 
-/**
- * Store operations, as metrics label them. `session-open` is the lease opened at CONNECT together with the
- * message counts of the client's windows (one call: `sessionOpenedWithCounts`), and every lease renewal.
- */
+/** Store operations, as metrics label them. */
 export type StoreOp = 'session-open' | 'session-close' | 'message-add' | 'message-count';
 
 /** One finished store call, for metrics. */
@@ -73,32 +70,6 @@ export class GuardedStore implements PolicyStore {
   sessionOpened(client: string, sessionId: string, now: number = Date.now()): Promise<number> {
     this.local.sessionOpened(client, sessionId, now);
     return this.#call('session-open', () => this.inner.sessionOpened(client, sessionId, now));
-  }
-
-  /**
-   * The lease and the counts as ONE guarded call: one deadline, one breaker outcome, one `session-open`
-   * metric; if it fails, both the session and the message counts have failed (each rule's
-   * `on-store-error` applies). A store without the combined operation gets both calls at once, still
-   * guarded as one.
-   */
-  sessionOpenedWithCounts(
-    client: string,
-    sessionId: string,
-    windowsMs: readonly number[],
-    now: number = Date.now(),
-  ): Promise<SessionOpening> {
-    this.local.sessionOpened(client, sessionId, now);
-    const inner = this.inner;
-    return this.#call('session-open', async () => {
-      if (inner.sessionOpenedWithCounts !== undefined) {
-        return inner.sessionOpenedWithCounts(client, sessionId, windowsMs, now);
-      }
-      const [sessions, ...messages] = await Promise.all([
-        inner.sessionOpened(client, sessionId, now),
-        ...windowsMs.map((w) => inner.messageCount(client, w, now)),
-      ]);
-      return { sessions: sessions as number, messages };
-    });
   }
 
   async sessionClosed(client: string, sessionId: string, now: number = Date.now()): Promise<void> {

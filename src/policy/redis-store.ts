@@ -27,7 +27,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Cluster as ClusterClient, Redis as RedisClient, RedisOptions } from 'ioredis';
 import { DEFAULTS } from '../defaults.js';
-import type { PolicyStore, SessionOpening } from './store.js';
+import type { PolicyStore } from './store.js';
 import { parseStoreUrl, type StoreLocation } from './store-url.js';
 
 /** Lease open/renew. KEYS[1] lease set; ARGV session id, TTL ms. Returns the live leases. */
@@ -73,28 +73,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - tonu
 return redis.call('ZCARD', KEYS[1])
 `;
 
-/**
- * Lease open + message counts, for CONNECT in one round trip. KEYS[1] lease set, KEYS[2..n] message logs
- * (same hash tag: one slot); ARGV session id, TTL ms, then the window ms of each message log. One TIME for
- * both. Returns { live leases, count of each log }. Same steps as LEASE_OPEN and MESSAGE_COUNT.
- */
-const SESSION_OPEN = `
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ttl = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', ms))
-redis.call('ZADD', KEYS[1], string.format('%.0f', ms + ttl), ARGV[1])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', tonumber(last[2])))
-local out = { redis.call('ZCARD', KEYS[1]) }
-for i = 2, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.0f', us - tonumber(ARGV[i + 1]) * 1000))
-  out[i] = redis.call('ZCARD', KEYS[i])
-end
-return out
-`;
-
 const SCRIPTS = {
   milterdLeaseOpen: LEASE_OPEN,
   milterdLeaseClose: LEASE_CLOSE,
@@ -106,9 +84,7 @@ type ScriptName = keyof typeof SCRIPTS;
 
 /** Most clients whose key base the store remembers. */
 const KEY_CACHE = 4096;
-type Scripted = Record<ScriptName, (key: string, ...args: Array<string | number>) => Promise<number>> & {
-  milterdSessionOpen(numberOfKeys: number, ...keysAndArgs: Array<string | number>): Promise<unknown[]>;
-};
+type Scripted = Record<ScriptName, (key: string, ...args: Array<string | number>) => Promise<number>>;
 
 export interface RedisPolicyStoreOptions {
   /** A store URL (store-url.ts) or its parsed form. */
@@ -150,8 +126,6 @@ export class RedisPolicyStore implements PolicyStore {
     this.#client = client;
     for (const [name, lua] of Object.entries(SCRIPTS)) client.defineCommand(name, { numberOfKeys: 1, lua });
     this.#scripts = client as unknown as Scripted;
-    // Without numberOfKeys: the caller passes it (one key per window).
-    client.defineCommand('milterdSessionOpen', { lua: SESSION_OPEN });
   }
 
   /** The underlying ioredis client (Redis or Cluster). */
@@ -189,29 +163,6 @@ export class RedisPolicyStore implements PolicyStore {
         this.leaseTtlMs,
       ),
     );
-  }
-
-  /** The lease and the counts of `windowsMs` in one script (SESSION_OPEN): one round trip at CONNECT. */
-  async sessionOpenedWithCounts(
-    client: string,
-    sessionId: string,
-    windowsMs: readonly number[],
-    _now?: number,
-  ): Promise<SessionOpening> {
-    const n = windowsMs.length;
-    const args: Array<string | number> = new Array<string | number>(2 * n + 3);
-    args[0] = this.leaseKey(client);
-    for (let i = 0; i < n; i++) {
-      const w = windowsMs[i] as number;
-      args[1 + i] = this.messageKey(client, w);
-      args[n + 3 + i] = Math.ceil(w);
-    }
-    args[n + 1] = `${this.#instance}:${sessionId}`;
-    args[n + 2] = this.leaseTtlMs;
-    const reply = await this.#scripts.milterdSessionOpen(n + 1, ...args);
-    const messages = new Array<number>(n);
-    for (let i = 0; i < n; i++) messages[i] = Number(reply[i + 1]);
-    return { sessions: Number(reply[0]), messages };
   }
 
   async sessionClosed(client: string, sessionId: string, _now?: number): Promise<void> {

@@ -38,17 +38,6 @@ export interface PolicyStore {
    * (a shared store uses its own server clock instead).
    */
   sessionOpened(client: string, sessionId: string, now?: number): number | Promise<number>;
-  /**
-   * A session of `client` started: `sessionOpened` and `messageCount` of each of `windowsMs` as ONE
-   * operation (on Redis one script, one round trip; the session's CONNECT needs both). Optional: the
-   * engine falls back to the two calls for a store without it.
-   */
-  sessionOpenedWithCounts?(
-    client: string,
-    sessionId: string,
-    windowsMs: readonly number[],
-    now?: number,
-  ): SessionOpening | Promise<SessionOpening>;
   /** The session ended: release its lease. Idempotent; unknown ids are ignored. */
   sessionClosed(client: string, sessionId: string, now?: number): void | Promise<void>;
   /** Count one finished message of `client`; returns the messages of the last `windowMs`, this one included. */
@@ -57,14 +46,6 @@ export interface PolicyStore {
   messageCount(client: string, windowMs: number, now: number): number | Promise<number>;
   /** Release connections (a shared store). Called once, when the daemon stops. */
   close?(): void | Promise<void>;
-}
-
-/** What `sessionOpenedWithCounts` returns. */
-export interface SessionOpening {
-  /** Open sessions (live leases) of the client, this one included. */
-  sessions: number;
-  /** Messages in each window, in the order of the `windowsMs` asked for. */
-  messages: number[];
 }
 
 /** Options of the in-memory store. */
@@ -119,16 +100,6 @@ export class MemoryPolicyStore implements PolicyStore {
     leases.set(sessionId, expires);
     if (!(expires >= (this.#earliest.get(client) ?? Infinity))) this.#earliest.set(client, expires);
     return leases.size;
-  }
-
-  sessionOpenedWithCounts(
-    client: string,
-    sessionId: string,
-    windowsMs: readonly number[],
-    now: number = Date.now(),
-  ): SessionOpening {
-    const sessions = this.sessionOpened(client, sessionId, now);
-    return { sessions, messages: windowsMs.map((w) => this.messageCount(client, w, now)) };
   }
 
   sessionClosed(client: string, sessionId: string, now: number = Date.now()): void {

@@ -125,31 +125,13 @@ export class SessionTracker {
       const store = this.policy.store;
       const now = this.policy.now();
       this.#storeKey = key;
-      if (store.sessionOpenedWithCounts !== undefined) {
-        // One store call (one round trip on Redis): its failure fails both counts.
-        const windows = this.policy.clientWindows;
-        const ok = await this.#store(logger, async () => {
-          const opening = await store.sessionOpenedWithCounts!(key, this.connectionId, windows, now);
-          this.#concurrent = opening.sessions;
-          for (let i = 0; i < windows.length; i++) {
-            this.#windows[windows[i] as number] = opening.messages[i] as number;
-          }
-        });
-        this.#sessionsFailed = !ok;
-        this.#messagesFailed = !ok && windows.length > 0;
-        if (!ok) {
-          this.#concurrent = 0;
-          for (const w of windows) this.#windows[w] = 0;
-        }
-      } else {
-        // Concurrently: a shared store pipelines both into one round trip.
-        const opened = this.#store(logger, async () => {
-          this.#concurrent = await store.sessionOpened(key, this.connectionId, now);
-        });
-        await this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
-        this.#sessionsFailed = !(await opened);
-        if (this.#sessionsFailed) this.#concurrent = 0;
-      }
+      // Concurrently: a shared store pipelines both into one round trip.
+      const opened = this.#store(logger, async () => {
+        this.#concurrent = await store.sessionOpened(key, this.connectionId, now);
+      });
+      await this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
+      this.#sessionsFailed = !(await opened);
+      if (this.#sessionsFailed) this.#concurrent = 0;
       this.#startRenewal(logger, key);
     }
     await this.#evaluate(logger, ctx, 'connect');

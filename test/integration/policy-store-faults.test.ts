@@ -80,35 +80,6 @@ test('SIGSTOP: calls fail at the deadline, then the breaker opens and nothing is
   assert.ok((await inner.sessionOpened('192.0.2.1', 'c')) >= 2);
 });
 
-test('CONNECT is one guarded call: lease and counts share one deadline, one breaker outcome, one session-open metric', async (t) => {
-  const { guard, calls } = await guarded();
-  t.after(() => guard.close());
-  t.after(() => redis.resume());
-  await guard.addMessage('192.0.2.5', 60_000, Date.now());
-  let before = calls.length;
-  assert.deepEqual(await guard.sessionOpenedWithCounts('192.0.2.5', 'a', [60_000, 30_000]), {
-    sessions: 1,
-    messages: [1, 0],
-  });
-  assert.deepEqual(
-    calls.slice(before).map((c) => [c.op, c.code]),
-    [['session-open', undefined]],
-  );
-  redis.pause();
-  before = calls.length;
-  assert.equal(
-    await code(guard.sessionOpenedWithCounts('192.0.2.5', 'b', [60_000, 30_000])),
-    'ERR_MILTER_STORE_TIMEOUT',
-  );
-  assert.deepEqual(
-    calls.slice(before).map((c) => [c.op, c.code]),
-    [['session-open', 'ERR_MILTER_STORE_TIMEOUT']],
-  );
-  assert.equal(guard.breakerState, 'closed', 'one failure of two: the combined call counted once');
-  assert.equal(guard.local.sessionCount('192.0.2.5'), 2, 'the local shadow opened the lease anyway');
-  redis.resume();
-});
-
 test('killed: calls fail fast (no offline queue) with ERR_MILTER_STORE_FAILED; restarted: the store works again', async (t) => {
   const { guard, calls } = await guarded();
   t.after(() => guard.close());

@@ -183,7 +183,6 @@ const SURFACE: Record<string, string[]> = {
     'RuleConditions',
     'RuleLimit',
     'SessionCounters',
-    'SessionOpening',
     'ShouldShutdownHook',
     'ShutdownPolicy',
     'ShutdownPolicyOptions',

@@ -79,32 +79,6 @@ export function storeSuite(name: string, factory: StoreFactory): void {
     await until(async () => (await leases(store, c)) === 0, 'the last lease to expire once renewals stop');
   });
 
-  test(`${name}: sessionOpenedWithCounts opens the lease and reads every window in one operation`, async (t) => {
-    const s = await factory({ leaseTtlMs: 60_000 });
-    t.after(() => s.close());
-    const { store } = s;
-    const open = store.sessionOpenedWithCounts?.bind(store);
-    assert.ok(open !== undefined, 'the store has the combined operation');
-    const c = fresh();
-    for (let i = 0; i < 3; i++) await store.addMessage(c, 60_000, Date.now());
-    await store.addMessage(c, 3_600_000, Date.now());
-    assert.deepEqual(await open(c, 'a', [60_000, 3_600_000, 30_000], Date.now()), {
-      sessions: 1,
-      messages: [3, 1, 0],
-    });
-    assert.deepEqual(await open(c, 'b', [60_000], Date.now()), { sessions: 2, messages: [3] });
-    assert.deepEqual(
-      await open(c, 'b', [], Date.now()),
-      { sessions: 2, messages: [] },
-      'renewing b does not count it twice; no windows, no counts',
-    );
-    assert.equal(await store.messageCount(c, 60_000, Date.now()), 3, 'reading does not count');
-    await store.sessionClosed(c, 'a', Date.now());
-    assert.equal(await leases(store, c), 1, 'the combined open is released by sessionClosed');
-    await store.sessionClosed(c, 'b', Date.now());
-    assert.equal(await leases(store, c), 0);
-  });
-
   test(`${name}: every finished message counts exactly once; other clients and windows are separate`, async (t) => {
     const s = await factory({ leaseTtlMs: 60_000 });
     t.after(() => s.close());
