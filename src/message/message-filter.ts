@@ -4,7 +4,8 @@
  * file) and calls `message(trx, ctx)` once at end of message; what the callback changed on `trx` is sent
  * to the MTA as the fewest milter actions (see transaction.ts). Earlier callbacks can still decide early.
  */
-import type { CallbackResult, Decision, Filter, MaybePromise, StageContext } from '../filter.js';
+import type { CallbackResult, Filter, MaybePromise, StageContext } from '../filter.js';
+import { decisionKind } from '../session/decision.js';
 import { BodyStore, BODY_MEMORY_LIMIT } from '../session/body-store.js';
 import { MessageTransaction, type Transaction } from './transaction.js';
 
@@ -42,11 +43,6 @@ interface Collected {
   refused: Set<string>;
 }
 
-function kindOf(d: Decision | void | undefined): string {
-  if (d === undefined) return 'continue';
-  return typeof d === 'string' ? d : d.kind;
-}
-
 /** Turn a {@link MessageFilter} into a `Filter` for `createMilterServer` (or a pipeline). */
 export function messageFilter<P = unknown>(def: MessageFilter<P>): Filter<P> {
   const memoryLimit = def.bodyMemoryLimit ?? BODY_MEMORY_LIMIT;
@@ -81,7 +77,7 @@ export function messageFilter<P = unknown>(def: MessageFilter<P>): Filter<P> {
     },
     async envrcpt(ctx, recipient, args) {
       const d = await def.envrcpt?.(ctx, recipient, args);
-      const kind = kindOf(d);
+      const kind = decisionKind(d);
       if (kind === 'reject' || kind === 'tempfail') current(ctx.id).refused.add(recipient);
       return d;
     },
@@ -107,7 +103,7 @@ export function messageFilter<P = unknown>(def: MessageFilter<P>): Filter<P> {
           body: c.body,
         });
         const decision = await def.message(trx, ctx);
-        const kind = kindOf(decision);
+        const kind = decisionKind(decision);
         if (kind === 'continue' || kind === 'accept') await trx.applyTo(ctx);
         return decision;
       } finally {

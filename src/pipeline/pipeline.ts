@@ -16,6 +16,7 @@
  */
 import os from 'node:os';
 import type {
+  BodyDecision,
   BodyResult,
   CallbackResult,
   Decision,
@@ -51,7 +52,7 @@ import {
   type StageName,
 } from '../protocol/constants.js';
 import { BodyStore, BODY_MEMORY_LIMIT } from '../session/body-store.js';
-import { chain, isThenable } from '../session/decision.js';
+import { chain, decisionKind, isThenable } from '../session/decision.js';
 import { defaultNegotiation, negotiate, type NegotiationOutcome } from '../session/negotiate.js';
 import type { FailureDecision } from '../session/types.js';
 import { compileMemberCondition, type ConditionTest } from './condition.js';
@@ -220,12 +221,6 @@ interface LiveRun {
 const NO_BODY = new BodyStore(0);
 
 const EMPTY_NEGOTIATION: Negotiation = { members: [], noReply: 0, protocol: 0 };
-
-function kindOf(r: unknown): DecisionKind {
-  if (r === undefined || r === null) return 'continue';
-  if (typeof r === 'string') return r as DecisionKind;
-  return (r as { kind: DecisionKind }).kind;
-}
 
 /**
  * Run `members` in order as one filter. Each member is an ordinary `Filter` (in-process, or an upstream
@@ -536,7 +531,8 @@ class Pipeline {
     noReply: boolean,
     t0: number,
   ): Outcome {
-    const kind = kindOf(value);
+    // A JavaScript member may return null: continue, as the session reads it.
+    const kind = decisionKind((value ?? undefined) as BodyDecision | undefined);
     const applied = !run.member.dryRun && !noReply;
     if (this.timed) {
       this.emit({

@@ -4,7 +4,8 @@
  * are counted, an ACCEPT before EOM is hidden (sent as CONTINUE so the policy keeps seeing the session),
  * and an armed shutdown goes out as `421 4.7.0`.
  */
-import type { BodyDecision, Decision, DecisionKind, MaybePromise, StageContext } from '../filter.js';
+import type { BodyDecision, Decision, MaybePromise, StageContext } from '../filter.js';
+import { decisionKind } from '../session/decision.js';
 import { Decision as D } from '../filter.js';
 import type { FailureDecision } from '../session/types.js';
 import type { ShutdownPolicy } from './chain.js';
@@ -13,10 +14,6 @@ import type { WantStage } from './negotiation.js';
 import type { OutcomeStage, PolicyFiredEvent } from './types.js';
 
 export type FireStage = PolicyFiredEvent['stage'];
-
-export function kindOf(d: BodyDecision | void | undefined): DecisionKind {
-  return d === undefined ? 'continue' : typeof d === 'string' ? d : d.kind;
-}
 
 /** A refusing decision as the message outcome it is. */
 export const OUTCOME = { reject: 'rejected', tempfail: 'tempfailed', discard: 'discarded' } as const;
@@ -90,7 +87,7 @@ export class Enforcement {
     stage: OutcomeStage,
     d: R | undefined,
   ): Promise<R | Decision | undefined> {
-    const kind = kindOf(d);
+    const kind = decisionKind(d);
     if (kind === 'accept') {
       c.userDoneMessage = true;
       return D.continue;
@@ -103,7 +100,7 @@ export class Enforcement {
 
   /** The user's decision at CONNECT/HELO: an ACCEPT ends the user's part of the connection, hidden. */
   connectionDecision(c: PolicyConnection, d: Decision | undefined): Decision | undefined {
-    if (kindOf(d) !== 'accept') return d;
+    if (decisionKind(d) !== 'accept') return d;
     c.userDoneConnection = true;
     return D.continue;
   }

@@ -20,7 +20,8 @@ import { Decision as D } from '../filter.js';
 import { wireByteLength } from '../protocol/wire-string.js';
 import type { ShutdownPolicy } from './chain.js';
 import type { PolicyConnections } from './connections.js';
-import { kindOf, OUTCOME, type Enforcement } from './enforce.js';
+import { OUTCOME, type Enforcement } from './enforce.js';
+import { decisionKind } from '../session/decision.js';
 import { adjustNegotiation } from './negotiation.js';
 
 export class PolicyStages<P> {
@@ -89,7 +90,7 @@ export class PolicyStages<P> {
     const rejected = { address: recipient, rejectedBy: 'filter' } as const;
     const countFailure = async (): Promise<void> => void (await t.recipientRejected(ctx, rejected, false));
     const { decision } = await this.e.callUser(c, ctx, 'envrcpt', true, call, countFailure);
-    const kind = kindOf(decision);
+    const kind = decisionKind(decision);
     if (kind === 'reject' || kind === 'tempfail') {
       // The policy may fire right on this recipient's reply: nothing of the transaction was accepted.
       const now = await t.recipientRejected(ctx, rejected, true);
@@ -117,7 +118,7 @@ export class PolicyStages<P> {
     const { decision } = await this.e.callUser(c, ctx, 'unknown', false, () =>
       this.user.unknown?.(ctx, line),
     );
-    return kindOf(decision) === 'accept' ? D.continue : decision;
+    return decisionKind(decision) === 'accept' ? D.continue : decision;
   }
 
   // Content callbacks run per header and per body chunk: when the user does not follow them they stay
@@ -155,7 +156,7 @@ export class PolicyStages<P> {
     const c = this.connections.get(ctx);
     const t = c.tracker;
     const { called, decision } = await this.e.callUser(c, ctx, 'eom', true, () => this.user.eom?.(ctx));
-    const kind = kindOf(decision);
+    const kind = decisionKind(decision);
     if (t.inTransaction) {
       const outcome =
         kind === 'reject' || kind === 'tempfail' || kind === 'discard'

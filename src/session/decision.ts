@@ -4,12 +4,17 @@
  * decisions to preallocated responses.
  */
 import type { Logger } from 'pino';
-import type { DecisionKind, SmtpReply } from '../filter.js';
+import type { BodyDecision, DecisionKind, SmtpReply } from '../filter.js';
 import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterResponse } from '../protocol/types.js';
 import type { HandleResult } from './types.js';
 import { MilterFilterError, MilterUsageError } from '../errors.js';
 import { formatReply, type ReplyDecision } from './reply.js';
+
+/** The kind of what a callback returned: a bare kind, a kind as an object, or nothing (= continue). */
+export function decisionKind(d: BodyDecision | void | undefined): DecisionKind {
+  return d === undefined ? 'continue' : typeof d === 'string' ? d : d.kind;
+}
 
 /** Outcome of one callback: its value, or the coded error that replaces it. */
 export type Settled = { ok: true; value: unknown } | { ok: false; error: MilterFilterError };
