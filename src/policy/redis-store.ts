@@ -3,8 +3,9 @@
  * fleet. Same algorithms as MemoryPolicyStore (store.ts): sessions are leases in a sorted set scored by
  * their expiry, message rates a sliding log in a sorted set scored by their time.
  *
- * - Each operation is ONE Lua script (atomic on the server), with the time taken from the server
- *   (`TIME`), so instances with skewed clocks agree; the policy clock passed in (`now`) is ignored.
+ * - Each operation is atomic on the server, in a Lua script, with the time taken from the server (`TIME`),
+ *   so instances with skewed clocks agree; the policy clock passed in (`now`) is ignored. The operations of
+ *   one event-loop turn go in one script call (Batches).
  * - Keys: `PREFIX{CLIENT}:l` (leases) and `PREFIX{CLIENT}:m:WINDOW_MS` (message log). The hash tag
  *   `{CLIENT}` puts all of one client's keys in one Cluster slot, so every script touches one shard.
  *   With `hashAddresses` CLIENT is a SHA-256 of the client key (base64url, 128 bits) instead of it.
@@ -20,8 +21,8 @@
  *   failover handled, TLS through `tls` options on every connection;
  * - scripts: `defineCommand` sends EVALSHA and falls back to EVAL on NOSCRIPT, per node, so a restarted or
  *   failed-over server just gets the script again;
- * - pipelining: explicit (`enableAutoPipelining`, on here: the calls of many sessions in one tick share
- *   one write); maintenance: under the redis organisation, 6.x targets Node >= 20 like milterd;
+ * - pipelining: explicit (`enableAutoPipelining`; milterd batches its own operations instead, see
+ *   Batches); maintenance: under the redis organisation, 6.x targets Node >= 20 like milterd;
  * - size: five small dependencies (node-redis: none), loaded only when a Redis store is configured.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -30,61 +31,139 @@ import { DEFAULTS } from '../defaults.js';
 import type { PolicyStore } from './store.js';
 import { parseStoreUrl, type StoreLocation } from './store-url.js';
 
-/** Lease open/renew. KEYS[1] lease set; ARGV session id, TTL ms. Returns the live leases. */
-const LEASE_OPEN = `
+/**
+ * Every operation of one batch (see Batches), in order, in ONE script: atomic, one server clock reading
+ * (TIME) for all. KEYS[i] is operation i's key; ARGV[3i-2..3i] its code and two arguments:
+ * - `o` lease open/renew (member, TTL ms): the live leases. A lease set lives as long as its longest lease.
+ * - `c` lease release (member): the live leases left.
+ * - `a` count a message (window ms, unique member): the messages in the window, this one included.
+ * - `n` messages in the window (window ms): reads create no key.
+ * Lease scores are server milliseconds, message scores server microseconds (below 2^53: exact in a
+ * double), formatted with %.0f because Lua's default number format keeps only 14 digits. A message at
+ * time s counts while now - s < window.
+ */
+const BATCH = `
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-redis.call('ZADD', KEYS[1], string.format('%.0f', now + ttl), ARGV[1])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', tonumber(last[2])))
-return redis.call('ZCARD', KEYS[1])
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 1, #KEYS do
+  local k, op, x, y = KEYS[i], ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if op == 'o' then
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', ms))
+    redis.call('ZADD', k, string.format('%.0f', ms + tonumber(y)), x)
+    local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+    redis.call('PEXPIREAT', k, last[2])
+  elseif op == 'c' then
+    redis.call('ZREM', k, x)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', ms))
+  else
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', us - tonumber(x) * 1000))
+    if op == 'a' then
+      redis.call('ZADD', k, string.format('%.0f', us), y)
+      redis.call('PEXPIRE', k, x)
+    end
+  end
+  out[i] = redis.call('ZCARD', k)
+end
+return out
 `;
 
-/** Lease release. KEYS[1] lease set; ARGV session id. Returns the live leases left. */
-const LEASE_CLOSE = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-return redis.call('ZCARD', KEYS[1])
-`;
+/** Operation codes of the batch script. */
+type OpCode = 'o' | 'c' | 'a' | 'n';
+
+/** Most operations in one script call: bounds one script's run time on the server. */
+const BATCH_MAX = 256;
+
+interface Batch {
+  keys: string[];
+  args: string[];
+  settle: Array<{ resolve: (n: number) => void; reject: (err: unknown) => void }>;
+}
+
+type BatchCommand = (numKeys: number, ...keysThenArgs: string[]) => Promise<unknown>;
 
 /**
- * Count a message. KEYS[1] message log; ARGV window ms, unique member. Scores are server microseconds
- * (below 2^53: exact in a double), formatted with %.0f because Lua's default number format keeps only
- * 14 digits. A message at time s counts while now - s < window.
+ * The sessions' operations, sent as one script call per group (standalone and Sentinel: one group;
+ * Cluster: one per client, whose keys share a slot), with at most one call in flight per group: what
+ * arrives meanwhile waits for its answer and goes out in the next call. On loopback a write to Redis cost
+ * more than the policy's own work (a system call that wakes the server), and one command per operation
+ * made four writes per session; now a busy instance makes one write per round trip, whatever its load,
+ * and an idle one sends each operation at the end of its event-loop turn (setImmediate).
  */
-const MESSAGE_ADD = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - tonumber(ARGV[1]) * 1000))
-redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return redis.call('ZCARD', KEYS[1])
-`;
+class Batches {
+  // group -> the batch being filled; group -> whether a call of it is in flight
+  readonly #filling = new Map<string, Batch>();
+  readonly #inFlight = new Set<string>();
+  #scheduled = false;
 
-/** Messages in the window. KEYS[1] message log; ARGV window ms. */
-const MESSAGE_COUNT = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - tonumber(ARGV[1]) * 1000))
-return redis.call('ZCARD', KEYS[1])
-`;
+  constructor(
+    readonly send: BatchCommand,
+    /** The group of a key base: '' when every key may share one script (not a Cluster). */
+    readonly groupOf: (keyBase: string) => string,
+  ) {}
 
-const SCRIPTS = {
-  milterdLeaseOpen: LEASE_OPEN,
-  milterdLeaseClose: LEASE_CLOSE,
-  milterdMessageAdd: MESSAGE_ADD,
-  milterdMessageCount: MESSAGE_COUNT,
-} as const;
+  run(keyBase: string, key: string, op: OpCode, x: string, y: string): Promise<number> {
+    const group = this.groupOf(keyBase);
+    let batch = this.#filling.get(group);
+    if (batch === undefined) {
+      batch = { keys: [], args: [], settle: [] };
+      this.#filling.set(group, batch);
+    }
+    const b = batch;
+    b.keys.push(key);
+    b.args.push(op, x, y);
+    const result = new Promise<number>((resolve, reject) => b.settle.push({ resolve, reject }));
+    if (b.settle.length >= BATCH_MAX) {
+      // Full: out now, even beside a call in flight.
+      this.#filling.delete(group);
+      this.#send(group, b);
+    } else if (!this.#inFlight.has(group) && !this.#scheduled) {
+      this.#scheduled = true;
+      // After the I/O callbacks of this turn: every session's call of this turn joins the batch.
+      setImmediate(() => this.#sendIdle());
+    }
+    return result;
+  }
 
-type ScriptName = keyof typeof SCRIPTS;
+  /** Send every batch whose group has no call in flight (the others go when their answer comes). */
+  #sendIdle(): void {
+    this.#scheduled = false;
+    for (const [group, batch] of this.#filling) {
+      if (this.#inFlight.has(group)) continue;
+      this.#filling.delete(group);
+      this.#send(group, batch);
+    }
+  }
+
+  #send(group: string, batch: Batch): void {
+    const { keys, args, settle } = batch;
+    this.#inFlight.add(group);
+    const done = (): void => {
+      this.#inFlight.delete(group);
+      const next = this.#filling.get(group);
+      if (next === undefined) return;
+      this.#filling.delete(group);
+      this.#send(group, next);
+    };
+    this.send(keys.length, ...keys, ...args).then(
+      (out) => {
+        const results = out as unknown[];
+        for (let i = 0; i < settle.length; i++) {
+          (settle[i] as Batch['settle'][number]).resolve(Number(results[i]));
+        }
+        done();
+      },
+      (err: unknown) => {
+        for (const s of settle) s.reject(err);
+        done();
+      },
+    );
+  }
+}
 
 /** Most clients whose key base the store remembers. */
 const KEY_CACHE = 4096;
-type Scripted = Record<ScriptName, (key: string, ...args: Array<string | number>) => Promise<number>>;
 
 export interface RedisPolicyStoreOptions {
   /** A store URL (store-url.ts) or its parsed form. */
@@ -107,7 +186,7 @@ export class RedisPolicyStore implements PolicyStore {
   readonly prefix: string;
   readonly hashAddresses: boolean;
   readonly #client: RedisClient | ClusterClient;
-  readonly #scripts: Scripted;
+  readonly #batches: Batches;
   // Lease and message-log members must be unique across the fleet, and connection ids are only unique in
   // one process: every member starts with a random id of this instance.
   readonly #instance = randomBytes(9).toString('base64url');
@@ -124,8 +203,10 @@ export class RedisPolicyStore implements PolicyStore {
     this.leaseTtlMs = Math.ceil(ttl);
     this.hashAddresses = options.hashAddresses ?? false;
     this.#client = client;
-    for (const [name, lua] of Object.entries(SCRIPTS)) client.defineCommand(name, { numberOfKeys: 1, lua });
-    this.#scripts = client as unknown as Scripted;
+    client.defineCommand('milterdBatch', { lua: BATCH });
+    const send = (client as unknown as { milterdBatch: BatchCommand }).milterdBatch.bind(client);
+    // A Cluster runs a script on one shard: one batch per client (its keys share a hash tag, a slot).
+    this.#batches = new Batches(send, 'isCluster' in client && client.isCluster ? (base) => base : () => '');
   }
 
   /** The underlying ioredis client (Redis or Cluster). */
@@ -154,32 +235,31 @@ export class RedisPolicyStore implements PolicyStore {
     return `${this.keyBase(client)}:m:${windowMs}`;
   }
 
-  // `_now` (the policy clock) is ignored: the scripts read the server's TIME.
-  async sessionOpened(client: string, sessionId: string, _now?: number): Promise<number> {
-    return Number(
-      await this.#scripts.milterdLeaseOpen(
-        this.leaseKey(client),
-        `${this.#instance}:${sessionId}`,
-        this.leaseTtlMs,
-      ),
-    );
+  // `_now` (the policy clock) is ignored: the script reads the server's TIME.
+  sessionOpened(client: string, sessionId: string, _now?: number): Promise<number> {
+    const base = this.keyBase(client);
+    return this.#batches.run(base, `${base}:l`, 'o', this.#member(sessionId), String(this.leaseTtlMs));
   }
 
   async sessionClosed(client: string, sessionId: string, _now?: number): Promise<void> {
-    await this.#scripts.milterdLeaseClose(this.leaseKey(client), `${this.#instance}:${sessionId}`);
+    const base = this.keyBase(client);
+    await this.#batches.run(base, `${base}:l`, 'c', this.#member(sessionId), '');
   }
 
-  async addMessage(client: string, windowMs: number, _now?: number): Promise<number> {
+  addMessage(client: string, windowMs: number, _now?: number): Promise<number> {
+    const base = this.keyBase(client);
     const member = `${this.#instance}:${(this.#seq = (this.#seq + 1) % Number.MAX_SAFE_INTEGER)}`;
-    return Number(
-      await this.#scripts.milterdMessageAdd(this.messageKey(client, windowMs), Math.ceil(windowMs), member),
-    );
+    return this.#batches.run(base, `${base}:m:${windowMs}`, 'a', String(Math.ceil(windowMs)), member);
   }
 
-  async messageCount(client: string, windowMs: number, _now?: number): Promise<number> {
-    return Number(
-      await this.#scripts.milterdMessageCount(this.messageKey(client, windowMs), Math.ceil(windowMs)),
-    );
+  messageCount(client: string, windowMs: number, _now?: number): Promise<number> {
+    const base = this.keyBase(client);
+    return this.#batches.run(base, `${base}:m:${windowMs}`, 'n', String(Math.ceil(windowMs)), '');
+  }
+
+  // Lease members must be unique across the fleet; connection ids are unique only in one process.
+  #member(sessionId: string): string {
+    return `${this.#instance}:${sessionId}`;
   }
 
   /** Resolves once the connection (or the Cluster's slot map) is ready; rejects after `timeoutMs`. */
@@ -231,7 +311,7 @@ export async function createRedisPolicyStore(
     // Fail fast while disconnected: the deadline is tens of ms, a queue would only hold mail.
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
-    enableAutoPipelining: true,
+    enableAutoPipelining: false,
     connectTimeout: options.connectTimeoutMs ?? 1000,
     // Reconnect with a short backoff, forever: the store comes back by itself.
     retryStrategy: (times: number) => Math.min(50 * times, 1000),
@@ -265,7 +345,7 @@ export async function createRedisPolicyStore(
     case 'cluster':
       client = new Cluster(location.nodes, {
         enableOfflineQueue: false,
-        enableAutoPipelining: true,
+        enableAutoPipelining: false,
         clusterRetryStrategy: (times: number) => Math.min(50 * times, 1000),
         slotsRefreshTimeout: 1000,
         redisOptions: { ...common },
