@@ -44,7 +44,8 @@ export class PolicyStages<P> {
 
   async connect(ctx: StageContext<P>, info: ConnectionInfo): Promise<CallbackResult> {
     const c = await this.connections.start(ctx);
-    await c.tracker.connect(ctx, info);
+    // The reply goes out without waiting for the store (see connectLater).
+    c.tracker.connectLater(ctx, info);
     const { decision } = await this.e.callUser(c, ctx, 'connect', false, () =>
       this.user.connect?.(ctx, info),
     );
@@ -53,6 +54,7 @@ export class PolicyStages<P> {
 
   async helo(ctx: StageContext<P>, hostname: string): Promise<CallbackResult> {
     const c = this.connections.get(ctx);
+    if (c.tracker.pending) await c.tracker.pending;
     c.tracker.helo = hostname;
     if (c.tracker.armed) return this.e.fire(c, ctx, 'helo');
     const { decision } = await this.e.callUser(c, ctx, 'helo', false, () => this.user.helo?.(ctx, hostname));
@@ -62,6 +64,8 @@ export class PolicyStages<P> {
   async envfrom(ctx: StageContext<P>, sender: string, args: readonly string[]): Promise<CallbackResult> {
     const c = this.connections.get(ctx);
     const t = c.tracker;
+    // The last message's outcome may still be with the store: its verdict fires here.
+    if (t.pending) await t.pending;
     // A new MAIL while a transaction is still open: the MTA ended it without telling us (Sendmail
     // sends no ABORT to a filter it no longer considers "in message"); it is over without an outcome.
     if (t.inTransaction) await t.outcome(ctx, 'aborted', 'abort');
@@ -107,6 +111,7 @@ export class PolicyStages<P> {
 
   async data(ctx: StageContext<P>): Promise<CallbackResult> {
     const c = this.connections.get(ctx);
+    if (c.tracker.pending) await c.tracker.pending;
     if (c.tracker.armed) return this.e.fire(c, ctx, 'data');
     const { decision } = await this.e.callUser(c, ctx, 'data', true, () => this.user.data?.(ctx));
     return this.e.messageDecision(c, ctx, 'data', decision);
@@ -114,6 +119,7 @@ export class PolicyStages<P> {
 
   async unknown(ctx: StageContext<P>, line: string): Promise<CallbackResult> {
     const c = this.connections.get(ctx);
+    if (c.tracker.pending) await c.tracker.pending;
     if (c.tracker.armed) return this.e.fire(c, ctx, 'unknown');
     const { decision } = await this.e.callUser(c, ctx, 'unknown', false, () =>
       this.user.unknown?.(ctx, line),
@@ -164,7 +170,8 @@ export class PolicyStages<P> {
           : t.discarded
             ? 'discarded'
             : 'accepted';
-      await t.outcome(ctx, outcome, 'eom');
+      // The reply goes out without waiting for the store (see outcomeLater).
+      t.outcomeLater(ctx, outcome, 'eom');
     }
     c.userDoneMessage = false;
     return called ? decision : D.continue;
@@ -173,6 +180,7 @@ export class PolicyStages<P> {
   async abort(ctx: StageContext<P>): Promise<void> {
     const c = this.connections.get(ctx);
     const t = c.tracker;
+    if (t.pending) await t.pending;
     // Postfix sends ABORT after every transaction, even a completed one: only an open transaction is
     // aborted, and the user hears of it only if it still follows that message (libmilter would not
     // call xxfi_abort after an ACCEPT either).

@@ -115,8 +115,49 @@ export class SessionTracker {
     this.startedAt = policy.now();
   }
 
+  /**
+   * Store and chain work that the reply at hand does not wait for: it runs on while the MTA reads the reply
+   * and sends its next command, and the next command that can deliver a shutdown awaits it first. Set by
+   * `connectLater` and `outcomeLater`.
+   */
+  pending: Promise<void> | undefined;
+
+  /**
+   * SMFIC_CONNECT, without holding its reply: a verdict reached at CONNECT fires at the next command
+   * (HELO, MAIL...) anyway, so the CONNECT reply need not wait for the store's round trip, which then
+   * overlaps the MTA's own (on a fleet, the HELO usually finds the answer already in).
+   */
+  connectLater(ctx: BaseContext<unknown>, info: ConnectionInfo): void {
+    this.#later(ctx, (macros) => this.connect(ctx, info, macros));
+  }
+
+  /**
+   * `outcome` without holding the reply at hand: the EOM reply does not depend on what the chain says after
+   * the message (a verdict then fires at the next command). The store call is still issued before the
+   * reply is written: on this instance a session that starts after the reply is counted after it (one
+   * connection to the store, in order); on another instance it may race the call in flight, as any
+   * concurrent sender does.
+   */
+  outcomeLater(ctx: BaseContext<unknown>, kind: OutcomeKind, stage: OutcomeStage): void {
+    this.#later(ctx, (macros) => this.outcome(ctx, kind, stage, macros));
+  }
+
+  #later(ctx: BaseContext<unknown>, work: (macros: Record<string, string>) => Promise<void>): void {
+    // The chain reads the macros of this command, which the session replaces as the next one comes.
+    const macros = this.#macros(ctx);
+    const before = this.pending;
+    const p = (before === undefined ? work(macros) : before.then(() => work(macros))).finally(() => {
+      if (this.pending === p) this.pending = undefined;
+    });
+    this.pending = p;
+  }
+
   /** SMFIC_CONNECT: record the client, open its lease in the store, consult the chain (cross-session limits). */
-  async connect(ctx: BaseContext<unknown>, info: ConnectionInfo): Promise<void> {
+  async connect(
+    ctx: BaseContext<unknown>,
+    info: ConnectionInfo,
+    macros?: Record<string, string>,
+  ): Promise<void> {
     this.client = { address: info.address, hostname: info.hostname, port: info.port, family: info.family };
     // Grouped by network (clientPrefix), so that rotating addresses within a /64 does not escape a limit.
     const key = this.policy.clientKey(info.address);
@@ -125,7 +166,7 @@ export class SessionTracker {
       const store = this.policy.store;
       const now = this.policy.now();
       this.#storeKey = key;
-      // Concurrently: a shared store pipelines both into one round trip.
+      // Concurrently: a shared store sends both in one call.
       const opened = this.#store(logger, async () => {
         this.#concurrent = await store.sessionOpened(key, this.connectionId, now);
       });
@@ -134,11 +175,16 @@ export class SessionTracker {
       if (this.#sessionsFailed) this.#concurrent = 0;
       this.#startRenewal(logger, key);
     }
-    await this.#evaluate(logger, ctx, 'connect');
+    await this.#evaluate(logger, ctx, 'connect', undefined, 'next-command', macros);
   }
 
   /** The transaction ended with `kind` at `stage`: count it, tell the store, consult the chain. */
-  async outcome(ctx: BaseContext<unknown>, kind: OutcomeKind, stage: OutcomeStage): Promise<void> {
+  async outcome(
+    ctx: BaseContext<unknown>,
+    kind: OutcomeKind,
+    stage: OutcomeStage,
+    macros?: Record<string, string>,
+  ): Promise<void> {
     this.inTransaction = false;
     this.discarded = false;
     this.counters[COUNTER[kind]] += 1;
@@ -150,7 +196,7 @@ export class SessionTracker {
       const now = this.policy.now();
       await this.#countMessages(logger, key, (w) => store.addMessage(key, w, now));
     }
-    await this.#evaluate(logger, ctx, 'message');
+    await this.#evaluate(logger, ctx, 'message', undefined, 'next-command', macros);
   }
 
   /**
@@ -245,10 +291,11 @@ export class SessionTracker {
     event: PolicyEvent,
     recipient?: RecipientInfo,
     firesAt: PolicyDecisionEvent['firesAt'] = 'next-command',
+    macros?: Record<string, string>,
   ): Promise<EnforcedShutdown | undefined> {
     // Once armed the session is ending; more verdicts would only repeat the same log line.
     if (this.armed !== undefined) return undefined;
-    const verdict = await this.policy.evaluate(this.snapshot(ctx, event, recipient), {
+    const verdict = await this.policy.evaluate(this.snapshot(ctx, event, recipient, macros), {
       logger,
       firesAt,
     });
@@ -257,15 +304,14 @@ export class SessionTracker {
   }
 
   /** A frozen DeliveryRecord of the session now. */
-  snapshot(ctx: BaseContext<unknown>, event: PolicyEvent, recipient?: RecipientInfo): DeliveryRecord {
+  snapshot(
+    ctx: BaseContext<unknown>,
+    event: PolicyEvent,
+    recipient?: RecipientInfo,
+    macros: Record<string, string> = this.#macros(ctx),
+  ): DeliveryRecord {
     const c = this.counters;
     const attempts = c.messagesAccepted + c.messagesDiscarded + c.messagesRejected + c.messagesTempfailed;
-    let macros: Record<string, string>;
-    try {
-      macros = ctx.macros();
-    } catch {
-      macros = {};
-    }
     return Object.freeze({
       connectionId: this.connectionId,
       event,
@@ -286,6 +332,14 @@ export class SessionTracker {
         ...this.#fallback(),
       }),
     });
+  }
+
+  #macros(ctx: BaseContext<unknown>): Record<string, string> {
+    try {
+      return ctx.macros();
+    } catch {
+      return {};
+    }
   }
 
   /** What `on-store-error` needs: which counts failed, and this instance's own counts. */
@@ -310,6 +364,8 @@ export class SessionTracker {
   async close(logger: Logger | LazyLogger): Promise<void> {
     if (this.#renewal !== undefined) this.#renewal.renewals.delete(this.#renewal.renew);
     this.#renewal = undefined;
+    // The last outcome's verdict and log line come before the session's end.
+    if (this.pending) await this.pending;
     const key = this.#storeKey;
     this.#storeKey = undefined;
     if (key === undefined) return;
