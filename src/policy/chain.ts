@@ -18,6 +18,7 @@
 import type { Logger } from 'pino';
 import { MilterConfigError, MilterFilterError } from '../errors.js';
 import { MAX_REPLY_LINE_LENGTH } from '../protocol/constants.js';
+import { isThenable } from '../session/decision.js';
 import { GuardedStore } from './guarded-store.js';
 import { MemoryPolicyStore, type PolicyStore } from './store.js';
 import { clientKey, DEFAULT_CLIENT_PREFIX, MAX_PREFIX, type ClientPrefix } from './values.js';
@@ -344,7 +345,7 @@ export class ShutdownPolicy {
       this.#hookFailed(entry, record, logger, 'ERR_MILTER_HOOK_FAILED', err);
       return undefined;
     }
-    if (!isPromiseLike(pending)) return pending;
+    if (!isThenable(pending)) return pending;
     const budget = entry.timeoutMs ?? this.hookTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
     const timeout =
@@ -424,10 +425,6 @@ export class ShutdownPolicy {
 /** `o` without its undefined properties (so they do not override defaults when spread). */
 function definedOnly<T extends object>(o: T | undefined): Partial<T> {
   return Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
-
-function isPromiseLike<T>(value: T | Promise<T>): value is Promise<T> {
-  return typeof (value as { then?: unknown } | null | undefined)?.then === 'function';
 }
 
 /** A verdict object, or undefined for every "no shutdown" answer (falsy, or anything malformed). */

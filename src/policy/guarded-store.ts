@@ -9,6 +9,7 @@
 import { CircuitBreaker, type BreakerState, type CircuitBreakerOptions } from '../breaker.js';
 import { DEFAULTS } from '../defaults.js';
 import { MilterStoreError, type MilterErrorCode } from '../errors.js';
+import { isThenable } from '../session/decision.js';
 import { MemoryPolicyStore, type PolicyStore } from './store.js';
 
 /** Store operations, as metrics label them. */
@@ -32,8 +33,6 @@ export interface GuardedStoreOptions {
   /** Every call, with its duration and error code. Must not throw. */
   onCall?: (event: StoreCallEvent) => void;
 }
-
-const TIMEOUT = Symbol('timeout');
 
 export class GuardedStore implements PolicyStore {
   readonly timeoutMs: number;
@@ -90,50 +89,65 @@ export class GuardedStore implements PolicyStore {
     await this.inner.close?.();
   }
 
-  async #call<T>(op: StoreOp, fn: () => T | Promise<T>): Promise<T> {
+  /**
+   * One guarded call: settled by whichever comes first, the answer or the deadline, with one promise (the
+   * call runs for every store operation of every session: no `Promise.race`, no async wrapper). A late
+   * answer or failure settles nothing: the call goes on in the client, of no use any more.
+   */
+  #call<T>(op: StoreOp, fn: () => T | PromiseLike<T>): Promise<T> {
     if (!this.breaker.allow()) {
       this.#onCall?.({ op, seconds: 0, code: 'ERR_MILTER_STORE_UNAVAILABLE' });
-      throw new MilterStoreError(
-        'ERR_MILTER_STORE_UNAVAILABLE',
-        'policy store unavailable (circuit breaker open)',
+      return Promise.reject(
+        new MilterStoreError(
+          'ERR_MILTER_STORE_UNAVAILABLE',
+          'policy store unavailable (circuit breaker open)',
+        ),
       );
     }
-    const started = process.hrtime.bigint();
-    const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      // One promise settled by whichever comes first, the answer or the deadline (cheaper than
-      // Promise.race over two). A late answer or failure settles nothing: the call goes on in the
-      // client, of no use any more.
-      const result = await new Promise<T | typeof TIMEOUT>((resolve, reject) => {
-        timer = setTimeout(resolve, this.timeoutMs, TIMEOUT);
-        Promise.resolve().then(fn).then(resolve, reject);
-      });
-      if (result === TIMEOUT) {
-        throw new MilterStoreError(
-          'ERR_MILTER_STORE_TIMEOUT',
-          `policy store did not answer within ${this.timeoutMs} ms`,
+    const started = performance.now();
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const fail = (err: unknown): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        const error =
+          err instanceof MilterStoreError
+            ? err
+            : new MilterStoreError(
+                'ERR_MILTER_STORE_FAILED',
+                `policy store failed: ${(err as Error)?.message ?? String(err)}`,
+                { cause: err },
+              );
+        this.breaker.failure();
+        this.#onCall?.({ op, seconds: (performance.now() - started) / 1000, code: error.code });
+        reject(error);
+      };
+      const ok = (value: T): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.breaker.success();
+        this.#onCall?.({ op, seconds: (performance.now() - started) / 1000 });
+        resolve(value);
+      };
+      const timer = setTimeout(() => {
+        fail(
+          new MilterStoreError(
+            'ERR_MILTER_STORE_TIMEOUT',
+            `policy store did not answer within ${this.timeoutMs} ms`,
+          ),
         );
+      }, this.timeoutMs);
+      let result: T | PromiseLike<T>;
+      try {
+        result = fn();
+      } catch (err) {
+        fail(err);
+        return;
       }
-      this.breaker.success();
-      this.#onCall?.({ op, seconds: seconds() });
-      return result;
-    } catch (err) {
-      const error =
-        err instanceof MilterStoreError
-          ? err
-          : new MilterStoreError(
-              'ERR_MILTER_STORE_FAILED',
-              `policy store failed: ${(err as Error)?.message ?? String(err)}`,
-              {
-                cause: err,
-              },
-            );
-      this.breaker.failure();
-      this.#onCall?.({ op, seconds: seconds(), code: error.code });
-      throw error;
-    } finally {
-      if (timer !== undefined) clearTimeout(timer);
-    }
+      if (isThenable(result)) result.then(ok, fail);
+      else ok(result);
+    });
   }
 }

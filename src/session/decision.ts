@@ -20,7 +20,7 @@ export function decisionKind(d: BodyDecision | void | undefined): DecisionKind {
 export type Settled = { ok: true; value: unknown } | { ok: false; error: MilterFilterError };
 
 /** `v` is a promise-like (async callback). */
-export function isThenable(v: unknown): v is PromiseLike<unknown> {
+export function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
   return (
     v !== null &&
     (typeof v === 'object' || typeof v === 'function') &&

@@ -5,16 +5,9 @@
  * synchronous (the session answers it without a promise).
  */
 import type { Filter } from '../filter.js';
+import { isThenable } from '../session/decision.js';
 import { wrapFilter } from '../wrap-filter.js';
 import type { CallbackRecord } from './types.js';
-
-function isThenable(v: unknown): v is PromiseLike<unknown> {
-  return (
-    v !== null &&
-    (typeof v === 'object' || typeof v === 'function') &&
-    typeof (v as { then?: unknown }).then === 'function'
-  );
-}
 
 function copyArg(a: unknown): unknown {
   return Buffer.isBuffer(a) ? Buffer.from(a) : a;
