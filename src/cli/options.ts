@@ -479,10 +479,10 @@ export const SETTINGS: SettingsTable = {
     env: 'MILTERD_STORE_TLS_CA',
     path: ['store', 'tlsCa'],
     description:
-      "PEM file of the CAs that sign a rediss:// store's certificate, trusted instead of Node's CAs; read " +
-      'at start',
+      "PEM file of the CAs that sign a rediss:// store's certificate, trusted instead of Node's CAs (the " +
+      "system's, plus NODE_EXTRA_CA_CERTS); read at start",
     defaultValue: undefined,
-    defaultText: "Node's CAs (and NODE_EXTRA_CA_CERTS)",
+    defaultText: "Node's CAs",
     fromText: same(parseFileName),
     fromFile: parseFileName,
   },

@@ -31,12 +31,14 @@ export async function readStoreTls(
   const problems: MilterConfigError[] = [];
   const given = FILE_SETTINGS.filter((k) => settings[k] !== undefined);
   if (given.length === 0) return { tls: undefined, problems };
-  // Named as the operator wrote it: the flag, the variable or the config field.
+  // Named as the operator wrote it: the flag, the variable or the config field (both when unset).
   const name = (key: TlsKey): string => {
     const def = SETTINGS[key];
-    if (sources[key] === 'cli') return /--[a-z-]+/.exec(def.flags)?.[0] ?? key;
+    const flag = /--[a-z-]+/.exec(def.flags)?.[0] ?? key;
+    if (sources[key] === 'cli') return flag;
     if (sources[key] === 'env') return def.env;
-    return def.path.join('.');
+    if (sources[key] === 'file') return def.path.join('.');
+    return `${flag} (${def.path.join('.')})`;
   };
   const problem = (key: TlsKey, message: string, cause?: unknown): void => {
     const field = SETTINGS[key].path.join('.');
