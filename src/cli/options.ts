@@ -480,7 +480,7 @@ export const SETTINGS: SettingsTable = {
     path: ['store', 'tlsCa'],
     description:
       "PEM file of the CAs that sign a rediss:// store's certificate, trusted instead of Node's CAs (the " +
-      "system's, plus NODE_EXTRA_CA_CERTS); read at start",
+      'bundled list, plus NODE_EXTRA_CA_CERTS); read at start',
     defaultValue: undefined,
     defaultText: "Node's CAs",
     fromText: same(parseFileName),

@@ -3,7 +3,7 @@
  * once at start and checked there: an unreadable file, one that holds no certificate, a certificate
  * without its key or a key that does not match it is a configuration problem (exit 3, listed by
  * check-config), not a TLS error repeated on every reconnect while mail flows unlimited.
- * Without them a TLS store is checked against Node's CAs (the system's, plus NODE_EXTRA_CA_CERTS).
+ * Without them a TLS store is checked against Node's CAs (its bundled list, plus NODE_EXTRA_CA_CERTS).
  */
 import { X509Certificate } from 'node:crypto';
 import { constants } from 'node:fs';

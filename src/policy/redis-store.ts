@@ -101,7 +101,7 @@ export interface RedisPolicyStoreOptions {
   /**
    * TLS material (PEM) for the TLS schemes (`rediss://`, `rediss+sentinel://`, `rediss+cluster://`), used
    * on every connection: the server, the Sentinels and the master, every Cluster node. `ca`: the CAs to
-   * trust instead of Node's defaults (without it: the system CAs plus NODE_EXTRA_CA_CERTS); `cert` and
+   * trust instead of Node's defaults (without it: Node's bundled CAs plus NODE_EXTRA_CA_CERTS); `cert` and
    * `key`: a client certificate (Redis `tls-auth-clients yes`), both or neither. Refused with a non-TLS URL.
    */
   tls?: RedisStoreTls;

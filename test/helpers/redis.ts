@@ -5,7 +5,8 @@
  * pid. The fault tests kill it (-9), pause it (SIGSTOP) and start it again on the same port and socket.
  * A 3-master Cluster is built on loopback with `redis-cli --cluster create`. With `tls` the server listens
  * on a TLS port only (`rediss://`), with a certificate for 127.0.0.1 from a private CA made at run time
- * with `openssl` ({@link makeTestPki}), optionally requiring client certificates (`tls-auth-clients yes`).
+ * with `openssl` ({@link makeTestPki}), optionally requiring client certificates (`tls-auth-clients yes`);
+ * Clusters can be built on TLS nodes, and a server can run as a Sentinel of another.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -42,7 +43,8 @@ export interface TestPki {
 
 /**
  * Make a private CA and two leaf certificates it signs in `dir` with `openssl` (P-256 keys, valid 2 days):
- * a server certificate for IP 127.0.0.1 (serverAuth) and a client certificate (clientAuth).
+ * a server certificate for IP 127.0.0.1 (serverAuth, and clientAuth: Cluster nodes and Sentinels show it
+ * to each other) and a client certificate (clientAuth).
  */
 export async function makeTestPki(dir: string): Promise<TestPki> {
   await mkdir(dir, { recursive: true });
@@ -63,7 +65,11 @@ export async function makeTestPki(dir: string): Promise<TestPki> {
       ...['-extfile', f(`${name}.ext`), '-out', f(`${name}.crt`)],
     );
   };
-  await leaf('server', '/CN=127.0.0.1', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  await leaf(
+    'server',
+    '/CN=127.0.0.1',
+    'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n',
+  );
   await leaf('client', '/CN=milterd test client', 'extendedKeyUsage=clientAuth\n');
   return {
     dir,
@@ -148,6 +154,8 @@ export class RedisServer {
     private readonly ownsDir: boolean,
     /** TLS only: the certificates, and the client options the helper itself connects with. */
     readonly tls: { pki: TestPki; authClients: boolean; client: tls.ConnectionOptions } | undefined,
+    /** A Sentinel (`redis-server CONF --sentinel`) monitoring this master. */
+    readonly sentinel: { name: string; port: number } | undefined,
   ) {}
 
   /**
@@ -164,6 +172,8 @@ export class RedisServer {
       unixSocket?: boolean;
       dir?: string;
       tls?: { pki?: TestPki; authClients?: boolean };
+      /** Run a Sentinel instead, monitoring the master `name` on 127.0.0.1:`port` (over TLS with `tls`). */
+      sentinel?: { name: string; port: number };
     } = {},
   ): Promise<RedisServer> {
     let dir = options.dir;
@@ -186,7 +196,7 @@ export class RedisServer {
         throw err;
       }
     }
-    const server = new RedisServer(port, dir, args, options.dir === undefined, tlsSetup);
+    const server = new RedisServer(port, dir, args, options.dir === undefined, tlsSetup, options.sentinel);
     try {
       await server.restart();
     } catch (err) {
@@ -241,9 +251,19 @@ export class RedisServer {
             '--tls-auth-clients',
             t.authClients ? 'yes' : 'no',
           ];
+    const mode: string[] = [];
+    if (this.sentinel !== undefined) {
+      // Sentinel needs a config file it can rewrite; a fresh one at each start.
+      const conf = join(this.dir, 'sentinel.conf');
+      const { name, port } = this.sentinel;
+      await writeFile(conf, `sentinel monitor ${name} 127.0.0.1 ${port} 1\n`);
+      // tls-replication: the Sentinel talks TLS to the master too.
+      mode.push(conf, '--sentinel', ...(t === undefined ? [] : ['--tls-replication', 'yes']));
+    }
     const child = spawn(
       'redis-server',
       [
+        ...mode,
         ...ports,
         '--bind',
         '127.0.0.1',
@@ -284,6 +304,21 @@ export class RedisServer {
     );
   }
 
+  /** `redis-cli` against this server (over TLS with its CA and client certificate), stdout. */
+  async cli(...args: string[]): Promise<string> {
+    const p = this.tls?.pki;
+    const tlsArgs =
+      p === undefined ? [] : ['--tls', '--cacert', p.ca, '--cert', p.clientCert, '--key', p.clientKey];
+    const { stdout } = await run(
+      'redis-cli',
+      [...tlsArgs, '-h', '127.0.0.1', '-p', String(this.port), ...args],
+      {
+        timeout: 10_000,
+      },
+    );
+    return stdout;
+  }
+
   /** Freeze the process (the deadline path: connections stay open, nothing answers). */
   pause(): void {
     if (this.#child?.pid !== undefined && this.alive) process.kill(this.#child.pid, 'SIGSTOP');
@@ -313,11 +348,13 @@ export class RedisServer {
 export class RedisCluster {
   private constructor(readonly servers: RedisServer[]) {}
 
-  static async start(masters = 3): Promise<RedisCluster> {
+  /** `tls`: every node on a TLS port only, the cluster bus over TLS too, one private CA for all. */
+  static async start(masters = 3, options: { tls?: boolean } = {}): Promise<RedisCluster> {
     const servers: RedisServer[] = [];
     try {
       for (let i = 0; i < masters; i++) {
         const bus = await freeLoopbackPort();
+        const pki = servers[0]?.tls?.pki;
         servers.push(
           await RedisServer.start({
             args: [
@@ -327,13 +364,19 @@ export class RedisCluster {
               'nodes.conf',
               '--cluster-port',
               String(bus),
+              ...(options.tls === true ? ['--tls-cluster', 'yes', '--tls-replication', 'yes'] : []),
             ],
+            ...(options.tls === true ? { tls: pki === undefined ? {} : { pki } } : {}),
           }),
         );
       }
+      const p = servers[0]?.tls?.pki;
+      const tlsArgs =
+        p === undefined ? [] : ['--tls', '--cacert', p.ca, '--cert', p.clientCert, '--key', p.clientKey];
       await run(
         'redis-cli',
         [
+          ...tlsArgs,
           '--cluster',
           'create',
           ...servers.map((s) => `127.0.0.1:${s.port}`),
@@ -345,7 +388,7 @@ export class RedisCluster {
       );
       for (const s of servers) {
         await waitUntil(
-          async () => (await redisCli(s.port, 'cluster', 'info')).includes('cluster_state:ok'),
+          async () => (await s.cli('cluster', 'info')).includes('cluster_state:ok'),
           `cluster state ok on ${s.port}`,
         );
       }
@@ -357,7 +400,8 @@ export class RedisCluster {
   }
 
   get url(): string {
-    return `redis+cluster://${this.servers.map((s) => `127.0.0.1:${s.port}`).join(',')}`;
+    const scheme = this.servers[0]?.tls === undefined ? 'redis' : 'rediss';
+    return `${scheme}+cluster://${this.servers.map((s) => `127.0.0.1:${s.port}`).join(',')}`;
   }
 
   async stop(): Promise<void> {

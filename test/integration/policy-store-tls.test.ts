@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TLSSocket } from 'node:tls';
 import { after, before, test } from 'node:test';
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { storeErrorMessage } from '../../src/cli/store-source.js';
 import { MilterStoreError } from '../../src/errors.js';
 import { GuardedStore } from '../../src/policy/guarded-store.js';
@@ -21,13 +21,14 @@ import {
 } from '../../src/policy/redis-store.js';
 import { createShutdownPolicy, type OnStoreError } from '../../src/policy/rules.js';
 import { withShutdownPolicy } from '../../src/policy/wrapper.js';
-import { makeTestPki, RedisServer, redisCommand, type TestPki } from '../helpers/redis.js';
+import { makeTestPki, RedisCluster, RedisServer, redisCommand, type TestPki } from '../helpers/redis.js';
 import { tempDir } from '../helpers/wait.js';
 import { FakeMta } from '../unit/policy/fake-context.js';
 import { storeSuite, until } from '../unit/policy/store-suite.js';
 
 let server: RedisServer;
 let mutual: RedisServer;
+let cluster: RedisCluster;
 let pki: TestPki;
 let ca: Buffer;
 let client: { cert: Buffer; key: Buffer };
@@ -38,8 +39,10 @@ before(async () => {
   mutual = await RedisServer.start({ tls: { pki, authClients: true } });
   ca = await readFile(pki.ca);
   client = { cert: await readFile(pki.clientCert), key: await readFile(pki.clientKey) };
+  cluster = await RedisCluster.start(3, { tls: true });
 });
 after(async () => {
+  await cluster?.stop();
   await mutual?.stop();
   await server?.stop();
 });
@@ -64,18 +67,27 @@ async function code(p: Promise<unknown>): Promise<string> {
   }
 }
 
-storeSuite('RedisPolicyStore (TLS: rediss:// with the private CA)', async ({ leaseTtlMs }) => {
-  const store = await open(server.url, { ca }, { leaseTtlMs });
-  await store.ready();
-  return {
-    store,
-    clock: async () => {
-      const [s, us] = (await store.client.call('TIME')) as [string, string];
-      return Number(s) * 1000 + Number(us) / 1000;
-    },
-    close: () => store.close(),
-  };
-});
+for (const [name, url, trust] of [
+  ['RedisPolicyStore (TLS: rediss:// with the private CA)', () => server.url, () => ca],
+  [
+    'RedisPolicyStore (TLS: rediss+cluster://, 3 masters, with the private CA)',
+    () => cluster.url,
+    () => cluster.servers[0]?.tls?.client.ca as Buffer,
+  ],
+] as const) {
+  storeSuite(name, async ({ leaseTtlMs }) => {
+    const store = await open(url(), { ca: trust() }, { leaseTtlMs });
+    await store.ready();
+    return {
+      store,
+      clock: async () => {
+        const [s, us] = (await store.client.call('TIME')) as [string, string];
+        return Number(s) * 1000 + Number(us) / 1000;
+      },
+      close: () => store.close(),
+    };
+  });
+}
 
 test('TLS: the rediss:// connection is TLS, verified against the given CA; the port speaks no plain Redis', async (t) => {
   assert.match(server.url, /^rediss:\/\/127\.0\.0\.1:\d+$/);
@@ -213,4 +225,58 @@ test('TLS options: refused with a non-TLS URL, and a client certificate needs it
     createRedisPolicyStore({ url: 'rediss://127.0.0.1:1', tls: { ca, cert: client.cert } }),
     /needs both its certificate and its key/,
   );
+});
+
+test('TLS Cluster: every node is reached over TLS (clients spread over the three shards); without the CA nothing is', async (t) => {
+  assert.match(cluster.url, /^rediss\+cluster:\/\//);
+  const clusterCa = cluster.servers[0]?.tls?.client.ca as Buffer;
+  const store = await open(cluster.url, { ca: clusterCa });
+  t.after(() => store.close());
+  await store.ready();
+  const clients = Array.from({ length: 24 }, (_, i) => `198.51.100.${i + 1}`);
+  for (const c of clients) assert.equal(await store.sessionOpened(c, 'x'), 1);
+  // Every master holds some of the lease keys: each shard was written to, over TLS.
+  for (const node of cluster.servers) {
+    assert.ok(Number((await node.cli('dbsize')).trim()) > 0, `keys on ${node.port}`);
+  }
+  for (const node of (store.client as Cluster).nodes('master')) {
+    assert.ok(
+      node.stream instanceof TLSSocket && node.stream.authorized,
+      'a verified TLS connection per node',
+    );
+  }
+  for (const c of clients) await store.sessionClosed(c, 'x');
+
+  const errors: Error[] = [];
+  const untrusted = await open(cluster.url, undefined, { onError: (err) => errors.push(err) });
+  const guard = new GuardedStore(untrusted, { timeoutMs: 50, instances: 1 });
+  t.after(() => guard.close());
+  await until(async () => errors.length > 0, 'a cluster connection error');
+  // Refused at once, or at the deadline while the Cluster client still looks for its slot map.
+  assert.match(await code(guard.sessionOpened('198.51.100.1', 'y')), /^ERR_MILTER_STORE_(FAILED|TIMEOUT)$/);
+  assert.notEqual(untrusted.client.status, 'ready');
+});
+
+test('TLS Sentinel: rediss+sentinel:// finds the master through a TLS sentinel and reaches it over TLS; without the CA it fails', async (t) => {
+  const sentinel = await RedisServer.start({ tls: { pki }, sentinel: { name: 'fleet', port: server.port } });
+  t.after(() => sentinel.stop());
+  const url = `rediss+sentinel://127.0.0.1:${sentinel.port}/fleet`;
+  const store = await open(url, { ca });
+  t.after(() => store.close());
+  await store.ready();
+  assert.equal(await store.sessionOpened('192.0.2.9', 's'), 1);
+  assert.equal(await store.addMessage('192.0.2.9', 60_000), 1);
+  const stream = (store.client as Redis).stream;
+  assert.ok(stream instanceof TLSSocket && stream.authorized, 'the master connection is verified TLS');
+  assert.equal(stream.remotePort, server.port, 'the master the sentinel named');
+  assert.equal((await server.cli('exists', store.leaseKey('192.0.2.9'))).trim(), '1');
+  await store.sessionClosed('192.0.2.9', 's');
+
+  const errors: Error[] = [];
+  const untrusted = await open(url, undefined, { onError: (err) => errors.push(err) });
+  const guard = new GuardedStore(untrusted, { timeoutMs: 50, instances: 1 });
+  t.after(() => guard.close());
+  await until(async () => errors.length > 0, 'a sentinel connection error');
+  assert.equal(await code(guard.sessionOpened('192.0.2.9', 't')), 'ERR_MILTER_STORE_FAILED');
+  assert.notEqual(untrusted.client.status, 'ready');
 });
