@@ -317,9 +317,9 @@ async function checkPolicySetting(
 
 /**
  * Read the config file, the policy it names and the store's TLS files, and report every problem of them
- * in one go (what `check-config` prints and `serve` refuses to start with). The policy is still checked when the config
- * file has problems, unless its own setting is among them (or the file could not be parsed at all).
- * An inline policy's problems are merged into the config file's by position.
+ * in one go (what `check-config` prints and `serve` refuses to start with). The policy is still checked
+ * when the config file has problems, unless its own setting is among them (or the file could not be
+ * parsed at all). An inline policy's problems are merged into the config file's by position.
  */
 export async function loadConfiguration(
   overrides: SettingOverrides,
