@@ -13,7 +13,8 @@
 #   * systemd, for systemd-analyze (test/package/systemd.test.ts checks examples/systemd/). Only the
 #     package: it does not become init (that is systemd-sysv) and nothing is started;
 #   * redis-server 7.0 (with redis-tools' redis-cli), for the policy store tests: they start private
-#     servers and Clusters on loopback; the system service is never started (policy-rc.d);
+#     servers and Clusters on loopback; the system service is never started (policy-rc.d); openssl makes
+#     the private CA and certificates of the TLS (rediss://) tests;
 #   * prometheus, for promtool (test/cli/promtool.test.ts checks examples/prometheus/ and a live scrape);
 #     its service is never started (policy-rc.d);
 #   * podman, runc, debootstrap, iptables, with their recommends (the container test builds and runs the
@@ -34,7 +35,7 @@ for arg in "$@"; do
   case "$arg" in
     --if-missing) IF_MISSING=1 ;;
     -h | --help)
-      sed -n '2,27p' "$0"
+      sed -n '2,28p' "$0"
       exit 0
       ;;
     *)
@@ -54,7 +55,7 @@ die() {
 # prometheus ships promtool (`check rules`, `check metrics` in test/cli); its service is never started
 # (policy-rc.d below) and the tests run promtool only. python3 binds the Unix datagram socket the syslog
 # test receives on (Node cannot); `logger` (bsdutils) is essential in Debian and always there.
-APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd prometheus python3 redis-server redis-tools
+APT_PACKAGES=(m4 swaks strace miltertest libmilter-dev gcc sasl2-bin libsasl2-modules libsasl2-modules-db systemd prometheus python3 redis-server redis-tools openssl
   opendkim opendkim-tools opendmarc spamassassin spamd spamc spamass-milter)
 # Container tooling, installed with recommends as in the verified podman recipe (netavark, buildah...).
 CONTAINER_PACKAGES=(podman runc debootstrap iptables)

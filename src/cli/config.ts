@@ -21,6 +21,7 @@ import {
 import {
   anchorPolicyPath,
   defaultSettings,
+  FILE_SETTINGS,
   SETTING_KEYS,
   SETTINGS,
   type DaemonSettings,
@@ -30,6 +31,8 @@ import {
 import { redactStoreUrl } from '../policy/store-url.js';
 import { memberToConfigObject, type PositionOf } from './pipeline-config.js';
 import { loadPolicySetting } from './policy-source.js';
+import { readStoreTls } from './store-tls.js';
+import type { RedisStoreTls } from '../policy/redis-store.js';
 import { formatDuration, formatSocketMode } from './values.js';
 
 /** What a config file contributed: the fields it set (already parsed) and every problem found. */
@@ -191,6 +194,10 @@ export function parseConfigText(text: string, file: string): ConfigFileResult {
     }
   }
   if (values.policy !== undefined) values.policy = anchorPolicyPath(values.policy as PolicySetting, file);
+  for (const key of FILE_SETTINGS) {
+    const name = values[key];
+    if (typeof name === 'string') values[key] = path.resolve(path.dirname(file), name);
+  }
   problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
   return { file, values: values as Partial<DaemonSettings>, problems, parsed: true };
 }
@@ -262,6 +269,10 @@ export function mergeSettings(
   if (resolved.policy.kind === 'file' && sources.policy !== 'file') {
     resolved.policy = { kind: 'file', path: path.resolve(resolved.policy.path) };
   }
+  for (const key of FILE_SETTINGS) {
+    const name = resolved[key];
+    if (name !== undefined && sources[key] !== 'file') resolved[key] = path.resolve(name);
+  }
   return { settings: resolved, sources, configFile: file?.file };
 }
 
@@ -287,6 +298,8 @@ export interface LoadedConfiguration {
   policy: PolicyConfig | undefined;
   /** Problems of the config file, then of a separate policy file, each in file order. */
   problems: MilterConfigError[];
+  /** The store's TLS files, read (store-tls.ts); undefined when none is set or any has a problem. */
+  storeTls: RedisStoreTls | undefined;
 }
 
 /** Read a policy setting like loadPolicySetting, but collect every problem instead of throwing. */
@@ -303,10 +316,10 @@ async function checkPolicySetting(
 }
 
 /**
- * Read the config file and the policy it names and report every problem of both in one go (what
- * `check-config` prints and `serve` refuses to start with). The policy is still checked when the config
- * file has problems, unless its own setting is among them (or the file could not be parsed at all).
- * An inline policy's problems are merged into the config file's by position.
+ * Read the config file, the policy it names and the store's TLS files, and report every problem of them
+ * in one go (what `check-config` prints and `serve` refuses to start with). The policy is still checked
+ * when the config file has problems, unless its own setting is among them (or the file could not be
+ * parsed at all). An inline policy's problems are merged into the config file's by position.
  */
 export async function loadConfiguration(
   overrides: SettingOverrides,
@@ -325,6 +338,16 @@ export async function loadConfiguration(
     policy = checked.config;
     problems.push(...checked.problems);
   }
+  let storeTls: RedisStoreTls | undefined;
+  // Unknown when the file could not be parsed: its TLS settings (or the URL they go with) may be missing.
+  if (file === undefined || file.parsed) {
+    const read = await readStoreTls(resolved.settings, resolved.sources, {
+      configFile: file?.file,
+      checkUrl: !problems.some((p) => p.field === 'store.url'),
+    });
+    storeTls = read.tls;
+    problems.push(...read.problems);
+  }
   // Stable: the config file's problems first, a policy file's after them, each by line and column.
   const order = new Map<string | undefined, number>([[file?.file, 0]]);
   for (const p of problems) if (!order.has(p.file)) order.set(p.file, order.size);
@@ -334,7 +357,7 @@ export async function loadConfiguration(
       (a.line ?? 0) - (b.line ?? 0) ||
       (a.column ?? 0) - (b.column ?? 0),
   );
-  return { resolved, policy: problems.length === 0 ? policy : undefined, problems };
+  return { resolved, policy: problems.length === 0 ? policy : undefined, problems, storeTls };
 }
 
 /**
@@ -376,6 +399,9 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
       hashAddresses: s.storeHashAddresses,
       instances: s.storeInstances,
       readyz: s.storeReadyz,
+      ...(s.storeTlsCa === undefined ? {} : { tlsCa: s.storeTlsCa }),
+      ...(s.storeTlsCert === undefined ? {} : { tlsCert: s.storeTlsCert }),
+      ...(s.storeTlsKey === undefined ? {} : { tlsKey: s.storeTlsKey }),
     },
     filters: s.filters.map(memberToConfigObject),
   };

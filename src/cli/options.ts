@@ -98,6 +98,12 @@ export interface DaemonSettings {
   storeInstances: number;
   /** /readyz fails while the store's circuit breaker is open. */
   storeReadyz: boolean;
+  /** PEM file of the CAs a TLS store's certificate is checked against (default: Node's CAs). */
+  storeTlsCa: string | undefined;
+  /** PEM file of the client certificate shown to a TLS store (with storeTlsKey). */
+  storeTlsCert: string | undefined;
+  /** PEM file of the client certificate's private key. */
+  storeTlsKey: string | undefined;
   /** The pipeline's members, in order (default: the built-in stamp alone). */
   filters: MemberSpec[];
 }
@@ -468,6 +474,40 @@ export const SETTINGS: SettingsTable = {
     fromText: same(parseBoolean),
     fromFile: parseBoolean,
   },
+  storeTlsCa: {
+    flags: '--store-tls-ca <file>',
+    env: 'MILTERD_STORE_TLS_CA',
+    path: ['store', 'tlsCa'],
+    description:
+      "PEM file of the CAs that sign a rediss:// store's certificate, trusted instead of Node's CAs (the " +
+      'bundled list, plus NODE_EXTRA_CA_CERTS); read at start',
+    defaultValue: undefined,
+    defaultText: "Node's CAs",
+    fromText: same(parseFileName),
+    fromFile: parseFileName,
+  },
+  storeTlsCert: {
+    flags: '--store-tls-cert <file>',
+    env: 'MILTERD_STORE_TLS_CERT',
+    path: ['store', 'tlsCert'],
+    description:
+      'PEM file of the client certificate shown to a rediss:// store (Redis tls-auth-clients), with ' +
+      '--store-tls-key; read at start',
+    defaultValue: undefined,
+    defaultText: 'none',
+    fromText: same(parseFileName),
+    fromFile: parseFileName,
+  },
+  storeTlsKey: {
+    flags: '--store-tls-key <file>',
+    env: 'MILTERD_STORE_TLS_KEY',
+    path: ['store', 'tlsKey'],
+    description: "PEM file of --store-tls-cert's private key (unencrypted); read at start",
+    defaultValue: undefined,
+    defaultText: 'none',
+    fromText: same(parseFileName),
+    fromFile: parseFileName,
+  },
   filters: {
     flags: '--filter <module>',
     env: 'MILTERD_FILTER',
@@ -503,6 +543,12 @@ function parseStoreSetting(value: unknown): string {
   return value.trim() === '' ? 'memory' : value.trim();
 }
 
+/** A file name (checked for readability when the store opens; relative to the config file there). */
+function parseFileName(value: unknown): string {
+  if (typeof value !== 'string' || value.trim() === '') throw new Error('expected a file name');
+  return value;
+}
+
 /** A key prefix: printable, no `{`/`}` (they would become the Cluster hash tag of every key). */
 function parseStorePrefix(value: unknown): string {
   if (typeof value !== 'string' || value.length > 64 || !/^[\x21-\x7e]*$/.test(value) || /[{}]/.test(value)) {
@@ -527,6 +573,9 @@ export function anchorPolicyPath(policy: PolicySetting, configFile: string): Pol
     ? { kind: 'file', path: path.resolve(path.dirname(configFile), policy.path) }
     : policy;
 }
+
+/** The settings that name a file, read relative to the config file when they come from it. */
+export const FILE_SETTINGS = ['storeTlsCa', 'storeTlsCert', 'storeTlsKey'] as const;
 
 /** An option that stores its value under another setting's name (commander derives it from the flag). */
 class AliasOption extends Option {

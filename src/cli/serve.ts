@@ -75,6 +75,9 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'storeHashAddresses',
   'storeInstances',
   'storeReadyz',
+  'storeTlsCa',
+  'storeTlsCert',
+  'storeTlsKey',
 ];
 
 /** What building the pipeline takes from the daemon. */
@@ -270,7 +273,7 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   root.logger = logger;
   // One limit for every line a peer can cause, milter listeners and admin endpoint alike.
   const logLimiter = new LogRateLimiter({ logger });
-  const store = await openPolicyStore(settings, { logger, metrics });
+  const store = await openPolicyStore(settings, { logger, metrics, tls: loaded.storeTls });
   const policy = buildPolicy(policyConfig, { logger, metrics, ...(store === undefined ? {} : { store }) });
   let built: Awaited<ReturnType<typeof buildDaemonPipeline>>;
   try {

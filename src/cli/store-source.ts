@@ -7,37 +7,73 @@
 import type { Logger } from 'pino';
 import type { DaemonMetrics } from '../admin/observer.js';
 import { GuardedStore } from '../policy/guarded-store.js';
-import { createRedisPolicyStore } from '../policy/redis-store.js';
+import { createRedisPolicyStore, type RedisStoreTls } from '../policy/redis-store.js';
 import { parseStoreUrl, redactStoreUrl } from '../policy/store-url.js';
 import type { DaemonSettings } from './options.js';
 
 /** Connection errors repeat on every reconnect attempt: one log line per this interval at most. */
 const ERROR_LOG_INTERVAL_MS = 30_000;
 
+/** Node's codes for a server certificate that does not chain to a trusted CA. */
+const UNTRUSTED_CERT = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+]);
+
+/** The log line of a store connection error: TLS refusals say what to configure. */
+export function storeErrorMessage(err: Error): string {
+  const code = String((err as NodeJS.ErrnoException).code ?? '');
+  if (UNTRUSTED_CERT.has(code)) {
+    return (
+      "policy store TLS: the server's certificate is not trusted: give its CA with --store-tls-ca " +
+      '(store.tlsCa) or NODE_EXTRA_CA_CERTS'
+    );
+  }
+  if (/^ERR_SSL_.*CERTIFICATE_REQUIRED$/.test(code)) {
+    return (
+      'policy store TLS: the server wants a client certificate: give one with --store-tls-cert and ' +
+      '--store-tls-key (store.tlsCert, store.tlsKey)'
+    );
+  }
+  if (/^(ERR_SSL_|ERR_TLS_|CERT_)/.test(code)) return 'policy store TLS handshake failed';
+  return 'policy store connection error';
+}
+
 export async function openPolicyStore(
   settings: DaemonSettings,
-  options: { logger: Logger; metrics: DaemonMetrics },
+  options: {
+    logger: Logger;
+    metrics: DaemonMetrics;
+    /** The TLS files, read at start (store-tls.ts); undefined: Node's CAs, no client certificate. */
+    tls?: RedisStoreTls | undefined;
+  },
 ): Promise<GuardedStore | undefined> {
   const location = parseStoreUrl(settings.store);
   if (location.kind === 'memory') return undefined;
   const { logger, metrics } = options;
   const url = redactStoreUrl(settings.store);
-  let lastErrorLog = Number.NEGATIVE_INFINITY;
-  let suppressed = 0;
+  // Per kind of error (a TLS refusal must not hide behind the connection reset logged just before it).
+  const lastLog = new Map<string, { at: number; suppressed: number }>();
   const redis = await createRedisPolicyStore({
     url: location,
     prefix: settings.storePrefix,
     leaseTtlMs: settings.storeLeaseTtl,
     hashAddresses: settings.storeHashAddresses,
+    ...(options.tls === undefined ? {} : { tls: options.tls }),
     onError: (err) => {
+      const msg = storeErrorMessage(err);
       const now = Date.now();
-      if (now - lastErrorLog < ERROR_LOG_INTERVAL_MS) {
-        suppressed++;
+      const last = lastLog.get(msg);
+      if (last !== undefined && now - last.at < ERROR_LOG_INTERVAL_MS) {
+        last.suppressed++;
         return;
       }
-      lastErrorLog = now;
-      logger.warn({ err, store: url, suppressed }, 'policy store connection error');
-      suppressed = 0;
+      logger.warn({ err, store: url, suppressed: last?.suppressed ?? 0 }, msg);
+      lastLog.set(msg, { at: now, suppressed: 0 });
     },
   });
   redis.client.on('ready', () => logger.info({ store: url }, 'policy store connected'));

@@ -17,7 +17,7 @@ export type { PolicyStore, MemoryPolicyStoreOptions } from './store.js';
 export { GuardedStore } from './guarded-store.js';
 export type { GuardedStoreOptions, StoreCallEvent, StoreOp } from './guarded-store.js';
 export { RedisPolicyStore, createRedisPolicyStore } from './redis-store.js';
-export type { RedisPolicyStoreOptions } from './redis-store.js';
+export type { RedisPolicyStoreOptions, RedisStoreTls } from './redis-store.js';
 export { parseStoreUrl, redactStoreUrl } from './store-url.js';
 export type { StoreLocation, StoreNode } from './store-url.js';
 export {

@@ -26,6 +26,7 @@
  * - size: five small dependencies (node-redis: none), loaded only when a Redis store is configured.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import type { ConnectionOptions } from 'node:tls';
 import type { Cluster as ClusterClient, Redis as RedisClient, RedisOptions } from 'ioredis';
 import { DEFAULTS } from '../defaults.js';
 import type { PolicyStore } from './store.js';
@@ -176,8 +177,22 @@ export interface RedisPolicyStoreOptions {
   hashAddresses?: boolean;
   /** TCP connect timeout (ms). Default 1000. */
   connectTimeoutMs?: number;
-  /** Extra ioredis options (tests: TLS CA, ...), merged over ours. */
+  /**
+   * TLS material (PEM) for the TLS schemes (`rediss://`, `rediss+sentinel://`, `rediss+cluster://`), used
+   * on every connection: the server, the Sentinels and the master, every Cluster node. `ca`: the CAs to
+   * trust instead of Node's defaults (without it: Node's bundled CAs plus NODE_EXTRA_CA_CERTS); `cert` and
+   * `key`: a client certificate (Redis `tls-auth-clients yes`), both or neither. Refused with a non-TLS URL.
+   */
+  tls?: RedisStoreTls;
+  /** Extra ioredis options, merged over ours. */
   redisOptions?: RedisOptions;
+}
+
+/** See {@link RedisPolicyStoreOptions.tls}. */
+export interface RedisStoreTls {
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
 }
 
 /** The Redis-backed store. Build it with {@link createRedisPolicyStore} (which loads ioredis lazily). */
@@ -306,6 +321,7 @@ export async function createRedisPolicyStore(
 ): Promise<RedisPolicyStore> {
   const location = typeof options.url === 'string' ? parseStoreUrl(options.url) : options.url;
   if (location.kind !== 'redis') throw new Error('createRedisPolicyStore needs a Redis URL');
+  const tls = storeTlsOptions(location.tls, options.tls);
   const { Redis, Cluster } = await import('ioredis');
   const common: RedisOptions = {
     // Fail fast while disconnected: the deadline is tens of ms, a queue would only hold mail.
@@ -317,7 +333,7 @@ export async function createRedisPolicyStore(
     retryStrategy: (times: number) => Math.min(50 * times, 1000),
     ...(location.username === undefined ? {} : { username: location.username }),
     ...(location.password === undefined ? {} : { password: location.password }),
-    ...(location.tls ? { tls: {} } : {}),
+    ...(tls === undefined ? {} : { tls }),
     ...options.redisOptions,
   };
   let client: RedisClient | ClusterClient;
@@ -338,7 +354,8 @@ export async function createRedisPolicyStore(
         sentinels: location.sentinels,
         name: location.masterName,
         ...(location.sentinelPassword === undefined ? {} : { sentinelPassword: location.sentinelPassword }),
-        ...(location.tls ? { enableTLSForSentinelMode: true, sentinelTLS: {} } : {}),
+        // The master's connection takes `tls` (in common), the Sentinels' `sentinelTLS`.
+        ...(tls === undefined ? {} : { enableTLSForSentinelMode: true, sentinelTLS: tls }),
         sentinelRetryStrategy: (times: number) => Math.min(100 * times, 1000),
       });
       break;
@@ -355,4 +372,23 @@ export async function createRedisPolicyStore(
   if (options.onError !== undefined) client.on('error', options.onError);
   else client.on('error', () => undefined);
   return new RedisPolicyStore(client, options);
+}
+
+/** The Node TLS options of a store connection: undefined without TLS; the default CAs without `ca`. */
+function storeTlsOptions(urlTls: boolean, given: RedisStoreTls | undefined): ConnectionOptions | undefined {
+  if (!urlTls) {
+    if (given !== undefined && Object.values(given).some((v) => v !== undefined))
+      throw new Error(
+        'TLS options need a TLS store URL (rediss://, rediss+sentinel:// or rediss+cluster://)',
+      );
+    return undefined;
+  }
+  const { ca, cert, key } = given ?? {};
+  if ((cert === undefined) !== (key === undefined))
+    throw new Error('a TLS client certificate needs both its certificate and its key');
+  return {
+    ...(ca === undefined ? {} : { ca }),
+    ...(cert === undefined ? {} : { cert }),
+    ...(key === undefined ? {} : { key }),
+  };
 }

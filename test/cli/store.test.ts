@@ -2,14 +2,16 @@
  * `milterd serve --store`: two daemons sharing one real redis-server count one client's sessions
  * together; the store's metrics are exported; a Redis that dies or freezes never holds a session past the
  * deadline, and /readyz follows the store's circuit breaker only with --store-readyz. check-config
- * validates the URL and never prints its password.
+ * validates the URL and never prints its password. Over rediss:// (a TLS-only redis-server with a private
+ * CA): the limit holds with the CA given by flag, config file or NODE_EXTRA_CA_CERTS, mutual TLS needs the
+ * client certificate, and a refused certificate is logged with what to configure.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { copyFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { MilterClient } from '../../src/client/index.js';
-import { RedisServer } from '../helpers/redis.js';
+import { makeTestPki, RedisServer, type TestPki } from '../helpers/redis.js';
 import { tempDir } from '../helpers/wait.js';
 import { Daemon, httpGet, parsePrometheus, runMilterd, sampleValue } from './helpers.js';
 
@@ -139,4 +141,190 @@ test('check-config: store URL checked, password never printed; a bad URL is a lo
   const rb = await runMilterd(['check-config', bad]);
   assert.equal(rb.code, 3);
   assert.match(rb.stderr, /bad\.yaml:2:\d+: store(\.url)?: unknown scheme "mysql:"/);
+});
+
+test('serve over rediss:// (TLS): daemons trusting the private CA by --store-tls-ca, store.tlsCa (relative to the config file) and NODE_EXTRA_CA_CERTS share the concurrent-session limit', async (t) => {
+  const redis = await RedisServer.start({ tls: {} });
+  t.after(() => redis.stop());
+  const pki = (redis.tls as { pki: TestPki }).pki;
+  assert.match(redis.url, /^rediss:\/\/127\.0\.0\.1:\d+$/);
+  const dir = await tempDir(t);
+  const policy = join(dir, 'policy.yaml');
+  await writeFile(policy, POLICY);
+  await copyFile(pki.ca, join(dir, 'redis-ca.pem'));
+  const config = join(dir, 'milterd.yaml');
+  await writeFile(config, `store:\n  url: ${redis.url}\n  tlsCa: redis-ca.pem\n`);
+  const args = ['--listen', 'inet:0@127.0.0.1', '--admin', 'inet:0@127.0.0.1', '--policy', policy];
+  const a = new Daemon([...args, '--store', redis.url, '--store-tls-ca', pki.ca]);
+  const b = new Daemon([...args, '--config', config]);
+  const c = new Daemon([...args, '--store', redis.url], { NODE_EXTRA_CA_CERTS: pki.ca });
+  t.after(() => Promise.all([a.kill(), b.kill(), c.kill()]));
+  const daemons = [a, b, c];
+  const specs = [];
+  for (const d of daemons) {
+    specs.push(await d.started());
+    await d.waitFor((l) => l.msg === 'policy store connected', 'store connected over TLS');
+  }
+  const [sa, sb, sc] = specs as [(typeof specs)[0], (typeof specs)[0], (typeof specs)[0]];
+
+  const first = await session(sa.milter, '192.0.2.70');
+  assert.equal(first.helo, 'continue');
+  for (const [name, s] of [
+    ['b', sb],
+    ['c', sc],
+    ['a', sa],
+  ] as const) {
+    const again = await session(s.milter, '192.0.2.70');
+    assert.equal(again.helo, '421', `daemon ${name} sees the session held on a, through TLS`);
+    await again.client.quit();
+  }
+  await first.client.quit();
+  const next = await session(sc.milter, '192.0.2.70');
+  assert.equal(next.helo, 'continue', 'released through TLS too');
+  await next.client.quit();
+  for (const s of specs) {
+    const m = await metrics(s.adminPort as number);
+    assert.equal(sampleValue(m, 'milterd_store_breaker_state'), 0);
+    assert.equal(sampleValue(m, 'milterd_store_errors_total', { code: 'ERR_MILTER_STORE_FAILED' }), 0);
+  }
+  for (const d of daemons) {
+    assert.ok(
+      !d.lines.some((l) => /^policy store (TLS|connection)/.test(l.msg ?? '')),
+      JSON.stringify(d.lines),
+    );
+  }
+});
+
+test('serve over rediss:// with tls-auth-clients yes: the client certificate (--store-tls-cert/--store-tls-key) is required; without it, or without the CA, the log says what is missing and on-store-error applies', async (t) => {
+  const redis = await RedisServer.start({ tls: { authClients: true } });
+  t.after(() => redis.stop());
+  const pki = (redis.tls as { pki: TestPki }).pki;
+  const dir = await tempDir(t);
+  const policy = join(dir, 'policy.yaml');
+  await writeFile(
+    policy,
+    'version: 1\nrules:\n  - name: conc\n    max-concurrent-sessions: 1\n' +
+      '  - name: strict\n    max-concurrent-sessions: 1\n    on-store-error: tempfail\n' +
+      '    when: { client: [192.0.2.128/25] }\n',
+  );
+  const args = ['--listen', 'inet:0@127.0.0.1', '--admin', 'inet:0@127.0.0.1', '--policy', policy];
+  const tlsEnv = {
+    MILTERD_STORE: redis.url,
+    MILTERD_STORE_TLS_CA: pki.ca,
+    MILTERD_STORE_TLS_CERT: pki.clientCert,
+    MILTERD_STORE_TLS_KEY: pki.clientKey,
+  };
+  const good = new Daemon(args, tlsEnv);
+  const noCert = new Daemon([...args, '--store', redis.url, '--store-tls-ca', pki.ca]);
+  const noCa = new Daemon([...args, '--store', redis.url]);
+  t.after(() => Promise.all([good.kill(), noCert.kill(), noCa.kill()]));
+  const sg = await good.started();
+  await good.waitFor((l) => l.msg === 'policy store connected', 'store connected with a client certificate');
+  const first = await session(sg.milter, '192.0.2.80');
+  assert.equal(first.helo, 'continue');
+  const second = await session(sg.milter, '192.0.2.80');
+  assert.equal(second.helo, '421', 'the limit holds through mutual TLS');
+  await second.client.quit();
+
+  for (const [d, why] of [
+    [noCert, /server wants a client certificate: give one with --store-tls-cert and --store-tls-key/],
+    [noCa, /server's certificate is not trusted: give its CA with --store-tls-ca .* or NODE_EXTRA_CA_CERTS/],
+  ] as const) {
+    const s = await d.started();
+    const line = await d.waitFor((l) => why.test(l.msg ?? ''), `the log line ${why}`);
+    assert.equal(line.level, 40, 'a warning');
+    assert.equal(line.store, redis.url);
+    assert.ok(!d.lines.some((l) => l.msg === 'policy store connected'));
+    // on-store-error: allow (default) lets the same client in twice; tempfail answers 421 at once.
+    const one = await session(s.milter, '192.0.2.80');
+    const two = await session(s.milter, '192.0.2.80');
+    assert.deepEqual([one.helo, two.helo], ['continue', 'continue'], 'allow: the store is not reachable');
+    const strict = await session(s.milter, '192.0.2.200');
+    assert.equal(strict.helo, '421', 'tempfail');
+    for (const x of [one, two, strict]) await x.client.quit();
+    const m = await metrics(s.adminPort as number);
+    assert.ok(sampleValue(m, 'milterd_store_errors_total', { code: 'ERR_MILTER_STORE_FAILED' }) >= 1);
+  }
+  await first.client.quit();
+});
+
+test('check-config and serve: store TLS files are read at start; an unreadable, non-PEM or mismatched file, a half client certificate or a non-TLS URL is a configuration problem (exit 3)', async (t) => {
+  const dir = await tempDir(t);
+  const pki = await makeTestPki(join(dir, 'pki'));
+  const good = join(dir, 'good.yaml');
+  await writeFile(
+    good,
+    'store:\n  url: rediss://10.0.0.7:6380\n  tlsCa: pki/ca.crt\n  tlsCert: pki/client.crt\n  tlsKey: pki/client.key\n',
+  );
+  const r = await runMilterd(['check-config', good]);
+  assert.equal(r.code, 0, r.stderr);
+  const doc = JSON.parse(r.stdout) as {
+    config: { store: Record<string, unknown> };
+    sources: Record<string, string>;
+  };
+  assert.equal(doc.config.store.tlsCa, pki.ca, 'relative to the config file');
+  assert.equal(doc.config.store.tlsCert, pki.clientCert);
+  assert.equal(doc.config.store.tlsKey, pki.clientKey);
+  assert.equal(doc.sources['store.tlsCa'], 'file');
+
+  const notPem = join(dir, 'not.pem');
+  await writeFile(notPem, 'hello\n');
+  const missing = join(dir, 'missing.pem');
+  const cases: Array<[string[], Record<string, string>, RegExp]> = [
+    [
+      ['--store', 'rediss://127.0.0.1:1', '--store-tls-ca', missing],
+      {},
+      /--store-tls-ca: cannot read .*missing\.pem: ENOENT/,
+    ],
+    [
+      ['--store', 'rediss://127.0.0.1:1'],
+      { MILTERD_STORE_TLS_CA: notPem },
+      /MILTERD_STORE_TLS_CA: .*not\.pem: no PEM certificate/,
+    ],
+    [
+      ['--store', 'rediss://127.0.0.1:1', '--store-tls-ca', dir],
+      {},
+      /--store-tls-ca: cannot read .*: (EISDIR|not a regular file)/,
+    ],
+    [
+      ['--store', 'redis://127.0.0.1:1', '--store-tls-ca', pki.ca],
+      {},
+      /--store-tls-ca: the store is not a TLS URL .*redis:\/\/127\.0\.0\.1:1/,
+    ],
+    [
+      ['--store', 'rediss://127.0.0.1:1', '--store-tls-cert', pki.clientCert],
+      {},
+      /--store-tls-cert: a client certificate needs both --store-tls-cert and --store-tls-key \(store\.tlsKey\)/,
+    ],
+    [
+      [
+        '--store',
+        'rediss://127.0.0.1:1',
+        '--store-tls-cert',
+        pki.clientCert,
+        '--store-tls-key',
+        pki.serverKey,
+      ],
+      {},
+      /--store-tls-key: .*server\.key: not the key of --store-tls-cert/,
+    ],
+  ];
+  for (const [args, env, expected] of cases) {
+    const res = await runMilterd(['check-config', ...args], { env });
+    assert.equal(res.code, 3, `${args.join(' ')}: ${res.stderr}`);
+    assert.match(res.stderr, expected);
+  }
+  // serve refuses to start the same way, before listening.
+  const s = await runMilterd([
+    'serve',
+    '--listen',
+    'inet:0@127.0.0.1',
+    '--store',
+    'rediss://127.0.0.1:1',
+    '--store-tls-ca',
+    missing,
+  ]);
+  assert.equal(s.code, 3);
+  assert.match(s.stderr, /--store-tls-ca: cannot read .*missing\.pem: ENOENT/);
+  assert.doesNotMatch(s.stdout, /milterd started/);
 });

@@ -3,13 +3,17 @@
  * `redis-server` (scripts/install-test-deps.sh) started in the foreground (its pid is ours) on a free
  * loopback port, optionally also on a Unix socket, in its own directory, without persistence, stopped by
  * pid. The fault tests kill it (-9), pause it (SIGSTOP) and start it again on the same port and socket.
- * A 3-master Cluster is built on loopback with `redis-cli --cluster create`.
+ * A 3-master Cluster is built on loopback with `redis-cli --cluster create`. With `tls` the server listens
+ * on a TLS port only (`rediss://`), with a certificate for 127.0.0.1 from a private CA made at run time
+ * with `openssl` ({@link makeTestPki}), optionally requiring client certificates (`tls-auth-clients yes`);
+ * Clusters can be built on TLS nodes, and a server can run as a Sentinel of another.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import tls from 'node:tls';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
@@ -26,10 +30,70 @@ export async function freeLoopbackPort(): Promise<number> {
   });
 }
 
+/** PEM files of a private CA, a server certificate for 127.0.0.1 and a client certificate it signed. */
+export interface TestPki {
+  dir: string;
+  /** The CA's certificate (what a client trusts). */
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+}
+
+/**
+ * Make a private CA and two leaf certificates it signs in `dir` with `openssl` (P-256 keys, valid 2 days):
+ * a server certificate for IP 127.0.0.1 (serverAuth, and clientAuth: Cluster nodes and Sentinels show it
+ * to each other) and a client certificate (clientAuth).
+ */
+export async function makeTestPki(dir: string): Promise<TestPki> {
+  await mkdir(dir, { recursive: true });
+  const f = (name: string): string => join(dir, name);
+  const openssl = (...args: string[]): Promise<unknown> => run('openssl', args, { timeout: 30_000 });
+  const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  const caExt = ['basicConstraints=critical,CA:TRUE', 'keyUsage=critical,keyCertSign,cRLSign'];
+  await openssl(
+    ...['req', '-x509', ...key, '-keyout', f('ca.key'), '-out', f('ca.crt'), '-days', '2'],
+    ...['-subj', '/CN=milterd test CA', ...caExt.flatMap((e) => ['-addext', e])],
+  );
+  const leaf = async (name: string, subject: string, ext: string): Promise<void> => {
+    await openssl('req', ...key, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', subject);
+    await writeFile(f(`${name}.ext`), ext);
+    await openssl(
+      ...['x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.crt'), '-CAkey', f('ca.key')],
+      ...['-set_serial', `0x${Date.now().toString(16)}${name === 'server' ? '1' : '2'}`, '-days', '2'],
+      ...['-extfile', f(`${name}.ext`), '-out', f(`${name}.crt`)],
+    );
+  };
+  await leaf(
+    'server',
+    '/CN=127.0.0.1',
+    'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n',
+  );
+  await leaf('client', '/CN=milterd test client', 'extendedKeyUsage=clientAuth\n');
+  return {
+    dir,
+    ca: f('ca.crt'),
+    serverCert: f('server.crt'),
+    serverKey: f('server.key'),
+    clientCert: f('client.crt'),
+    clientKey: f('client.key'),
+  };
+}
+
 /** Send one inline command and read the first reply line (no client library: the harness must not depend on the code under test). */
-export function redisCommand(port: number, command: string, timeoutMs = 1000): Promise<string> {
+export function redisCommand(
+  port: number,
+  command: string,
+  timeoutMs = 1000,
+  /** Over TLS with these options (CA, client certificate), to 127.0.0.1. */
+  tlsOptions?: tls.ConnectionOptions,
+): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
+    const socket =
+      tlsOptions === undefined
+        ? net.connect({ host: '127.0.0.1', port })
+        : tls.connect({ ...tlsOptions, host: '127.0.0.1', port });
     let data = '';
     const timer = setTimeout(() => {
       socket.destroy();
@@ -39,7 +103,7 @@ export function redisCommand(port: number, command: string, timeoutMs = 1000): P
       clearTimeout(timer);
       reject(err);
     });
-    socket.on('connect', () => socket.write(`${command}\r\n`));
+    socket.on(tlsOptions === undefined ? 'connect' : 'secureConnect', () => socket.write(`${command}\r\n`));
     socket.on('data', (chunk) => {
       data += chunk.toString('latin1');
       if (data.includes('\r\n')) {
@@ -88,15 +152,29 @@ export class RedisServer {
     readonly extraArgs: readonly string[],
     /** Whether `stop()` removes `dir` (a temporary one this class made). */
     private readonly ownsDir: boolean,
+    /** TLS only: the certificates, and the client options the helper itself connects with. */
+    readonly tls: { pki: TestPki; authClients: boolean; client: tls.ConnectionOptions } | undefined,
+    /** A Sentinel (`redis-server CONF --sentinel`) monitoring this master. */
+    readonly sentinel: { name: string; port: number } | undefined,
   ) {}
 
   /**
    * Start a server on a free loopback port (or `port`); resolves when it answers PING. `dir` (created)
    * is its working directory, left in place by `stop()`; default a temporary one that `stop()` removes.
-   * `unixSocket`: also listen on `socketPath`.
+   * `unixSocket`: also listen on `socketPath`. `tls`: listen on `port` with TLS only (no plain port),
+   * with the certificates of `pki` (default: a fresh private CA in `dir/pki`); `authClients`: clients
+   * must show a certificate of that CA.
    */
   static async start(
-    options: { port?: number; args?: readonly string[]; unixSocket?: boolean; dir?: string } = {},
+    options: {
+      port?: number;
+      args?: readonly string[];
+      unixSocket?: boolean;
+      dir?: string;
+      tls?: { pki?: TestPki; authClients?: boolean };
+      /** Run a Sentinel instead, monitoring the master `name` on 127.0.0.1:`port` (over TLS with `tls`). */
+      sentinel?: { name: string; port: number };
+    } = {},
   ): Promise<RedisServer> {
     let dir = options.dir;
     if (dir !== undefined) await mkdir(dir, { recursive: true });
@@ -105,7 +183,20 @@ export class RedisServer {
     const args = [...(options.args ?? [])];
     if (options.unixSocket === true)
       args.push('--unixsocket', join(dir, 'redis.sock'), '--unixsocketperm', '700');
-    const server = new RedisServer(port, dir, args, options.dir === undefined);
+    let tlsSetup: RedisServer['tls'];
+    if (options.tls !== undefined) {
+      try {
+        const pki = options.tls.pki ?? (await makeTestPki(join(dir, 'pki')));
+        const [ca, cert, key] = await Promise.all(
+          [pki.ca, pki.clientCert, pki.clientKey].map((f) => readFile(f)),
+        );
+        tlsSetup = { pki, authClients: options.tls.authClients ?? false, client: { ca, cert, key } };
+      } catch (err) {
+        if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
+        throw err;
+      }
+    }
+    const server = new RedisServer(port, dir, args, options.dir === undefined, tlsSetup, options.sentinel);
     try {
       await server.restart();
     } catch (err) {
@@ -124,7 +215,7 @@ export class RedisServer {
   }
 
   get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
+    return `${this.tls === undefined ? 'redis' : 'rediss'}://127.0.0.1:${this.port}`;
   }
 
   get alive(): boolean {
@@ -141,11 +232,39 @@ export class RedisServer {
   async restart(): Promise<void> {
     if (this.alive) return;
     this.#output = '';
+    const t = this.tls;
+    const ports =
+      t === undefined
+        ? ['--port', String(this.port)]
+        : [
+            // TLS only: the plain port is off.
+            '--port',
+            '0',
+            '--tls-port',
+            String(this.port),
+            '--tls-cert-file',
+            t.pki.serverCert,
+            '--tls-key-file',
+            t.pki.serverKey,
+            '--tls-ca-cert-file',
+            t.pki.ca,
+            '--tls-auth-clients',
+            t.authClients ? 'yes' : 'no',
+          ];
+    const mode: string[] = [];
+    if (this.sentinel !== undefined) {
+      // Sentinel needs a config file it can rewrite; a fresh one at each start.
+      const conf = join(this.dir, 'sentinel.conf');
+      const { name, port } = this.sentinel;
+      await writeFile(conf, `sentinel monitor ${name} 127.0.0.1 ${port} 1\n`);
+      // tls-replication: the Sentinel talks TLS to the master too.
+      mode.push(conf, '--sentinel', ...(t === undefined ? [] : ['--tls-replication', 'yes']));
+    }
     const child = spawn(
       'redis-server',
       [
-        '--port',
-        String(this.port),
+        ...mode,
+        ...ports,
         '--bind',
         '127.0.0.1',
         '--save',
@@ -173,7 +292,7 @@ export class RedisServer {
     this.#exited = new Promise((resolve) => child.once('close', () => resolve()));
     await waitUntil(
       // Up once it answers; with --requirepass the answer is a NOAUTH error.
-      async () => /^(\+PONG|-NOAUTH)/.test(await redisCommand(this.port, 'PING', 300)),
+      async () => /^(\+PONG|-NOAUTH)/.test(await redisCommand(this.port, 'PING', 300, this.tls?.client)),
       `redis-server on ${this.port}`,
       () => {
         if (spawnError !== undefined)
@@ -183,6 +302,21 @@ export class RedisServer {
         return undefined;
       },
     );
+  }
+
+  /** `redis-cli` against this server (over TLS with its CA and client certificate), stdout. */
+  async cli(...args: string[]): Promise<string> {
+    const p = this.tls?.pki;
+    const tlsArgs =
+      p === undefined ? [] : ['--tls', '--cacert', p.ca, '--cert', p.clientCert, '--key', p.clientKey];
+    const { stdout } = await run(
+      'redis-cli',
+      [...tlsArgs, '-h', '127.0.0.1', '-p', String(this.port), ...args],
+      {
+        timeout: 10_000,
+      },
+    );
+    return stdout;
   }
 
   /** Freeze the process (the deadline path: connections stay open, nothing answers). */
@@ -214,11 +348,13 @@ export class RedisServer {
 export class RedisCluster {
   private constructor(readonly servers: RedisServer[]) {}
 
-  static async start(masters = 3): Promise<RedisCluster> {
+  /** `tls`: every node on a TLS port only, the cluster bus over TLS too, one private CA for all. */
+  static async start(masters = 3, options: { tls?: boolean } = {}): Promise<RedisCluster> {
     const servers: RedisServer[] = [];
     try {
       for (let i = 0; i < masters; i++) {
         const bus = await freeLoopbackPort();
+        const pki = servers[0]?.tls?.pki;
         servers.push(
           await RedisServer.start({
             args: [
@@ -228,13 +364,19 @@ export class RedisCluster {
               'nodes.conf',
               '--cluster-port',
               String(bus),
+              ...(options.tls === true ? ['--tls-cluster', 'yes', '--tls-replication', 'yes'] : []),
             ],
+            ...(options.tls === true ? { tls: pki === undefined ? {} : { pki } } : {}),
           }),
         );
       }
+      const p = servers[0]?.tls?.pki;
+      const tlsArgs =
+        p === undefined ? [] : ['--tls', '--cacert', p.ca, '--cert', p.clientCert, '--key', p.clientKey];
       await run(
         'redis-cli',
         [
+          ...tlsArgs,
           '--cluster',
           'create',
           ...servers.map((s) => `127.0.0.1:${s.port}`),
@@ -246,7 +388,7 @@ export class RedisCluster {
       );
       for (const s of servers) {
         await waitUntil(
-          async () => (await redisCli(s.port, 'cluster', 'info')).includes('cluster_state:ok'),
+          async () => (await s.cli('cluster', 'info')).includes('cluster_state:ok'),
           `cluster state ok on ${s.port}`,
         );
       }
@@ -258,7 +400,8 @@ export class RedisCluster {
   }
 
   get url(): string {
-    return `redis+cluster://${this.servers.map((s) => `127.0.0.1:${s.port}`).join(',')}`;
+    const scheme = this.servers[0]?.tls === undefined ? 'redis' : 'rediss';
+    return `${scheme}+cluster://${this.servers.map((s) => `127.0.0.1:${s.port}`).join(',')}`;
   }
 
   async stop(): Promise<void> {

@@ -179,6 +179,7 @@ const SURFACE: Record<string, string[]> = {
     'RecipientInfo',
     'RedisPolicyStore',
     'RedisPolicyStoreOptions',
+    'RedisStoreTls',
     'RegexSyntaxError',
     'RuleConditions',
     'RuleLimit',
