@@ -5,6 +5,7 @@
  * Updates are synchronous and cheap (a Map lookup keyed by the joined label values), so they can be
  * called from the milter hot path through a {@link MilterObserver}.
  */
+import type { BreakerState } from '../breaker.js';
 
 /** Label values by label name. Every declared label must be given; extra ones are an error. */
 export type Labels = Readonly<Record<string, string | number>>;
@@ -280,8 +281,24 @@ export const STORE_SECONDS_BUCKETS = [
   0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 ] as const;
 
-/** Values of `milterd_store_breaker_state`. */
-export const BREAKER_STATE_VALUE = { closed: 0, 'half-open': 1, open: 2 } as const;
+/** Every state of a CircuitBreaker: a Record, so a new BreakerState does not compile until it is listed. */
+const BREAKER_STATE_SET: Readonly<Record<BreakerState, null>> = {
+  closed: null,
+  open: null,
+  'half-open': null,
+};
+const BREAKER_STATES = Object.keys(BREAKER_STATE_SET) as readonly BreakerState[];
+
+/**
+ * The one encoding of a circuit breaker's state in a gauge, for the store's breaker and every upstream
+ * member's: one series per state (label `state`), 1 for the current one and 0 for the others (OpenMetrics'
+ * StateSet, the client libraries' Enum). An alert reads `{state="open"} == 1`, `avg_over_time` of it is the share
+ * of time open, and `sum by (state)` counts a fleet's instances in each state; a number (0 closed, 2 open)
+ * would need the table to read and orders states that have no order.
+ */
+export function setBreakerState(gauge: Gauge, state: BreakerState, labels: Labels = {}): void {
+  for (const s of BREAKER_STATES) gauge.set(s === state ? 1 : 0, { ...labels, state: s });
+}
 
 /**
  * The policy store's series: call latency by operation, errors by code, circuit breaker state. Registered
@@ -307,9 +324,10 @@ export class StoreMetrics {
     });
     this.breakerState = r.gauge({
       name: n.breakerState,
-      help: "State of the policy store's circuit breaker: 0 closed, 1 half-open, 2 open.",
+      help: 'Circuit breaker of the policy store: 1 for its current state (closed, open, half-open).',
+      labelNames: ['state'],
     });
-    this.breakerState.set(0);
+    setBreakerState(this.breakerState, 'closed');
   }
 
   /** One store call (GuardedStore's onCall). */
@@ -318,8 +336,9 @@ export class StoreMetrics {
     if (event.code !== undefined) this.errors.inc({ code: event.code });
   }
 
-  breaker(state: keyof typeof BREAKER_STATE_VALUE): void {
-    this.breakerState.set(BREAKER_STATE_VALUE[state]);
+  /** The store's breaker changed state (GuardedStore's breaker onChange). */
+  breaker(state: BreakerState): void {
+    setBreakerState(this.breakerState, state);
   }
 }
 

@@ -9,7 +9,14 @@ import type { UpstreamEvent } from '../pipeline/upstream.js';
 import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterCommandKind } from '../protocol/types.js';
 import type { MilterErrorCode } from '../errors.js';
-import { Registry, StoreMetrics, type Counter, type Gauge, type Histogram } from './metrics.js';
+import {
+  Registry,
+  setBreakerState,
+  StoreMetrics,
+  type Counter,
+  type Gauge,
+  type Histogram,
+} from './metrics.js';
 import { ProcessMetrics } from './process-metrics.js';
 import { commandName } from '../session/stages.js';
 import { unreachable } from '../unreachable.js';
@@ -81,9 +88,6 @@ export function messageOutcome(stage: DecisionStage, decision: ObservedDecision)
   }
   return decision === 'reject' || decision === 'tempfail' || decision === 'discard' ? decision : undefined;
 }
-
-/** The states of an upstream member's breaker (`milterd_member_breaker_state{state}`). */
-const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
 
 /** Metrics of one daemon process. Create one per process; `observer` goes to `createMilterServer`. */
 export class DaemonMetrics {
@@ -345,9 +349,9 @@ export class DaemonMetrics {
     }
   }
 
-  /** An upstream member's breaker changed state (one series per state, 1 for the current one). */
+  /** An upstream member's breaker changed state (encoded as the store's, see setBreakerState). */
   memberBreakerState(member: string, state: BreakerState): void {
-    for (const s of BREAKER_STATES) this.memberBreaker.set(s === state ? 1 : 0, { member, state: s });
+    setBreakerState(this.memberBreaker, state, { member });
   }
 
   /** A shutdown-policy rule fired (wired to the policy engine's decision event). */

@@ -52,7 +52,7 @@ import {
   type StageName,
 } from '../protocol/constants.js';
 import { BodyStore, BODY_MEMORY_LIMIT } from '../session/body-store.js';
-import { chain, decisionKind, isThenable } from '../session/decision.js';
+import { chain, decisionKind, isThenable, outsideBody } from '../session/decision.js';
 import { defaultNegotiation, negotiate, type NegotiationOutcome } from '../session/negotiate.js';
 import type { FailureDecision } from '../session/types.js';
 import { compileMemberCondition, type ConditionTest } from './condition.js';
@@ -103,14 +103,6 @@ interface Negotiation {
 }
 
 /** One member on one SMTP session. */
-/**
- * A stage's result outside the body: the pipeline answers `skip` only at body (every body reader skipped),
- * so what `live`/`endStage` give elsewhere is a plain CallbackResult.
- */
-function notBody(result: MaybePromise<BodyResult>): MaybePromise<CallbackResult> {
-  return result as MaybePromise<CallbackResult>;
-}
-
 class MemberRun {
   readonly ctx: MemberContext;
   /** Accepted at CONNECT/HELO, or excluded by a connection fact: nothing more this session. */
@@ -275,21 +267,21 @@ class Pipeline {
     return {
       name: this.options.name ?? 'pipeline',
       negotiate: (ctx, offer) => this.negotiate(ctx, offer),
-      connect: (ctx, info) => notBody(this.live(ctx, 'connect', (f, c) => f.connect?.(c, info))),
-      helo: (ctx, name) => notBody(this.live(ctx, 'helo', (f, c) => f.helo?.(c, name))),
+      connect: (ctx, info) => outsideBody(this.live(ctx, 'connect', (f, c) => f.connect?.(c, info))),
+      helo: (ctx, name) => outsideBody(this.live(ctx, 'helo', (f, c) => f.helo?.(c, name))),
       envfrom: (ctx, sender, args) =>
-        notBody(this.live(ctx, 'envfrom', (f, c) => f.envfrom?.(c, sender, args))),
+        outsideBody(this.live(ctx, 'envfrom', (f, c) => f.envfrom?.(c, sender, args))),
       envrcpt: (ctx, rcpt, args) =>
-        notBody(this.live(ctx, 'envrcpt', (f, c) => f.envrcpt?.(c, rcpt, args), rcpt)),
-      data: (ctx) => notBody(this.live(ctx, 'data', callData)),
-      unknown: (ctx, line) => notBody(this.live(ctx, 'unknown', (f, c) => f.unknown?.(c, line))),
+        outsideBody(this.live(ctx, 'envrcpt', (f, c) => f.envrcpt?.(c, rcpt, args), rcpt)),
+      data: (ctx) => outsideBody(this.live(ctx, 'data', callData)),
+      unknown: (ctx, line) => outsideBody(this.live(ctx, 'unknown', (f, c) => f.unknown?.(c, line))),
       header: (ctx, name, value) => {
         this.message(ctx).headers.push([name, value]);
-        return notBody(
+        return outsideBody(
           this.live(ctx, 'header', (f, c) => f.header?.(c, name, this.headerValue(ctx, c, value))),
         );
       },
-      eoh: (ctx) => notBody(this.live(ctx, 'eoh', callEoh)),
+      eoh: (ctx) => outsideBody(this.live(ctx, 'eoh', callEoh)),
       body: (ctx, chunk) => {
         const msg = this.message(ctx);
         this.split(ctx, msg);
@@ -874,7 +866,7 @@ class Pipeline {
         r.inMessage = true;
         if (msg.split !== undefined && r.member.index > msg.split) {
           const replayed = await this.replay(r, ctx, work, msg);
-          if (replayed !== undefined) return await notBody(this.endStage(st, ctx, r, replayed, true));
+          if (replayed !== undefined) return await outsideBody(this.endStage(st, ctx, r, replayed, true));
           if (r.retiredMessage) continue;
         }
         if (!r.wants('eom')) {
@@ -884,7 +876,7 @@ class Pipeline {
         const o = await this.runEom(r, ctx, work);
         r.inMessage = false;
         if (o.kind === 'reject' || o.kind === 'tempfail' || o.kind === 'discard') {
-          return await notBody(this.endStage(st, ctx, r, o, true));
+          return await outsideBody(this.endStage(st, ctx, r, o, true));
         }
       }
       if (st.msg !== msg) return undefined;

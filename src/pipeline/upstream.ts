@@ -56,6 +56,7 @@ import {
   SMFIP_TEST,
 } from '../protocol/constants.js';
 import type { ModificationResponse } from '../protocol/types.js';
+import { outsideBody } from '../session/decision.js';
 import { formatSocketSpec, parseSocketSpec, type SocketSpec } from '../socket-spec.js';
 import { replyFromText, type ParsedReply } from './upstream-reply.js';
 
@@ -504,17 +505,17 @@ export function upstreamFilter(options: UpstreamOptions): UpstreamFilter {
       if (Object.keys(conn.macros).length > 0) result.macros = conn.macros;
       return result;
     },
-    connect: (ctx, info) => stageOnly(forward(ctx, 'connect', 'connect', (c) => c.connect(info))),
-    helo: (ctx, host) => stageOnly(forward(ctx, 'helo', 'helo', (c) => c.helo(host))),
+    connect: (ctx, info) => outsideBody(forward(ctx, 'connect', 'connect', (c) => c.connect(info))),
+    helo: (ctx, host) => outsideBody(forward(ctx, 'helo', 'helo', (c) => c.helo(host))),
     envfrom: (ctx, sender, args) =>
-      stageOnly(forward(ctx, 'envfrom', 'envfrom', (c) => c.envfrom(sender, [...args]))),
+      outsideBody(forward(ctx, 'envfrom', 'envfrom', (c) => c.envfrom(sender, [...args]))),
     envrcpt: (ctx, rcpt, args) =>
-      stageOnly(forward(ctx, 'envrcpt', 'envrcpt', (c) => c.envrcpt(rcpt, [...args]))),
-    data: (ctx) => stageOnly(forward(ctx, 'data', 'data', (c) => c.data())),
-    unknown: (ctx, line) => stageOnly(forward(ctx, 'unknown', undefined, (c) => c.unknown(line))),
+      outsideBody(forward(ctx, 'envrcpt', 'envrcpt', (c) => c.envrcpt(rcpt, [...args]))),
+    data: (ctx) => outsideBody(forward(ctx, 'data', 'data', (c) => c.data())),
+    unknown: (ctx, line) => outsideBody(forward(ctx, 'unknown', undefined, (c) => c.unknown(line))),
     header: (ctx, hname, value) =>
-      stageOnly(forward(ctx, 'header', undefined, (c) => c.header(hname, value))),
-    eoh: (ctx) => stageOnly(forward(ctx, 'eoh', 'eoh', (c) => c.eoh())),
+      outsideBody(forward(ctx, 'header', undefined, (c) => c.header(hname, value))),
+    eoh: (ctx) => outsideBody(forward(ctx, 'eoh', 'eoh', (c) => c.eoh())),
     body: (ctx, chunk) => forward(ctx, 'body', undefined, (c) => c.body(chunk)),
 
     async eom(ctx): Promise<Decision | undefined> {
@@ -581,13 +582,4 @@ export function upstreamFilter(options: UpstreamOptions): UpstreamFilter {
       }
     },
   };
-}
-
-/**
- * An upstream's answer outside the body: SKIP is a body decision only (Postfix generalises it to any
- * event, Sendmail wedges on it), so anywhere else it goes to the MTA as continue.
- */
-async function stageOnly(answer: Promise<Decision | 'skip' | undefined>): Promise<Decision | undefined> {
-  const d = await answer;
-  return d === 'skip' ? undefined : d;
 }

@@ -4,7 +4,14 @@
  * decisions to preallocated responses.
  */
 import type { Logger } from 'pino';
-import type { BodyDecision, DecisionKind, SmtpReply } from '../filter.js';
+import type {
+  BodyDecision,
+  BodyResult,
+  CallbackResult,
+  DecisionKind,
+  MaybePromise,
+  SmtpReply,
+} from '../filter.js';
 import type { DecisionStage, MilterObserver, ObservedDecision } from '../observer.js';
 import type { MilterResponse } from '../protocol/types.js';
 import type { HandleResult } from './types.js';
@@ -14,6 +21,24 @@ import { formatReply, type ReplyDecision } from './reply.js';
 /** The kind of what a callback returned: a bare kind, a kind as an object, or nothing (= continue). */
 export function decisionKind(d: BodyDecision | void | undefined): DecisionKind {
   return d === undefined ? 'continue' : typeof d === 'string' ? d : d.kind;
+}
+
+function isSkip(d: BodyResult): d is 'skip' | { kind: 'skip'; reply?: never } {
+  return decisionKind(d) === 'skip';
+}
+
+function skipIsContinue(d: BodyResult): CallbackResult {
+  return isSkip(d) ? undefined : d;
+}
+
+/**
+ * A body decision answered at another stage: `skip` there is continue. SKIP is a body decision only
+ * (Postfix takes it at any event, Sendmail wedges on it); where a BodyResult can reach another stage (a
+ * pipeline's answer, an upstream milter's reply) it goes through here, silently, rather than reaching
+ * the session as an illegal skip (sent as continue, with a warning). Synchronous for a value.
+ */
+export function outsideBody(result: MaybePromise<BodyResult>): MaybePromise<CallbackResult> {
+  return chain(result, skipIsContinue);
 }
 
 /** Outcome of one callback: its value, or the coded error that replaces it. */

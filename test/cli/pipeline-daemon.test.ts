@@ -13,6 +13,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { MilterClient, playMessage, type MessageScript } from '../../src/client/index.js';
 import type { EomResult } from '../../src/client/index.js';
+import { SMFIP_NOEOH, SMFIP_NOHDRS } from '../../src/protocol/constants.js';
 import { Daemon, httpGet, parsePrometheus, runMilterd, sampleValue } from './helpers.js';
 
 const CONNECT = {
@@ -205,6 +206,45 @@ test('--filter and --upstream on the command line replace the config file filter
   assert.equal(headers[1], 'X-Only: cli');
   d2.signal('SIGTERM');
   assert.equal((await d2.exited).code, 0);
+});
+
+test('the default pipeline, the stamp alone, runs outside the pipeline layer: the MTA is asked for no header and no EOH; as one member of two it is', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(path.join(dir, 'quiet.mjs'), 'export default { name: "quiet", close() {} };\n');
+  const headerSteps = SMFIP_NOHDRS | SMFIP_NOEOH;
+  const play = async (args: string[]): Promise<{ protocol: number; headers: string[]; eoh: string }> => {
+    const d = new Daemon(['--listen', 'inet:0@127.0.0.1', '--admin', 'inet:0@127.0.0.1', ...args]);
+    t.after(() => d.kill());
+    const { milter, adminPort } = await d.started();
+    const client = await MilterClient.connect(milter);
+    try {
+      const r = await playMessage(client, MESSAGE);
+      assert.equal(r.reply.kind, 'continue', JSON.stringify(r.reply));
+      assert.match(added(r.eom)[0] ?? '', /^X-Milterd: milterd /);
+      const m = parsePrometheus((await httpGet(adminPort as number, '/metrics')).body);
+      const members = sampleValue(m, 'milterd_member_decisions_total', { member: 'stamp' });
+      assert.equal(members > 0, args.length > 0, 'per-member series only inside the pipeline layer');
+      return {
+        protocol: client.negotiated.protocol & headerSteps,
+        headers: r.headers.map((h) => h.kind),
+        eoh: r.eoh?.kind ?? 'none',
+      };
+    } finally {
+      await client.quit().catch(() => client.close());
+      d.signal('SIGTERM');
+      assert.equal((await d.exited).code, 0);
+    }
+  };
+  assert.deepEqual(await play([]), {
+    protocol: headerSteps,
+    headers: ['skipped', 'skipped'],
+    eoh: 'skipped',
+  });
+  // Inside the pipeline a member that may add a header keeps the MTA's headers coming (and EOH with them).
+  const inPipeline = await play(['--filter', 'builtin:stamp', '--filter', path.join(dir, 'quiet.mjs')]);
+  assert.equal(inPipeline.protocol, 0);
+  assert.equal(inPipeline.headers.length, 2);
+  assert.ok(!inPipeline.headers.includes('skipped'));
 });
 
 test('a module that does not load or is not a filter: exit 3 with one located line, before listening', async (t) => {

@@ -24,7 +24,7 @@ import {
   parseSocketMode,
 } from '../../src/cli/values.js';
 import type { Filter, StageContext } from '../../src/filter.js';
-import { parsePrometheus, sampleValue } from './helpers.js';
+import { parsePrometheus, sampleValue, type Exposition } from './helpers.js';
 
 test('registry: exposition with HELP/TYPE, escaped labels and cumulative histogram buckets', () => {
   const r = new Registry();
@@ -99,6 +99,43 @@ test('daemon metrics: the observer feeds the series', () => {
   assert.equal(sampleValue(e, 'milterd_errors_total', { code: 'ERR_MILTER_FRAME_EMPTY' }), 1);
   assert.equal(sampleValue(e, 'milterd_policy_shutdowns_total', { reason: 'max-messages' }), 1);
   assert.equal(sampleValue(e, 'milterd_build_info', { version: '1.2.3' }), 1);
+});
+
+test('breaker gauges: the store and an upstream member encode a breaker state alike, one series per state', () => {
+  const m = new DaemonMetrics({ version: '1.2.3' });
+  const states = (e: Exposition, name: string, labels: Record<string, string> = {}) =>
+    Object.fromEntries(
+      ['closed', 'open', 'half-open'].map((state) => [state, sampleValue(e, name, { ...labels, state })]),
+    );
+  let e = parsePrometheus(m.render());
+  assert.deepEqual(states(e, 'milterd_store_breaker_state'), { closed: 1, open: 0, 'half-open': 0 });
+  m.store.breaker('open');
+  m.memberBreakerState('dkim', 'open');
+  e = parsePrometheus(m.render());
+  assert.deepEqual(states(e, 'milterd_store_breaker_state'), { closed: 0, open: 1, 'half-open': 0 });
+  assert.deepEqual(states(e, 'milterd_member_breaker_state', { member: 'dkim' }), {
+    closed: 0,
+    open: 1,
+    'half-open': 0,
+  });
+  m.store.breaker('half-open');
+  m.memberBreakerState('dkim', 'half-open');
+  e = parsePrometheus(m.render());
+  assert.deepEqual(states(e, 'milterd_store_breaker_state'), { closed: 0, open: 0, 'half-open': 1 });
+  assert.deepEqual(states(e, 'milterd_member_breaker_state', { member: 'dkim' }), {
+    closed: 0,
+    open: 0,
+    'half-open': 1,
+  });
+  // Both families: gauges labelled by state (the member's by member too), nothing else.
+  const store = e.families.get('milterd_store_breaker_state');
+  const member = e.families.get('milterd_member_breaker_state');
+  assert.equal(store?.type, 'gauge');
+  assert.equal(member?.type, 'gauge');
+  assert.deepEqual(
+    e.samples.filter((x) => x.name === 'milterd_store_breaker_state').map((x) => Object.keys(x.labels)),
+    [['state'], ['state'], ['state']],
+  );
 });
 
 test('value parsers', () => {
