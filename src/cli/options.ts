@@ -92,6 +92,7 @@ export interface DaemonSettings {
   storeTimeout: number;
   /** Life of a session lease that is not renewed (ms). */
   storeLeaseTtl: number;
+  storeBatchDelay: number;
   /** Store a hash of the client address in keys instead of the address. */
   storeHashAddresses: boolean;
   /** milterd instances sharing the store (`on-store-error: local` divides limits by it). */
@@ -443,6 +444,18 @@ export const SETTINGS: SettingsTable = {
     fromText: same((v) => positive(parseDuration(v))),
     fromFile: (v) => positive(parseDuration(v)),
   },
+  storeBatchDelay: {
+    flags: '--store-batch-delay <duration>',
+    env: 'MILTERD_STORE_BATCH_DELAY',
+    path: ['store', 'batchDelay'],
+    description:
+      'Redis: the store operations of all sessions go out together; the first of a batch waits this long ' +
+      'for others (0: only those of the same event-loop turn)',
+    defaultValue: DEFAULTS.storeBatchDelayMs,
+    defaultText: `${DEFAULTS.storeBatchDelayMs}ms`,
+    fromText: same((v) => batchDelay(parseDuration(v))),
+    fromFile: (v) => batchDelay(parseDuration(v)),
+  },
   storeHashAddresses: {
     flags: '--store-hash-addresses [bool]',
     env: 'MILTERD_STORE_HASH_ADDRESSES',
@@ -530,6 +543,13 @@ export const SETTINGS: SettingsTable = {
     },
   },
 };
+
+function batchDelay(ms: number): number {
+  if (!(ms >= 0 && ms <= DEFAULTS.storeBatchDelayMaxMs)) {
+    throw new Error(`must be between 0 and ${DEFAULTS.storeBatchDelayMaxMs}ms`);
+  }
+  return ms;
+}
 
 function positive(ms: number): number {
   if (!(ms > 0)) throw new Error('must be greater than 0');

@@ -72,6 +72,7 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'storePrefix',
   'storeTimeout',
   'storeLeaseTtl',
+  'storeBatchDelay',
   'storeHashAddresses',
   'storeInstances',
   'storeReadyz',

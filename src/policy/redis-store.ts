@@ -80,36 +80,40 @@ interface Batch {
   keys: string[];
   args: string[];
   settle: Array<{ resolve: (n: number) => void; reject: (err: unknown) => void }>;
+  /** Its delay is over: it goes as soon as its group has no call in flight. */
+  due: boolean;
 }
 
 type BatchCommand = (numKeys: number, ...keysThenArgs: string[]) => Promise<unknown>;
 
 /**
  * The sessions' operations, sent as one script call per group (standalone and Sentinel: one group;
- * Cluster: one per client, whose keys share a slot), with at most one call in flight per group: what
- * arrives meanwhile waits for its answer and goes out in the next call. On loopback a write to Redis cost
- * more than the policy's own work (a system call that wakes the server), and one command per operation
- * made four writes per session; now a busy instance makes one write per round trip, whatever its load,
- * and an idle one sends each operation at the end of its event-loop turn (setImmediate).
+ * Cluster: one per client, whose keys share a slot). A batch goes out `delayMs` after its first operation
+ * (0: at the end of that event-loop turn), and a group has at most one call in flight: what arrives
+ * meanwhile goes in the next call. Why: on loopback each round trip to Redis cost milterd about 250 µs of
+ * CPU (a write, reads, an event-loop wake-up), far more than the operations it carries; one command per
+ * operation made four per session. Measured in docs/benchmark.md.
  */
 class Batches {
-  // group -> the batch being filled; group -> whether a call of it is in flight
+  // group -> the batch being filled; groups with a call in flight
   readonly #filling = new Map<string, Batch>();
   readonly #inFlight = new Set<string>();
-  #scheduled = false;
+  #turnScheduled = false;
 
   constructor(
     readonly send: BatchCommand,
     /** The group of a key base: '' when every key may share one script (not a Cluster). */
     readonly groupOf: (keyBase: string) => string,
+    readonly delayMs: number,
   ) {}
 
   run(keyBase: string, key: string, op: OpCode, x: string, y: string): Promise<number> {
     const group = this.groupOf(keyBase);
     let batch = this.#filling.get(group);
     if (batch === undefined) {
-      batch = { keys: [], args: [], settle: [] };
+      batch = { keys: [], args: [], settle: [], due: false };
       this.#filling.set(group, batch);
+      this.#schedule(group, batch);
     }
     const b = batch;
     b.keys.push(key);
@@ -119,22 +123,29 @@ class Batches {
       // Full: out now, even beside a call in flight.
       this.#filling.delete(group);
       this.#send(group, b);
-    } else if (!this.#inFlight.has(group) && !this.#scheduled) {
-      this.#scheduled = true;
-      // After the I/O callbacks of this turn: every session's call of this turn joins the batch.
-      setImmediate(() => this.#sendIdle());
     }
     return result;
   }
 
-  /** Send every batch whose group has no call in flight (the others go when their answer comes). */
-  #sendIdle(): void {
-    this.#scheduled = false;
-    for (const [group, batch] of this.#filling) {
-      if (this.#inFlight.has(group)) continue;
-      this.#filling.delete(group);
-      this.#send(group, batch);
+  #schedule(group: string, batch: Batch): void {
+    if (this.delayMs > 0) {
+      setTimeout(() => this.#due(group, batch), this.delayMs);
+      return;
     }
+    // After the I/O callbacks of this turn: every session's operation of this turn joins.
+    if (this.#turnScheduled) return;
+    this.#turnScheduled = true;
+    setImmediate(() => {
+      this.#turnScheduled = false;
+      for (const [g, b] of this.#filling) this.#due(g, b);
+    });
+  }
+
+  #due(group: string, batch: Batch): void {
+    batch.due = true;
+    if (this.#filling.get(group) !== batch || this.#inFlight.has(group)) return;
+    this.#filling.delete(group);
+    this.#send(group, batch);
   }
 
   #send(group: string, batch: Batch): void {
@@ -143,7 +154,7 @@ class Batches {
     const done = (): void => {
       this.#inFlight.delete(group);
       const next = this.#filling.get(group);
-      if (next === undefined) return;
+      if (next === undefined || !next.due) return;
       this.#filling.delete(group);
       this.#send(group, next);
     };
@@ -173,6 +184,11 @@ export interface RedisPolicyStoreOptions {
   prefix?: string;
   /** Life of a lease not renewed (ms). Default DEFAULTS.storeLeaseTtlMs (60 s). */
   leaseTtlMs?: number;
+  /**
+   * How long the first operation of a batch waits for others (ms; 0: those of the same event-loop turn).
+   * Default DEFAULTS.storeBatchDelayMs (2).
+   */
+  batchDelayMs?: number;
   /** Keys hold a SHA-256 of the client key instead of the client key. Default false. */
   hashAddresses?: boolean;
   /** TCP connect timeout (ms). Default 1000. */
@@ -221,7 +237,13 @@ export class RedisPolicyStore implements PolicyStore {
     client.defineCommand('milterdBatch', { lua: BATCH });
     const send = (client as unknown as { milterdBatch: BatchCommand }).milterdBatch.bind(client);
     // A Cluster runs a script on one shard: one batch per client (its keys share a hash tag, a slot).
-    this.#batches = new Batches(send, 'isCluster' in client && client.isCluster ? (base) => base : () => '');
+    const delay = options.batchDelayMs ?? DEFAULTS.storeBatchDelayMs;
+    if (!(delay >= 0) || !Number.isFinite(delay)) throw new Error('batchDelayMs must be 0 or more');
+    this.#batches = new Batches(
+      send,
+      'isCluster' in client && client.isCluster ? (base) => base : () => '',
+      delay,
+    );
   }
 
   /** The underlying ioredis client (Redis or Cluster). */

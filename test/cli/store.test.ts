@@ -149,6 +149,30 @@ test('check-config: store URL checked, password never printed; a bad URL is a lo
   assert.match(rb.stderr, /bad\.yaml:2:\d+: store(\.url)?: unknown scheme "mysql:"/);
 });
 
+test('check-config: store.batchDelay defaults to 2ms, is read from the file and the flag, and is refused outside 0 to 20ms', async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'milterd.yaml');
+  await writeFile(file, 'store:\n  url: redis://127.0.0.1:6379/0\n  batchDelay: 5ms\n');
+  const batchDelay = async (args: string[]): Promise<string> => {
+    const r = await runMilterd(['check-config', ...args]);
+    assert.equal(r.code, 0, r.stderr);
+    return (JSON.parse(r.stdout) as { config: { store: { batchDelay: string } } }).config.store.batchDelay;
+  };
+  assert.equal(await batchDelay([]), '2ms');
+  assert.equal(await batchDelay([file]), '5ms');
+  assert.equal(await batchDelay(['--store-batch-delay', '0', file]), '0s');
+  // A bad flag is a usage error (2), a bad file value a configuration problem (3).
+  for (const bad of ['21ms', '1s']) {
+    const r = await runMilterd(['check-config', '--store-batch-delay', bad]);
+    assert.equal(r.code, 2, `${bad}: ${r.stderr}`);
+    assert.match(r.stderr, /store-batch-delay.*between 0 and 20ms/);
+  }
+  await writeFile(file, 'store:\n  batchDelay: 1s\n');
+  const r = await runMilterd(['check-config', file]);
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, /milterd\.yaml:2:\d+: store\.batchDelay: must be between 0 and 20ms/);
+});
+
 test('serve over rediss:// (TLS): daemons trusting the private CA by --store-tls-ca, store.tlsCa (relative to the config file) and NODE_EXTRA_CA_CERTS share the concurrent-session limit', async (t) => {
   const redis = await RedisServer.start({ tls: {} });
   t.after(() => redis.stop());
@@ -190,7 +214,7 @@ test('serve over rediss:// (TLS): daemons trusting the private CA by --store-tls
   await next.client.quit();
   for (const s of specs) {
     const m = await metrics(s.adminPort as number);
-    assert.equal(sampleValue(m, 'milterd_store_breaker_state'), 0);
+    assert.equal(sampleValue(m, 'milterd_store_breaker_state', { state: 'closed' }), 1);
     assert.equal(sampleValue(m, 'milterd_store_errors_total', { code: 'ERR_MILTER_STORE_FAILED' }), 0);
   }
   for (const d of daemons) {

@@ -194,3 +194,67 @@ test('Redis: a Sentinel URL (redis+sentinel://HOST:PORT/MASTER) finds the master
   assert.equal((await redisCli(single.port, 'exists', store.leaseKey('192.0.2.8'))).trim(), '1');
   await store.sessionClosed('192.0.2.8', 's');
 });
+
+/** Script calls the server has run (EVALSHA and EVAL), from INFO commandstats. */
+async function scriptCalls(port: number): Promise<number> {
+  const stats = await redisCli(port, 'info', 'commandstats');
+  let n = 0;
+  for (const m of stats.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)) n += Number(m[1]);
+  return n;
+}
+
+test('Redis: the operations of many sessions go out as one script call, in order; what comes while a call is in flight goes in the next one', async (t) => {
+  // A long delay, so that every operation below is issued inside one batch's delay.
+  const store = await createRedisPolicyStore({ url: single.url, prefix: 'batch:', batchDelayMs: 15 });
+  await store.ready();
+  t.after(() => store.close());
+  const before = await scriptCalls(single.port);
+  const opened = await Promise.all(
+    Array.from({ length: 50 }, (_, i) => store.sessionOpened('192.0.2.30', `s${i}`)),
+  );
+  // One script call: 50 operations run in the order they were issued, each seeing the ones before.
+  assert.equal((await scriptCalls(single.port)) - before, 1);
+  assert.deepEqual(
+    opened,
+    Array.from({ length: 50 }, (_, i) => i + 1),
+  );
+  // Open then close of one session in one batch: the close sees the open (order kept inside a call).
+  const [n, left] = await Promise.all([
+    store.sessionOpened('192.0.2.31', 'x'),
+    store.sessionClosed('192.0.2.31', 'x').then(() => store.sessionOpened('192.0.2.31', 'probe')),
+  ]);
+  assert.equal(n, 1);
+  assert.equal(left, 1, 'x was released before the probe opened');
+  // While a call is in flight (the server paused), operations of two later delays wait, and go out
+  // together in one call once the first is answered: three operations, two calls.
+  const mid = await scriptCalls(single.port);
+  const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+  single.pause();
+  let results: number[];
+  try {
+    const first = store.addMessage('192.0.2.32', 60_000, Date.now());
+    await sleep(25); // the first call is out, unanswered
+    const second = store.addMessage('192.0.2.32', 60_000, Date.now());
+    await sleep(25); // the second's delay is over: it waits for the call in flight
+    const third = store.messageCount('192.0.2.32', 60_000, Date.now());
+    await sleep(25);
+    single.resume();
+    results = await Promise.all([first, second, third]);
+  } finally {
+    single.resume();
+  }
+  assert.deepEqual(results, [1, 2, 2]);
+  assert.equal((await scriptCalls(single.port)) - mid, 2);
+});
+
+test('Redis: batchDelayMs 0 sends the operations of one event-loop turn together', async (t) => {
+  const store = await createRedisPolicyStore({ url: single.url, prefix: 'turn:', batchDelayMs: 0 });
+  await store.ready();
+  t.after(() => store.close());
+  const before = await scriptCalls(single.port);
+  const counts = await Promise.all(
+    Array.from({ length: 10 }, (_, i) => store.addMessage('192.0.2.33', 60_000, Date.now() + i)),
+  );
+  assert.deepEqual(counts, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  assert.equal((await scriptCalls(single.port)) - before, 1);
+});
