@@ -35,38 +35,53 @@ import { parseStoreUrl, type StoreLocation } from './store-url.js';
 /**
  * Every operation of one batch (see Batches), in order, in ONE script: atomic, one server clock reading
  * (TIME) for all. KEYS[i] is operation i's key; ARGV[3i-2..3i] its code and two arguments:
- * - `o` lease open/renew (member, TTL ms): the live leases. A lease set lives as long as its longest lease.
+ * - `o` lease open/renew (member, TTL ms): the live leases.
  * - `c` lease release (member): the live leases left.
  * - `a` count a message (window ms, unique member): the messages in the window, this one included.
  * - `n` messages in the window (window ms): reads create no key.
  * Lease scores are server milliseconds, message scores server microseconds (below 2^53: exact in a
  * double), formatted with %.0f because Lua's default number format keeps only 14 digits. A message at
- * time s counts while now - s < window.
+ * time s counts while now - s < window. With one clock for the batch, each key is pruned once (what the
+ * batch adds is never due within it) and given its expiry once, after the last operation: a lease set
+ * lives as long as its longest lease, a message log one window after its last message.
  */
 const BATCH = `
 local t = redis.call('TIME')
 local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
+local usText = string.format('%.0f', us)
+local msText = string.format('%.0f', ms)
+local pruned, leaseSets, logs, out = {}, {}, {}, {}
 for i = 1, #KEYS do
   local k, op, x, y = KEYS[i], ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-  if op == 'o' then
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', ms))
-    redis.call('ZADD', k, string.format('%.0f', ms + tonumber(y)), x)
-    local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
-    redis.call('PEXPIREAT', k, last[2])
-  elseif op == 'c' then
-    redis.call('ZREM', k, x)
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', ms))
+  if op == 'o' or op == 'c' then
+    if not pruned[k] then
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', msText)
+      pruned[k] = true
+    end
+    if op == 'o' then
+      redis.call('ZADD', k, string.format('%.0f', ms + tonumber(y)), x)
+      leaseSets[k] = true
+    else
+      redis.call('ZREM', k, x)
+    end
   else
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', us - tonumber(x) * 1000))
+    if not pruned[k] then
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', us - tonumber(x) * 1000))
+      pruned[k] = true
+    end
     if op == 'a' then
-      redis.call('ZADD', k, string.format('%.0f', us), y)
-      redis.call('PEXPIRE', k, x)
+      redis.call('ZADD', k, usText, y)
+      logs[k] = x
     end
   end
   out[i] = redis.call('ZCARD', k)
 end
+for k in pairs(leaseSets) do
+  local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', k, last[2]) end
+end
+for k, w in pairs(logs) do redis.call('PEXPIRE', k, w) end
 return out
 `;
 
