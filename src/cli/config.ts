@@ -396,7 +396,7 @@ export function settingsToConfigObject(s: DaemonSettings): Record<string, unknow
       prefix: s.storePrefix,
       timeout: formatDuration(s.storeTimeout),
       leaseTtl: formatDuration(s.storeLeaseTtl),
-      batchDelay: formatDuration(s.storeBatchDelay),
+      batchInterval: formatDuration(s.storeBatchInterval),
       hashAddresses: s.storeHashAddresses,
       instances: s.storeInstances,
       readyz: s.storeReadyz,

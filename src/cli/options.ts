@@ -92,7 +92,7 @@ export interface DaemonSettings {
   storeTimeout: number;
   /** Life of a session lease that is not renewed (ms). */
   storeLeaseTtl: number;
-  storeBatchDelay: number;
+  storeBatchInterval: number;
   /** Store a hash of the client address in keys instead of the address. */
   storeHashAddresses: boolean;
   /** milterd instances sharing the store (`on-store-error: local` divides limits by it). */
@@ -444,17 +444,17 @@ export const SETTINGS: SettingsTable = {
     fromText: same((v) => positive(parseDuration(v))),
     fromFile: (v) => positive(parseDuration(v)),
   },
-  storeBatchDelay: {
-    flags: '--store-batch-delay <duration>',
-    env: 'MILTERD_STORE_BATCH_DELAY',
-    path: ['store', 'batchDelay'],
+  storeBatchInterval: {
+    flags: '--store-batch-interval <duration>',
+    env: 'MILTERD_STORE_BATCH_INTERVAL',
+    path: ['store', 'batchInterval'],
     description:
-      'Redis: the store operations of all sessions go out together; the first of a batch waits this long ' +
-      'for others (0: only those of the same event-loop turn)',
-    defaultValue: DEFAULTS.storeBatchDelayMs,
-    defaultText: `${DEFAULTS.storeBatchDelayMs}ms`,
-    fromText: same((v) => batchDelay(parseDuration(v))),
-    fromFile: (v) => batchDelay(parseDuration(v)),
+      'Redis: the least time between two store calls; the operations of all sessions arriving in ' +
+      'between go together in the next call (an idle instance sends at once)',
+    defaultValue: DEFAULTS.storeBatchIntervalMs,
+    defaultText: `${DEFAULTS.storeBatchIntervalMs}ms`,
+    fromText: same((v) => batchInterval(parseDuration(v))),
+    fromFile: (v) => batchInterval(parseDuration(v)),
   },
   storeHashAddresses: {
     flags: '--store-hash-addresses [bool]',
@@ -544,9 +544,9 @@ export const SETTINGS: SettingsTable = {
   },
 };
 
-function batchDelay(ms: number): number {
-  if (!(ms >= 0 && ms <= DEFAULTS.storeBatchDelayMaxMs)) {
-    throw new Error(`must be between 0 and ${DEFAULTS.storeBatchDelayMaxMs}ms`);
+function batchInterval(ms: number): number {
+  if (!(ms >= 0 && ms <= DEFAULTS.storeBatchIntervalMaxMs)) {
+    throw new Error(`must be between 0 and ${DEFAULTS.storeBatchIntervalMaxMs}ms`);
   }
   return ms;
 }

@@ -72,7 +72,7 @@ const RESTART_ONLY: ReadonlyArray<keyof DaemonSettings> = [
   'storePrefix',
   'storeTimeout',
   'storeLeaseTtl',
-  'storeBatchDelay',
+  'storeBatchInterval',
   'storeHashAddresses',
   'storeInstances',
   'storeReadyz',

@@ -62,7 +62,7 @@ export async function openPolicyStore(
     url: location,
     prefix: settings.storePrefix,
     leaseTtlMs: settings.storeLeaseTtl,
-    batchDelayMs: settings.storeBatchDelay,
+    batchIntervalMs: settings.storeBatchInterval,
     hashAddresses: settings.storeHashAddresses,
     ...(options.tls === undefined ? {} : { tls: options.tls }),
     onError: (err) => {

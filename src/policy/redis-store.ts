@@ -95,7 +95,7 @@ interface Batch {
   keys: string[];
   args: string[];
   settle: Array<{ resolve: (n: number) => void; reject: (err: unknown) => void }>;
-  /** Its delay is over: it goes as soon as its group has no call in flight. */
+  /** It may go: it goes as soon as its group has no call in flight. */
   due: boolean;
 }
 
@@ -103,23 +103,23 @@ type BatchCommand = (numKeys: number, ...keysThenArgs: string[]) => Promise<unkn
 
 /**
  * The sessions' operations, sent as one script call per group (standalone and Sentinel: one group;
- * Cluster: one per client, whose keys share a slot). A batch goes out `delayMs` after its first operation
- * (0: at the end of that event-loop turn), and a group has at most one call in flight: what arrives
- * meanwhile goes in the next call. Why: on loopback each round trip to Redis cost milterd about 250 µs of
- * CPU (a write, reads, an event-loop wake-up), far more than the operations it carries; one command per
- * operation made four per session. Measured in docs/benchmark.md.
+ * Cluster: one per client, whose keys share a slot), at most one call per `intervalMs` and one in flight
+ * per group: what arrives in between goes together in the next call. An idle group sends at the end of the
+ * event-loop turn (no wait); a busy one makes at most 1000 / intervalMs round trips a second, whatever its
+ * number of sessions. Why: on loopback each round trip cost milterd 100-250 µs of CPU (system calls,
+ * wake-ups, the client library), far more than the operations it carries (docs/benchmark.md).
  */
 class Batches {
-  // group -> the batch being filled; groups with a call in flight
+  // group -> the batch being filled; groups with a call in flight; group -> when its last call went
   readonly #filling = new Map<string, Batch>();
   readonly #inFlight = new Set<string>();
-  #turnScheduled = false;
+  readonly #lastSent = new Map<string, number>();
 
   constructor(
     readonly send: BatchCommand,
     /** The group of a key base: '' when every key may share one script (not a Cluster). */
     readonly groupOf: (keyBase: string) => string,
-    readonly delayMs: number,
+    readonly intervalMs: number,
   ) {}
 
   run(keyBase: string, key: string, op: OpCode, x: string, y: string): Promise<number> {
@@ -142,18 +142,13 @@ class Batches {
     return result;
   }
 
+  /** A new batch may go at the end of this turn, or once `intervalMs` has passed since the last call. */
   #schedule(group: string, batch: Batch): void {
-    if (this.delayMs > 0) {
-      setTimeout(() => this.#due(group, batch), this.delayMs);
-      return;
-    }
-    // After the I/O callbacks of this turn: every session's operation of this turn joins.
-    if (this.#turnScheduled) return;
-    this.#turnScheduled = true;
-    setImmediate(() => {
-      this.#turnScheduled = false;
-      for (const [g, b] of this.#filling) this.#due(g, b);
-    });
+    const wait = (this.#lastSent.get(group) ?? -Infinity) + this.intervalMs - performance.now();
+    // setImmediate: after the I/O callbacks of this turn, so that every session's operation of the
+    // turn joins.
+    if (wait <= 0) setImmediate(() => this.#due(group, batch));
+    else setTimeout(() => this.#due(group, batch), wait);
   }
 
   #due(group: string, batch: Batch): void {
@@ -166,10 +161,16 @@ class Batches {
   #send(group: string, batch: Batch): void {
     const { keys, args, settle } = batch;
     this.#inFlight.add(group);
+    this.#lastSent.set(group, performance.now());
     const done = (): void => {
       this.#inFlight.delete(group);
       const next = this.#filling.get(group);
-      if (next === undefined || !next.due) return;
+      if (next === undefined) {
+        // Nothing waits: forget the group (a Cluster has one per client).
+        if (this.#lastSent.size > KEY_CACHE) this.#lastSent.clear();
+        return;
+      }
+      if (!next.due) return;
       this.#filling.delete(group);
       this.#send(group, next);
     };
@@ -200,10 +201,10 @@ export interface RedisPolicyStoreOptions {
   /** Life of a lease not renewed (ms). Default DEFAULTS.storeLeaseTtlMs (60 s). */
   leaseTtlMs?: number;
   /**
-   * How long the first operation of a batch waits for others (ms; 0: those of the same event-loop turn).
-   * Default DEFAULTS.storeBatchDelayMs (2).
+   * The least time between two calls to Redis (ms, per group): operations arriving in between go together
+   * in the next call; an idle instance sends at once. Default DEFAULTS.storeBatchIntervalMs.
    */
-  batchDelayMs?: number;
+  batchIntervalMs?: number;
   /** Keys hold a SHA-256 of the client key instead of the client key. Default false. */
   hashAddresses?: boolean;
   /** TCP connect timeout (ms). Default 1000. */
@@ -252,12 +253,12 @@ export class RedisPolicyStore implements PolicyStore {
     client.defineCommand('milterdBatch', { lua: BATCH });
     const send = (client as unknown as { milterdBatch: BatchCommand }).milterdBatch.bind(client);
     // A Cluster runs a script on one shard: one batch per client (its keys share a hash tag, a slot).
-    const delay = options.batchDelayMs ?? DEFAULTS.storeBatchDelayMs;
-    if (!(delay >= 0) || !Number.isFinite(delay)) throw new Error('batchDelayMs must be 0 or more');
+    const interval = options.batchIntervalMs ?? DEFAULTS.storeBatchIntervalMs;
+    if (!(interval >= 0) || !Number.isFinite(interval)) throw new Error('batchIntervalMs must be 0 or more');
     this.#batches = new Batches(
       send,
       'isCluster' in client && client.isCluster ? (base) => base : () => '',
-      delay,
+      interval,
     );
   }
 

@@ -149,28 +149,29 @@ test('check-config: store URL checked, password never printed; a bad URL is a lo
   assert.match(rb.stderr, /bad\.yaml:2:\d+: store(\.url)?: unknown scheme "mysql:"/);
 });
 
-test('check-config: store.batchDelay defaults to 2ms, is read from the file and the flag, and is refused outside 0 to 20ms', async (t) => {
+test('check-config: store.batchInterval defaults to 5ms, is read from the file and the flag, and is refused outside 0 to 20ms', async (t) => {
   const dir = await tempDir(t);
   const file = join(dir, 'milterd.yaml');
-  await writeFile(file, 'store:\n  url: redis://127.0.0.1:6379/0\n  batchDelay: 5ms\n');
-  const batchDelay = async (args: string[]): Promise<string> => {
+  await writeFile(file, 'store:\n  url: redis://127.0.0.1:6379/0\n  batchInterval: 10ms\n');
+  const batchInterval = async (args: string[]): Promise<string> => {
     const r = await runMilterd(['check-config', ...args]);
     assert.equal(r.code, 0, r.stderr);
-    return (JSON.parse(r.stdout) as { config: { store: { batchDelay: string } } }).config.store.batchDelay;
+    return (JSON.parse(r.stdout) as { config: { store: { batchInterval: string } } }).config.store
+      .batchInterval;
   };
-  assert.equal(await batchDelay([]), '2ms');
-  assert.equal(await batchDelay([file]), '5ms');
-  assert.equal(await batchDelay(['--store-batch-delay', '0', file]), '0s');
+  assert.equal(await batchInterval([]), '5ms');
+  assert.equal(await batchInterval([file]), '10ms');
+  assert.equal(await batchInterval(['--store-batch-interval', '0', file]), '0s');
   // A bad flag is a usage error (2), a bad file value a configuration problem (3).
   for (const bad of ['21ms', '1s']) {
-    const r = await runMilterd(['check-config', '--store-batch-delay', bad]);
+    const r = await runMilterd(['check-config', '--store-batch-interval', bad]);
     assert.equal(r.code, 2, `${bad}: ${r.stderr}`);
-    assert.match(r.stderr, /store-batch-delay.*between 0 and 20ms/);
+    assert.match(r.stderr, /store-batch-interval.*between 0 and 20ms/);
   }
-  await writeFile(file, 'store:\n  batchDelay: 1s\n');
+  await writeFile(file, 'store:\n  batchInterval: 1s\n');
   const r = await runMilterd(['check-config', file]);
   assert.equal(r.code, 3, r.stderr);
-  assert.match(r.stderr, /milterd\.yaml:2:\d+: store\.batchDelay: must be between 0 and 20ms/);
+  assert.match(r.stderr, /milterd\.yaml:2:\d+: store\.batchInterval: must be between 0 and 20ms/);
 });
 
 test('serve over rediss:// (TLS): daemons trusting the private CA by --store-tls-ca, store.tlsCa (relative to the config file) and NODE_EXTRA_CA_CERTS share the concurrent-session limit', async (t) => {

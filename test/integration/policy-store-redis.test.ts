@@ -204,8 +204,8 @@ async function scriptCalls(port: number): Promise<number> {
 }
 
 test('Redis: the operations of many sessions go out as one script call, in order; what comes while a call is in flight goes in the next one', async (t) => {
-  // A long delay, so that every operation below is issued inside one batch's delay.
-  const store = await createRedisPolicyStore({ url: single.url, prefix: 'batch:', batchDelayMs: 15 });
+  // A long interval: what follows a call within it waits for the next one.
+  const store = await createRedisPolicyStore({ url: single.url, prefix: 'batch:', batchIntervalMs: 15 });
   await store.ready();
   t.after(() => store.close());
   const before = await scriptCalls(single.port);
@@ -247,8 +247,8 @@ test('Redis: the operations of many sessions go out as one script call, in order
   assert.equal((await scriptCalls(single.port)) - mid, 2);
 });
 
-test('Redis: batchDelayMs 0 sends the operations of one event-loop turn together', async (t) => {
-  const store = await createRedisPolicyStore({ url: single.url, prefix: 'turn:', batchDelayMs: 0 });
+test('Redis: batchIntervalMs 0 sends the operations of one event-loop turn together', async (t) => {
+  const store = await createRedisPolicyStore({ url: single.url, prefix: 'turn:', batchIntervalMs: 0 });
   await store.ready();
   t.after(() => store.close());
   const before = await scriptCalls(single.port);
@@ -257,4 +257,22 @@ test('Redis: batchDelayMs 0 sends the operations of one event-loop turn together
   );
   assert.deepEqual(counts, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   assert.equal((await scriptCalls(single.port)) - before, 1);
+});
+
+test('Redis: at most one call per batchIntervalMs: the first operation goes at once, those of the next interval together', async (t) => {
+  const store = await createRedisPolicyStore({ url: single.url, prefix: 'pace:', batchIntervalMs: 1000 });
+  await store.ready();
+  t.after(() => store.close());
+  const before = await scriptCalls(single.port);
+  const pending: Array<Promise<number>> = [];
+  for (let i = 0; i < 10; i++) {
+    pending.push(store.addMessage('192.0.2.34', 60_000, Date.now()));
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  // The first went at once (an idle store does not wait) and is answered within the interval.
+  assert.equal(await pending[0], 1);
+  assert.equal((await scriptCalls(single.port)) - before, 1);
+  // The nine others went together, one interval after the first call.
+  assert.deepEqual(await Promise.all(pending.slice(1)), [2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  assert.equal((await scriptCalls(single.port)) - before, 2);
 });
