@@ -21,6 +21,7 @@ import type {
 import { zeroCounters } from './types.js';
 import { GuardedStore } from './guarded-store.js';
 import { MilterStoreError } from '../errors.js';
+import { chain } from '../session/decision.js';
 
 const CLASS: Readonly<Record<OutcomeKind, OutcomeClass>> = {
   accepted: 'accepted',
@@ -167,9 +168,9 @@ export class SessionTracker {
       const now = this.policy.now();
       this.#storeKey = key;
       // Concurrently: a shared store sends both in one call.
-      const opened = this.#store(logger, async () => {
-        this.#concurrent = await store.sessionOpened(key, this.connectionId, now);
-      });
+      const opened = this.#store(logger, () =>
+        chain(store.sessionOpened(key, this.connectionId, now), (n) => void (this.#concurrent = n)),
+      );
       await this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
       this.#sessionsFailed = !(await opened);
       if (this.#sessionsFailed) this.#concurrent = 0;
@@ -217,24 +218,29 @@ export class SessionTracker {
   }
 
   /** Read (or add to) every tracked window; a failure zeroes them all and marks the counts as failed. */
-  async #countMessages(
+  // Plain promise chains, not async closures: this runs for every store call of every session, and each
+  // async layer costs a promise and a microtask turn.
+  #countMessages(
     logger: LazyLogger,
     key: string,
     count: (windowMs: number) => number | Promise<number>,
-  ): Promise<void> {
+  ): Promise<void> | undefined {
     const windows = this.policy.clientWindows;
-    if (windows.length === 0) return;
-    this.#messagesFailed = !(await this.#store(logger, async () => {
+    if (windows.length === 0) return undefined;
+    const counted = this.#store(logger, () => {
       if (windows.length === 1) {
         // The usual case (one `window` in the rules): no arrays.
         const w = windows[0] as number;
-        this.#windows[w] = await count(w);
-        return;
+        return chain(count(w), (n) => void (this.#windows[w] = n));
       }
-      const counts = await Promise.all(windows.map(count));
-      windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
-    }));
-    if (this.#messagesFailed) for (const w of windows) this.#windows[w] = 0;
+      return Promise.all(windows.map(count)).then((counts) => {
+        windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
+      });
+    });
+    return counted.then((ok) => {
+      this.#messagesFailed = !ok;
+      if (!ok) for (const w of windows) this.#windows[w] = 0;
+    });
   }
 
   /**
@@ -379,17 +385,19 @@ export class SessionTracker {
    * Logged at warn, except while the circuit breaker is open (then every call fails at once: the
    * breaker's own state change was the line worth reading, and metrics count the rest).
    */
-  async #store(logger: LazyLogger, fn: () => unknown): Promise<boolean> {
-    try {
-      await fn();
-      return true;
-    } catch (err) {
+  #store(logger: LazyLogger, fn: () => unknown): Promise<boolean> {
+    const failed = (err: unknown): boolean => {
       const open = err instanceof MilterStoreError && err.code === 'ERR_MILTER_STORE_UNAVAILABLE';
       logger()[open ? 'debug' : 'warn'](
         { err },
         'shutdown policy store failed; rules apply their on-store-error',
       );
       return false;
+    };
+    try {
+      return Promise.resolve(fn()).then(() => true, failed);
+    } catch (err) {
+      return Promise.resolve(failed(err));
     }
   }
 }
