@@ -12,7 +12,7 @@ import { createRedisPolicyStore, type RedisPolicyStore } from '../../src/policy/
 import { createShutdownPolicy, type OnStoreError } from '../../src/policy/rules.js';
 import { withShutdownPolicy } from '../../src/policy/wrapper.js';
 import { RedisServer } from '../helpers/redis.js';
-import { FakeMta } from '../unit/policy/fake-context.js';
+import { FakeMta, heldSessions } from '../unit/policy/fake-context.js';
 import { until } from '../unit/policy/store-suite.js';
 
 let redis: RedisServer;
@@ -118,26 +118,15 @@ async function verdicts(onStoreError: OnStoreError | undefined, instances: numbe
   );
   const filter = withShutdownPolicy({}, policy);
   redis.pause();
-  const out: string[] = [];
-  const mtas: FakeMta[] = [];
+  let held: Awaited<ReturnType<typeof heldSessions>> | undefined;
   try {
-    for (let i = 0; i < 4; i++) {
-      const mta = new FakeMta(filter, `s${i}`, {
-        hostname: 'c',
-        family: 'inet',
-        port: 1,
-        address: '192.0.2.9',
-      });
-      mtas.push(mta);
-      await mta.connect();
-      out.push(String(await mta.helo()));
-    }
+    held = await heldSessions(filter, '192.0.2.9', 4);
   } finally {
     redis.resume();
-    for (const m of mtas) await m.close();
+    await held?.close();
     await guard.close();
   }
-  return out;
+  return held.helos;
 }
 
 test('on-store-error with Redis frozen: allow lets every session in (the default), tempfail answers 421, local applies limit / instances to this instance', async () => {

@@ -23,7 +23,7 @@ import { createShutdownPolicy, type OnStoreError } from '../../src/policy/rules.
 import { withShutdownPolicy } from '../../src/policy/wrapper.js';
 import { makeTestPki, RedisCluster, RedisServer, redisCommand, type TestPki } from '../helpers/redis.js';
 import { tempDir } from '../helpers/wait.js';
-import { FakeMta } from '../unit/policy/fake-context.js';
+import { heldSessions } from '../unit/policy/fake-context.js';
 import { storeSuite, until } from '../unit/policy/store-suite.js';
 
 let server: RedisServer;
@@ -165,25 +165,13 @@ async function untrustedVerdicts(onStoreError: OnStoreError | undefined): Promis
     { store: guard },
   );
   const filter = withShutdownPolicy({}, policy);
-  const out: string[] = [];
-  const mtas: FakeMta[] = [];
   try {
-    for (let i = 0; i < 4; i++) {
-      const mta = new FakeMta(filter, `s${i}`, {
-        hostname: 'c',
-        family: 'inet',
-        port: 1,
-        address: '192.0.2.3',
-      });
-      mtas.push(mta);
-      await mta.connect();
-      out.push(String(await mta.helo()));
-    }
+    const held = await heldSessions(filter, '192.0.2.3', 4);
+    await held.close();
+    return held.helos;
   } finally {
-    for (const m of mtas) await m.close();
     await guard.close();
   }
-  return out;
 }
 
 test("TLS: with the certificate not trusted, each rule's on-store-error decides: allow (default) lets every session in, tempfail answers 421, local counts here", async () => {

@@ -5,18 +5,15 @@
  * played through a real session (testFilter), the upstream over a real loopback socket.
  */
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { test, type TestContext } from 'node:test';
 import type { BodyDecision, Filter } from '../../../src/filter.js';
 import { pipeline } from '../../../src/pipeline/index.js';
 import { upstreamFilter } from '../../../src/pipeline/upstream.js';
-import { decodeCommand } from '../../../src/protocol/decode.js';
-import { encodeResponse } from '../../../src/protocol/encode.js';
 import { SMFIP_SKIP } from '../../../src/protocol/constants.js';
-import { FrameDecoder } from '../../../src/protocol/frame.js';
 import { outsideBody } from '../../../src/session/decision.js';
 import { testFilter } from '../../../src/testing/index.js';
 import { memoryLogger, type MemoryLog } from '../../helpers/logs.js';
+import { startFakeFilter } from '../client/fake-filter.js';
 
 const MESSAGE = {
   sender: '<alice@example.org>',
@@ -85,26 +82,19 @@ test('pipeline: a member answering skip outside the body (a JavaScript caller) i
 
 /** An upstream milter that answers SMFIR_SKIP to every command but EOM; closed after the test. */
 async function skippingUpstream(t: TestContext): Promise<string> {
-  const server = net.createServer((socket) => {
-    const decoder = new FrameDecoder(1 << 20);
-    socket.on('data', (chunk) => {
-      decoder.push(chunk);
-      for (let f = decoder.next(); f !== undefined; f = decoder.next()) {
-        const cmd = decodeCommand(f);
-        if (cmd.kind === 'optneg') {
-          // Every step, a reply to each, and SKIP (when offered) for the body.
-          socket.write(
-            encodeResponse({ kind: 'optneg', version: 6, actions: 0, protocol: cmd.protocol & SMFIP_SKIP }),
-          );
-        } else if (cmd.kind === 'eom') socket.write(encodeResponse({ kind: 'continue' }));
-        else if (cmd.kind === 'quit') socket.end();
-        else if (cmd.kind !== 'macro' && cmd.kind !== 'abort') socket.write(encodeResponse({ kind: 'skip' }));
+  const fake = await startFakeFilter(
+    { kind: 'optneg', version: 6, actions: 0, protocol: 0 },
+    (cmd, fallback) => {
+      // Every step, a reply to each, and SKIP (when offered) for the body.
+      if (cmd.kind === 'optneg') {
+        return [{ kind: 'optneg', version: 6, actions: 0, protocol: cmd.protocol & SMFIP_SKIP }];
       }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  return `inet:${(server.address() as net.AddressInfo).port}@127.0.0.1`;
+      const own = cmd.kind === 'eom' || cmd.kind === 'quit' || cmd.kind === 'macro' || cmd.kind === 'abort';
+      return own || cmd.kind === 'quitNewConnection' ? fallback() : [{ kind: 'skip' }];
+    },
+  );
+  t.after(() => fake.close());
+  return fake.spec;
 }
 
 test('upstream: a milter answering SMFIR_SKIP outside the body is continue to the MTA; at body its skip stays skip', async (t) => {

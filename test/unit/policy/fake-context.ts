@@ -207,3 +207,31 @@ export class FakeMta<P = unknown> {
     await this.filter.close?.(this.ctx);
   }
 }
+
+/**
+ * `n` sessions of one client opened one after the other (CONNECT, HELO) and held: the HELO reply of each
+ * (where a concurrent-session limit shows), and a function that closes them all.
+ */
+export async function heldSessions(
+  filter: Filter<unknown>,
+  address: string,
+  n: number,
+): Promise<{ helos: Seen[]; close: () => Promise<void> }> {
+  const mtas: FakeMta[] = [];
+  const helos: Seen[] = [];
+  const close = async (): Promise<void> => {
+    for (const m of mtas) await m.close();
+  };
+  try {
+    for (let i = 0; i < n; i++) {
+      const mta = new FakeMta(filter, `s${i}`, { hostname: 'c', family: 'inet', port: 1, address });
+      mtas.push(mta);
+      await mta.connect();
+      helos.push(await mta.helo());
+    }
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return { helos, close };
+}
