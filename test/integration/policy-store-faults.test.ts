@@ -12,7 +12,7 @@ import { createRedisPolicyStore, type RedisPolicyStore } from '../../src/policy/
 import { createShutdownPolicy, type OnStoreError } from '../../src/policy/rules.js';
 import { withShutdownPolicy } from '../../src/policy/wrapper.js';
 import { RedisServer } from '../helpers/redis.js';
-import { FakeMta, heldSessions } from '../unit/policy/fake-context.js';
+import { FakeMta, concurrencyLimited, heldSessions } from '../unit/policy/fake-context.js';
 import { until } from '../unit/policy/store-suite.js';
 
 let redis: RedisServer;
@@ -103,20 +103,7 @@ test('killed: calls fail fast (no offline queue) with ERR_MILTER_STORE_FAILED; r
 
 async function verdicts(onStoreError: OnStoreError | undefined, instances: number): Promise<string[]> {
   const { guard } = await guarded({ instances, openMs: 60_000 });
-  const policy = createShutdownPolicy(
-    {
-      dryRun: false,
-      rules: [
-        {
-          name: 'conc',
-          limit: { kind: 'max-concurrent-sessions', max: 4 },
-          ...(onStoreError === undefined ? {} : { onStoreError }),
-        },
-      ],
-    },
-    { store: guard },
-  );
-  const filter = withShutdownPolicy({}, policy);
+  const filter = concurrencyLimited(guard, 4, onStoreError);
   redis.pause();
   let held: Awaited<ReturnType<typeof heldSessions>> | undefined;
   try {

@@ -19,11 +19,10 @@ import {
   type RedisPolicyStore,
   type RedisStoreTls,
 } from '../../src/policy/redis-store.js';
-import { createShutdownPolicy, type OnStoreError } from '../../src/policy/rules.js';
-import { withShutdownPolicy } from '../../src/policy/wrapper.js';
+import type { OnStoreError } from '../../src/policy/rules.js';
 import { makeTestPki, RedisCluster, RedisServer, redisCommand, type TestPki } from '../helpers/redis.js';
 import { tempDir } from '../helpers/wait.js';
-import { heldSessions } from '../unit/policy/fake-context.js';
+import { concurrencyLimited, heldSessions } from '../unit/policy/fake-context.js';
 import { storeSuite, until } from '../unit/policy/store-suite.js';
 
 let server: RedisServer;
@@ -151,20 +150,7 @@ async function untrustedVerdicts(onStoreError: OnStoreError | undefined): Promis
     async () => errors.some((e) => /not trusted/.test(storeErrorMessage(e))),
     'the certificate to be refused',
   );
-  const policy = createShutdownPolicy(
-    {
-      dryRun: false,
-      rules: [
-        {
-          name: 'conc',
-          limit: { kind: 'max-concurrent-sessions', max: 2 },
-          ...(onStoreError === undefined ? {} : { onStoreError }),
-        },
-      ],
-    },
-    { store: guard },
-  );
-  const filter = withShutdownPolicy({}, policy);
+  const filter = concurrencyLimited(guard, 2, onStoreError);
   try {
     const held = await heldSessions(filter, '192.0.2.3', 4);
     await held.close();

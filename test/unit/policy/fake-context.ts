@@ -15,6 +15,9 @@ import type {
   NegotiatedOptions,
 } from '../../../src/filter.js';
 import { memoryLogger, type MemoryLog } from '../../helpers/logs.js';
+import { createShutdownPolicy, type OnStoreError } from '../../../src/policy/rules.js';
+import type { PolicyStore } from '../../../src/policy/store.js';
+import { withShutdownPolicy } from '../../../src/policy/wrapper.js';
 
 /** A fake context: macros are set by the test per stage, modifications are recorded. */
 export class FakeContext<P = unknown> implements EomContext<P> {
@@ -234,4 +237,18 @@ export async function heldSessions(
     throw err;
   }
   return { helos, close };
+}
+
+/** An empty filter under one rule: at most `max` concurrent sessions per client, counted in `store`. */
+export function concurrencyLimited(
+  store: PolicyStore,
+  max: number,
+  onStoreError?: OnStoreError,
+): Filter<unknown> {
+  const rule = { name: 'conc', limit: { kind: 'max-concurrent-sessions', max } as const };
+  const policy = createShutdownPolicy(
+    { dryRun: false, rules: [onStoreError === undefined ? rule : { ...rule, onStoreError }] },
+    { store },
+  );
+  return withShutdownPolicy({}, policy);
 }
