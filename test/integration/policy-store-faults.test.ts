@@ -6,14 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { MilterStoreError } from '../../src/errors.js';
 import { GuardedStore, type StoreCallEvent } from '../../src/policy/guarded-store.js';
 import { createRedisPolicyStore, type RedisPolicyStore } from '../../src/policy/redis-store.js';
 import { createShutdownPolicy, type OnStoreError } from '../../src/policy/rules.js';
 import { withShutdownPolicy } from '../../src/policy/wrapper.js';
 import { RedisServer } from '../helpers/redis.js';
 import { FakeMta, concurrencyLimited, heldSessions } from '../unit/policy/fake-context.js';
-import { until } from '../unit/policy/store-suite.js';
+import { storeCallCode as code, until } from '../unit/policy/store-suite.js';
 
 let redis: RedisServer;
 before(async () => {
@@ -39,16 +38,6 @@ async function guarded(options: { openMs?: number; instances?: number } = {}): P
     onCall: (e) => calls.push(e),
   });
   return { guard, inner, calls };
-}
-
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (err) {
-    assert.ok(err instanceof MilterStoreError, String(err));
-    return err.code;
-  }
 }
 
 test('SIGSTOP: calls fail at the deadline, then the breaker opens and nothing is called; SIGCONT: the probe closes it', async (t) => {

@@ -12,7 +12,6 @@ import { TLSSocket } from 'node:tls';
 import { after, before, test } from 'node:test';
 import type { Cluster, Redis } from 'ioredis';
 import { storeErrorMessage } from '../../src/cli/store-source.js';
-import { MilterStoreError } from '../../src/errors.js';
 import { GuardedStore } from '../../src/policy/guarded-store.js';
 import {
   createRedisPolicyStore,
@@ -23,7 +22,7 @@ import type { OnStoreError } from '../../src/policy/rules.js';
 import { makeTestPki, RedisCluster, RedisServer, redisCommand, type TestPki } from '../helpers/redis.js';
 import { tempDir } from '../helpers/wait.js';
 import { concurrencyLimited, heldSessions } from '../unit/policy/fake-context.js';
-import { storeSuite, until } from '../unit/policy/store-suite.js';
+import { storeCallCode as code, storeSuite, until } from '../unit/policy/store-suite.js';
 
 let server: RedisServer;
 let mutual: RedisServer;
@@ -54,16 +53,6 @@ async function open(
   options: { leaseTtlMs?: number; onError?: (err: Error) => void } = {},
 ): Promise<RedisPolicyStore> {
   return createRedisPolicyStore({ url, prefix: prefix(), ...(tls === undefined ? {} : { tls }), ...options });
-}
-
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (err) {
-    assert.ok(err instanceof MilterStoreError, String(err));
-    return err.code;
-  }
 }
 
 for (const [name, url, trust] of [

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { test } from 'node:test';
+import { MilterStoreError } from '../../../src/errors.js';
 import type { PolicyStore } from '../../../src/policy/store.js';
 
 export interface SuiteStore {
@@ -128,4 +129,15 @@ export function storeSuite(name: string, factory: StoreFactory): void {
     // After the window passed, a new message starts from 1: exactly N in any window, never 2N.
     assert.equal(await store.addMessage(c, W, Date.now()), 1);
   });
+}
+
+/** 'ok' when `p` resolves, else the MilterStoreError code it rejects with (anything else fails the test). */
+export async function storeCallCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'ok';
+  } catch (err) {
+    assert.ok(err instanceof MilterStoreError, String(err));
+    return err.code;
+  }
 }
