@@ -34,6 +34,55 @@ export interface GuardedStoreOptions {
   onCall?: (event: StoreCallEvent) => void;
 }
 
+interface Deadline {
+  /** performance.now() time at which the call fails unless settled. */
+  readonly at: number;
+  settled: boolean;
+  readonly expire: () => void;
+}
+
+/**
+ * The deadlines of the calls in flight, with one timer: every call gets the same timeout, so they expire in
+ * the order they started (a queue, no timer per call: the store is called four times per session). A
+ * settled call stays queued until the head passes it.
+ */
+class Deadlines {
+  readonly #queue: Deadline[] = [];
+  #head = 0;
+  #timer: NodeJS.Timeout | undefined;
+
+  add(d: Deadline): void {
+    this.#queue.push(d);
+    if (this.#timer === undefined) this.#arm(d.at - performance.now());
+  }
+
+  #arm(ms: number): void {
+    this.#timer = setTimeout(() => this.#expire(), Math.max(0, ms));
+  }
+
+  #expire(): void {
+    this.#timer = undefined;
+    const q = this.#queue;
+    const now = performance.now();
+    while (this.#head < q.length) {
+      const d = q[this.#head] as Deadline;
+      if (!d.settled && d.at > now) break;
+      this.#head++;
+      if (!d.settled) d.expire();
+    }
+    if (this.#head === q.length) {
+      q.length = 0;
+      this.#head = 0;
+      return;
+    }
+    if (this.#head > 1024) {
+      q.splice(0, this.#head);
+      this.#head = 0;
+    }
+    this.#arm((q[this.#head] as Deadline).at - now);
+  }
+}
+
 export class GuardedStore implements PolicyStore {
   readonly timeoutMs: number;
   readonly instances: number;
@@ -41,6 +90,7 @@ export class GuardedStore implements PolicyStore {
   /** This instance's own counts, for `on-store-error: local`. */
   readonly local: MemoryPolicyStore;
   readonly #onCall: ((event: StoreCallEvent) => void) | undefined;
+  readonly #deadlines = new Deadlines();
 
   constructor(
     readonly inner: PolicyStore,
@@ -110,7 +160,7 @@ export class GuardedStore implements PolicyStore {
       const fail = (err: unknown): void => {
         if (settled) return;
         settled = true;
-        clearTimeout(timer);
+        deadline.settled = true;
         const error =
           err instanceof MilterStoreError
             ? err
@@ -126,19 +176,23 @@ export class GuardedStore implements PolicyStore {
       const ok = (value: T): void => {
         if (settled) return;
         settled = true;
-        clearTimeout(timer);
+        deadline.settled = true;
         this.breaker.success();
         this.#onCall?.({ op, seconds: (performance.now() - started) / 1000 });
         resolve(value);
       };
-      const timer = setTimeout(() => {
-        fail(
-          new MilterStoreError(
-            'ERR_MILTER_STORE_TIMEOUT',
-            `policy store did not answer within ${this.timeoutMs} ms`,
+      const deadline: Deadline = {
+        at: started + this.timeoutMs,
+        settled: false,
+        expire: () =>
+          fail(
+            new MilterStoreError(
+              'ERR_MILTER_STORE_TIMEOUT',
+              `policy store did not answer within ${this.timeoutMs} ms`,
+            ),
           ),
-        );
-      }, this.timeoutMs);
+      };
+      this.#deadlines.add(deadline);
       let result: T | PromiseLike<T>;
       try {
         result = fn();

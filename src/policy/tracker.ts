@@ -80,6 +80,8 @@ function renewalsOf(periodMs: number): Renewals {
   return r;
 }
 
+const NO_STORE_ERRORS = Object.freeze({ sessions: false, messages: false });
+
 const COUNTER: Readonly<Record<OutcomeKind, keyof SessionCounters>> = {
   accepted: 'messagesAccepted',
   discarded: 'messagesDiscarded',
@@ -332,11 +334,7 @@ export class SessionTracker {
       failures: c.messagesRejected + c.messagesTempfailed,
       lastOutcome: this.lastOutcome,
       recipient,
-      clientStats: Object.freeze({
-        concurrentSessions: this.#concurrent,
-        messagesInWindow: Object.freeze({ ...this.#windows }),
-        ...this.#fallback(),
-      }),
+      clientStats: this.#clientStats(),
     });
   }
 
@@ -348,22 +346,40 @@ export class SessionTracker {
     }
   }
 
-  /** What `on-store-error` needs: which counts failed, and this instance's own counts. */
-  #fallback(): Pick<ClientStats, 'storeErrors' | 'local'> {
+  /**
+   * The cross-session counts, and what `on-store-error` needs: which counts failed, and (read lazily:
+   * only `on-store-error: local` after a failure, or a hook that asks, reads it) this instance's own counts.
+   */
+  #clientStats(): ClientStats {
+    const concurrentSessions = this.#concurrent;
+    const messagesInWindow = Object.freeze({ ...this.#windows });
     const store = this.policy.store;
     const key = this.#storeKey;
-    if (!(store instanceof GuardedStore) || key === undefined) return {};
+    if (!(store instanceof GuardedStore) || key === undefined) {
+      return Object.freeze({ concurrentSessions, messagesInWindow });
+    }
+    const failed = this.#sessionsFailed || this.#messagesFailed;
+    const storeErrors = failed
+      ? Object.freeze({ sessions: this.#sessionsFailed, messages: this.#messagesFailed })
+      : NO_STORE_ERRORS;
     const now = this.policy.now();
-    const messagesInWindow: Record<number, number> = {};
-    for (const w of this.policy.clientWindows) messagesInWindow[w] = store.local.messageCount(key, w, now);
-    return {
-      storeErrors: Object.freeze({ sessions: this.#sessionsFailed, messages: this.#messagesFailed }),
-      local: Object.freeze({
-        concurrentSessions: store.local.sessionCount(key, now),
-        messagesInWindow: Object.freeze(messagesInWindow),
-        instances: store.instances,
-      }),
-    };
+    const windows = this.policy.clientWindows;
+    let local: ClientStats['local'];
+    return Object.freeze({
+      concurrentSessions,
+      messagesInWindow,
+      storeErrors,
+      get local(): ClientStats['local'] {
+        if (local !== undefined) return local;
+        const counts: Record<number, number> = {};
+        for (const w of windows) counts[w] = store.local.messageCount(key, w, now);
+        return (local = Object.freeze({
+          concurrentSessions: store.local.sessionCount(key, now),
+          messagesInWindow: Object.freeze(counts),
+          instances: store.instances,
+        }));
+      },
+    });
   }
 
   /** The session ended: release its lease. Idempotent, never throws. */
