@@ -110,9 +110,10 @@ type BatchCommand = (numKeys: number, ...keysThenArgs: string[]) => Promise<unkn
  * wake-ups, the client library), far more than the operations it carries (docs/benchmark.md).
  */
 class Batches {
-  // group -> the batch being filled; groups with a call in flight; group -> when its last call went
+  // group -> the batch being filled; group -> its calls in flight (1, or 2 beside a full batch); group ->
+  // when its last call went
   readonly #filling = new Map<string, Batch>();
-  readonly #inFlight = new Set<string>();
+  readonly #inFlight = new Map<string, number>();
   readonly #lastSent = new Map<string, number>();
 
   constructor(
@@ -160,13 +161,18 @@ class Batches {
 
   #send(group: string, batch: Batch): void {
     const { keys, args, settle } = batch;
-    this.#inFlight.add(group);
+    this.#inFlight.set(group, (this.#inFlight.get(group) ?? 0) + 1);
     this.#lastSent.set(group, performance.now());
     const done = (): void => {
+      const left = (this.#inFlight.get(group) ?? 1) - 1;
+      if (left > 0) {
+        this.#inFlight.set(group, left);
+        return;
+      }
       this.#inFlight.delete(group);
       const next = this.#filling.get(group);
       if (next === undefined) {
-        // Nothing waits: forget the group (a Cluster has one per client).
+        // A Cluster has a group per client: bound what is remembered of them.
         if (this.#lastSent.size > KEY_CACHE) this.#lastSent.clear();
         return;
       }
@@ -174,19 +180,29 @@ class Batches {
       this.#filling.delete(group);
       this.#send(group, next);
     };
-    this.send(keys.length, ...keys, ...args).then(
-      (out) => {
-        const results = out as unknown[];
-        for (let i = 0; i < settle.length; i++) {
-          (settle[i] as Batch['settle'][number]).resolve(Number(results[i]));
-        }
-        done();
-      },
-      (err: unknown) => {
-        for (const s of settle) s.reject(err);
-        done();
-      },
-    );
+    const failed = (err: unknown): void => {
+      for (const s of settle) s.reject(err);
+      done();
+    };
+    let call: Promise<unknown>;
+    try {
+      call = this.send(keys.length, ...keys, ...args);
+    } catch (err) {
+      // A client that throws instead of rejecting must not leave the group "in flight" for ever.
+      failed(err);
+      return;
+    }
+    call.then((out) => {
+      // One integer per operation, or the batch failed (a proxy or server that is not Redis).
+      if (!Array.isArray(out) || out.length !== settle.length || !out.every(Number.isInteger)) {
+        failed(new Error(`unexpected reply to the batch script: ${JSON.stringify(out)?.slice(0, 80)}`));
+        return;
+      }
+      for (let i = 0; i < settle.length; i++) {
+        (settle[i] as Batch['settle'][number]).resolve(out[i] as number);
+      }
+      done();
+    }, failed);
   }
 }
 

@@ -276,3 +276,18 @@ test('Redis: at most one call per batchIntervalMs: the first operation goes at o
   assert.deepEqual(await Promise.all(pending.slice(1)), [2, 3, 4, 5, 6, 7, 8, 9, 10]);
   assert.equal((await scriptCalls(single.port)) - before, 2);
 });
+
+test('Redis: a batch of 256 operations goes out at once; the rest follow in the next call, all answered in order', async (t) => {
+  const store = await createRedisPolicyStore({ url: single.url, prefix: 'full:', batchIntervalMs: 0 });
+  await store.ready();
+  t.after(() => store.close());
+  const before = await scriptCalls(single.port);
+  const counts = await Promise.all(
+    Array.from({ length: 300 }, () => store.addMessage('192.0.2.35', 60_000, Date.now())),
+  );
+  assert.deepEqual(
+    counts,
+    Array.from({ length: 300 }, (_, i) => i + 1),
+  );
+  assert.equal((await scriptCalls(single.port)) - before, 2);
+});
