@@ -118,13 +118,13 @@ class Batches {
 
   constructor(
     readonly send: BatchCommand,
-    /** The group of a key base: '' when every key may share one script (not a Cluster). */
-    readonly groupOf: (keyBase: string) => string,
+    /** The group of a key: '' when every key may share one script (not a Cluster). */
+    readonly groupOf: (key: string) => string,
     readonly intervalMs: number,
   ) {}
 
-  run(keyBase: string, key: string, op: OpCode, x: string, y: string): Promise<number> {
-    const group = this.groupOf(keyBase);
+  run(key: string, op: OpCode, x: string, y: string): Promise<number> {
+    const group = this.groupOf(key);
     let batch = this.#filling.get(group);
     if (batch === undefined) {
       batch = { keys: [], args: [], settle: [], due: false };
@@ -268,12 +268,13 @@ export class RedisPolicyStore implements PolicyStore {
     this.#client = client;
     client.defineCommand('milterdBatch', { lua: BATCH });
     const send = (client as unknown as { milterdBatch: BatchCommand }).milterdBatch.bind(client);
-    // A Cluster runs a script on one shard: one batch per client (its keys share a hash tag, a slot).
+    // A Cluster runs a script on one shard: one batch per client, whose keys share the hash tag (a slot):
+    // the key up to its `}` (the prefix has no braces).
     const interval = options.batchIntervalMs ?? DEFAULTS.storeBatchIntervalMs;
     if (!(interval >= 0) || !Number.isFinite(interval)) throw new Error('batchIntervalMs must be 0 or more');
     this.#batches = new Batches(
       send,
-      'isCluster' in client && client.isCluster ? (base) => base : () => '',
+      'isCluster' in client && client.isCluster ? (key) => key.slice(0, key.indexOf('}') + 1) : () => '',
       interval,
     );
   }
@@ -306,24 +307,20 @@ export class RedisPolicyStore implements PolicyStore {
 
   // `_now` (the policy clock) is ignored: the script reads the server's TIME.
   sessionOpened(client: string, sessionId: string, _now?: number): Promise<number> {
-    const base = this.keyBase(client);
-    return this.#batches.run(base, `${base}:l`, 'o', this.#member(sessionId), String(this.leaseTtlMs));
+    return this.#batches.run(this.leaseKey(client), 'o', this.#member(sessionId), String(this.leaseTtlMs));
   }
 
   async sessionClosed(client: string, sessionId: string, _now?: number): Promise<void> {
-    const base = this.keyBase(client);
-    await this.#batches.run(base, `${base}:l`, 'c', this.#member(sessionId), '');
+    await this.#batches.run(this.leaseKey(client), 'c', this.#member(sessionId), '');
   }
 
   addMessage(client: string, windowMs: number, _now?: number): Promise<number> {
-    const base = this.keyBase(client);
     const member = `${this.#instance}:${(this.#seq = (this.#seq + 1) % Number.MAX_SAFE_INTEGER)}`;
-    return this.#batches.run(base, `${base}:m:${windowMs}`, 'a', String(Math.ceil(windowMs)), member);
+    return this.#batches.run(this.messageKey(client, windowMs), 'a', String(Math.ceil(windowMs)), member);
   }
 
   messageCount(client: string, windowMs: number, _now?: number): Promise<number> {
-    const base = this.keyBase(client);
-    return this.#batches.run(base, `${base}:m:${windowMs}`, 'n', String(Math.ceil(windowMs)), '');
+    return this.#batches.run(this.messageKey(client, windowMs), 'n', String(Math.ceil(windowMs)), '');
   }
 
   // Lease members must be unique across the fleet; connection ids are unique only in one process.
