@@ -156,10 +156,20 @@ export class GuardedStore implements PolicyStore {
     }
     const started = performance.now();
     return new Promise<T>((resolve, reject) => {
-      let settled = false;
+      // Settled once, by the answer, a failure or the deadline: what comes after is of no use any more.
+      const deadline: Deadline = {
+        at: started + this.timeoutMs,
+        settled: false,
+        expire: () =>
+          fail(
+            new MilterStoreError(
+              'ERR_MILTER_STORE_TIMEOUT',
+              `policy store did not answer within ${this.timeoutMs} ms`,
+            ),
+          ),
+      };
       const fail = (err: unknown): void => {
-        if (settled) return;
-        settled = true;
+        if (deadline.settled) return;
         deadline.settled = true;
         const error =
           err instanceof MilterStoreError
@@ -174,23 +184,11 @@ export class GuardedStore implements PolicyStore {
         reject(error);
       };
       const ok = (value: T): void => {
-        if (settled) return;
-        settled = true;
+        if (deadline.settled) return;
         deadline.settled = true;
         this.breaker.success();
         this.#onCall?.({ op, seconds: (performance.now() - started) / 1000 });
         resolve(value);
-      };
-      const deadline: Deadline = {
-        at: started + this.timeoutMs,
-        settled: false,
-        expire: () =>
-          fail(
-            new MilterStoreError(
-              'ERR_MILTER_STORE_TIMEOUT',
-              `policy store did not answer within ${this.timeoutMs} ms`,
-            ),
-          ),
       };
       this.#deadlines.add(deadline);
       let result: T | PromiseLike<T>;
