@@ -6,6 +6,7 @@
  */
 import type { Logger } from 'pino';
 import type { DaemonMetrics } from '../admin/observer.js';
+import { LogRateLimiter } from '../logging/rate-limit.js';
 import { GuardedStore } from '../policy/guarded-store.js';
 import { createRedisPolicyStore, type RedisStoreTls } from '../policy/redis-store.js';
 import { parseStoreUrl, redactStoreUrl } from '../policy/store-url.js';
@@ -56,8 +57,9 @@ export async function openPolicyStore(
   if (location.kind === 'memory') return undefined;
   const { logger, metrics } = options;
   const url = redactStoreUrl(settings.store);
-  // Per kind of error (a TLS refusal must not hide behind the connection reset logged just before it).
-  const lastLog = new Map<string, { at: number; suppressed: number }>();
+  // Per kind of error (a TLS refusal must not hide behind the connection reset logged just before it): one
+  // line per interval, then a "suppressed N similar lines" summary.
+  const limiter = new LogRateLimiter({ logger, lines: 1, windowMs: ERROR_LOG_INTERVAL_MS });
   const redis = await createRedisPolicyStore({
     url: location,
     prefix: settings.storePrefix,
@@ -67,14 +69,7 @@ export async function openPolicyStore(
     ...(options.tls === undefined ? {} : { tls: options.tls }),
     onError: (err) => {
       const msg = storeErrorMessage(err);
-      const now = Date.now();
-      const last = lastLog.get(msg);
-      if (last !== undefined && now - last.at < ERROR_LOG_INTERVAL_MS) {
-        last.suppressed++;
-        return;
-      }
-      logger.warn({ err, store: url, suppressed: last?.suppressed ?? 0 }, msg);
-      lastLog.set(msg, { at: now, suppressed: 0 });
+      if (limiter.allow(msg)) logger.warn({ err, store: url }, msg);
     },
   });
   redis.client.on('ready', () => logger.info({ store: url }, 'policy store connected'));
