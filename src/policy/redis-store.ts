@@ -34,11 +34,14 @@ import { parseStoreUrl, type StoreLocation } from './store-url.js';
 
 /**
  * Every operation of one batch (see Batches), in order, in ONE script: atomic, one server clock reading
- * (TIME) for all. KEYS[i] is operation i's key; ARGV[3i-2..3i] its code and two arguments:
- * - `o` lease open/renew (member, TTL ms): the live leases.
- * - `c` lease release (member): the live leases left.
- * - `a` count a message (window ms, unique member): the messages in the window, this one included.
- * - `n` messages in the window (window ms): reads create no key.
+ * (TIME) for all. KEYS: the batch's distinct keys. ARGV[1]: the operations, one line each,
+ * `CODE KEY-INDEX X Y\n` (fields without white space, see `field`; X or Y may be empty):
+ * - `o` lease open/renew (X member, Y TTL ms): the live leases.
+ * - `c` lease release (X member): the live leases left.
+ * - `a` count a message (X window ms, Y unique member): the messages in the window, this one included.
+ * - `n` messages in the window (X window ms): reads create no key.
+ * One argument instead of four per operation: the client library builds the command string argument by
+ * argument, which was most of the garbage a batch made (docs/benchmark.md).
  * Lease scores are server milliseconds, message scores server microseconds (below 2^53: exact in a
  * double), formatted with %.0f because Lua's default number format keeps only 14 digits. A message at
  * time s counts while now - s < window. With one clock for the batch, each key is pruned once (what the
@@ -52,8 +55,10 @@ local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local usText = string.format('%.0f', us)
 local msText = string.format('%.0f', ms)
 local pruned, leaseSets, logs, out = {}, {}, {}, {}
-for i = 1, #KEYS do
-  local k, op, x, y = KEYS[i], ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+local i = 0
+for op, ki, x, y in string.gmatch(ARGV[1], '(%a) (%d+) (%S*) (%S*)\\n') do
+  i = i + 1
+  local k = KEYS[tonumber(ki)]
   if op == 'o' or op == 'c' then
     if not pruned[k] then
       redis.call('ZREMRANGEBYSCORE', k, '-inf', msText)
@@ -85,6 +90,14 @@ for k, w in pairs(logs) do redis.call('PEXPIRE', k, w) end
 return out
 `;
 
+/**
+ * A batch field from a caller's string (a session id): white space (the script's separators) and `%` become
+ * `%HEX;`, so two different ids never make one field. Ids without them (milterd's own) are kept as they are.
+ */
+function field(s: string): string {
+  return /[%\s]/.test(s) ? s.replace(/[%\s]/g, (c) => `%${(c.codePointAt(0) as number).toString(16)};`) : s;
+}
+
 /** Operation codes of the batch script. */
 type OpCode = 'o' | 'c' | 'a' | 'n';
 
@@ -92,14 +105,17 @@ type OpCode = 'o' | 'c' | 'a' | 'n';
 const BATCH_MAX = 256;
 
 interface Batch {
+  /** Distinct keys, and each one's 1-based index (the script's KEYS). */
   keys: string[];
-  args: string[];
+  keyIndex: Map<string, number>;
+  /** The operations' lines (see BATCH). */
+  ops: string;
   settle: Array<{ resolve: (n: number) => void; reject: (err: unknown) => void }>;
   /** It may go: it goes as soon as its group has no call in flight. */
   due: boolean;
 }
 
-type BatchCommand = (numKeys: number, ...keysThenArgs: string[]) => Promise<unknown>;
+type BatchCommand = (numKeys: number, ...keysThenOps: string[]) => Promise<unknown>;
 
 /**
  * The sessions' operations, sent as one script call per group (standalone and Sentinel: one group;
@@ -127,13 +143,17 @@ class Batches {
     const group = this.groupOf(key);
     let batch = this.#filling.get(group);
     if (batch === undefined) {
-      batch = { keys: [], args: [], settle: [], due: false };
+      batch = { keys: [], keyIndex: new Map(), ops: '', settle: [], due: false };
       this.#filling.set(group, batch);
       this.#schedule(group, batch);
     }
     const b = batch;
-    b.keys.push(key);
-    b.args.push(op, x, y);
+    let index = b.keyIndex.get(key);
+    if (index === undefined) {
+      index = b.keys.push(key);
+      b.keyIndex.set(key, index);
+    }
+    b.ops += `${op} ${index} ${x} ${y}\n`;
     const result = new Promise<number>((resolve, reject) => b.settle.push({ resolve, reject }));
     if (b.settle.length >= BATCH_MAX) {
       // Full: out now, even beside a call in flight.
@@ -160,7 +180,7 @@ class Batches {
   }
 
   #send(group: string, batch: Batch): void {
-    const { keys, args, settle } = batch;
+    const { keys, ops, settle } = batch;
     this.#inFlight.set(group, (this.#inFlight.get(group) ?? 0) + 1);
     this.#lastSent.set(group, performance.now());
     const done = (): void => {
@@ -186,7 +206,7 @@ class Batches {
     };
     let call: Promise<unknown>;
     try {
-      call = this.send(keys.length, ...keys, ...args);
+      call = this.send(keys.length, ...keys, ops);
     } catch (err) {
       // A client that throws instead of rejecting must not leave the group "in flight" for ever.
       failed(err);
@@ -198,16 +218,37 @@ class Batches {
         failed(new Error(`unexpected reply to the batch script: ${JSON.stringify(out)?.slice(0, 80)}`));
         return;
       }
-      for (let i = 0; i < settle.length; i++) {
-        (settle[i] as Batch['settle'][number]).resolve(out[i] as number);
-      }
       done();
+      answer(settle, out as number[], 0);
     }, failed);
   }
 }
 
-/** Most clients whose key base the store remembers. */
+/**
+ * Sessions resumed by one batch answer per event-loop turn. Each answer resumes a session (its chain, its
+ * next reply): resuming a whole batch at once held every other connection's I/O for the time of all of
+ * them, which showed as end-of-message latency; between slices the loop reads and answers the others.
+ */
+const ANSWER_SLICE = 16;
+
+function answer(settle: Batch['settle'], out: readonly number[], from: number): void {
+  const end = Math.min(settle.length, from + ANSWER_SLICE);
+  for (let i = from; i < end; i++) (settle[i] as Batch['settle'][number]).resolve(out[i] as number);
+  if (end < settle.length) setImmediate(answer, settle, out, end);
+}
+
+function nothing(): void {}
+
+/** Most clients whose keys the store remembers. */
 const KEY_CACHE = 4096;
+
+/** A client's keys (see RedisPolicyStore): its hash-tagged base, its lease set, its last message log. */
+interface ClientKeys {
+  readonly base: string;
+  readonly lease: string;
+  windowMs: number;
+  message: string;
+}
 
 export interface RedisPolicyStoreOptions {
   /** A store URL (store-url.ts) or its parsed form. */
@@ -254,9 +295,11 @@ export class RedisPolicyStore implements PolicyStore {
   // one process: every member starts with a random id of this instance.
   readonly #instance = randomBytes(9).toString('base64url');
   #seq = 0;
-  // client -> `PREFIX{CLIENT}`: four calls per session each built it again (a SHA-256 each with
+  // client -> its keys: four calls per session each built them again (a SHA-256 each with
   // hashAddresses). Bounded; emptied when full (a pure function of the client: nothing goes stale).
-  readonly #keyBases = new Map<string, string>();
+  readonly #keyCache = new Map<string, ClientKeys>();
+  // The lease TTL as the script reads it.
+  readonly #ttlField: string;
 
   constructor(client: RedisClient | ClusterClient, options: Omit<RedisPolicyStoreOptions, 'url'> = {}) {
     this.prefix = options.prefix ?? DEFAULTS.storePrefix;
@@ -264,6 +307,7 @@ export class RedisPolicyStore implements PolicyStore {
     const ttl = options.leaseTtlMs ?? DEFAULTS.storeLeaseTtlMs;
     if (!(ttl > 0) || !Number.isFinite(ttl)) throw new Error('leaseTtlMs must be a positive number');
     this.leaseTtlMs = Math.ceil(ttl);
+    this.#ttlField = String(this.leaseTtlMs);
     this.hashAddresses = options.hashAddresses ?? false;
     this.#client = client;
     client.defineCommand('milterdBatch', { lua: BATCH });
@@ -286,32 +330,43 @@ export class RedisPolicyStore implements PolicyStore {
 
   /** The hash-tagged part of a client's keys: `PREFIX{CLIENT}`. */
   keyBase(client: string): string {
-    let base = this.#keyBases.get(client);
-    if (base !== undefined) return base;
-    const tag = this.hashAddresses
-      ? createHash('sha256').update(client).digest('base64url').slice(0, 22)
-      : client;
-    base = `${this.prefix}{${tag}}`;
-    if (this.#keyBases.size >= KEY_CACHE) this.#keyBases.clear();
-    this.#keyBases.set(client, base);
-    return base;
+    return this.#keys(client).base;
   }
 
   leaseKey(client: string): string {
-    return `${this.keyBase(client)}:l`;
+    return this.#keys(client).lease;
   }
 
   messageKey(client: string, windowMs: number): string {
-    return `${this.keyBase(client)}:m:${windowMs}`;
+    const keys = this.#keys(client);
+    if (keys.windowMs === windowMs) return keys.message;
+    const key = `${keys.base}:m:${windowMs}`;
+    // One window is the usual rule set: remember the last one.
+    keys.windowMs = windowMs;
+    keys.message = key;
+    return key;
+  }
+
+  #keys(client: string): ClientKeys {
+    let keys = this.#keyCache.get(client);
+    if (keys !== undefined) return keys;
+    const tag = this.hashAddresses
+      ? createHash('sha256').update(client).digest('base64url').slice(0, 22)
+      : client;
+    const base = `${this.prefix}{${tag}}`;
+    keys = { base, lease: `${base}:l`, windowMs: Number.NaN, message: '' };
+    if (this.#keyCache.size >= KEY_CACHE) this.#keyCache.clear();
+    this.#keyCache.set(client, keys);
+    return keys;
   }
 
   // `_now` (the policy clock) is ignored: the script reads the server's TIME.
   sessionOpened(client: string, sessionId: string, _now?: number): Promise<number> {
-    return this.#batches.run(this.leaseKey(client), 'o', this.#member(sessionId), String(this.leaseTtlMs));
+    return this.#batches.run(this.leaseKey(client), 'o', this.#member(sessionId), this.#ttlField);
   }
 
-  async sessionClosed(client: string, sessionId: string, _now?: number): Promise<void> {
-    await this.#batches.run(this.leaseKey(client), 'c', this.#member(sessionId), '');
+  sessionClosed(client: string, sessionId: string, _now?: number): Promise<void> {
+    return this.#batches.run(this.leaseKey(client), 'c', this.#member(sessionId), '').then(nothing);
   }
 
   addMessage(client: string, windowMs: number, _now?: number): Promise<number> {
@@ -325,7 +380,7 @@ export class RedisPolicyStore implements PolicyStore {
 
   // Lease members must be unique across the fleet; connection ids are unique only in one process.
   #member(sessionId: string): string {
-    return `${this.#instance}:${sessionId}`;
+    return `${this.#instance}:${field(sessionId)}`;
   }
 
   /** Resolves once the connection (or the Cluster's slot map) is ready; rejects after `timeoutMs`. */

@@ -166,6 +166,25 @@ test('Redis: two instances with the same connection ids count two sessions (leas
   await b.sessionClosed('192.0.2.3', 'conn-1');
 });
 
+test('Redis: session ids with white space or % are distinct leases, and each close releases its own', async (t) => {
+  const store = await open(single.url, { prefix: 'ids:' });
+  t.after(() => store.close());
+  // The batch script separates fields with white space: ids that differ only there must stay apart.
+  const ids = ['a b', 'a\nb', 'a%20;b', 'a\tb', 'a b ', '', ' ', '%', 'a\u00a0b'];
+  for (const [i, id] of ids.entries()) assert.equal(await store.sessionOpened('192.0.2.4', id), i + 1, id);
+  assert.equal(await store.sessionOpened('192.0.2.4', 'a b'), ids.length, 'renewing one id adds none');
+  for (const [i, id] of ids.entries()) {
+    await store.sessionClosed('192.0.2.4', id);
+    assert.equal(
+      await store.messageCount('192.0.2.4', 60_000),
+      0,
+      'a message count next to the closes still parses',
+    );
+    const left = Number(await redisCli(single.port, 'zcard', store.leaseKey('192.0.2.4')));
+    assert.equal(left, ids.length - i - 1, `closing ${JSON.stringify(id)} released exactly its lease`);
+  }
+});
+
 test('Redis: a Sentinel URL (redis+sentinel://HOST:PORT/MASTER) finds the master through the sentinel', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'milterd-sentinel-'));
   const port = await freeLoopbackPort();
