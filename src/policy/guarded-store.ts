@@ -38,7 +38,55 @@ interface Deadline {
   /** performance.now() time at which the call fails unless settled. */
   readonly at: number;
   settled: boolean;
-  readonly expire: () => void;
+  expire(): void;
+}
+
+/** One call in flight: its deadline entry, and how it settles (once: the answer, a failure or the deadline). */
+class GuardedCall<T> implements Deadline {
+  readonly started = performance.now();
+  readonly at: number;
+  settled = false;
+
+  constructor(
+    readonly store: GuardedStore,
+    readonly op: StoreOp,
+    readonly resolve: (value: T) => void,
+    readonly reject: (err: unknown) => void,
+  ) {
+    this.at = this.started + store.timeoutMs;
+  }
+
+  expire(): void {
+    this.fail(
+      new MilterStoreError(
+        'ERR_MILTER_STORE_TIMEOUT',
+        `policy store did not answer within ${this.store.timeoutMs} ms`,
+      ),
+    );
+  }
+
+  // Arrow properties: handed to `then` as they are.
+  readonly ok = (value: T): void => {
+    if (this.settled) return;
+    this.settled = true;
+    this.store.settled(this.op, this.started);
+    this.resolve(value);
+  };
+
+  readonly fail = (err: unknown): void => {
+    if (this.settled) return;
+    this.settled = true;
+    const error =
+      err instanceof MilterStoreError
+        ? err
+        : new MilterStoreError(
+            'ERR_MILTER_STORE_FAILED',
+            `policy store failed: ${(err as Error)?.message ?? String(err)}`,
+            { cause: err },
+          );
+    this.store.settled(this.op, this.started, error.code);
+    this.reject(error);
+  };
 }
 
 /**
@@ -121,9 +169,9 @@ export class GuardedStore implements PolicyStore {
     return this.#call('session-open', () => this.inner.sessionOpened(client, sessionId, now));
   }
 
-  async sessionClosed(client: string, sessionId: string, now: number = Date.now()): Promise<void> {
+  sessionClosed(client: string, sessionId: string, now: number = Date.now()): Promise<void> {
     this.local.sessionClosed(client, sessionId, now);
-    await this.#call('session-close', () => this.inner.sessionClosed(client, sessionId, now));
+    return this.#call('session-close', () => this.inner.sessionClosed(client, sessionId, now));
   }
 
   addMessage(client: string, windowMs: number, now: number): Promise<number> {
@@ -141,8 +189,9 @@ export class GuardedStore implements PolicyStore {
 
   /**
    * One guarded call: settled by whichever comes first, the answer or the deadline, with one promise (the
-   * call runs for every store operation of every session: no `Promise.race`, no async wrapper). A late
-   * answer or failure settles nothing: the call goes on in the client, of no use any more.
+   * call runs for every store operation of every session: no `Promise.race`, no async wrapper, its state
+   * in one object). A late answer or failure settles nothing: the call goes on in the client, of no use
+   * any more.
    */
   #call<T>(op: StoreOp, fn: () => T | PromiseLike<T>): Promise<T> {
     if (!this.breaker.allow()) {
@@ -154,52 +203,26 @@ export class GuardedStore implements PolicyStore {
         ),
       );
     }
-    const started = performance.now();
     return new Promise<T>((resolve, reject) => {
-      // Settled once, by the answer, a failure or the deadline: what comes after is of no use any more.
-      const deadline: Deadline = {
-        at: started + this.timeoutMs,
-        settled: false,
-        expire: () =>
-          fail(
-            new MilterStoreError(
-              'ERR_MILTER_STORE_TIMEOUT',
-              `policy store did not answer within ${this.timeoutMs} ms`,
-            ),
-          ),
-      };
-      const fail = (err: unknown): void => {
-        if (deadline.settled) return;
-        deadline.settled = true;
-        const error =
-          err instanceof MilterStoreError
-            ? err
-            : new MilterStoreError(
-                'ERR_MILTER_STORE_FAILED',
-                `policy store failed: ${(err as Error)?.message ?? String(err)}`,
-                { cause: err },
-              );
-        this.breaker.failure();
-        this.#onCall?.({ op, seconds: (performance.now() - started) / 1000, code: error.code });
-        reject(error);
-      };
-      const ok = (value: T): void => {
-        if (deadline.settled) return;
-        deadline.settled = true;
-        this.breaker.success();
-        this.#onCall?.({ op, seconds: (performance.now() - started) / 1000 });
-        resolve(value);
-      };
-      this.#deadlines.add(deadline);
+      const call = new GuardedCall(this, op, resolve, reject);
+      this.#deadlines.add(call);
       let result: T | PromiseLike<T>;
       try {
         result = fn();
       } catch (err) {
-        fail(err);
+        call.fail(err);
         return;
       }
-      if (isThenable(result)) result.then(ok, fail);
-      else ok(result);
+      if (isThenable(result)) result.then(call.ok, call.fail);
+      else call.ok(result);
     });
+  }
+
+  /** A call ended (GuardedCall): the breaker and the metrics hear of it. */
+  settled(op: StoreOp, started: number, code?: MilterErrorCode): void {
+    if (code === undefined) this.breaker.success();
+    else this.breaker.failure();
+    const seconds = (performance.now() - started) / 1000;
+    this.#onCall?.(code === undefined ? { op, seconds } : { op, seconds, code });
   }
 }
