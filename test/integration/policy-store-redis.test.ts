@@ -310,3 +310,38 @@ test('Redis: a batch of 256 operations goes out at once; the rest follow in the 
   );
   assert.equal((await scriptCalls(single.port)) - before, 2);
 });
+
+test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so other connections run in between', async (t) => {
+  const store = await createRedisPolicyStore({ url: single.url, prefix: 'slice:', batchIntervalMs: 0 });
+  await store.ready();
+  t.after(() => store.close());
+  // A macrotask counter: each answer notes the turn it arrived in.
+  let turn = 0;
+  let ticking = true;
+  const tick = (): void => {
+    turn++;
+    if (ticking) setImmediate(tick);
+  };
+  setImmediate(tick);
+  const turns: number[] = [];
+  const counts = await Promise.all(
+    Array.from({ length: 40 }, () =>
+      store.addMessage('192.0.2.36', 60_000, Date.now()).then((n) => {
+        turns.push(turn);
+        return n;
+      }),
+    ),
+  );
+  ticking = false;
+  assert.deepEqual(
+    counts,
+    Array.from({ length: 40 }, (_, i) => i + 1),
+  );
+  // 40 answers of one call: 16, 16 and 8, each slice in a later turn than the one before.
+  const slices = [...new Set(turns)];
+  assert.equal(slices.length, 3, `answers by turn: ${turns.join(',')}`);
+  assert.deepEqual(
+    slices.map((s) => turns.filter((x) => x === s).length),
+    [16, 16, 8],
+  );
+});
