@@ -6,7 +6,7 @@ import { createShutdownPolicy, type PolicyRule } from '../../../src/policy/rules
 import { MemoryPolicyStore, type PolicyStore } from '../../../src/policy/store.js';
 import { withShutdownPolicy } from '../../../src/policy/wrapper.js';
 import { parsePolicy } from '../../../src/policy/load.js';
-import type { PolicyFiredEvent } from '../../../src/policy/types.js';
+import type { ClientStats, PolicyFiredEvent } from '../../../src/policy/types.js';
 import { memoryLogger } from '../../helpers/logs.js';
 import { FakeMta, shutdownText } from './fake-context.js';
 
@@ -326,4 +326,48 @@ test('client-prefix is respected: wider and narrower IPv6 groups, IPv4 networks'
     'continue',
     'continue',
   ]);
+});
+
+test('a shared store: clientStats is frozen, its local counts are read when asked, and they appear in JSON', async () => {
+  const inner = new MemoryPolicyStore();
+  // Not a MemoryPolicyStore itself: the policy guards it (deadline, breaker, local shadow) as it does Redis.
+  const shared: PolicyStore = {
+    sessionOpened: (c, s, n) => Promise.resolve(inner.sessionOpened(c, s, n)),
+    sessionClosed: (c, s, n) => Promise.resolve(inner.sessionClosed(c, s, n)),
+    addMessage: (c, w, n) => Promise.resolve(inner.addMessage(c, w, n)),
+    messageCount: (c, w, n) => Promise.resolve(inner.messageCount(c, w, n)),
+  };
+  const rules: PolicyRule[] = [
+    { name: 'rate', limit: { kind: 'max-messages-per-client', max: 100, windowMs: 60_000 } },
+  ];
+  const policy = createShutdownPolicy({ dryRun: false, rules }, { store: shared });
+  const seen: Array<{ stats: ClientStats; json: unknown; local: ClientStats['local'] }> = [];
+  policy.registerLast('spy', (record) => {
+    const stats = record.clientStats;
+    seen.push({ stats, json: JSON.parse(JSON.stringify(stats)), local: stats.local });
+    return false;
+  });
+  const filter = withShutdownPolicy({}, policy);
+  const a = new FakeMta(filter, 'a', client('192.0.2.40'));
+  const b = new FakeMta(filter, 'b', client('192.0.2.40'));
+  await a.connect();
+  await b.connect();
+  assert.equal((await a.message()).final, 'continue');
+  await a.close();
+  await b.close();
+  const last = seen.at(-1);
+  assert.ok(last !== undefined);
+  assert.ok(Object.isFrozen(last.stats));
+  assert.deepEqual(last.stats.storeErrors, { sessions: false, messages: false });
+  assert.deepEqual(last.stats.messagesInWindow, { 60_000: 1 });
+  // Read in the hook: both sessions open, one message.
+  assert.deepEqual(last.local, { concurrentSessions: 2, messagesInWindow: { 60_000: 1 }, instances: 1 });
+  assert.equal(last.stats.local, last.local, 'computed once, when first read');
+  assert.deepEqual(last.json, {
+    // a's own count when it opened (b came after); `local` is read now.
+    concurrentSessions: 1,
+    messagesInWindow: { 60000: 1 },
+    storeErrors: { sessions: false, messages: false },
+    local: { concurrentSessions: 2, messagesInWindow: { 60000: 1 }, instances: 1 },
+  });
 });
