@@ -30,6 +30,22 @@ test('MemoryPolicyStore: sliding log on the policy clock, exact at the edge; a c
   assert.deepEqual(s.size, { clients: 0, windows: 0 }, 'empty logs are dropped');
 });
 
+test('MemoryPolicyStore: a long log slides exactly while its front is dropped in steps, a step back included', () => {
+  const s = new MemoryPolicyStore({ sweepIntervalMs: 0 });
+  const W = 30_000;
+  // One message per ms for three windows: the log holds 30 000 and drops its front as time passes.
+  for (let now = 0; now < 90_000; now++) {
+    assert.equal(s.addMessage('busy', W, now), Math.min(now + 1, W), `message at ${now}`);
+  }
+  // Messages at 60 000..89 999 are in the window at 89 999; one from a clock behind (at 75 000.5) joins them.
+  assert.equal(s.addMessage('busy', W, 75_000.5), W + 1, 'a clock behind still counts');
+  assert.equal(s.messageCount('busy', W, 105_000), 15_000, 'at 105 000: 75 001..89 999, and 75 000.5');
+  assert.equal(s.messageCount('busy', W, 105_000.75), 14_999, '75 000.5 left, 75 001 not yet');
+  assert.equal(s.messageCount('busy', W, 119_998), 1);
+  assert.equal(s.messageCount('busy', W, 119_999), 0, 'the last left one window after it came');
+  assert.deepEqual(s.size, { clients: 0, windows: 0 });
+});
+
 test('MemoryPolicyStore: leases on the policy clock; without a TTL they never expire', () => {
   const s = new MemoryPolicyStore({ leaseTtlMs: 100 });
   assert.equal(s.sessionOpened('c', 'a', 0), 1);
