@@ -21,7 +21,7 @@ import type {
 import { zeroCounters } from './types.js';
 import { GuardedStore } from './guarded-store.js';
 import { MilterStoreError } from '../errors.js';
-import { chain } from '../session/decision.js';
+import { isThenable } from '../session/decision.js';
 
 const CLASS: Readonly<Record<OutcomeKind, OutcomeClass>> = {
   accepted: 'accepted',
@@ -208,11 +208,14 @@ export class SessionTracker {
       const now = this.policy.now();
       this.#storeKey = key;
       // Concurrently: a shared store sends both in one call.
-      const opened = this.#store(logger, () =>
-        chain(store.sessionOpened(key, this.connectionId, now), (n) => void (this.#concurrent = n)),
+      const opened = this.#store(
+        logger,
+        () => store.sessionOpened(key, this.connectionId, now),
+        (n) => void (this.#concurrent = n),
       );
-      await this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
-      this.#sessionsFailed = !(await opened);
+      const counted = this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
+      if (counted !== undefined) await counted;
+      this.#sessionsFailed = !(opened === true || (opened !== false && (await opened)));
       if (this.#sessionsFailed) this.#concurrent = 0;
       this.#startRenewal(logger, key);
     }
@@ -257,30 +260,48 @@ export class SessionTracker {
     await this.#evaluate(logger, ctx, 'message');
   }
 
-  /** Read (or add to) every tracked window; a failure zeroes them all and marks the counts as failed. */
-  // Plain promise chains, not async closures: this runs for every store call of every session, and each
-  // async layer costs a promise and a microtask turn.
+  /**
+   * Read (or add to) every tracked window; a failure zeroes them all and marks the counts as failed.
+   * Undefined when no rule counts messages or the store answered at once (the memory store).
+   */
+  // One promise per store call at most, no async closures: this runs for every store call of every
+  // session, and each layer costs a promise and a microtask turn.
   #countMessages(
     logger: LazyLogger,
     key: string,
     count: (windowMs: number) => number | Promise<number>,
-  ): Promise<void> | undefined {
+  ): Promise<boolean> | undefined {
     const windows = this.policy.clientWindows;
     if (windows.length === 0) return undefined;
-    const counted = this.#store(logger, () => {
-      if (windows.length === 1) {
-        // The usual case (one `window` in the rules): no arrays.
-        const w = windows[0] as number;
-        return chain(count(w), (n) => void (this.#windows[w] = n));
-      }
-      return Promise.all(windows.map(count)).then((counts) => {
-        windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
-      });
-    });
-    return counted.then((ok) => {
-      this.#messagesFailed = !ok;
-      if (!ok) for (const w of windows) this.#windows[w] = 0;
-    });
+    const failed = (): void => {
+      this.#messagesFailed = true;
+      for (const w of windows) this.#windows[w] = 0;
+    };
+    let counted: boolean | Promise<boolean>;
+    if (windows.length === 1) {
+      // The usual case (one `window` in the rules): no arrays.
+      const w = windows[0] as number;
+      counted = this.#store(
+        logger,
+        () => count(w),
+        (n) => {
+          this.#windows[w] = n;
+          this.#messagesFailed = false;
+        },
+        failed,
+      );
+    } else {
+      counted = this.#store(
+        logger,
+        () => Promise.all(windows.map(count)),
+        (counts) => {
+          windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
+          this.#messagesFailed = false;
+        },
+        failed,
+      );
+    }
+    return typeof counted === 'boolean' ? undefined : counted;
   }
 
   /**
@@ -423,23 +444,40 @@ export class SessionTracker {
   }
 
   /**
-   * A failing store must never cut mail: the rules' `on-store-error` decides. Returns false on failure.
-   * Logged at warn, except while the circuit breaker is open (then every call fails at once: the
-   * breaker's own state change was the line worth reading, and metrics count the rest).
+   * One store call; `onValue` receives its answer, `onFailure` runs if it fails. A failing store must never
+   * cut mail: the rules' `on-store-error` decides. Returns whether it answered: at once (a boolean) when
+   * the store answered synchronously (the memory store), else as one promise. Failures are logged at
+   * warn, except while the circuit breaker is open (then every call fails at once: the breaker's own state
+   * change was the line worth reading, and metrics count the rest).
    */
-  #store(logger: LazyLogger, fn: () => unknown): Promise<boolean> {
+  #store<T>(
+    logger: LazyLogger,
+    fn: () => T | PromiseLike<T>,
+    onValue?: (value: T) => void,
+    onFailure?: () => void,
+  ): boolean | Promise<boolean> {
     const failed = (err: unknown): boolean => {
       const open = err instanceof MilterStoreError && err.code === 'ERR_MILTER_STORE_UNAVAILABLE';
       logger()[open ? 'debug' : 'warn'](
         { err },
         'shutdown policy store failed; rules apply their on-store-error',
       );
+      onFailure?.();
       return false;
     };
+    let result: T | PromiseLike<T>;
     try {
-      return Promise.resolve(fn()).then(() => true, failed);
+      result = fn();
     } catch (err) {
-      return Promise.resolve(failed(err));
+      return failed(err);
     }
+    if (!isThenable(result)) {
+      onValue?.(result);
+      return true;
+    }
+    return Promise.resolve(result).then((value) => {
+      onValue?.(value);
+      return true;
+    }, failed);
   }
 }
