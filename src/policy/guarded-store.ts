@@ -41,6 +41,8 @@ interface Deadline {
   expire(): void;
 }
 
+type Report = (op: StoreOp, started: number, code?: MilterErrorCode) => void;
+
 /** One call in flight: its deadline entry, and how it settles (once: the answer, a failure or the deadline). */
 class GuardedCall<T> implements Deadline {
   readonly started = performance.now();
@@ -48,19 +50,21 @@ class GuardedCall<T> implements Deadline {
   settled = false;
 
   constructor(
-    readonly store: GuardedStore,
+    /** The store's report of an ended call (breaker, metrics). */
+    readonly report: Report,
+    readonly timeoutMs: number,
     readonly op: StoreOp,
     readonly resolve: (value: T) => void,
     readonly reject: (err: unknown) => void,
   ) {
-    this.at = this.started + store.timeoutMs;
+    this.at = this.started + timeoutMs;
   }
 
   expire(): void {
     this.fail(
       new MilterStoreError(
         'ERR_MILTER_STORE_TIMEOUT',
-        `policy store did not answer within ${this.store.timeoutMs} ms`,
+        `policy store did not answer within ${this.timeoutMs} ms`,
       ),
     );
   }
@@ -69,7 +73,7 @@ class GuardedCall<T> implements Deadline {
   readonly ok = (value: T): void => {
     if (this.settled) return;
     this.settled = true;
-    this.store.settled(this.op, this.started);
+    this.report(this.op, this.started);
     this.resolve(value);
   };
 
@@ -84,7 +88,7 @@ class GuardedCall<T> implements Deadline {
             `policy store failed: ${(err as Error)?.message ?? String(err)}`,
             { cause: err },
           );
-    this.store.settled(this.op, this.started, error.code);
+    this.report(this.op, this.started, error.code);
     this.reject(error);
   };
 }
@@ -204,7 +208,7 @@ export class GuardedStore implements PolicyStore {
       );
     }
     return new Promise<T>((resolve, reject) => {
-      const call = new GuardedCall(this, op, resolve, reject);
+      const call = new GuardedCall(this.#report, this.timeoutMs, op, resolve, reject);
       this.#deadlines.add(call);
       let result: T | PromiseLike<T>;
       try {
@@ -219,10 +223,10 @@ export class GuardedStore implements PolicyStore {
   }
 
   /** A call ended (GuardedCall): the breaker and the metrics hear of it. */
-  settled(op: StoreOp, started: number, code?: MilterErrorCode): void {
+  readonly #report: Report = (op, started, code) => {
     if (code === undefined) this.breaker.success();
     else this.breaker.failure();
     const seconds = (performance.now() - started) / 1000;
     this.#onCall?.(code === undefined ? { op, seconds } : { op, seconds, code });
-  }
+  };
 }
