@@ -211,12 +211,18 @@ export class SessionTracker {
       const opened = this.#store(
         logger,
         () => store.sessionOpened(key, this.connectionId, now),
-        (n) => void (this.#concurrent = n),
+        (n) => {
+          this.#concurrent = n;
+          this.#sessionsFailed = false;
+        },
+        () => {
+          this.#concurrent = 0;
+          this.#sessionsFailed = true;
+        },
       );
       const counted = this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
-      if (counted !== undefined) await counted;
-      this.#sessionsFailed = !(opened === true || (opened !== false && (await opened)));
-      if (this.#sessionsFailed) this.#concurrent = 0;
+      if (typeof counted === 'object') await counted;
+      if (typeof opened === 'object') await opened;
       this.#startRenewal(logger, key);
     }
     await this.#evaluate(logger, ctx, 'connect', undefined, 'next-command', macros);
@@ -262,7 +268,7 @@ export class SessionTracker {
 
   /**
    * Read (or add to) every tracked window; a failure zeroes them all and marks the counts as failed.
-   * Undefined when no rule counts messages or the store answered at once (the memory store).
+   * Undefined when no rule counts messages; see #store for the rest.
    */
   // One promise per store call at most, no async closures: this runs for every store call of every
   // session, and each layer costs a promise and a microtask turn.
@@ -270,18 +276,17 @@ export class SessionTracker {
     logger: LazyLogger,
     key: string,
     count: (windowMs: number) => number | Promise<number>,
-  ): Promise<boolean> | undefined {
+  ): boolean | Promise<boolean> | undefined {
     const windows = this.policy.clientWindows;
     if (windows.length === 0) return undefined;
     const failed = (): void => {
       this.#messagesFailed = true;
       for (const w of windows) this.#windows[w] = 0;
     };
-    let counted: boolean | Promise<boolean>;
     if (windows.length === 1) {
       // The usual case (one `window` in the rules): no arrays.
       const w = windows[0] as number;
-      counted = this.#store(
+      return this.#store(
         logger,
         () => count(w),
         (n) => {
@@ -290,18 +295,16 @@ export class SessionTracker {
         },
         failed,
       );
-    } else {
-      counted = this.#store(
-        logger,
-        () => Promise.all(windows.map(count)),
-        (counts) => {
-          windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
-          this.#messagesFailed = false;
-        },
-        failed,
-      );
     }
-    return typeof counted === 'boolean' ? undefined : counted;
+    return this.#store(
+      logger,
+      () => Promise.all(windows.map(count)),
+      (counts) => {
+        windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
+        this.#messagesFailed = false;
+      },
+      failed,
+    );
   }
 
   /**
