@@ -105,9 +105,8 @@ type OpCode = 'o' | 'c' | 'a' | 'n';
 const BATCH_MAX = 256;
 
 interface Batch {
-  /** Distinct keys, and each one's 1-based index (the script's KEYS). */
-  keys: string[];
-  keyIndex: Map<string, number>;
+  /** Distinct keys, in order, each with its 1-based index (the script's KEYS). */
+  keys: Map<string, number>;
   /** The operations' lines (see BATCH). */
   ops: string;
   settle: Array<{ resolve: (n: number) => void; reject: (err: unknown) => void }>;
@@ -122,8 +121,9 @@ type BatchCommand = (numKeys: number, ...keysThenOps: string[]) => Promise<unkno
  * Cluster: one per client, whose keys share a slot), at most one call per `intervalMs` and one in flight
  * per group: what arrives in between goes together in the next call. An idle group sends at the end of the
  * event-loop turn (no wait); a busy one makes at most 1000 / intervalMs round trips a second, whatever its
- * number of sessions. Why: on loopback each round trip cost milterd 100-250 µs of CPU (system calls,
- * wake-ups, the client library), far more than the operations it carries (docs/benchmark.md).
+ * number of sessions. Why: with one command per operation each round trip cost milterd 100-250 µs of CPU
+ * on loopback (system calls, wake-ups, the client library), far more than the operations it carried; in
+ * batches a fake Redis answering from a timer costs milterd as much as the real one (docs/benchmark.md).
  */
 class Batches {
   // group -> the batch being filled; group -> its calls in flight (1, or 2 beside a full batch); group ->
@@ -143,16 +143,13 @@ class Batches {
     const group = this.groupOf(key);
     let batch = this.#filling.get(group);
     if (batch === undefined) {
-      batch = { keys: [], keyIndex: new Map(), ops: '', settle: [], due: false };
+      batch = { keys: new Map(), ops: '', settle: [], due: false };
       this.#filling.set(group, batch);
       this.#schedule(group, batch);
     }
     const b = batch;
-    let index = b.keyIndex.get(key);
-    if (index === undefined) {
-      index = b.keys.push(key);
-      b.keyIndex.set(key, index);
-    }
+    let index = b.keys.get(key);
+    if (index === undefined) b.keys.set(key, (index = b.keys.size + 1));
     b.ops += `${op} ${index} ${x} ${y}\n`;
     const result = new Promise<number>((resolve, reject) => b.settle.push({ resolve, reject }));
     if (b.settle.length >= BATCH_MAX) {
@@ -206,7 +203,7 @@ class Batches {
     };
     let call: Promise<unknown>;
     try {
-      call = this.send(keys.length, ...keys, ops);
+      call = this.send(keys.size, ...keys.keys(), ops);
     } catch (err) {
       // A client that throws instead of rejecting must not leave the group "in flight" for ever.
       failed(err);
