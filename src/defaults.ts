@@ -82,10 +82,11 @@ export const DEFAULTS = {
   storeLeaseTtlMs: 60_000,
   /**
    * Policy store (Redis): the least time between two calls to Redis; the operations of every session that
-   * arrive in between go together in the next call, and an idle instance sends at once. Each round trip
-   * cost a milterd on loopback 100-250 µs of CPU, more than the operations in it: at 5 ms a busy instance
-   * makes at most 200 a second (docs/benchmark.md). Only HELO and a later MAIL wait for the store, and the
-   * MTA's own round trip to its client hides the wait.
+   * arrive in between go together in the next call, and an idle instance sends at once. With one command
+   * per operation each round trip cost a milterd on loopback 100-250 µs of CPU, more than the operations in
+   * it; at 5 ms a busy instance makes at most 200 a second, and 10 ms measured no cheaper
+   * (docs/benchmark.md). Only HELO and a later MAIL wait for the store, and the MTA's own round trip to its
+   * client hides the wait.
    */
   storeBatchIntervalMs: 5,
   /** Policy store: the longest `storeBatchIntervalMs` accepted (far below the call deadline). */
