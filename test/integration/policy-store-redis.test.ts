@@ -6,7 +6,11 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { createRedisPolicyStore, type RedisPolicyStore } from '../../src/policy/redis-store.js';
+import {
+  createRedisPolicyStore,
+  type RedisPolicyStore,
+  type RedisPolicyStoreOptions,
+} from '../../src/policy/redis-store.js';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -29,7 +33,7 @@ after(async () => {
 
 async function open(
   url: string,
-  options: { leaseTtlMs?: number; prefix?: string; hashAddresses?: boolean } = {},
+  options: Omit<RedisPolicyStoreOptions, 'url'> = {},
 ): Promise<RedisPolicyStore> {
   const store = await createRedisPolicyStore({ url, ...options });
   await store.ready();
@@ -224,8 +228,7 @@ async function scriptCalls(port: number): Promise<number> {
 
 test('Redis: the operations of many sessions go out as one script call, in order; what comes while a call is in flight goes in the next one', async (t) => {
   // A long interval: what follows a call within it waits for the next one.
-  const store = await createRedisPolicyStore({ url: single.url, prefix: 'batch:', batchIntervalMs: 15 });
-  await store.ready();
+  const store = await open(single.url, { prefix: 'batch:', batchIntervalMs: 15 });
   t.after(() => store.close());
   const before = await scriptCalls(single.port);
   const opened = await Promise.all(
@@ -267,8 +270,7 @@ test('Redis: the operations of many sessions go out as one script call, in order
 });
 
 test('Redis: batchIntervalMs 0 sends the operations of one event-loop turn together', async (t) => {
-  const store = await createRedisPolicyStore({ url: single.url, prefix: 'turn:', batchIntervalMs: 0 });
-  await store.ready();
+  const store = await open(single.url, { prefix: 'turn:', batchIntervalMs: 0 });
   t.after(() => store.close());
   const before = await scriptCalls(single.port);
   const counts = await Promise.all(
@@ -279,8 +281,7 @@ test('Redis: batchIntervalMs 0 sends the operations of one event-loop turn toget
 });
 
 test('Redis: at most one call per batchIntervalMs: the first operation goes at once, those of the next interval together', async (t) => {
-  const store = await createRedisPolicyStore({ url: single.url, prefix: 'pace:', batchIntervalMs: 1000 });
-  await store.ready();
+  const store = await open(single.url, { prefix: 'pace:', batchIntervalMs: 1000 });
   t.after(() => store.close());
   const before = await scriptCalls(single.port);
   const pending: Array<Promise<number>> = [];
@@ -297,8 +298,7 @@ test('Redis: at most one call per batchIntervalMs: the first operation goes at o
 });
 
 test('Redis: a batch of 256 operations goes out at once; the rest follow in the next call, all answered in order', async (t) => {
-  const store = await createRedisPolicyStore({ url: single.url, prefix: 'full:', batchIntervalMs: 0 });
-  await store.ready();
+  const store = await open(single.url, { prefix: 'full:', batchIntervalMs: 0 });
   t.after(() => store.close());
   const before = await scriptCalls(single.port);
   const counts = await Promise.all(
@@ -312,8 +312,7 @@ test('Redis: a batch of 256 operations goes out at once; the rest follow in the 
 });
 
 test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so other connections run in between', async (t) => {
-  const store = await createRedisPolicyStore({ url: single.url, prefix: 'slice:', batchIntervalMs: 0 });
-  await store.ready();
+  const store = await open(single.url, { prefix: 'slice:', batchIntervalMs: 0 });
   t.after(() => store.close());
   // A macrotask counter: each answer notes the turn it arrived in.
   let turn = 0;
