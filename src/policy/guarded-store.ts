@@ -10,9 +10,12 @@ import { CircuitBreaker, type BreakerState, type CircuitBreakerOptions } from '.
 import { DEFAULTS } from '../defaults.js';
 import { MilterStoreError, type MilterErrorCode } from '../errors.js';
 import { isThenable } from '../session/decision.js';
-import { MemoryPolicyStore, type PolicyStore } from './store.js';
+import { MemoryPolicyStore, openSession, type PolicyStore, type SessionOpening } from './store.js';
 
-/** Store operations, as metrics label them. */
+/**
+ * Store operations, as metrics label them. `session-open` is a lease opened or renewed; at CONNECT it
+ * carries the client's message counts too (one call, `sessionOpenedWithCounts`).
+ */
 export type StoreOp = 'session-open' | 'session-close' | 'message-add' | 'message-count';
 
 /** One finished store call, for metrics. */
@@ -95,7 +98,7 @@ class GuardedCall<T> implements Deadline {
 
 /**
  * The deadlines of the calls in flight, with one timer: every call gets the same timeout, so they expire in
- * the order they started (a queue, no timer per call: the store is called four times per session). A
+ * the order they started (a queue, no timer per call: the store is called three times per session). A
  * settled call stays queued until the head passes it.
  */
 class Deadlines {
@@ -171,6 +174,20 @@ export class GuardedStore implements PolicyStore {
   sessionOpened(client: string, sessionId: string, now: number = Date.now()): Promise<number> {
     this.local.sessionOpened(client, sessionId, now);
     return this.#call('session-open', () => this.inner.sessionOpened(client, sessionId, now));
+  }
+
+  /**
+   * The lease and the counts as ONE guarded call: one deadline, one breaker outcome, one `session-open`
+   * metric. If it fails, the session count and the message counts have all failed.
+   */
+  sessionOpenedWithCounts(
+    client: string,
+    sessionId: string,
+    windowsMs: readonly number[],
+    now: number = Date.now(),
+  ): Promise<SessionOpening> {
+    this.local.sessionOpened(client, sessionId, now);
+    return this.#call('session-open', () => openSession(this.inner, client, sessionId, windowsMs, now));
   }
 
   sessionClosed(client: string, sessionId: string, now: number = Date.now()): Promise<void> {

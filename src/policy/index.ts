@@ -13,7 +13,7 @@ export type { ShutdownPolicyOptions, EnforcedShutdown } from './chain.js';
 export { withShutdownPolicy } from './wrapper.js';
 export type { WithShutdownPolicyOptions } from './wrapper.js';
 export { MemoryPolicyStore } from './store.js';
-export type { PolicyStore, MemoryPolicyStoreOptions } from './store.js';
+export type { PolicyStore, MemoryPolicyStoreOptions, SessionOpening } from './store.js';
 export { GuardedStore } from './guarded-store.js';
 export type { GuardedStoreOptions, StoreCallEvent, StoreOp } from './guarded-store.js';
 export { RedisPolicyStore, createRedisPolicyStore } from './redis-store.js';

@@ -29,7 +29,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { ConnectionOptions } from 'node:tls';
 import type { Cluster as ClusterClient, Redis as RedisClient, RedisOptions } from 'ioredis';
 import { DEFAULTS } from '../defaults.js';
-import type { PolicyStore } from './store.js';
+import type { PolicyStore, SessionOpening } from './store.js';
 import { parseStoreUrl, type StoreLocation } from './store-url.js';
 
 /**
@@ -104,12 +104,28 @@ type OpCode = 'o' | 'c' | 'a' | 'n';
 /** Most operations in one script call: bounds one script's run time on the server. */
 const BATCH_MAX = 256;
 
+/** Who waits for which answers of a batch: one line's number, or (`many`) the numbers of `lines` lines. */
+type Waiter =
+  | { readonly many: false; readonly resolve: (n: number) => void; readonly reject: (err: unknown) => void }
+  | {
+      readonly many: true;
+      readonly lines: number;
+      readonly resolve: (ns: number[]) => void;
+      readonly reject: (err: unknown) => void;
+    };
+
+/** One operation of a batch: its key, code and fields (see BATCH). */
+type Line = readonly [key: string, op: OpCode, x: string, y: string];
+
 interface Batch {
   /** Distinct keys, in order, each with its 1-based index (the script's KEYS). */
   keys: Map<string, number>;
   /** The operations' lines (see BATCH). */
   ops: string;
-  settle: Array<{ resolve: (n: number) => void; reject: (err: unknown) => void }>;
+  /** How many lines `ops` has (the script answers one number per line). */
+  lines: number;
+  /** In the order of their lines. */
+  waiters: Waiter[];
   /** It may go: it goes as soon as its group has no call in flight. */
   due: boolean;
 }
@@ -139,25 +155,52 @@ class Batches {
     readonly intervalMs: number,
   ) {}
 
+  /** One operation: its number. */
   run(key: string, op: OpCode, x: string, y: string): Promise<number> {
     const group = this.groupOf(key);
+    const b = this.#batchOf(group);
+    this.#add(b, key, op, x, y);
+    const result = new Promise<number>((resolve, reject) => b.waiters.push({ many: false, resolve, reject }));
+    this.#sendIfFull(group, b);
+    return result;
+  }
+
+  /** Operations on keys of one group (one client), answered together: their numbers, in order. */
+  runAll(lines: readonly Line[]): Promise<number[]> {
+    const first = lines[0];
+    if (first === undefined) return Promise.resolve([]);
+    const group = this.groupOf(first[0]);
+    const b = this.#batchOf(group);
+    for (const [key, op, x, y] of lines) this.#add(b, key, op, x, y);
+    const result = new Promise<number[]>((resolve, reject) =>
+      b.waiters.push({ many: true, lines: lines.length, resolve, reject }),
+    );
+    this.#sendIfFull(group, b);
+    return result;
+  }
+
+  #batchOf(group: string): Batch {
     let batch = this.#filling.get(group);
     if (batch === undefined) {
-      batch = { keys: new Map(), ops: '', settle: [], due: false };
+      batch = { keys: new Map(), ops: '', lines: 0, waiters: [], due: false };
       this.#filling.set(group, batch);
       this.#schedule(group, batch);
     }
-    const b = batch;
+    return batch;
+  }
+
+  #add(b: Batch, key: string, op: OpCode, x: string, y: string): void {
     let index = b.keys.get(key);
     if (index === undefined) b.keys.set(key, (index = b.keys.size + 1));
     b.ops += `${op} ${index} ${x} ${y}\n`;
-    const result = new Promise<number>((resolve, reject) => b.settle.push({ resolve, reject }));
-    if (b.settle.length >= BATCH_MAX) {
-      // Full: out now, even beside a call in flight.
-      this.#filling.delete(group);
-      this.#send(group, b);
-    }
-    return result;
+    b.lines++;
+  }
+
+  #sendIfFull(group: string, b: Batch): void {
+    if (b.lines < BATCH_MAX) return;
+    // Full: out now, even beside a call in flight.
+    this.#filling.delete(group);
+    this.#send(group, b);
   }
 
   /** A new batch may go at the end of this turn, or once `intervalMs` has passed since the last call. */
@@ -177,7 +220,7 @@ class Batches {
   }
 
   #send(group: string, batch: Batch): void {
-    const { keys, ops, settle } = batch;
+    const { keys, ops, lines, waiters } = batch;
     this.#inFlight.set(group, (this.#inFlight.get(group) ?? 0) + 1);
     this.#lastSent.set(group, performance.now());
     const done = (): void => {
@@ -198,7 +241,7 @@ class Batches {
       this.#send(group, next);
     };
     const failed = (err: unknown): void => {
-      for (const s of settle) s.reject(err);
+      for (const w of waiters) w.reject(err);
       done();
     };
     let call: Promise<unknown>;
@@ -211,12 +254,12 @@ class Batches {
     }
     call.then((out) => {
       // One integer per operation, or the batch failed (a proxy or server that is not Redis).
-      if (!Array.isArray(out) || out.length !== settle.length || !out.every(Number.isInteger)) {
+      if (!Array.isArray(out) || out.length !== lines || !out.every(Number.isInteger)) {
         failed(new Error(`unexpected reply to the batch script: ${JSON.stringify(out)?.slice(0, 80)}`));
         return;
       }
       done();
-      answer(settle, out as number[], 0);
+      answer(waiters, out as number[], 0, 0);
     }, failed);
   }
 }
@@ -228,13 +271,25 @@ class Batches {
  */
 const ANSWER_SLICE = 16;
 
-function answer(settle: Batch['settle'], out: readonly number[], from: number): void {
-  const end = Math.min(settle.length, from + ANSWER_SLICE);
-  for (let i = from; i < end; i++) (settle[i] as Batch['settle'][number]).resolve(out[i] as number);
-  if (end < settle.length) setImmediate(answer, settle, out, end);
+function answer(waiters: readonly Waiter[], out: readonly number[], from: number, line: number): void {
+  const end = Math.min(waiters.length, from + ANSWER_SLICE);
+  for (let i = from; i < end; i++) {
+    const w = waiters[i] as Waiter;
+    if (w.many) {
+      w.resolve(out.slice(line, line + w.lines));
+      line += w.lines;
+    } else {
+      w.resolve(out[line++] as number);
+    }
+  }
+  if (end < waiters.length) setImmediate(answer, waiters, out, end, line);
 }
 
 function nothing(): void {}
+
+function opening([sessions, ...messages]: number[]): SessionOpening {
+  return { sessions: sessions as number, messages };
+}
 
 /** Most clients whose keys the store remembers. */
 const KEY_CACHE = 4096;
@@ -292,7 +347,7 @@ export class RedisPolicyStore implements PolicyStore {
   // one process: every member starts with a random id of this instance.
   readonly #instance = randomBytes(9).toString('base64url');
   #seq = 0;
-  // client -> its keys: four calls per session each built them again (a SHA-256 each with
+  // client -> its keys: three calls per session each built them again (a SHA-256 each with
   // hashAddresses). Bounded; emptied when full (a pure function of the client: nothing goes stale).
   readonly #keyCache = new Map<string, ClientKeys>();
   // The lease TTL as the script reads it.
@@ -360,6 +415,18 @@ export class RedisPolicyStore implements PolicyStore {
   // `_now` (the policy clock) is ignored: the script reads the server's TIME.
   sessionOpened(client: string, sessionId: string, _now?: number): Promise<number> {
     return this.#batches.run(this.leaseKey(client), 'o', this.#member(sessionId), this.#ttlField);
+  }
+
+  /** The lease and the counts of `windowsMs`: lines of one batch, answered together (one settle). */
+  sessionOpenedWithCounts(
+    client: string,
+    sessionId: string,
+    windowsMs: readonly number[],
+    _now?: number,
+  ): Promise<SessionOpening> {
+    const lines: Line[] = [[this.leaseKey(client), 'o', this.#member(sessionId), this.#ttlField]];
+    for (const w of windowsMs) lines.push([this.messageKey(client, w), 'n', String(Math.ceil(w)), '']);
+    return this.#batches.runAll(lines).then(opening);
   }
 
   sessionClosed(client: string, sessionId: string, _now?: number): Promise<void> {

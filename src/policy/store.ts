@@ -38,6 +38,17 @@ export interface PolicyStore {
    * (a shared store uses its own server clock instead).
    */
   sessionOpened(client: string, sessionId: string, now?: number): number | Promise<number>;
+  /**
+   * A session started: `sessionOpened`, and `messageCount` of each of `windowsMs`, as ONE operation (what
+   * CONNECT needs; on Redis one line more in the same batch and one answer for both). Optional: for a store
+   * without it the engine makes the separate calls (see {@link openSession}).
+   */
+  sessionOpenedWithCounts?(
+    client: string,
+    sessionId: string,
+    windowsMs: readonly number[],
+    now?: number,
+  ): SessionOpening | Promise<SessionOpening>;
   /** The session ended: release its lease. Idempotent; unknown ids are ignored. */
   sessionClosed(client: string, sessionId: string, now?: number): void | Promise<void>;
   /** Count one finished message of `client`; returns the messages of the last `windowMs`, this one included. */
@@ -46,6 +57,36 @@ export interface PolicyStore {
   messageCount(client: string, windowMs: number, now: number): number | Promise<number>;
   /** Release connections (a shared store). Called once, when the daemon stops. */
   close?(): void | Promise<void>;
+}
+
+/** What `sessionOpenedWithCounts` returns. */
+export interface SessionOpening {
+  /** Open sessions (live leases) of the client, this one included. */
+  readonly sessions: number;
+  /** Messages in each window asked for, in that order. */
+  readonly messages: readonly number[];
+}
+
+/**
+ * `store.sessionOpenedWithCounts`, or for a store without it the separate calls (at once when they all
+ * answer synchronously, else together: a failure of one fails the opening).
+ */
+export function openSession(
+  store: PolicyStore,
+  client: string,
+  sessionId: string,
+  windowsMs: readonly number[],
+  now: number,
+): SessionOpening | Promise<SessionOpening> {
+  if (store.sessionOpenedWithCounts !== undefined) {
+    return store.sessionOpenedWithCounts(client, sessionId, windowsMs, now);
+  }
+  const sessions = store.sessionOpened(client, sessionId, now);
+  const messages = windowsMs.map((w) => store.messageCount(client, w, now));
+  if (typeof sessions === 'number' && messages.every((m) => typeof m === 'number')) {
+    return { sessions, messages: messages as number[] };
+  }
+  return Promise.all([sessions, ...messages]).then(([s, ...m]) => ({ sessions: s as number, messages: m }));
 }
 
 /** Options of the in-memory store. */
@@ -100,6 +141,16 @@ export class MemoryPolicyStore implements PolicyStore {
     leases.set(sessionId, expires);
     if (!(expires >= (this.#earliest.get(client) ?? Infinity))) this.#earliest.set(client, expires);
     return leases.size;
+  }
+
+  sessionOpenedWithCounts(
+    client: string,
+    sessionId: string,
+    windowsMs: readonly number[],
+    now: number = Date.now(),
+  ): SessionOpening {
+    const sessions = this.sessionOpened(client, sessionId, now);
+    return { sessions, messages: windowsMs.map((w) => this.messageCount(client, w, now)) };
   }
 
   sessionClosed(client: string, sessionId: string, now: number = Date.now()): void {

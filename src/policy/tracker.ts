@@ -20,6 +20,7 @@ import type {
 } from './types.js';
 import { zeroCounters } from './types.js';
 import { GuardedStore } from './guarded-store.js';
+import { openSession } from './store.js';
 import { MilterStoreError } from '../errors.js';
 import { isThenable } from '../session/decision.js';
 
@@ -207,21 +208,23 @@ export class SessionTracker {
       const store = this.policy.store;
       const now = this.policy.now();
       this.#storeKey = key;
-      // Concurrently: a shared store sends both in one call.
+      const windows = this.policy.clientWindows;
+      // One store call: the lease and the counts (on Redis, one answer for both).
       const opened = this.#store(
         logger,
-        () => store.sessionOpened(key, this.connectionId, now),
-        (n) => {
-          this.#concurrent = n;
+        () => openSession(store, key, this.connectionId, windows, now),
+        (o) => {
+          this.#concurrent = o.sessions;
           this.#sessionsFailed = false;
+          for (let i = 0; i < windows.length; i++) this.#windows[windows[i] as number] = o.messages[i] ?? 0;
+          this.#messagesFailed = false;
         },
         () => {
           this.#concurrent = 0;
           this.#sessionsFailed = true;
+          if (windows.length > 0) this.#countsFailed(windows);
         },
       );
-      const counted = this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
-      if (typeof counted === 'object') await counted;
       if (typeof opened === 'object') await opened;
       this.#startRenewal(logger, key);
     }
@@ -279,10 +282,7 @@ export class SessionTracker {
   ): boolean | Promise<boolean> | undefined {
     const windows = this.policy.clientWindows;
     if (windows.length === 0) return undefined;
-    const failed = (): void => {
-      this.#messagesFailed = true;
-      for (const w of windows) this.#windows[w] = 0;
-    };
+    const failed = (): void => this.#countsFailed(windows);
     if (windows.length === 1) {
       // The usual case (one `window` in the rules): no arrays.
       const w = windows[0] as number;
@@ -305,6 +305,12 @@ export class SessionTracker {
       },
       failed,
     );
+  }
+
+  /** The message counts could not be had: zero, and marked failed for the rules' `on-store-error`. */
+  #countsFailed(windows: readonly number[]): void {
+    this.#messagesFailed = true;
+    for (const w of windows) this.#windows[w] = 0;
   }
 
   /**

@@ -69,6 +69,31 @@ test('SIGSTOP: calls fail at the deadline, then the breaker opens and nothing is
   assert.ok((await inner.sessionOpened('192.0.2.1', 'c')) >= 2);
 });
 
+test('the CONNECT opening (lease and counts) is one guarded call: one metric, one deadline, one breaker outcome', async (t) => {
+  const { guard, calls } = await guarded({ openMs: 60_000 });
+  t.after(() => guard.close());
+  t.after(() => redis.resume());
+  await guard.addMessage('192.0.2.2', 60_000, Date.now());
+  calls.length = 0;
+  const o = await guard.sessionOpenedWithCounts('192.0.2.2', 'a', [60_000, 1_000]);
+  assert.deepEqual([o.sessions, [...o.messages]], [1, [1, 0]], 'another window length is another log');
+  assert.deepEqual(
+    calls.map((c) => [c.op, c.code]),
+    [['session-open', undefined]],
+  );
+  redis.pause();
+  assert.equal(
+    await code(guard.sessionOpenedWithCounts('192.0.2.2', 'b', [60_000])),
+    'ERR_MILTER_STORE_TIMEOUT',
+  );
+  assert.deepEqual(
+    calls.slice(1).map((c) => [c.op, c.code]),
+    [['session-open', 'ERR_MILTER_STORE_TIMEOUT']],
+  );
+  assert.equal(guard.breakerState, 'closed', 'one failure, not one per line (the breaker opens at two)');
+  assert.equal(guard.local.sessionCount('192.0.2.2'), 2, 'the local shadow counted the lease');
+});
+
 test('killed: calls fail fast (no offline queue) with ERR_MILTER_STORE_FAILED; restarted: the store works again', async (t) => {
   const { guard, calls } = await guarded();
   t.after(() => guard.close());

@@ -184,6 +184,7 @@ const SURFACE: Record<string, string[]> = {
     'RuleConditions',
     'RuleLimit',
     'SessionCounters',
+    'SessionOpening',
     'ShouldShutdownHook',
     'ShutdownPolicy',
     'ShutdownPolicyOptions',

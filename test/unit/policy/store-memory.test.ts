@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MemoryPolicyStore } from '../../../src/policy/store.js';
+import { MemoryPolicyStore, openSession, type PolicyStore } from '../../../src/policy/store.js';
 import { storeSuite } from './store-suite.js';
 
 storeSuite('MemoryPolicyStore', async ({ leaseTtlMs }) => {
@@ -90,4 +90,25 @@ test('MemoryPolicyStore: message logs are capped (least recently used dropped) a
   assert.equal(s.size.windows, 3);
   s.messageCount('e', 60_000, 61_000);
   assert.equal(s.size.windows, 0, 'the sweep dropped every expired log');
+});
+
+test('openSession: a store without the combined operation gets the separate calls, synchronously when they answer so', async () => {
+  const inner = new MemoryPolicyStore();
+  inner.addMessage('c', 60_000, 0);
+  const sync: PolicyStore = {
+    sessionOpened: (c, s, n) => inner.sessionOpened(c, s, n),
+    sessionClosed: (c, s, n) => inner.sessionClosed(c, s, n),
+    addMessage: (c, w, n) => inner.addMessage(c, w, n),
+    messageCount: (c, w, n) => inner.messageCount(c, w, n),
+  };
+  assert.deepEqual(openSession(sync, 'c', 'a', [60_000, 10], 5), { sessions: 1, messages: [1, 0] });
+  const async: PolicyStore = {
+    ...sync,
+    messageCount: (c, w, n) => Promise.resolve(inner.messageCount(c, w, n)),
+  };
+  const pending = openSession(async, 'c', 'b', [60_000], 5);
+  assert.ok(pending instanceof Promise);
+  assert.deepEqual(await pending, { sessions: 2, messages: [1] });
+  const failing: PolicyStore = { ...sync, messageCount: () => Promise.reject(new Error('down')) };
+  await assert.rejects(Promise.resolve(openSession(failing, 'c', 'c', [60_000], 5)), /down/);
 });

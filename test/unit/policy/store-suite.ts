@@ -101,6 +101,41 @@ export function storeSuite(name: string, factory: StoreFactory): void {
     );
   });
 
+  test(`${name}: a session opening counts its lease and reads every window asked for, in one operation`, async (t) => {
+    const s = await factory({ leaseTtlMs: 60_000 });
+    t.after(() => s.close());
+    const { store } = s;
+    assert.ok(store.sessionOpenedWithCounts, 'the store has the combined operation');
+    const [c, other] = [fresh(), fresh()];
+    for (let i = 0; i < 3; i++) await store.addMessage(c, 60_000, Date.now());
+    await store.addMessage(c, 30_000, Date.now());
+    const a = await store.sessionOpenedWithCounts(c, 'a', [60_000, 30_000, 10_000], Date.now());
+    assert.deepEqual({ ...a, messages: [...a.messages] }, { sessions: 1, messages: [3, 1, 0] });
+    // Concurrently, between single operations (one batch on Redis): each gets its own answers, in order.
+    const [b, added, o, again] = await Promise.all([
+      store.sessionOpenedWithCounts(c, 'b', [30_000, 60_000], Date.now()),
+      store.addMessage(c, 30_000, Date.now()),
+      store.sessionOpenedWithCounts(other, 'a', [60_000], Date.now()),
+      store.sessionOpenedWithCounts(c, 'b', [30_000], Date.now()),
+    ]);
+    assert.deepEqual([b.sessions, [...b.messages]], [2, [1, 3]]);
+    assert.equal(added, 2);
+    assert.deepEqual([o.sessions, [...o.messages]], [1, [0]]);
+    assert.deepEqual([again.sessions, [...again.messages]], [2, [2]], 'renewing b does not count it twice');
+    const none = await store.sessionOpenedWithCounts(c, 'b', [], Date.now());
+    assert.deepEqual([none.sessions, [...none.messages]], [2, []], 'no window: the lease alone');
+    assert.equal(await store.messageCount(c, 60_000, Date.now()), 3, 'reading the windows counts nothing');
+    assert.equal(await leases(store, c), 2);
+    for (const [client, id] of [
+      [c, 'a'],
+      [c, 'b'],
+      [other, 'a'],
+    ] as const) {
+      await store.sessionClosed(client, id, Date.now());
+    }
+    assert.equal(await leases(store, c), 0);
+  });
+
   test(`${name}: the window slides: messages leave it one window after they were counted, not at a boundary`, async (t) => {
     const s = await factory({ leaseTtlMs: 60_000 });
     t.after(() => s.close());
