@@ -104,15 +104,15 @@ type OpCode = 'o' | 'c' | 'a' | 'n';
 /** Most operations in one script call: bounds one script's run time on the server. */
 const BATCH_MAX = 256;
 
-/** Who waits for which answers of a batch: one line's number, or (`many`) the numbers of `lines` lines. */
-type Waiter =
-  | { readonly many: false; readonly resolve: (n: number) => void; readonly reject: (err: unknown) => void }
-  | {
-      readonly many: true;
-      readonly lines: number;
-      readonly resolve: (ns: number[]) => void;
-      readonly reject: (err: unknown) => void;
-    };
+/**
+ * Who waits for which answers of a batch: one line's number, or (`many`) the numbers of `lines` lines.
+ * `resumes`: 1 when the answer resumes a session's work (a chain evaluation, maybe a reply), 0 when it
+ * resumes nothing (a lease release: the session is over); only the former count toward ANSWER_SLICE.
+ */
+type Waiter = { readonly resumes: 0 | 1; readonly reject: (err: unknown) => void } & (
+  | { readonly many: false; readonly resolve: (n: number) => void }
+  | { readonly many: true; readonly lines: number; readonly resolve: (ns: number[]) => void }
+);
 
 /** One operation of a batch: its key, code and fields (see BATCH). */
 type Line = readonly [key: string, op: OpCode, x: string, y: string];
@@ -160,7 +160,10 @@ class Batches {
     const group = this.groupOf(key);
     const b = this.#batchOf(group);
     this.#add(b, key, op, x, y);
-    const result = new Promise<number>((resolve, reject) => b.waiters.push({ many: false, resolve, reject }));
+    const resumes = op === 'c' ? 0 : 1;
+    const result = new Promise<number>((resolve, reject) =>
+      b.waiters.push({ many: false, resumes, resolve, reject }),
+    );
     this.#sendIfFull(group, b);
     return result;
   }
@@ -173,7 +176,7 @@ class Batches {
     const b = this.#batchOf(group);
     for (const [key, op, x, y] of lines) this.#add(b, key, op, x, y);
     const result = new Promise<number[]>((resolve, reject) =>
-      b.waiters.push({ many: true, lines: lines.length, resolve, reject }),
+      b.waiters.push({ many: true, lines: lines.length, resumes: 1, resolve, reject }),
     );
     this.#sendIfFull(group, b);
     return result;
@@ -268,13 +271,16 @@ class Batches {
  * Sessions resumed by one batch answer per event-loop turn. Each answer resumes a session (its chain, its
  * next reply): resuming a whole batch at once held every other connection's I/O for the time of all of
  * them, which showed as end-of-message latency; between slices the loop reads and answers the others.
+ * Answers that resume nothing (lease releases) do not count: a turn costs throughput, and they cost none.
  */
 const ANSWER_SLICE = 16;
 
 function answer(waiters: readonly Waiter[], out: readonly number[], from: number, line: number): void {
-  const end = Math.min(waiters.length, from + ANSWER_SLICE);
-  for (let i = from; i < end; i++) {
+  let resumed = 0;
+  let i = from;
+  for (; i < waiters.length && resumed < ANSWER_SLICE; i++) {
     const w = waiters[i] as Waiter;
+    resumed += w.resumes;
     if (w.many) {
       w.resolve(out.slice(line, line + w.lines));
       line += w.lines;
@@ -282,7 +288,7 @@ function answer(waiters: readonly Waiter[], out: readonly number[], from: number
       w.resolve(out[line++] as number);
     }
   }
-  if (end < waiters.length) setImmediate(answer, waiters, out, end, line);
+  if (i < waiters.length) setImmediate(answer, waiters, out, i, line);
 }
 
 function nothing(): void {}

@@ -311,7 +311,7 @@ test('Redis: a batch of 256 operations goes out at once; the rest follow in the 
   assert.equal((await scriptCalls(single.port)) - before, 2);
 });
 
-test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so other connections run in between', async (t) => {
+test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so other connections run in between; lease releases do not count', async (t) => {
   const store = await open(single.url, { prefix: 'slice:', batchIntervalMs: 0 });
   t.after(() => store.close());
   // A macrotask counter: each answer notes the turn it arrived in.
@@ -342,5 +342,25 @@ test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so ot
   assert.deepEqual(
     slices.map((s) => turns.filter((x) => x === s).length),
     [16, 16, 8],
+  );
+  // Lease releases resume nothing: they do not count toward a slice. 20 counts and 20 releases, interleaved,
+  // in two turns: the first ends after the 16th count (31 answers), the rest (4 counts, 5 releases) next.
+  const ids = Array.from({ length: 20 }, (_, i) => `r${i}`);
+  await Promise.all(ids.map((id) => store.sessionOpened('192.0.2.37', id)));
+  const mixed: number[] = [];
+  ticking = true;
+  setImmediate(tick);
+  await Promise.all(
+    ids.flatMap((id) => [
+      store.addMessage('192.0.2.37', 60_000, Date.now()).then(() => mixed.push(turn)),
+      store.sessionClosed('192.0.2.37', id).then(() => mixed.push(turn)),
+    ]),
+  );
+  ticking = false;
+  const mixedSlices = [...new Set(mixed)];
+  assert.deepEqual(
+    mixedSlices.map((s) => mixed.filter((x) => x === s).length),
+    [31, 9],
+    `answers by turn: ${mixed.join(',')}`,
   );
 });
