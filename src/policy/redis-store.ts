@@ -107,7 +107,8 @@ const BATCH_MAX = 256;
 /**
  * Who waits for which answers of a batch: one line's number, or (`many`) the numbers of `lines` lines.
  * `resumes`: 1 when the answer resumes a session's work (a chain evaluation, maybe a reply), 0 when it
- * resumes nothing (a lease release: the session is over); only the former count toward ANSWER_SLICE.
+ * resumes nothing (a lease release: the session ended without waiting for it); only the former count
+ * toward ANSWER_SLICE.
  */
 type Waiter = { readonly resumes: 0 | 1; readonly reject: (err: unknown) => void } & (
   | { readonly many: false; readonly resolve: (n: number) => void }
@@ -146,6 +147,8 @@ class Batches {
   // when its last call went
   readonly #filling = new Map<string, Batch>();
   readonly #inFlight = new Map<string, number>();
+  // Every call in flight, for `drain`.
+  readonly #calls = new Set<Promise<unknown>>();
   readonly #lastSent = new Map<string, number>();
 
   constructor(
@@ -206,6 +209,15 @@ class Batches {
     this.#send(group, b);
   }
 
+  /** Send every batch now, and resolve once no call is in flight (answered or failed): before closing. */
+  async drain(): Promise<void> {
+    for (const [group, batch] of this.#filling) {
+      this.#filling.delete(group);
+      this.#send(group, batch);
+    }
+    while (this.#calls.size > 0) await Promise.allSettled([...this.#calls]);
+  }
+
   /** A new batch may go at the end of this turn, or once `intervalMs` has passed since the last call. */
   #schedule(group: string, batch: Batch): void {
     const wait = (this.#lastSent.get(group) ?? -Infinity) + this.intervalMs - performance.now();
@@ -255,7 +267,7 @@ class Batches {
       failed(err);
       return;
     }
-    call.then((out) => {
+    const settled = call.then((out) => {
       // One integer per operation, or the batch failed (a proxy or server that is not Redis).
       if (!Array.isArray(out) || out.length !== lines || !out.every(Number.isInteger)) {
         failed(new Error(`unexpected reply to the batch script: ${JSON.stringify(out)?.slice(0, 80)}`));
@@ -264,6 +276,9 @@ class Batches {
       done();
       answer(waiters, out as number[], 0, 0);
     }, failed);
+    this.#calls.add(settled);
+    const forget = (): void => void this.#calls.delete(settled);
+    settled.then(forget, forget);
   }
 }
 
@@ -271,7 +286,8 @@ class Batches {
  * Sessions resumed by one batch answer per event-loop turn. Each answer resumes a session (its chain, its
  * next reply): resuming a whole batch at once held every other connection's I/O for the time of all of
  * them, which showed as end-of-message latency; between slices the loop reads and answers the others.
- * Answers that resume nothing (lease releases) do not count: a turn costs throughput, and they cost none.
+ * Answers that resume nothing (lease releases, which no session waits for) do not count: a turn costs
+ * throughput, and they cost none.
  */
 const ANSWER_SLICE = 16;
 
@@ -470,14 +486,17 @@ export class RedisPolicyStore implements PolicyStore {
     });
   }
 
-  /** QUIT, or drop the connection if the server does not answer within a second (paused, gone). */
+  /**
+   * Send what waits (the lease releases of the sessions that just ended: they are not waited for), then QUIT;
+   * or drop the connection if the server does not answer within a second (paused, gone).
+   */
   async close(): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const gaveUp = new Promise<void>((resolve) => {
       timer = setTimeout(resolve, 1000);
     });
     try {
-      await Promise.race([this.#client.quit(), gaveUp]);
+      await Promise.race([this.#batches.drain().then(() => this.#client.quit()), gaveUp]);
     } catch {
       // Not connected: nothing to say goodbye to.
     } finally {

@@ -438,7 +438,11 @@ export class SessionTracker {
     });
   }
 
-  /** The session ended: release its lease. Idempotent, never throws. */
+  /**
+   * The session ended: release its lease. Idempotent, never throws. The release is issued, not waited for:
+   * nothing depends on its answer (a failure is still logged), and the session's end (the user's close
+   * callback) need not wait for a store round trip. A shared store sends what it holds when it closes.
+   */
   async close(logger: Logger | LazyLogger): Promise<void> {
     if (this.#renewal !== undefined) this.#renewal.renewals.delete(this.#renewal.renew);
     this.#renewal = undefined;
@@ -449,7 +453,7 @@ export class SessionTracker {
     if (key === undefined) return;
     const store = this.policy.store;
     const lazy = typeof logger === 'function' ? logger : () => logger;
-    await this.#store(lazy, () => store.sessionClosed(key, this.connectionId, this.policy.now()));
+    void this.#store(lazy, () => store.sessionClosed(key, this.connectionId, this.policy.now()));
   }
 
   /**

@@ -364,3 +364,15 @@ test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so ot
     `answers by turn: ${mixed.join(',')}`,
   );
 });
+
+test('Redis: close() sends the operations still waiting for their batch (lease releases are not waited for) before QUIT', async (t) => {
+  const store = await open(single.url, { prefix: 'drain:', batchIntervalMs: 60_000 });
+  const probe = await open(single.url, { prefix: 'drain:' });
+  t.after(() => probe.close());
+  // The first call goes at once (an idle instance sends at once); the release after it would wait a minute.
+  assert.equal(await store.sessionOpened('192.0.2.38', 'a'), 1);
+  const released = store.sessionClosed('192.0.2.38', 'a');
+  await store.close();
+  await released;
+  assert.equal(await probe.sessionOpened('192.0.2.38', 'probe'), 1, 'the release reached Redis before QUIT');
+});

@@ -371,3 +371,36 @@ test('a shared store: clientStats is frozen, its local counts are read when aske
     local: { concurrentSessions: 2, messagesInWindow: { 60000: 1 }, instances: 1 },
   });
 });
+
+test("a session's end does not wait for its lease release: the user's close runs while the store has not answered", async () => {
+  const inner = new MemoryPolicyStore();
+  let releases = 0;
+  let answer: (() => void) | undefined;
+  // A shared store whose releases are answered only when the test says so.
+  const slow: PolicyStore = {
+    sessionOpened: (c, s, n) => Promise.resolve(inner.sessionOpened(c, s, n)),
+    sessionClosed: (c, s, n) => {
+      releases++;
+      inner.sessionClosed(c, s, n);
+      return new Promise<void>((resolve) => (answer = resolve));
+    },
+    addMessage: (c, w, n) => Promise.resolve(inner.addMessage(c, w, n)),
+    messageCount: (c, w, n) => Promise.resolve(inner.messageCount(c, w, n)),
+  };
+  const policy = createShutdownPolicy(
+    { dryRun: false, rules: [{ name: 'conc', limit: { kind: 'max-concurrent-sessions', max: 5 } }] },
+    { store: slow },
+  );
+  let closed = 0;
+  const mta = new FakeMta(
+    withShutdownPolicy({ close: () => void closed++ }, policy),
+    'a',
+    client('192.0.2.41'),
+  );
+  await mta.connect();
+  assert.equal(await mta.helo(), 'continue');
+  await mta.close();
+  assert.equal(releases, 1, 'the release was issued');
+  assert.equal(closed, 1, "the user's close ran before the store answered");
+  answer?.();
+});
