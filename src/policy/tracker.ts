@@ -216,8 +216,7 @@ export class SessionTracker {
         (o) => {
           this.#concurrent = o.sessions;
           this.#sessionsFailed = false;
-          for (let i = 0; i < windows.length; i++) this.#windows[windows[i] as number] = o.messages[i] ?? 0;
-          this.#messagesFailed = false;
+          this.#countsRead(windows, o.messages);
         },
         () => {
           this.#concurrent = 0;
@@ -299,12 +298,15 @@ export class SessionTracker {
     return this.#store(
       logger,
       () => Promise.all(windows.map(count)),
-      (counts) => {
-        windows.forEach((w, i) => (this.#windows[w] = counts[i] as number));
-        this.#messagesFailed = false;
-      },
+      (counts) => this.#countsRead(windows, counts),
       failed,
     );
+  }
+
+  /** The store's counts of `windows`, in their order. */
+  #countsRead(windows: readonly number[], counts: readonly number[]): void {
+    for (let i = 0; i < windows.length; i++) this.#windows[windows[i] as number] = counts[i] ?? 0;
+    this.#messagesFailed = false;
   }
 
   /** The message counts could not be had: zero, and marked failed for the rules' `on-store-error`. */
