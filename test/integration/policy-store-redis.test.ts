@@ -269,6 +269,36 @@ test('Redis: the operations of many sessions go out as one script call, in order
   assert.equal((await scriptCalls(single.port)) - mid, 2);
 });
 
+test('Redis: in one script call each key is counted once and later lines keep the count from what ZADD and ZREM answer (renewals, double releases, expired leases)', async (t) => {
+  const store = await open(single.url, { prefix: 'count:', batchIntervalMs: 0, leaseTtlMs: 100 });
+  t.after(() => store.close());
+  const client = '192.0.2.33';
+  assert.equal(await store.sessionOpened(client, 'old'), 1);
+  assert.equal(await store.addMessage(client, 60_000, Date.now()), 1);
+  await new Promise((resolve) => setTimeout(resolve, 250)); // 'old' expires, its key may be gone
+  const before = await scriptCalls(single.port);
+  const now = Date.now();
+  const answers = await Promise.all([
+    store.sessionOpened(client, 'a'), // 'old' pruned: 1
+    store.sessionOpened(client, 'a'), // a renewal: still 1
+    store.sessionOpened(client, 'b'), // 2
+    store.sessionClosed(client, 'old').then(() => 'released'), // expired already: nothing to remove
+    store.sessionOpened(client, 'probe1'), // 3
+    store.sessionClosed(client, 'probe1').then(() => 'released'),
+    store.sessionClosed(client, 'probe1').then(() => 'released'), // twice: removed once
+    store.sessionOpened(client, 'c'), // a, b, c: 3
+    store.messageCount(client, 60_000, now), // the message of the earlier call: 1
+    store.addMessage(client, 60_000, now), // 2
+    store.addMessage(client, 60_000, now), // 3
+    store.messageCount(client, 60_000, now), // 3
+  ]);
+  assert.equal((await scriptCalls(single.port)) - before, 1, 'one script call');
+  assert.deepEqual(answers, [1, 1, 2, 'released', 3, 'released', 'released', 3, 1, 2, 3, 3]);
+  // The server agrees with the counts the script kept.
+  assert.equal(await store.client.zcard(store.leaseKey(client)), 3);
+  assert.equal(await store.client.zcard(store.messageKey(client, 60_000)), 3);
+});
+
 test('Redis: batchIntervalMs 0 sends the operations of one event-loop turn together', async (t) => {
   const store = await open(single.url, { prefix: 'turn:', batchIntervalMs: 0 });
   t.after(() => store.close());
