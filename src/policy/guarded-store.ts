@@ -59,6 +59,7 @@ class GuardedCall<T> implements Deadline {
   constructor(
     /** The store's report of an ended call (breaker, metrics). */
     readonly report: Report,
+    readonly deadlines: Deadlines,
     readonly timeoutMs: number,
     readonly op: StoreOp,
     resolve: (value: T) => void,
@@ -87,6 +88,7 @@ class GuardedCall<T> implements Deadline {
     const resolve = this.#resolve;
     if (resolve === undefined) return;
     this.#resolve = this.#reject = undefined;
+    this.deadlines.settled();
     this.report(this.op, this.started);
     resolve(value);
   };
@@ -95,6 +97,7 @@ class GuardedCall<T> implements Deadline {
     const reject = this.#reject;
     if (reject === undefined) return;
     this.#resolve = this.#reject = undefined;
+    this.deadlines.settled();
     const error =
       err instanceof MilterStoreError
         ? err
@@ -111,10 +114,10 @@ class GuardedCall<T> implements Deadline {
 /**
  * The deadlines of the calls in flight, with one timer: every call gets the same timeout, so they expire in
  * the order they started (a queue, no timer per call: the store is called three times per session). A
- * settled call stays queued until the head passes it.
+ * settled call leaves the queue once every call before it has settled too.
  */
 class Deadlines {
-  readonly #queue: Deadline[] = [];
+  readonly #queue: (Deadline | undefined)[] = [];
   #head = 0;
   #timer: NodeJS.Timeout | undefined;
 
@@ -127,6 +130,29 @@ class Deadlines {
     this.#timer = setTimeout(() => this.#expire(), Math.max(0, ms));
   }
 
+  /**
+   * A call settled: let go of the settled calls at the head. Calls mostly settle in the order they started
+   * (batches are answered in order), so the queue holds about the calls in flight; waiting for the timer
+   * kept every call a whole timeout, long enough to survive a scavenge and be copied by it.
+   */
+  settled(): void {
+    const q = this.#queue;
+    while (this.#head < q.length && (q[this.#head] as Deadline).settled) q[this.#head++] = undefined;
+    this.#compact();
+  }
+
+  /** Forget the slots before the head: all of them once the queue is empty, else now and then. */
+  #compact(): void {
+    const q = this.#queue;
+    if (this.#head === q.length) {
+      q.length = 0;
+      this.#head = 0;
+    } else if (this.#head > 1024) {
+      q.splice(0, this.#head);
+      this.#head = 0;
+    }
+  }
+
   #expire(): void {
     this.#timer = undefined;
     const q = this.#queue;
@@ -134,19 +160,11 @@ class Deadlines {
     while (this.#head < q.length) {
       const d = q[this.#head] as Deadline;
       if (!d.settled && d.at > now) break;
-      this.#head++;
+      q[this.#head++] = undefined;
       if (!d.settled) d.expire();
     }
-    if (this.#head === q.length) {
-      q.length = 0;
-      this.#head = 0;
-      return;
-    }
-    if (this.#head > 1024) {
-      q.splice(0, this.#head);
-      this.#head = 0;
-    }
-    this.#arm((q[this.#head] as Deadline).at - now);
+    this.#compact();
+    if (this.#head < q.length) this.#arm((q[this.#head] as Deadline).at - now);
   }
 }
 
@@ -237,7 +255,7 @@ export class GuardedStore implements PolicyStore {
       );
     }
     return new Promise<T>((resolve, reject) => {
-      const call = new GuardedCall(this.#report, this.timeoutMs, op, resolve, reject);
+      const call = new GuardedCall(this.#report, this.#deadlines, this.timeoutMs, op, resolve, reject);
       this.#deadlines.add(call);
       let result: T | PromiseLike<T>;
       try {
