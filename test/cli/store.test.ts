@@ -166,18 +166,18 @@ test('check-config: store URL checked, password never printed; a bad URL is a lo
   assert.match(rb.stderr, /bad\.yaml:2:\d+: store(\.url)?: unknown scheme "mysql:"/);
 });
 
-test('check-config: store.batchInterval defaults to 5ms, is read from the file and the flag, and is refused outside 0 to 20ms', async (t) => {
+test('check-config: store.batchInterval defaults to 10ms, is read from the file and the flag, and is refused outside 0 to 20ms', async (t) => {
   const dir = await tempDir(t);
   const file = join(dir, 'milterd.yaml');
-  await writeFile(file, 'store:\n  url: redis://127.0.0.1:6379/0\n  batchInterval: 10ms\n');
+  await writeFile(file, 'store:\n  url: redis://127.0.0.1:6379/0\n  batchInterval: 15ms\n');
   const batchInterval = async (args: string[]): Promise<string> => {
     const r = await runMilterd(['check-config', ...args]);
     assert.equal(r.code, 0, r.stderr);
     return (JSON.parse(r.stdout) as { config: { store: { batchInterval: string } } }).config.store
       .batchInterval;
   };
-  assert.equal(await batchInterval([]), '5ms');
-  assert.equal(await batchInterval([file]), '10ms');
+  assert.equal(await batchInterval([]), '10ms');
+  assert.equal(await batchInterval([file]), '15ms');
   assert.equal(await batchInterval(['--store-batch-interval', '0', file]), '0s');
   // A bad flag is a usage error (2), a bad file value a configuration problem (3).
   for (const bad of ['21ms', '1s']) {
