@@ -9,7 +9,7 @@
  * Target (issue 15), per cell and generator: the Redis store at most 10 % fewer msg/s than the memory
  * store and at most 1 ms more EOM p99.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { RedisServer } from '../../test/helpers/redis.js';
 import type { CandidateDef } from './candidates.js';
@@ -85,9 +85,12 @@ export class FleetBench {
     return defs;
   }
 
-  /** Stop redis-server (by pid). */
+  /** Stop redis-server (by pid) and remove its directory (its socket; nothing is persisted). */
   async stop(): Promise<void> {
-    await this.redis?.stop();
+    const redis = this.redis;
+    if (redis === undefined) return;
+    await redis.stop();
+    rmSync(redis.dir, { recursive: true, force: true });
   }
 }
 
