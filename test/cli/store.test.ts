@@ -104,7 +104,7 @@ test('Redis killed, then frozen (SIGSTOP): sessions are answered within the dead
   await plain.waitFor((l) => l.msg === 'policy store connected', 'store connected');
   assert.equal((await httpGet(s.adminPort as number, '/readyz')).status, 200);
 
-  redis.pause();
+  await redis.pause();
   // Every session is still served (on-store-error: allow), two at once from one client included.
   const held = [];
   for (let i = 0; i < 6; i++) {

@@ -319,7 +319,7 @@ await describe(
       await breakersClosed('restarted');
       const e2 = await errors();
 
-      redis.pause();
+      await redis.pause();
       try {
         await onLong('paused');
         await overLimit('paused', '127.0.3.2');

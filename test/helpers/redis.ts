@@ -140,6 +140,13 @@ async function waitUntil(
   }
 }
 
+/** A process's state letter from /proc/PID/stat (R, S, D, T...), or undefined once it is gone. */
+async function processState(pid: number): Promise<string | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  // "PID (COMM) STATE ...": COMM may hold spaces and parentheses, the state follows the last ")".
+  return stat?.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+}
+
 /** One redis-server process. */
 export class RedisServer {
   #child: ChildProcess | undefined;
@@ -319,9 +326,21 @@ export class RedisServer {
     return stdout;
   }
 
-  /** Freeze the process (the deadline path: connections stay open, nothing answers). */
-  pause(): void {
-    if (this.#child?.pid !== undefined && this.alive) process.kill(this.#child.pid, 'SIGSTOP');
+  /**
+   * Freeze the process (the deadline path: connections stay open, nothing answers). Resolves once the
+   * kernel reports it stopped: `kill` returns before the signal is acted on, and a test that goes on at
+   * once must not meet a server still answering.
+   */
+  async pause(): Promise<void> {
+    const pid = this.#child?.pid;
+    if (pid === undefined || !this.alive) throw new Error('redis-server is not running: nothing to pause');
+    process.kill(pid, 'SIGSTOP');
+    await waitUntil(
+      async () => (await processState(pid)) === 'T',
+      `redis-server ${pid} stopped`,
+      undefined,
+      2000,
+    );
   }
 
   resume(): void {

@@ -45,7 +45,7 @@ test('SIGSTOP: calls fail at the deadline, then the breaker opens and nothing is
   t.after(() => guard.close());
   t.after(() => redis.resume());
   assert.equal(await guard.sessionOpened('192.0.2.1', 'a'), 1);
-  redis.pause();
+  await redis.pause();
   assert.equal(await code(guard.sessionOpened('192.0.2.1', 'b')), 'ERR_MILTER_STORE_TIMEOUT');
   assert.equal(await code(guard.addMessage('192.0.2.1', 60_000, Date.now())), 'ERR_MILTER_STORE_TIMEOUT');
   assert.equal(guard.breakerState, 'open', 'two failures open it');
@@ -81,7 +81,7 @@ test('the CONNECT opening (lease and counts) is one guarded call: one metric, on
     calls.map((c) => [c.op, c.code]),
     [['session-open', undefined]],
   );
-  redis.pause();
+  await redis.pause();
   assert.equal(
     await code(guard.sessionOpenedWithCounts('192.0.2.2', 'b', [60_000])),
     'ERR_MILTER_STORE_TIMEOUT',
@@ -118,7 +118,7 @@ test('killed: calls fail fast (no offline queue) with ERR_MILTER_STORE_FAILED; r
 async function verdicts(onStoreError: OnStoreError | undefined, instances: number): Promise<string[]> {
   const { guard } = await guarded({ instances, openMs: 60_000 });
   const filter = concurrencyLimited(guard, 4, onStoreError);
-  redis.pause();
+  await redis.pause();
   let held: Awaited<ReturnType<typeof heldSessions>> | undefined;
   try {
     held = await heldSessions(filter, '192.0.2.9', 4);

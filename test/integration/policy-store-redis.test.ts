@@ -251,7 +251,7 @@ test('Redis: the operations of many sessions go out as one script call, in order
   // together in one call once the first is answered: three operations, two calls.
   const mid = await scriptCalls(single.port);
   const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-  single.pause();
+  await single.pause();
   let results: number[];
   try {
     const first = store.addMessage('192.0.2.32', 60_000, Date.now());
