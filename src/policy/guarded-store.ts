@@ -50,16 +50,15 @@ type Report = (op: StoreOp, started: number, code?: MilterErrorCode) => void;
 class GuardedCall<T> implements Deadline {
   readonly started = performance.now();
   readonly at: number;
-  // Dropped when settled: a settled call stays in the deadline queue until the queue's head passes it (up
-  // to the timeout later), and must not keep its promise and its value alive meanwhile (with thousands of
+  // Dropped when settled: a settled call stays in the deadline queue while a call before it is unanswered
+  // (up to the timeout), and must not keep its promise and its value alive meanwhile (with thousands of
   // calls a second they were a measurable share of what each scavenge copied, and so of its pause).
   #resolve: ((value: T) => void) | undefined;
   #reject: ((err: unknown) => void) | undefined;
 
   constructor(
-    /** The store's report of an ended call (breaker, metrics). */
+    /** The store's report of an ended call (deadline queue, breaker, metrics). */
     readonly report: Report,
-    readonly deadlines: Deadlines,
     readonly timeoutMs: number,
     readonly op: StoreOp,
     resolve: (value: T) => void,
@@ -88,7 +87,6 @@ class GuardedCall<T> implements Deadline {
     const resolve = this.#resolve;
     if (resolve === undefined) return;
     this.#resolve = this.#reject = undefined;
-    this.deadlines.settled();
     this.report(this.op, this.started);
     resolve(value);
   };
@@ -97,7 +95,6 @@ class GuardedCall<T> implements Deadline {
     const reject = this.#reject;
     if (reject === undefined) return;
     this.#resolve = this.#reject = undefined;
-    this.deadlines.settled();
     const error =
       err instanceof MilterStoreError
         ? err
@@ -255,7 +252,7 @@ export class GuardedStore implements PolicyStore {
       );
     }
     return new Promise<T>((resolve, reject) => {
-      const call = new GuardedCall(this.#report, this.#deadlines, this.timeoutMs, op, resolve, reject);
+      const call = new GuardedCall(this.#report, this.timeoutMs, op, resolve, reject);
       this.#deadlines.add(call);
       let result: T | PromiseLike<T>;
       try {
@@ -269,8 +266,9 @@ export class GuardedStore implements PolicyStore {
     });
   }
 
-  /** A call ended (GuardedCall): the breaker and the metrics hear of it. */
+  /** A call ended (GuardedCall): the deadline queue, the breaker and the metrics hear of it. */
   readonly #report: Report = (op, started, code) => {
+    this.#deadlines.settled();
     if (code === undefined) this.breaker.success();
     else this.breaker.failure();
     const seconds = (performance.now() - started) / 1000;
