@@ -180,10 +180,12 @@ export class PolicyStages<P> {
   async abort(ctx: StageContext<P>): Promise<void> {
     const c = this.connections.get(ctx);
     const t = c.tracker;
-    if (t.pending) await t.pending;
     // Postfix sends ABORT after every transaction, even a completed one: only an open transaction is
     // aborted, and the user hears of it only if it still follows that message (libmilter would not
-    // call xxfi_abort after an ACCEPT either).
+    // call xxfi_abort after an ACCEPT either). Only an open one waits for the store work before it (its
+    // outcome comes after the last one's): the ABORT after a completed message has nothing to wait for,
+    // and holding it held the session's next command until the message's store answer came.
+    if (t.pending && t.inTransaction) await t.pending;
     const open = t.inTransaction;
     const userFollows = open && !c.userDoneMessage && !c.userDoneConnection;
     c.userDoneMessage = false;

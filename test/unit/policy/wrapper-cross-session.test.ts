@@ -404,3 +404,47 @@ test("a session's end does not wait for its lease release: the user's close runs
   assert.equal(closed, 1, "the user's close ran before the store answered");
   answer?.();
 });
+
+test("Postfix's ABORT after a completed message does not wait for the message's store answer; the next MAIL does", async () => {
+  const inner = new MemoryPolicyStore();
+  const answers: Array<() => void> = [];
+  // A shared store whose message counts are answered only when the test says so.
+  const slow: PolicyStore = {
+    sessionOpened: (c, s, n) => Promise.resolve(inner.sessionOpened(c, s, n)),
+    sessionClosed: (c, s, n) => Promise.resolve(inner.sessionClosed(c, s, n)),
+    addMessage: (c, w, n) => {
+      const count = inner.addMessage(c, w, n);
+      return new Promise<number>((resolve) => answers.push(() => resolve(count)));
+    },
+    messageCount: (c, w, n) => Promise.resolve(inner.messageCount(c, w, n)),
+  };
+  const rules: PolicyRule[] = [
+    { name: 'rate', limit: { kind: 'max-messages-per-client', max: 1, windowMs: 60_000 } },
+  ];
+  const policy = createShutdownPolicy({ dryRun: false, rules }, { store: slow });
+  let aborts = 0;
+  const mta = new FakeMta(
+    withShutdownPolicy({ abort: () => void aborts++ }, policy),
+    'a',
+    client('192.0.2.42'),
+  );
+  await mta.connect();
+  assert.equal(await mta.helo(), 'continue');
+  // EOM, then Postfix's two ABORTs: all answered while the store still holds the message's count.
+  assert.equal((await mta.message({ postfixAbort: true })).final, 'continue');
+  assert.equal(answers.length, 1, 'the count was issued');
+  assert.equal(aborts, 0, 'no transaction was open: the user hears of no abort');
+  // The next MAIL is where the message's verdict fires: it waits for the answer.
+  let settled = false;
+  const next = mta.message().then((trace) => {
+    settled = true;
+    return trace;
+  });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(settled, false, 'MAIL waits for the store answer');
+  answers.shift()?.();
+  const trace = await next;
+  assert.equal(trace.final, '421', 'the limit (1) was reached by the first message');
+  assert.equal(trace.endedAt, 'envfrom');
+  await mta.close();
+});
