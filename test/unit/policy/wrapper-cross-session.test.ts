@@ -17,6 +17,20 @@ const client = (address: string): { hostname: string; family: 'inet'; port: numb
   address,
 });
 
+/**
+ * A shared store over `inner`: it answers by promise, so the policy guards it (deadline, breaker, local
+ * shadow) as it does Redis; `replace` swaps some of its calls.
+ */
+function sharedStore(inner: MemoryPolicyStore, replace: Partial<PolicyStore> = {}): PolicyStore {
+  return {
+    sessionOpened: (c, s, n) => Promise.resolve(inner.sessionOpened(c, s, n)),
+    sessionClosed: (c, s, n) => Promise.resolve(inner.sessionClosed(c, s, n)),
+    addMessage: (c, w, n) => Promise.resolve(inner.addMessage(c, w, n)),
+    messageCount: (c, w, n) => Promise.resolve(inner.messageCount(c, w, n)),
+    ...replace,
+  };
+}
+
 test('max-concurrent-sessions: the extra session gets 421 at HELO; closing frees the slot; no leftovers', async () => {
   const store = new MemoryPolicyStore();
   const policy = createShutdownPolicy(
@@ -331,12 +345,7 @@ test('client-prefix is respected: wider and narrower IPv6 groups, IPv4 networks'
 test('a shared store: clientStats is frozen, its local counts are read when asked, and they appear in JSON', async () => {
   const inner = new MemoryPolicyStore();
   // Not a MemoryPolicyStore itself: the policy guards it (deadline, breaker, local shadow) as it does Redis.
-  const shared: PolicyStore = {
-    sessionOpened: (c, s, n) => Promise.resolve(inner.sessionOpened(c, s, n)),
-    sessionClosed: (c, s, n) => Promise.resolve(inner.sessionClosed(c, s, n)),
-    addMessage: (c, w, n) => Promise.resolve(inner.addMessage(c, w, n)),
-    messageCount: (c, w, n) => Promise.resolve(inner.messageCount(c, w, n)),
-  };
+  const shared = sharedStore(inner);
   const rules: PolicyRule[] = [
     { name: 'rate', limit: { kind: 'max-messages-per-client', max: 100, windowMs: 60_000 } },
   ];
@@ -377,16 +386,13 @@ test("a session's end does not wait for its lease release: the user's close runs
   let releases = 0;
   let answer: (() => void) | undefined;
   // A shared store whose releases are answered only when the test says so.
-  const slow: PolicyStore = {
-    sessionOpened: (c, s, n) => Promise.resolve(inner.sessionOpened(c, s, n)),
+  const slow = sharedStore(inner, {
     sessionClosed: (c, s, n) => {
       releases++;
       inner.sessionClosed(c, s, n);
       return new Promise<void>((resolve) => (answer = resolve));
     },
-    addMessage: (c, w, n) => Promise.resolve(inner.addMessage(c, w, n)),
-    messageCount: (c, w, n) => Promise.resolve(inner.messageCount(c, w, n)),
-  };
+  });
   const policy = createShutdownPolicy(
     { dryRun: false, rules: [{ name: 'conc', limit: { kind: 'max-concurrent-sessions', max: 5 } }] },
     { store: slow },
@@ -409,15 +415,12 @@ test("Postfix's ABORT after a completed message does not wait for the message's 
   const inner = new MemoryPolicyStore();
   const answers: Array<() => void> = [];
   // A shared store whose message counts are answered only when the test says so.
-  const slow: PolicyStore = {
-    sessionOpened: (c, s, n) => Promise.resolve(inner.sessionOpened(c, s, n)),
-    sessionClosed: (c, s, n) => Promise.resolve(inner.sessionClosed(c, s, n)),
+  const slow = sharedStore(inner, {
     addMessage: (c, w, n) => {
       const count = inner.addMessage(c, w, n);
       return new Promise<number>((resolve) => answers.push(() => resolve(count)));
     },
-    messageCount: (c, w, n) => Promise.resolve(inner.messageCount(c, w, n)),
-  };
+  });
   const rules: PolicyRule[] = [
     { name: 'rate', limit: { kind: 'max-messages-per-client', max: 1, windowMs: 60_000 } },
   ];
