@@ -143,8 +143,10 @@ async function waitUntil(
 /** A process's state letter from /proc/PID/stat (R, S, D, T...), or undefined once it is gone. */
 async function processState(pid: number): Promise<string | undefined> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  if (stat === undefined) return undefined;
   // "PID (COMM) STATE ...": COMM may hold spaces and parentheses, the state follows the last ")".
-  return stat?.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  const state = stat.lastIndexOf(')') + 2;
+  return stat.slice(state, state + 1);
 }
 
 /** One redis-server process. */
