@@ -41,6 +41,8 @@ interface Deadline {
   /** performance.now() time at which the call fails unless settled. */
   readonly at: number;
   readonly settled: boolean;
+  /** It was given a stall's grace (Deadlines): once only. */
+  graced: boolean;
   expire(): void;
 }
 
@@ -50,6 +52,7 @@ type Report = (op: StoreOp, started: number, code?: MilterErrorCode) => void;
 class GuardedCall<T> implements Deadline {
   readonly started = performance.now();
   readonly at: number;
+  graced = false;
   // Dropped when settled: a settled call stays in the deadline queue while a call before it is unanswered
   // (up to the timeout), and must not keep its promise and its value alive meanwhile (with thousands of
   // calls a second they were a measurable share of what each scavenge copied, and so of its pause).
@@ -109,22 +112,53 @@ class GuardedCall<T> implements Deadline {
 }
 
 /**
+ * A deadline timer firing later than this (ms) means the process stood still: longer than a busy
+ * event-loop turn (a few ms under load, docs/benchmark.md), far shorter than the default timeout.
+ */
+const STALL_MS = 10;
+
+/**
  * The deadlines of the calls in flight, with one timer: every call gets the same timeout, so they expire in
  * the order they started (a queue, no timer per call: the store is called three times per session). A
  * settled call leaves the queue once every call before it has settled too.
+ *
+ * A deadline measures the store, not this process. When the timer fires, the calls are expired only
+ * after the event loop's next poll phase has read what waits on the sockets, and after the answers the
+ * store has but is still handing out (`delivering`): timers run before the poll phase, so after a long
+ * callback every call in flight would time out although its answer had come in time. And when the timer
+ * fires late by more than STALL_MS, this process stood still (a GC pause, a long callback, a stalled
+ * host) and the store had no chance to be heard: the calls due get that time again (once, at most one
+ * timeout). Without both, a
+ * stall of the milter alone timed out a healthy store's calls and opened the breaker.
  */
 class Deadlines {
   readonly #queue: (Deadline | undefined)[] = [];
   #head = 0;
   #timer: NodeJS.Timeout | undefined;
 
+  constructor(
+    /** The longest grace after a stall (the calls' timeout). */
+    readonly timeoutMs: number,
+    /** Whether the store is still handing out answers that have arrived (PolicyStore.delivering). */
+    readonly delivering: () => boolean,
+  ) {}
+
   add(d: Deadline): void {
     this.#queue.push(d);
     if (this.#timer === undefined) this.#arm(d.at - performance.now());
   }
 
-  #arm(ms: number): void {
-    this.#timer = setTimeout(() => this.#expire(), Math.max(0, ms));
+  /** `grace`: this check follows a stall's grace, and expires what is due however late it runs. */
+  #arm(ms: number, grace = false): void {
+    const due = performance.now() + Math.max(0, ms);
+    this.#timer = setTimeout(
+      () => {
+        const late = grace ? 0 : performance.now() - due;
+        // The check phase: after the poll phase has read the sockets.
+        setImmediate(() => this.#expire(late));
+      },
+      Math.max(0, ms),
+    );
   }
 
   /**
@@ -150,10 +184,31 @@ class Deadlines {
     }
   }
 
-  #expire(): void {
+  #expire(late: number): void {
+    // Answers that came in are still being handed out: after them (each slice is one turn).
+    if (this.delivering()) {
+      setImmediate(() => this.#expire(late));
+      return;
+    }
     this.#timer = undefined;
+    this.settled();
     const q = this.#queue;
     const now = performance.now();
+    // One grace per call: a process that never stops stalling (every turn longer than STALL_MS) still
+    // fails a dead store's calls, at most one timeout late.
+    if (late > STALL_MS) {
+      let graced = false;
+      for (let i = this.#head; i < q.length; i++) {
+        const d = q[i] as Deadline;
+        if (d.at > now) break;
+        if (d.settled || d.graced) continue;
+        d.graced = graced = true;
+      }
+      if (graced) {
+        this.#arm(Math.min(late, this.timeoutMs));
+        return;
+      }
+    }
     while (this.#head < q.length) {
       const d = q[this.#head] as Deadline;
       if (!d.settled && d.at > now) break;
@@ -172,7 +227,7 @@ export class GuardedStore implements PolicyStore {
   /** This instance's own counts, for `on-store-error: local`. */
   readonly local: MemoryPolicyStore;
   readonly #onCall: ((event: StoreCallEvent) => void) | undefined;
-  readonly #deadlines = new Deadlines();
+  readonly #deadlines: Deadlines;
 
   constructor(
     readonly inner: PolicyStore,
@@ -185,6 +240,7 @@ export class GuardedStore implements PolicyStore {
         ? options.breaker
         : new CircuitBreaker({ openMs: DEFAULTS.storeBreakerOpenMs, ...options.breaker });
     this.#onCall = options.onCall;
+    this.#deadlines = new Deadlines(this.timeoutMs, () => inner.delivering === true);
     this.local = new MemoryPolicyStore(
       inner.leaseTtlMs === undefined ? {} : { leaseTtlMs: inner.leaseTtlMs },
     );

@@ -159,6 +159,8 @@ class Batches {
   // Every call in flight, for `drain`.
   readonly #calls = new Set<Promise<unknown>>();
   readonly #lastSent = new Map<string, number>();
+  /** Answers that arrived and are still being handed out (see #answer), in batches. */
+  delivering = 0;
 
   constructor(
     readonly send: BatchCommand,
@@ -283,11 +285,33 @@ class Batches {
         return;
       }
       done();
-      answer(waiters, out as number[], 0, 0);
+      this.#answer(waiters, out as number[], 0, 0);
     }, failed);
     this.#calls.add(settled);
     const forget = (): void => void this.#calls.delete(settled);
     settled.then(forget, forget);
+  }
+
+  /** Hand a batch's answers to their waiters, ANSWER_SLICE sessions per event-loop turn. */
+  #answer(waiters: readonly Waiter[], out: readonly number[], from: number, line: number): void {
+    let resumed = 0;
+    let i = from;
+    for (; i < waiters.length && resumed < ANSWER_SLICE; i++) {
+      const w = waiters[i] as Waiter;
+      resumed += w.resumes;
+      if (w.many) {
+        w.resolve(out.slice(line, line + w.lines));
+        line += w.lines;
+      } else {
+        w.resolve(out[line++] as number);
+      }
+    }
+    if (i < waiters.length) {
+      if (from === 0) this.delivering++;
+      setImmediate(() => this.#answer(waiters, out, i, line));
+    } else if (from > 0) {
+      this.delivering--;
+    }
   }
 }
 
@@ -299,22 +323,6 @@ class Batches {
  * throughput, and they cost none.
  */
 const ANSWER_SLICE = 16;
-
-function answer(waiters: readonly Waiter[], out: readonly number[], from: number, line: number): void {
-  let resumed = 0;
-  let i = from;
-  for (; i < waiters.length && resumed < ANSWER_SLICE; i++) {
-    const w = waiters[i] as Waiter;
-    resumed += w.resumes;
-    if (w.many) {
-      w.resolve(out.slice(line, line + w.lines));
-      line += w.lines;
-    } else {
-      w.resolve(out[line++] as number);
-    }
-  }
-  if (i < waiters.length) setImmediate(answer, waiters, out, i, line);
-}
 
 function nothing(): void {}
 
@@ -404,6 +412,10 @@ export class RedisPolicyStore implements PolicyStore {
       'isCluster' in client && client.isCluster ? (key) => key.slice(0, key.indexOf('}') + 1) : () => '',
       interval,
     );
+  }
+
+  get delivering(): boolean {
+    return this.#batches.delivering > 0;
   }
 
   /** The underlying ioredis client (Redis or Cluster). */

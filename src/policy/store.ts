@@ -57,6 +57,12 @@ export interface PolicyStore {
   messageCount(client: string, windowMs: number, now: number): number | Promise<number>;
   /** Release connections (a shared store). Called once, when the daemon stops. */
   close?(): void | Promise<void>;
+  /**
+   * True while answers that have arrived are still being handed to their callers over the next
+   * event-loop turns (the Redis store hands a batch's answers out in slices): a deadline check waits
+   * until they are handed out, so that a call already answered is not timed out. Optional.
+   */
+  readonly delivering?: boolean;
 }
 
 /** What `sessionOpenedWithCounts` returns. */

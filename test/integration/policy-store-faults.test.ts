@@ -94,6 +94,35 @@ test('the CONNECT opening (lease and counts) is one guarded call: one metric, on
   assert.equal(guard.local.sessionCount('192.0.2.2'), 2, 'the local shadow counted the lease');
 });
 
+test('a stall of milterd itself (the event loop held past the deadline) fails none of the calls Redis answered in time; the breaker stays closed', async (t) => {
+  const { guard, calls } = await guarded();
+  t.after(() => guard.close());
+  for (let round = 0; round < 5; round++) {
+    const opened = Array.from({ length: 64 }, (_, i) =>
+      guard.sessionOpened(`192.0.2.${i % 4}`, `s${round}.${i}`),
+    );
+    // Held while the batch is in flight or still waiting for its interval, in a timer or after the poll.
+    const hold = (): void => {
+      const end = performance.now() + 80;
+      while (performance.now() < end);
+    };
+    if (round % 2 === 0) setTimeout(hold, 1);
+    else setImmediate(() => setImmediate(hold));
+    const settled = await Promise.allSettled(opened);
+    assert.deepEqual(
+      settled.filter((r) => r.status === 'rejected').map((r) => String(r.reason)),
+      [],
+      `round ${round}`,
+    );
+    await Promise.all(opened.map((_, i) => guard.sessionClosed(`192.0.2.${i % 4}`, `s${round}.${i}`)));
+  }
+  assert.equal(guard.breakerState, 'closed');
+  assert.deepEqual(
+    calls.filter((c) => c.code !== undefined),
+    [],
+  );
+});
+
 test('killed: calls fail fast (no offline queue) with ERR_MILTER_STORE_FAILED; restarted: the store works again', async (t) => {
   const { guard, calls } = await guarded();
   t.after(() => guard.close());

@@ -341,10 +341,11 @@ test('Redis: a batch of 256 operations goes out at once; the rest follow in the 
   assert.equal((await scriptCalls(single.port)) - before, 2);
 });
 
-test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so other connections run in between; lease releases do not count', async (t) => {
+test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so other connections run in between; lease releases do not count; `delivering` while slices are left', async (t) => {
   const store = await open(single.url, { prefix: 'slice:', batchIntervalMs: 0 });
   t.after(() => store.close());
-  // A macrotask counter: each answer notes the turn it arrived in.
+  // A macrotask counter: each answer notes the turn it arrived in, and whether the store said it was
+  // still handing answers out.
   let turn = 0;
   let ticking = true;
   const tick = (): void => {
@@ -353,15 +354,21 @@ test('Redis: one batch answer resumes its sessions 16 per event-loop turn, so ot
   };
   setImmediate(tick);
   const turns: number[] = [];
+  const delivering: boolean[] = [];
+  assert.equal(store.delivering, false);
   const counts = await Promise.all(
     Array.from({ length: 40 }, () =>
       store.addMessage('192.0.2.36', 60_000, Date.now()).then((n) => {
         turns.push(turn);
+        delivering.push(store.delivering);
         return n;
       }),
     ),
   );
   ticking = false;
+  // Slices are left after the first two (the guard's deadlines wait for them), none after the last.
+  assert.deepEqual([delivering[0], delivering[16], delivering[39]], [true, true, false]);
+  assert.equal(store.delivering, false);
   assert.deepEqual(
     counts,
     Array.from({ length: 40 }, (_, i) => i + 1),

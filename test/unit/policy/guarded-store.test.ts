@@ -1,10 +1,14 @@
 /**
  * GuardedStore's deadlines when calls settle in any order: a settled call leaves the queue as soon as the
  * calls before it have settled, and a call still unanswered fails at its own deadline, whether the queue
- * emptied before it came or calls behind it were answered first.
+ * emptied before it came or calls behind it were answered first. And a deadline measures the store, not
+ * this process: a stall of the event loop, or answers still being handed out, time nothing out.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net from 'node:net';
 import { test } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import { GuardedStore } from '../../../src/policy/guarded-store.js';
 import type { PolicyStore } from '../../../src/policy/store.js';
 import { storeCallCode as code } from './store-suite.js';
@@ -74,4 +78,123 @@ test('GuardedStore: more than a thousand answered calls behind an unanswered hea
   hand.answer(1501, 7);
   assert.equal(await ok, 7);
   assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_TIMEOUT');
+});
+
+/** Hold the event loop (a GC pause, a long callback, a stalled host) for `ms`. */
+function stall(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end);
+}
+
+/** An echo server on loopback in a worker thread: it answers while this thread's event loop stands still. */
+const ECHO_SERVER = `
+const net = require('node:net');
+const { parentPort } = require('node:worker_threads');
+const server = net.createServer((s) => s.setNoDelay(true).pipe(s));
+server.listen(0, '127.0.0.1', () => parentPort.postMessage(server.address().port));
+`;
+
+/**
+ * A store answering over a loopback socket, as a network store does: each call writes a byte, the peer
+ * echoes it, and the call resolves when the echo is read (in the poll phase of the event loop).
+ */
+async function socketStore(): Promise<{ store: PolicyStore; close(): Promise<void> }> {
+  const worker = new Worker(ECHO_SERVER, { eval: true });
+  const port = (await once(worker, 'message'))[0] as number;
+  const socket = net.connect(port, '127.0.0.1').setNoDelay(true);
+  await new Promise((resolve) => socket.once('connect', resolve));
+  const waiting: Array<(n: number) => void> = [];
+  socket.on('data', (d: Buffer) => {
+    for (const byte of d) waiting.shift()?.(byte);
+  });
+  const call = (): Promise<number> =>
+    new Promise<number>((resolve) => {
+      waiting.push(resolve);
+      socket.write(Buffer.of(7));
+    });
+  return {
+    store: { sessionOpened: call, sessionClosed: () => undefined, addMessage: call, messageCount: call },
+    close: async () => {
+      socket.destroy();
+      await worker.terminate();
+    },
+  };
+}
+
+test('GuardedStore: an answer that came while the event loop stood still past the deadline is taken, not timed out', async (t) => {
+  const { store, close } = await socketStore();
+  t.after(close);
+  const g = new GuardedStore(store, { timeoutMs: TIMEOUT, breaker: { failures: 1 } });
+  const calls = [g.addMessage('c', 60_000, 0), g.messageCount('c', 60_000, 0)];
+  // The bytes are written now; the echo arrives during the stall and waits, unread, on the socket while the
+  // deadline timer is already due. (A stall in the check phase: the next loop iteration runs the timers
+  // before it polls the socket. 5 ms past the deadline: less than a stall's grace, so the poll must come
+  // first.)
+  setImmediate(() => stall(TIMEOUT + 5));
+  assert.deepEqual(await Promise.all(calls), [7, 7]);
+  assert.equal(g.breakerState, 'closed');
+});
+
+test('GuardedStore: a call not even sent when the process stalled gets the stalled time again, once', async (t) => {
+  const { store, close } = await socketStore();
+  t.after(close);
+  // The call goes out 5 ms after it is made (as a batch waits for its interval); the process stalls before.
+  const later: PolicyStore = {
+    ...store,
+    addMessage: () =>
+      new Promise<number>((resolve) => setTimeout(() => resolve(store.addMessage('c', 1, 0)), 5)),
+  };
+  const g = new GuardedStore(later, { timeoutMs: TIMEOUT, breaker: { failures: 1 } });
+  const call = g.addMessage('c', 60_000, 0);
+  setTimeout(() => stall(TIMEOUT * 2), 1);
+  assert.equal(await call, 7);
+  assert.equal(g.breakerState, 'closed');
+});
+
+test('GuardedStore: a store that never answers still fails at most one timeout after a stall, however the process stalls', async () => {
+  const hand = handStore();
+  const g = new GuardedStore(hand.store, { timeoutMs: TIMEOUT, breaker: { failures: 100 } });
+  const t0 = performance.now();
+  const call = code(g.addMessage('c', 60_000, 0));
+  // Every turn a stall longer than the grace threshold, for as long as the call is unsettled.
+  let settled = false;
+  void call.then(() => (settled = true));
+  const busy = (): void => {
+    if (settled) return;
+    stall(15);
+    setTimeout(busy, 0);
+  };
+  setTimeout(busy, 0);
+  assert.equal(await call, 'ERR_MILTER_STORE_TIMEOUT');
+  const took = performance.now() - t0;
+  assert.ok(took < TIMEOUT * 2 + 3 * 15 + 20, `failed after ${took.toFixed(0)} ms`);
+});
+
+test('GuardedStore: answers the store has but still hands out over several turns (delivering) are not timed out meanwhile', async () => {
+  const hand = handStore();
+  let delivering = false;
+  const store: PolicyStore = {
+    ...hand.store,
+    get delivering() {
+      return delivering;
+    },
+  };
+  const g = new GuardedStore(store, { timeoutMs: TIMEOUT, breaker: { failures: 100 } });
+  const calls = Array.from({ length: 40 }, () => g.addMessage('c', 60_000, 0));
+  // Just before the deadline all the answers are in, handed out one per event-loop turn, each turn
+  // busy for 2 ms (shorter than the stall threshold): the handing out ends well past the deadline.
+  setTimeout(() => {
+    delivering = true;
+    const next = (i: number): void => {
+      stall(2);
+      hand.answer(i, i);
+      if (i + 1 < calls.length) setImmediate(next, i + 1);
+      else delivering = false;
+    };
+    next(0);
+  }, TIMEOUT - 5);
+  assert.deepEqual(
+    await Promise.all(calls),
+    calls.map((_, i) => i),
+  );
 });
