@@ -10,7 +10,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import process from 'node:process';
 import { setupNative, type NativeBuild } from './setup.js';
-import { startServer, type CandidateDef, type SocketKind } from './lib/candidates.js';
+import { startServer, type CandidateDef, type SocketKind, type StoreCalls } from './lib/candidates.js';
 import {
   measure,
   startLoad,
@@ -446,6 +446,8 @@ interface Summary {
   cpuUsPerMessage: number;
   peakRssMiB: number;
   errors: number;
+  /** Fleet cells: the store calls of every repetition, summed (bench/lib/fleet.ts checks them). */
+  storeCalls?: StoreCalls;
   /** Median p50/p99 per command, ns. */
   commands: Record<string, { p50: number; p99: number }>;
 }
@@ -471,7 +473,19 @@ function summarize(ms: readonly Measurement[]): Summary {
     cpuUsPerMessage: median(ms.map((m) => m.cpuUsPerMessage)),
     peakRssMiB: median(ms.map((m) => m.peakRssMiB)),
     errors: ms.reduce((a, m) => a + m.errors, 0),
+    ...storeCallsOf(ms),
     commands,
+  };
+}
+
+function storeCallsOf(ms: readonly Measurement[]): { storeCalls?: StoreCalls } {
+  const all = ms.flatMap((m) => (m.storeCalls === undefined ? [] : [m.storeCalls]));
+  if (all.length === 0) return {};
+  return {
+    storeCalls: {
+      total: all.reduce((a, c) => a + c.total, 0),
+      failed: all.reduce((a, c) => a + c.failed, 0),
+    },
   };
 }
 

@@ -27,6 +27,30 @@ export interface RunningServer {
   /** The server's own pid plus its workers (cluster mode). */
   pids(): number[];
   stop(): Promise<void>;
+  /** After stop(): the policy store's calls over the server's life, when it has a store (fleet cells). */
+  storeCalls(): StoreCalls | undefined;
+}
+
+/** A fleet cell's store calls (the bench server prints them when it stops): all, and those that failed. */
+export interface StoreCalls {
+  total: number;
+  failed: number;
+}
+
+/** The store calls the server printed when it stopped, onto the measurement taken before. */
+export function withStoreCalls(
+  m: { storeCalls?: StoreCalls } | undefined,
+  calls: StoreCalls | undefined,
+): void {
+  if (m !== undefined && calls !== undefined) m.storeCalls = calls;
+}
+
+/** `store URL: N calls, failed: none` or `…, failed: CODE n, CODE n` (bench/servers/milterd-server.ts). */
+export function parseStoreCalls(line: string): StoreCalls | undefined {
+  const m = /^store \S+: (\d+) calls, failed: (.*)$/.exec(line);
+  if (m === null) return undefined;
+  const failed = [...(m[2] as string).matchAll(/\b[A-Z_]+ (\d+)/g)].reduce((a, f) => a + Number(f[1]), 0);
+  return { total: Number(m[1]), failed };
 }
 
 export async function freePort(): Promise<number> {
@@ -91,6 +115,16 @@ export async function startServer(
     exited = true;
   });
   child.stderr?.pipe(log, { end: false });
+  let storeCalls: StoreCalls | undefined;
+  let errBuf = '';
+  const errEnded = new Promise<void>((r) => child.stderr?.once('end', r) ?? r());
+  child.stderr?.on('data', (d: Buffer) => {
+    errBuf += d.toString('utf8');
+    for (let nl = errBuf.indexOf('\n'); nl >= 0; nl = errBuf.indexOf('\n')) {
+      storeCalls = parseStoreCalls(errBuf.slice(0, nl)) ?? storeCalls;
+      errBuf = errBuf.slice(nl + 1);
+    }
+  });
   const workerPids: number[] = [];
   const ready = new Promise<void>((resolve, reject) => {
     let buf = '';
@@ -128,6 +162,8 @@ export async function startServer(
       }, 1500);
       await gone;
       clearTimeout(timer);
+      // The store line comes last on stderr: read to its end (bounded: a worker may still hold the pipe).
+      await Promise.race([errEnded, new Promise((r) => setTimeout(r, 500))]);
     }
     for (const p of workerPids) {
       try {
@@ -162,5 +198,6 @@ export async function startServer(
     pid,
     pids: () => (workerPids.length > 0 ? [pid, ...workerPids] : [pid]),
     stop,
+    storeCalls: () => storeCalls,
   };
 }

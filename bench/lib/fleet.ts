@@ -12,7 +12,7 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { RedisServer } from '../../test/helpers/redis.js';
-import type { CandidateDef } from './candidates.js';
+import type { CandidateDef, StoreCalls } from './candidates.js';
 import type { Cell } from './measure.js';
 import { fmtUs } from './stats.js';
 
@@ -100,6 +100,8 @@ export interface FleetRow {
   cell: Cell;
   messagesPerSecond: number;
   eomP99: number;
+  /** The store calls of its measurements (the bench server's own count). */
+  storeCalls?: StoreCalls;
 }
 
 export interface FleetCheck {
@@ -126,6 +128,14 @@ export function fleetTargets(rows: readonly FleetRow[]): FleetCheck[] {
     for (const name of FLEET_REDIS) {
       const r = rows.find((x) => x.candidate === name && sameCell(x.cell, c));
       if (r === undefined) continue;
+      // A call that timed out or was refused by the open breaker let its message pass uncounted: the
+      // figures are only Redis's if every call was answered.
+      const calls = r.storeCalls;
+      out.push({
+        target: `${where}: ${name} answered every store call (no timeout, breaker closed)`,
+        value: calls === undefined ? 'not reported' : `${calls.failed} of ${calls.total} failed`,
+        ok: calls !== undefined && calls.total > 0 && calls.failed === 0,
+      });
       const ratio = r.messagesPerSecond / base.messagesPerSecond;
       out.push({
         target: `${where}: ${name} ≥ 90 % of the memory store's msg/s`,

@@ -6,7 +6,13 @@ import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { Histogram, type HistogramData } from './histogram.js';
 import { treeCpuTicks, treePeakRssKiB, ticksPerSecond } from './proc.js';
-import { startServer, type CandidateDef, type SocketKind } from './candidates.js';
+import {
+  startServer,
+  withStoreCalls,
+  type CandidateDef,
+  type SocketKind,
+  type StoreCalls,
+} from './candidates.js';
 import type { DriverName, FromWorker, LoadConfig, WorkerStats } from '../loadgen/types.js';
 import { STAT_NAMES, type MtaName } from '../loadgen/script.js';
 
@@ -65,6 +71,8 @@ export interface Measurement {
   peakRssMiB: number;
   connectionsOpened: number;
   connectRetries: number;
+  /** Fleet cells: the policy store's calls over the server's life (warm-up included), and the failed ones. */
+  storeCalls?: StoreCalls;
 }
 
 export function percentiles(h: Histogram): Percentiles {
@@ -199,6 +207,7 @@ export async function measure(
 ): Promise<Measurement> {
   const server = await startServer(def, cell.socket, opts.logFile, opts.fdLimit);
   let load: LoadRun | undefined;
+  let measured: Measurement | undefined;
   try {
     load = startLoad(
       {
@@ -232,7 +241,7 @@ export async function measure(
     const c = combine(stats);
     const seconds = (t1 - t0) / 1000;
     const cpuSeconds = (cpu1 - cpu0) / ticksPerSecond();
-    return {
+    measured = {
       candidate: def.name,
       generator: 'node',
       cell,
@@ -250,8 +259,10 @@ export async function measure(
       connectionsOpened: c.connectionsOpened,
       connectRetries: c.connectRetries,
     };
+    return measured;
   } finally {
     if (load) await load.stop().catch(() => []);
     await server.stop();
+    withStoreCalls(measured, server.storeCalls());
   }
 }

@@ -13,7 +13,7 @@ import { appendFileSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { STAT_NAMES } from '../loadgen/script.js';
-import { startServer, type CandidateDef } from './candidates.js';
+import { startServer, withStoreCalls, type CandidateDef } from './candidates.js';
 import type { Cell, Measurement, MeasureOptions, Percentiles } from './measure.js';
 import { treeCpuTicks, treePeakRssKiB, ticksPerSecond } from './proc.js';
 
@@ -90,6 +90,7 @@ export async function measureWithMilterload(
   opts: MeasureOptions,
 ): Promise<Measurement> {
   const server = await startServer(def, cell.socket, opts.logFile, opts.fdLimit);
+  let measured: Measurement | undefined;
   try {
     const args = (seconds: number): string[] => [
       '--target',
@@ -135,7 +136,7 @@ export async function measureWithMilterload(
       max: r.eom_us.max * 1000,
     };
     const errors = r.errors + r.unfinished;
-    return {
+    measured = {
       candidate: def.name,
       generator: 'milterload',
       cell,
@@ -154,7 +155,9 @@ export async function measureWithMilterload(
       connectionsOpened: r.connections,
       connectRetries: 0,
     };
+    return measured;
   } finally {
     await server.stop();
+    withStoreCalls(measured, server.storeCalls());
   }
 }
