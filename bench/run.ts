@@ -23,7 +23,7 @@ import {
 import { buildMilterload, measureWithMilterload } from './lib/milterload.js';
 import { median, fmtNum, fmtUs, table } from './lib/stats.js';
 import { logStall, logStallTable, type LogStallResult } from './lib/log-stall.js';
-import { peakRssKiB, rssKiB } from './lib/proc.js';
+import { peakRssKiB, rssKiB, STEAL_WARN_PERCENT } from './lib/proc.js';
 import { messageMemory } from './tools/message-memory.js';
 import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
@@ -446,6 +446,8 @@ interface Summary {
   cpuUsPerMessage: number;
   peakRssMiB: number;
   errors: number;
+  /** The most CPU time the hypervisor stole in one of its repetitions, percent (proc.ts stealPercent). */
+  stealPercent: number;
   /** Fleet cells: the store calls of every repetition, summed (bench/lib/fleet.ts checks them). */
   storeCalls?: StoreCalls;
   /** Median p50/p99 per command, ns. */
@@ -473,6 +475,7 @@ function summarize(ms: readonly Measurement[]): Summary {
     cpuUsPerMessage: median(ms.map((m) => m.cpuUsPerMessage)),
     peakRssMiB: median(ms.map((m) => m.peakRssMiB)),
     errors: ms.reduce((a, m) => a + m.errors, 0),
+    stealPercent: Math.max(...ms.map((m) => m.stealPercent)),
     ...storeCallsOf(ms),
     commands,
   };
@@ -500,6 +503,7 @@ function cellTable(cell: Cell, sums: readonly Summary[]): string {
     fmtNum(s.cpuUsPerMessage, 0),
     fmtNum(s.peakRssMiB, 1),
     String(s.errors),
+    fmtNum(s.stealPercent, 1),
   ]);
   return (
     `### ${cellName(cell)}\n\n` +
@@ -514,6 +518,7 @@ function cellTable(cell: Cell, sums: readonly Summary[]): string {
         'CPU µs/msg',
         'peak RSS MiB',
         'errors',
+        'steal % (max)',
       ],
       rows,
     )
@@ -853,7 +858,9 @@ async function measureAll(args: Args, fleet: FleetBench): Promise<void> {
           measurements.push(m);
           log(
             `  ${cellName(cell)} rep ${rep + 1} ${name} (${generator}): ${fmtNum(m.messagesPerSecond)} msg/s, EOM p99 ${fmtUs(m.latency.eom?.p99 ?? Number.NaN)}, ` +
-              `CPU ${fmtNum(m.cpuUsPerMessage)} µs/msg, RSS ${fmtNum(m.peakRssMiB, 1)} MiB, errors ${m.errors}` +
+              `CPU ${fmtNum(m.cpuUsPerMessage)} µs/msg, RSS ${fmtNum(m.peakRssMiB, 1)} MiB, errors ${m.errors}, ` +
+              `steal ${fmtNum(m.stealPercent, 1)} %` +
+              (m.stealPercent > STEAL_WARN_PERCENT ? ' (the hypervisor took CPU: not comparable)' : '') +
               (m.connectRetries > 0 ? `, ${m.connectRetries} connect retries (backlog full)` : '') +
               (m.errorSamples.length > 0 ? ` (${m.errorSamples[0]})` : ''),
           );

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { RedisServer } from '../../test/helpers/redis.js';
 import type { CandidateDef, StoreCalls } from './candidates.js';
 import type { Cell } from './measure.js';
+import { STEAL_WARN_PERCENT } from './proc.js';
 import { fmtUs } from './stats.js';
 
 export const FLEET_BASELINE = 'milterd-policy';
@@ -102,6 +103,8 @@ export interface FleetRow {
   eomP99: number;
   /** The store calls of its measurements (the bench server's own count). */
   storeCalls?: StoreCalls;
+  /** The most CPU time the hypervisor stole in one of its measurements, percent. */
+  stealPercent: number;
 }
 
 export interface FleetCheck {
@@ -125,6 +128,14 @@ export function fleetTargets(rows: readonly FleetRow[]): FleetCheck[] {
   for (const base of rows.filter((r) => r.candidate === FLEET_BASELINE)) {
     const c = base.cell;
     const where = `${c.connections}×${c.messagesPerConnection} ${c.socket}`;
+    // Steal slows whichever measurement it falls on: a ratio with it measures the host, not the store.
+    const cell = rows.filter((r) => sameCell(r.cell, c));
+    const steal = Math.max(...cell.map((r) => r.stealPercent));
+    out.push({
+      target: `${where}: host quiet (steal ≤ ${STEAL_WARN_PERCENT} % in every measurement)`,
+      value: `${steal.toFixed(1)} % at most`,
+      ok: steal <= STEAL_WARN_PERCENT,
+    });
     for (const name of FLEET_REDIS) {
       const r = rows.find((x) => x.candidate === name && sameCell(x.cell, c));
       if (r === undefined) continue;

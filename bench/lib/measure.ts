@@ -5,7 +5,7 @@
 import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { Histogram, type HistogramData } from './histogram.js';
-import { treeCpuTicks, treePeakRssKiB, ticksPerSecond } from './proc.js';
+import { machineTicks, stealPercent, treeCpuTicks, treePeakRssKiB, ticksPerSecond } from './proc.js';
 import {
   startServer,
   withStoreCalls,
@@ -71,6 +71,8 @@ export interface Measurement {
   peakRssMiB: number;
   connectionsOpened: number;
   connectRetries: number;
+  /** Percent of the machine's CPU time stolen by the hypervisor during the measured window (proc.ts). */
+  stealPercent: number;
   /** Fleet cells: the policy store's calls over the server's life (warm-up included), and the failed ones. */
   storeCalls?: StoreCalls;
 }
@@ -230,11 +232,13 @@ export async function measure(
     await Promise.race([sleep(opts.warmupMs), limited]);
     const pids = server.pids();
     const cpu0 = treeCpuTicks(pids);
+    const machine0 = machineTicks();
     const t0 = performance.now();
     load.mark();
     await Promise.race([sleep(opts.durationMs), limited]);
     const t1 = performance.now();
     const cpu1 = treeCpuTicks(pids);
+    const steal = stealPercent(machine0, machineTicks());
     const rss = treePeakRssKiB(pids);
     const stats = await load.stop();
     load = undefined;
@@ -258,6 +262,7 @@ export async function measure(
       peakRssMiB: rss / 1024,
       connectionsOpened: c.connectionsOpened,
       connectRetries: c.connectRetries,
+      stealPercent: steal,
     };
     return measured;
   } finally {

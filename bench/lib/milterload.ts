@@ -15,7 +15,7 @@ import { performance } from 'node:perf_hooks';
 import { STAT_NAMES } from '../loadgen/script.js';
 import { startServer, withStoreCalls, type CandidateDef } from './candidates.js';
 import type { Cell, Measurement, MeasureOptions, Percentiles } from './measure.js';
-import { treeCpuTicks, treePeakRssKiB, ticksPerSecond } from './proc.js';
+import { machineTicks, stealPercent, treeCpuTicks, treePeakRssKiB, ticksPerSecond } from './proc.js';
 
 /** The JSON line milterload prints (the fields used here). */
 interface MilterloadResult {
@@ -115,9 +115,11 @@ export async function measureWithMilterload(
     if (opts.warmupMs > 0) await run(binary, args(opts.warmupMs / 1000), opts.logFile);
     const pids = server.pids();
     const cpu0 = treeCpuTicks(pids);
+    const machine0 = machineTicks();
     const t0 = performance.now();
     const r = await run(binary, args(opts.durationMs / 1000), opts.logFile);
     const cpu1 = treeCpuTicks(pids);
+    const steal = stealPercent(machine0, machineTicks());
     const wall = (performance.now() - t0) / 1000;
     const rss = treePeakRssKiB(pids);
     const cpuSeconds = (cpu1 - cpu0) / ticksPerSecond();
@@ -154,6 +156,7 @@ export async function measureWithMilterload(
       peakRssMiB: rss / 1024,
       connectionsOpened: r.connections,
       connectRetries: 0,
+      stealPercent: steal,
     };
     return measured;
   } finally {

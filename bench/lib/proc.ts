@@ -86,3 +86,39 @@ export function treePeakRssKiB(pids: readonly number[]): number {
   for (const p of pids) sum += peakRssKiB(p);
   return sum;
 }
+
+/**
+ * Steal (percent of the machine's CPU time) above which a measurement is flagged: on this project's VMs
+ * quiet runs show 0–1 %, and with 20–25 % the same build ran at 60 % of its speed (docs/benchmark.md).
+ */
+export const STEAL_WARN_PERCENT = 2;
+
+/** The machine's CPU time in ticks (/proc/stat, all CPUs): in all, and stolen by the hypervisor. */
+export interface MachineTicks {
+  total: number;
+  steal: number;
+}
+
+export function machineTicks(): MachineTicks {
+  try {
+    // cpu  user nice system idle iowait irq softirq steal guest guest_nice (guest time is in user already)
+    const f = readFileSync('/proc/stat', 'utf8')
+      .split('\n', 1)[0]!
+      .trim()
+      .split(/\s+/)
+      .slice(1, 9)
+      .map(Number);
+    return { total: f.reduce((a, n) => a + n, 0), steal: f[7] ?? 0 };
+  } catch {
+    return { total: 0, steal: 0 };
+  }
+}
+
+/**
+ * Percent of the machine's CPU time the hypervisor gave to other guests between two readings. On a VM it
+ * changes every figure, and run to run: a measurement with steal is not comparable with one without.
+ */
+export function stealPercent(a: MachineTicks, b: MachineTicks): number {
+  const total = b.total - a.total;
+  return total > 0 ? (100 * (b.steal - a.steal)) / total : 0;
+}

@@ -34,12 +34,13 @@ const cell: Cell = {
 
 test('fleet targets: a Redis row with failed store calls fails its check, whatever its speed', () => {
   const rows: FleetRow[] = [
-    { candidate: 'milterd-policy', cell, messagesPerSecond: 2000, eomP99: 4e6 },
+    { candidate: 'milterd-policy', cell, messagesPerSecond: 2000, eomP99: 4e6, stealPercent: 0.4 },
     {
       candidate: 'milterd-redis',
       cell,
       messagesPerSecond: 2500,
       eomP99: 3e6,
+      stealPercent: 0,
       storeCalls: { total: 27770, failed: 20199 },
     },
     {
@@ -47,11 +48,13 @@ test('fleet targets: a Redis row with failed store calls fails its check, whatev
       cell,
       messagesPerSecond: 1900,
       eomP99: 4.5e6,
+      stealPercent: 1.2,
       storeCalls: { total: 57000, failed: 0 },
     },
   ];
   const checks = fleetTargets(rows).map((c) => [c.target, c.value, c.ok]);
   assert.deepEqual(checks, [
+    ['128×1 tcp: host quiet (steal ≤ 2 % in every measurement)', '1.2 % at most', true],
     [
       '128×1 tcp: milterd-redis answered every store call (no timeout, breaker closed)',
       '20199 of 27770 failed',
@@ -67,4 +70,24 @@ test('fleet targets: a Redis row with failed store calls fails its check, whatev
     ["128×1 tcp: milterd-redis-unix ≥ 90 % of the memory store's msg/s", '95.0 %', true],
     ["128×1 tcp: milterd-redis-unix EOM p99 ≤ memory store's + 1 ms", '4.5 ms vs 4.0 ms', true],
   ]);
+});
+
+test('fleet targets: a cell where the hypervisor stole CPU time fails its host check', () => {
+  const rows: FleetRow[] = [
+    { candidate: 'milterd-policy', cell, messagesPerSecond: 2000, eomP99: 4e6, stealPercent: 0 },
+    {
+      candidate: 'milterd-redis',
+      cell,
+      messagesPerSecond: 1900,
+      eomP99: 4.2e6,
+      stealPercent: 21.4,
+      storeCalls: { total: 1000, failed: 0 },
+    },
+  ];
+  const host = fleetTargets(rows)[0];
+  assert.deepEqual(host, {
+    target: '128×1 tcp: host quiet (steal ≤ 2 % in every measurement)',
+    value: '21.4 % at most',
+    ok: false,
+  });
 });
