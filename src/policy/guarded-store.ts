@@ -126,7 +126,7 @@ const STALL_MS = 10;
  * after the event loop's next poll phase has read what waits on the sockets, and after the answers the
  * store has but is still handing out (`delivering`): timers run before the poll phase, so after a long
  * callback every call in flight would time out although its answer had come in time. And when the timer
- * fires late by more than STALL_MS, this process stood still (a GC pause, a long callback, a stalled
+ * check runs more than STALL_MS after it was due, this process stood still (a GC pause, a long callback, a stalled
  * host) and the store had no chance to be heard: the calls due get that time again (once, at most one
  * timeout). Without both, a
  * stall of the milter alone timed out a healthy store's calls and opened the breaker.
@@ -139,8 +139,8 @@ class Deadlines {
   constructor(
     /** The longest grace after a stall (the calls' timeout). */
     readonly timeoutMs: number,
-    /** Whether the store is still handing out answers that have arrived (PolicyStore.delivering). */
-    readonly delivering: () => boolean,
+    /** Turns the store still takes to hand out the answers that have arrived (PolicyStore.delivering). */
+    readonly delivering: () => number,
   ) {}
 
   add(d: Deadline): void {
@@ -148,17 +148,10 @@ class Deadlines {
     if (this.#timer === undefined) this.#arm(d.at - performance.now());
   }
 
-  /** `grace`: this check follows a stall's grace, and expires what is due however late it runs. */
-  #arm(ms: number, grace = false): void {
+  #arm(ms: number): void {
     const due = performance.now() + Math.max(0, ms);
-    this.#timer = setTimeout(
-      () => {
-        const late = grace ? 0 : performance.now() - due;
-        // The check phase: after the poll phase has read the sockets.
-        setImmediate(() => this.#expire(late));
-      },
-      Math.max(0, ms),
-    );
+    // The check phase: after the poll phase has read the sockets.
+    this.#timer = setTimeout(() => setImmediate(() => this.#expire(due, -1)), Math.max(0, ms));
   }
 
   /**
@@ -184,16 +177,24 @@ class Deadlines {
     }
   }
 
-  #expire(late: number): void {
-    // Answers that came in are still being handed out: after them (each slice is one turn).
-    if (this.delivering()) {
-      setImmediate(() => this.#expire(late));
+  /**
+   * `due`: when the timer was due; `turns`: how many more turns to wait for answers being handed out (-1:
+   * ask the store). The answers already here when the timer fired are waited for, not those arriving
+   * after: a store answering without pause (a Cluster with one shard dead) must not keep the dead shard's
+   * calls from failing.
+   */
+  #expire(due: number, turns: number): void {
+    const left = turns < 0 ? this.delivering() : Math.min(turns, this.delivering());
+    if (left > 0) {
+      setImmediate(() => this.#expire(due, left - 1));
       return;
     }
     this.#timer = undefined;
     this.settled();
     const q = this.#queue;
     const now = performance.now();
+    // Measured here, not when the timer fired: a stall after that counts too.
+    const late = now - due;
     // One grace per call: a process that never stops stalling (every turn longer than STALL_MS) still
     // fails a dead store's calls, at most one timeout late.
     if (late > STALL_MS) {
@@ -240,7 +241,7 @@ export class GuardedStore implements PolicyStore {
         ? options.breaker
         : new CircuitBreaker({ openMs: DEFAULTS.storeBreakerOpenMs, ...options.breaker });
     this.#onCall = options.onCall;
-    this.#deadlines = new Deadlines(this.timeoutMs, () => inner.delivering === true);
+    this.#deadlines = new Deadlines(this.timeoutMs, () => inner.delivering ?? 0);
     this.local = new MemoryPolicyStore(
       inner.leaseTtlMs === undefined ? {} : { leaseTtlMs: inner.leaseTtlMs },
     );

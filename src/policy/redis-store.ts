@@ -140,6 +140,11 @@ interface Batch {
   due: boolean;
 }
 
+/** A batch answer being handed out over several turns: at most how many turns it still takes. */
+interface Delivery {
+  turns: number;
+}
+
 type BatchCommand = (numKeys: number, ...keysThenOps: string[]) => Promise<unknown>;
 
 /**
@@ -159,8 +164,8 @@ class Batches {
   // Every call in flight, for `drain`.
   readonly #calls = new Set<Promise<unknown>>();
   readonly #lastSent = new Map<string, number>();
-  /** Answers that arrived and are still being handed out (see #answer), in batches. */
-  delivering = 0;
+  /** The batch answers that arrived and are still being handed out (see #answer). */
+  readonly #deliveries = new Set<Delivery>();
 
   constructor(
     readonly send: BatchCommand,
@@ -293,7 +298,13 @@ class Batches {
   }
 
   /** Hand a batch's answers to their waiters, ANSWER_SLICE sessions per event-loop turn. */
-  #answer(waiters: readonly Waiter[], out: readonly number[], from: number, line: number): void {
+  #answer(
+    waiters: readonly Waiter[],
+    out: readonly number[],
+    from: number,
+    line: number,
+    delivery?: Delivery,
+  ): void {
     let resumed = 0;
     let i = from;
     for (; i < waiters.length && resumed < ANSWER_SLICE; i++) {
@@ -307,11 +318,21 @@ class Batches {
       }
     }
     if (i < waiters.length) {
-      if (from === 0) this.delivering++;
-      setImmediate(() => this.#answer(waiters, out, i, line));
-    } else if (from > 0) {
-      this.delivering--;
+      // At most one slice per ANSWER_SLICE waiters left, and one for releases after the last of them.
+      const d = delivery ?? { turns: 0 };
+      d.turns = Math.ceil((waiters.length - i) / ANSWER_SLICE) + 1;
+      this.#deliveries.add(d);
+      setImmediate(() => this.#answer(waiters, out, i, line, d));
+    } else if (delivery !== undefined) {
+      this.#deliveries.delete(delivery);
     }
+  }
+
+  /** The most event-loop turns the answers already here still take to be handed out (0: none left). */
+  deliveryTurns(): number {
+    let turns = 0;
+    for (const d of this.#deliveries) turns = Math.max(turns, d.turns);
+    return turns;
   }
 }
 
@@ -414,8 +435,8 @@ export class RedisPolicyStore implements PolicyStore {
     );
   }
 
-  get delivering(): boolean {
-    return this.#batches.delivering > 0;
+  get delivering(): number {
+    return this.#batches.deliveryTurns();
   }
 
   /** The underlying ioredis client (Redis or Cluster). */

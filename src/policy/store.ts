@@ -58,11 +58,12 @@ export interface PolicyStore {
   /** Release connections (a shared store). Called once, when the daemon stops. */
   close?(): void | Promise<void>;
   /**
-   * True while answers that have arrived are still being handed to their callers over the next
-   * event-loop turns (the Redis store hands a batch's answers out in slices): a deadline check waits
-   * until they are handed out, so that a call already answered is not timed out. Optional.
+   * How many more event-loop turns, at most, the answers that have already arrived take to be handed to
+   * their callers (the Redis store hands a batch's answers out in slices, one per turn); 0 when none are
+   * left. A deadline check waits that many turns (no more: answers arriving meanwhile do not extend it),
+   * so that a call already answered is not timed out. Optional.
    */
-  readonly delivering?: boolean;
+  readonly delivering?: number;
 }
 
 /** What `sessionOpenedWithCounts` returns. */

@@ -97,7 +97,7 @@ test('the CONNECT opening (lease and counts) is one guarded call: one metric, on
 test('a stall of milterd itself (the event loop held past the deadline) fails none of the calls Redis answered in time; the breaker stays closed', async (t) => {
   const { guard, calls } = await guarded();
   t.after(() => guard.close());
-  for (let round = 0; round < 5; round++) {
+  for (let round = 0; round < 12; round++) {
     const opened = Array.from({ length: 64 }, (_, i) =>
       guard.sessionOpened(`192.0.2.${i % 4}`, `s${round}.${i}`),
     );
@@ -106,8 +106,9 @@ test('a stall of milterd itself (the event loop held past the deadline) fails no
       const end = performance.now() + 80;
       while (performance.now() < end);
     };
-    if (round % 2 === 0) setTimeout(hold, 1);
-    else setImmediate(() => setImmediate(hold));
+    if (round % 3 === 0) setTimeout(hold, 1);
+    else if (round % 3 === 1) setImmediate(() => setImmediate(hold));
+    else setTimeout(hold, 12);
     const settled = await Promise.allSettled(opened);
     assert.deepEqual(
       settled.filter((r) => r.status === 'rejected').map((r) => String(r.reason)),

@@ -172,11 +172,11 @@ test('GuardedStore: a store that never answers still fails at most one timeout a
 
 test('GuardedStore: answers the store has but still hands out over several turns (delivering) are not timed out meanwhile', async () => {
   const hand = handStore();
-  let delivering = false;
+  let left = 0;
   const store: PolicyStore = {
     ...hand.store,
     get delivering() {
-      return delivering;
+      return left;
     },
   };
   const g = new GuardedStore(store, { timeoutMs: TIMEOUT, breaker: { failures: 100 } });
@@ -184,12 +184,11 @@ test('GuardedStore: answers the store has but still hands out over several turns
   // Just before the deadline all the answers are in, handed out one per event-loop turn, each turn
   // busy for 2 ms (shorter than the stall threshold): the handing out ends well past the deadline.
   setTimeout(() => {
-    delivering = true;
     const next = (i: number): void => {
       stall(2);
       hand.answer(i, i);
-      if (i + 1 < calls.length) setImmediate(next, i + 1);
-      else delivering = false;
+      left = calls.length - 1 - i;
+      if (left > 0) setImmediate(next, i + 1);
     };
     next(0);
   }, TIMEOUT - 5);
@@ -197,4 +196,15 @@ test('GuardedStore: answers the store has but still hands out over several turns
     await Promise.all(calls),
     calls.map((_, i) => i),
   );
+});
+
+test('GuardedStore: a store that never stops handing answers out still fails an unanswered call, a few turns after its deadline', async () => {
+  const hand = handStore();
+  // Always 5 more turns: answers keep arriving, but the check waits only for those there when it began.
+  const store: PolicyStore = { ...hand.store, delivering: 5 };
+  const g = new GuardedStore(store, { timeoutMs: TIMEOUT, breaker: { failures: 100 } });
+  const t0 = performance.now();
+  assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_TIMEOUT');
+  const took = performance.now() - t0;
+  assert.ok(took >= TIMEOUT && took < TIMEOUT + 20, `failed after ${took.toFixed(0)} ms`);
 });
