@@ -125,11 +125,11 @@ const STALL_MS = 10;
  * A deadline measures the store, not this process. When the timer fires, the calls are expired only
  * after the event loop's next poll phase has read what waits on the sockets, and after the answers the
  * store has but is still handing out (`delivering`): timers run before the poll phase, so after a long
- * callback every call in flight would time out although its answer had come in time. And when the timer
- * check runs more than STALL_MS after it was due, this process stood still (a GC pause, a long callback, a stalled
- * host) and the store had no chance to be heard: the calls due get that time again (once, at most one
- * timeout). Without both, a
- * stall of the milter alone timed out a healthy store's calls and opened the breaker.
+ * callback every call in flight would time out although its answer had come in time. And when that check
+ * runs more than STALL_MS after it was due, this process stood still (a GC pause, a long callback, a
+ * stalled host) and the store had no chance to be heard: the calls due get that time again (once, at
+ * most one timeout). Without both, a stall of the milter alone timed out a healthy store's calls and
+ * opened the breaker.
  */
 class Deadlines {
   readonly #queue: (Deadline | undefined)[] = [];
