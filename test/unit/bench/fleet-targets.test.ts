@@ -32,25 +32,29 @@ const cell: Cell = {
   socket: 'tcp',
 };
 
+/** A summary row of `cell`: msg/s, EOM p99 in ms, steal %, and (Redis rows) calls and failed calls. */
+function row(
+  candidate: string,
+  msgs: number,
+  p99Ms: number,
+  steal: number,
+  calls?: [number, number],
+): FleetRow {
+  return {
+    candidate,
+    cell,
+    messagesPerSecond: msgs,
+    eomP99: p99Ms * 1e6,
+    stealPercent: steal,
+    ...(calls === undefined ? {} : { storeCalls: { total: calls[0], failed: calls[1] } }),
+  };
+}
+
 test('fleet targets: a Redis row with failed store calls fails its check, whatever its speed', () => {
-  const rows: FleetRow[] = [
-    { candidate: 'milterd-policy', cell, messagesPerSecond: 2000, eomP99: 4e6, stealPercent: 0.4 },
-    {
-      candidate: 'milterd-redis',
-      cell,
-      messagesPerSecond: 2500,
-      eomP99: 3e6,
-      stealPercent: 0,
-      storeCalls: { total: 27770, failed: 20199 },
-    },
-    {
-      candidate: 'milterd-redis-unix',
-      cell,
-      messagesPerSecond: 1900,
-      eomP99: 4.5e6,
-      stealPercent: 1.2,
-      storeCalls: { total: 57000, failed: 0 },
-    },
+  const rows = [
+    row('milterd-policy', 2000, 4, 0.4),
+    row('milterd-redis', 2500, 3, 0, [27770, 20199]),
+    row('milterd-redis-unix', 1900, 4.5, 1.2, [57000, 0]),
   ];
   const checks = fleetTargets(rows).map((c) => [c.target, c.value, c.ok]);
   assert.deepEqual(checks, [
@@ -73,17 +77,7 @@ test('fleet targets: a Redis row with failed store calls fails its check, whatev
 });
 
 test('fleet targets: a cell where the hypervisor stole CPU time fails its host check', () => {
-  const rows: FleetRow[] = [
-    { candidate: 'milterd-policy', cell, messagesPerSecond: 2000, eomP99: 4e6, stealPercent: 0 },
-    {
-      candidate: 'milterd-redis',
-      cell,
-      messagesPerSecond: 1900,
-      eomP99: 4.2e6,
-      stealPercent: 21.4,
-      storeCalls: { total: 1000, failed: 0 },
-    },
-  ];
+  const rows = [row('milterd-policy', 2000, 4, 0), row('milterd-redis', 1900, 4.2, 21.4, [1000, 0])];
   const host = fleetTargets(rows)[0];
   assert.deepEqual(host, {
     target: '128×1 tcp: host quiet (steal ≤ 2 % in every measurement)',
