@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, rmSync } from 'node:fs';
 import net from 'node:net';
+import type { Readable } from 'node:stream';
 import os from 'node:os';
 import path from 'node:path';
 import { descendants } from './proc.js';
@@ -51,6 +52,18 @@ export function parseStoreCalls(line: string): StoreCalls | undefined {
   if (m === null) return undefined;
   const failed = [...(m[2] as string).matchAll(/\b[A-Z_]+ (\d+)/g)].reduce((a, f) => a + Number(f[1]), 0);
   return { total: Number(m[1]), failed };
+}
+
+/** Each whole line of a child's output stream, as it comes. */
+function eachLine(stream: Readable | null, onLine: (line: string) => void): void {
+  let buf = '';
+  stream?.on('data', (d: Buffer) => {
+    buf += d.toString('utf8');
+    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+      onLine(buf.slice(0, nl));
+      buf = buf.slice(nl + 1);
+    }
+  });
 }
 
 export async function freePort(): Promise<number> {
@@ -116,27 +129,14 @@ export async function startServer(
   });
   child.stderr?.pipe(log, { end: false });
   let storeCalls: StoreCalls | undefined;
-  let errBuf = '';
   const errEnded = new Promise<void>((r) => child.stderr?.once('end', r) ?? r());
-  child.stderr?.on('data', (d: Buffer) => {
-    errBuf += d.toString('utf8');
-    for (let nl = errBuf.indexOf('\n'); nl >= 0; nl = errBuf.indexOf('\n')) {
-      storeCalls = parseStoreCalls(errBuf.slice(0, nl)) ?? storeCalls;
-      errBuf = errBuf.slice(nl + 1);
-    }
-  });
+  eachLine(child.stderr, (line) => (storeCalls = parseStoreCalls(line) ?? storeCalls));
   const workerPids: number[] = [];
   const ready = new Promise<void>((resolve, reject) => {
-    let buf = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      log.write(d);
-      buf += d.toString('utf8');
-      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (line.startsWith('PIDS ')) workerPids.push(...line.slice(5).split(',').map(Number));
-        if (line.startsWith('READY')) resolve();
-      }
+    child.stdout?.on('data', (d: Buffer) => log.write(d));
+    eachLine(child.stdout, (line) => {
+      if (line.startsWith('PIDS ')) workerPids.push(...line.slice(5).split(',').map(Number));
+      if (line.startsWith('READY')) resolve();
     });
     child.once('exit', (code, signal) =>
       reject(new Error(`${def.name} exited early (${String(code ?? signal)}); see ${logFile}`)),
