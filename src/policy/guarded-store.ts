@@ -190,7 +190,6 @@ class Deadlines {
       return;
     }
     this.#timer = undefined;
-    this.settled();
     const q = this.#queue;
     const now = performance.now();
     // Measured here, not when the timer fired: a stall after that counts too.
