@@ -29,7 +29,7 @@ import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
 import { hostileExtras, type HostileArgs } from './lib/hostile.js';
 import type { DriverName } from './loadgen/types.js';
-import { FleetBench, fleetTargets } from './lib/fleet.js';
+import { FleetBench, fleetTargets, type FleetSample } from './lib/fleet.js';
 
 interface Args {
   quick: boolean;
@@ -452,6 +452,8 @@ interface Summary {
   storeCalls?: StoreCalls;
   /** Median p50/p99 per command, ns. */
   commands: Record<string, { p50: number; p99: number }>;
+  /** Each repetition's msg/s, EOM p99 and steal (the fleet targets pair them). */
+  samples: FleetSample[];
 }
 
 function summarize(ms: readonly Measurement[]): Summary {
@@ -478,6 +480,12 @@ function summarize(ms: readonly Measurement[]): Summary {
     stealPercent: Math.max(...ms.map((m) => m.stealPercent)),
     ...storeCallsOf(ms),
     commands,
+    samples: ms.map((m) => ({
+      repetition: m.repetition,
+      messagesPerSecond: m.messagesPerSecond,
+      eomP99: m.latency.eom?.p99 ?? Number.NaN,
+      stealPercent: m.stealPercent,
+    })),
   };
 }
 

@@ -6,6 +6,28 @@ export function median(values: readonly number[]): number {
   return v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
 }
 
+/**
+ * A distribution-free 95 % confidence interval for the median of `values` (finite ones): the order
+ * statistics x(k) and x(n+1-k) with the largest k for which a Binomial(n, 1/2) falls below k with
+ * probability at most 2.5 %. Needs 6 values at least (then it is their range); undefined below.
+ */
+export function medianInterval(values: readonly number[]): [number, number] | undefined {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  const n = v.length;
+  let k = 0;
+  // P(X <= k) for X ~ Binomial(n, 1/2), accumulated term by term: C(n, i) / 2^n.
+  let term = 0.5 ** n;
+  let below = term;
+  while (below <= 0.025) {
+    k++;
+    term = (term * (n - k + 1)) / k;
+    below += term;
+  }
+  // Now P(X <= k - 1) <= 2.5 % < P(X <= k): the interval is [x(k), x(n+1-k)], 1-based.
+  if (k === 0) return undefined;
+  return [v[k - 1]!, v[n - k]!];
+}
+
 export function fmtUs(ns: number): string {
   if (!Number.isFinite(ns)) return '-';
   const us = ns / 1000;
