@@ -140,7 +140,7 @@ function enoughQuiet(quiet: number, reps: number): boolean {
 function spread(values: readonly number[], show: (v: number) => string): string {
   const ci = medianInterval(values);
   const [lo, hi] = ci ?? [Math.min(...values), Math.max(...values)];
-  return `${values.length} pairs, ${ci === undefined ? 'range' : '95 % CI'} ${show(lo)} to ${show(hi)}`;
+  return `${values.length} pair${values.length === 1 ? '' : 's'}, ${ci === undefined ? 'range' : '95 % CI'} ${show(lo)} to ${show(hi)}`;
 }
 
 /**
