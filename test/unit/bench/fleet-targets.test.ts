@@ -59,31 +59,19 @@ const checksOf = (rows: readonly FleetRow[]): [string, string, boolean][] =>
 
 const HOST = '128×1 tcp: host quiet (no steal > 2 % in 3 repetitions and half of them)';
 
+/** `n` repetitions with the same figures. */
+const same = (rep: Rep, n = 3): Rep[] => Array.from({ length: n }, () => rep);
+
 test('fleet targets: a Redis row with failed store calls fails its check, whatever its speed', () => {
+  const unix: Rep[] = [
+    [1900, 4.5, 1.2],
+    [1800, 4.4, 0],
+    [1950, 4.6, 0],
+  ];
   const rows = [
-    row('milterd-policy', [
-      [2000, 4, 0.4],
-      [2000, 4, 0],
-      [2000, 4, 0],
-    ]),
-    row(
-      'milterd-redis',
-      [
-        [2500, 3, 0],
-        [2500, 3, 0],
-        [2500, 3, 0],
-      ],
-      [27770, 20199],
-    ),
-    row(
-      'milterd-redis-unix',
-      [
-        [1900, 4.5, 1.2],
-        [1800, 4.4, 0],
-        [1950, 4.6, 0],
-      ],
-      [57000, 0],
-    ),
+    row('milterd-policy', [[2000, 4, 0.4], ...same([2000, 4, 0], 2)]),
+    row('milterd-redis', same([2500, 3, 0]), [27770, 20199]),
+    row('milterd-redis-unix', unix, [57000, 0]),
   ];
   assert.deepEqual(checksOf(rows), [
     [HOST, '3 of 3 quiet', true],
@@ -120,32 +108,26 @@ test('fleet targets: a Redis row with failed store calls fails its check, whatev
   ]);
 });
 
-test('fleet targets: Redis is compared with the memory store of its own repetition, not with its median', () => {
-  // The host slows down over the run: the memory store's median (2,500) is from a fast repetition and
-  // Redis's (2,250) from a slow one, 90 % of the other; in each repetition Redis is at 95 %.
-  const rows = [
-    row('milterd-policy', [
-      [3000, 3, 0],
-      [2500, 4, 0],
-      [2000, 5, 0],
-    ]),
-    row(
-      'milterd-redis',
-      [
-        [2850, 3.2, 0],
-        [2375, 4.2, 0],
-        [1900, 5.2, 0],
-      ],
-      [9000, 0],
-    ),
+test('fleet targets: Redis is compared with the memory store of its own repetition', () => {
+  // The host's speed changes between repetitions, and in the third Redis hit a slow moment of it: the
+  // ratio of the medians (2,000 / 2,500) would say 80 %; two pairs of three say 95 %.
+  const memory: Rep[] = [
+    [3000, 3, 0],
+    [2000, 5, 0],
+    [2500, 4, 0],
   ];
-  const checks = checksOf(rows);
+  const redis: Rep[] = [
+    [2850, 3.2, 0],
+    [1900, 5.2, 0],
+    [2000, 6, 0],
+  ];
+  const checks = checksOf([row('milterd-policy', memory), row('milterd-redis', redis, [9000, 0])]);
   assert.deepEqual(checks[2], [
     "128×1 tcp: milterd-redis ≥ 90 % of the memory store's msg/s",
-    '95.0 % (3 pairs, range 95.0 % to 95.0 %)',
+    '95.0 % (3 pairs, range 80.0 % to 95.0 %)',
     true,
   ]);
-  assert.equal(checks[3]?.[1], '+200 µs (3 pairs, range +200 µs to +200 µs)');
+  assert.equal(checks[3]?.[1], '+200 µs (3 pairs, range +200 µs to +2.0 ms)');
 });
 
 test('fleet targets: a repetition where the hypervisor stole CPU time is left out of every pair', () => {
