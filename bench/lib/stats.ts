@@ -15,13 +15,18 @@ export function medianInterval(values: readonly number[]): [number, number] | un
   const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
   const n = v.length;
   let k = 0;
-  // P(X <= k) for X ~ Binomial(n, 1/2), accumulated term by term: C(n, i) / 2^n.
-  let term = 0.5 ** n;
-  let below = term;
-  while (below <= 0.025) {
-    k++;
-    term = (term * (n - k + 1)) / k;
-    below += term;
+  if (n > 1000) {
+    // 2^-n underflows: the normal approximation, exact enough there.
+    k = Math.floor(n / 2 - 0.98 * Math.sqrt(n));
+  } else {
+    // P(X <= k) for X ~ Binomial(n, 1/2), accumulated term by term: C(n, i) / 2^n.
+    let term = 0.5 ** n;
+    let below = term;
+    while (below <= 0.025) {
+      k++;
+      term = (term * (n - k + 1)) / k;
+      below += term;
+    }
   }
   // Now P(X <= k - 1) <= 2.5 % < P(X <= k): the interval is [x(k), x(n+1-k)], 1-based.
   if (k === 0) return undefined;

@@ -150,6 +150,17 @@ test('fleet targets: too few quiet repetitions fail the host check', () => {
   assert.deepEqual(host([0, 1, 2, 3]), [HOST, '2 of 6 quiet', false]);
 });
 
+test('fleet targets: without a quiet repetition the Redis rows fail, they are not left out', () => {
+  const rows = [
+    row('milterd-policy', same([2000, 4, 9])),
+    row('milterd-redis', same([1950, 4, 0]), [900, 0]),
+  ];
+  assert.deepEqual(checksOf(rows).slice(2), [
+    ["128×1 tcp: milterd-redis ≥ 90 % of the memory store's msg/s", 'no quiet pair', false],
+    ["128×1 tcp: milterd-redis EOM p99 ≤ memory store's + 1 ms", 'no quiet pair', false],
+  ]);
+});
+
 test('the median’s 95 % interval: order statistics of a Binomial(n, 1/2), none below 6 values', () => {
   const ints = (n: number): number[] => Array.from({ length: n }, (_, i) => n - i);
   assert.equal(medianInterval(ints(5)), undefined);
@@ -159,4 +170,6 @@ test('the median’s 95 % interval: order statistics of a Binomial(n, 1/2), none
   // n = 30: P(X <= 9) = 2.1 %, P(X <= 10) = 4.9 %: x(10) to x(21).
   assert.deepEqual(medianInterval(ints(30)), [10, 21]);
   assert.deepEqual(medianInterval([Number.NaN, ...ints(6)]), [1, 6]);
+  // Beyond 2^-1074: the normal approximation, k = floor(n/2 - 0.98 sqrt(n)).
+  assert.deepEqual(medianInterval(ints(1600)), [760, 841]);
 });
