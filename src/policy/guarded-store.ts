@@ -322,12 +322,31 @@ export class GuardedStore implements PolicyStore {
     });
   }
 
-  /** A call ended (GuardedCall): the deadline queue, the breaker and the metrics hear of it. */
+  /** When a failure was last told to the closed breaker (see #report); -Infinity after a success. */
+  #lastCounted = -Infinity;
+
+  /**
+   * A call ended (GuardedCall): the deadline queue, the breaker and the metrics hear of it. While the
+   * breaker is closed, the failures within one timeout of the last one it was told of are not told again:
+   * they share their cause (one batch that timed out, one connection that dropped, one deadline check), and
+   * counting each let a single slow round trip carrying five calls open the breaker, leaving the limits
+   * unapplied (or, with `on-store-error: tempfail`, deferring mail) for the whole open time. So the breaker
+   * opens once the store has failed that many times, each at least a timeout after the last one counted,
+   * without an answer between (by default 5 failures over at least 200 ms). Open or half-open, every failure counts (a failed probe must open it again).
+   * Metrics count every call.
+   */
   readonly #report: Report = (op, started, code) => {
     this.#deadlines.settled();
-    if (code === undefined) this.breaker.success();
-    else this.breaker.failure();
-    const seconds = (performance.now() - started) / 1000;
+    const now = performance.now();
+    if (code === undefined) {
+      this.#lastCounted = -Infinity;
+      this.breaker.success();
+    } else if (this.breaker.state !== 'closed') this.breaker.failure();
+    else if (now - this.#lastCounted >= this.timeoutMs) {
+      this.#lastCounted = now;
+      this.breaker.failure();
+    }
+    const seconds = (now - started) / 1000;
     this.#onCall?.(code === undefined ? { op, seconds } : { op, seconds, code });
   };
 }

@@ -219,3 +219,71 @@ test('GuardedStore: a store that never stops handing answers out still fails an 
   // deadline, then one stall's grace).
   assert.ok(asked % 6 === 0 && asked >= 6 && asked <= 18, `asked ${asked} times`);
 });
+
+test('GuardedStore: the calls of one round trip that times out count once toward the breaker; failures a timeout apart each count', async () => {
+  const hand = handStore();
+  const failedCalls: string[] = [];
+  const g = new GuardedStore(hand.store, {
+    timeoutMs: TIMEOUT,
+    breaker: { failures: 3 },
+    onCall: (e) => void (e.code !== undefined && failedCalls.push(e.code)),
+  });
+  // Twenty calls made together (one batch on Redis), none answered: they fail together, once for the breaker.
+  const batch = Array.from({ length: 20 }, () => code(g.addMessage('c', 60_000, 0)));
+  assert.deepEqual(new Set(await Promise.all(batch)), new Set(['ERR_MILTER_STORE_TIMEOUT']));
+  assert.equal(failedCalls.length, 20, 'metrics still count every call');
+  assert.equal(g.breakerState, 'closed');
+  // Each later call fails a whole timeout after it was made, so after the last counted failure: the third
+  // counted failure opens the breaker.
+  for (const expected of ['closed', 'open'] as const) {
+    assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_TIMEOUT');
+    assert.equal(g.breakerState, expected);
+  }
+  assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_UNAVAILABLE');
+});
+
+test('GuardedStore: a store failing at once, call after call, counts once per timeout toward the breaker', async () => {
+  const store: PolicyStore = {
+    sessionOpened: () => 1,
+    sessionClosed: () => undefined,
+    addMessage: () => {
+      throw new Error('connection lost');
+    },
+    messageCount: () => 0,
+  };
+  const g = new GuardedStore(store, { timeoutMs: 60_000, breaker: { failures: 2 } });
+  // Far within one timeout of each other: one failure for the breaker.
+  for (let i = 0; i < 10; i++)
+    assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_FAILED');
+  assert.equal(g.breakerState, 'closed');
+});
+
+test('GuardedStore: a failed probe opens the breaker again, even within a timeout of the failure that opened it', async () => {
+  let clock = 0;
+  let healthy = false;
+  const store: PolicyStore = {
+    sessionOpened: () => 1,
+    sessionClosed: () => undefined,
+    addMessage: () => {
+      if (!healthy) throw new Error('connection lost');
+      return 3;
+    },
+    messageCount: () => 0,
+  };
+  const g = new GuardedStore(store, {
+    timeoutMs: TIMEOUT,
+    breaker: { failures: 1, openMs: 100, now: () => clock },
+  });
+  // A failure opens the breaker; its open time passes (on the breaker's clock); the probe fails at once.
+  assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_FAILED');
+  assert.equal(g.breakerState, 'open');
+  clock += 100;
+  const probe = g.addMessage('c', 60_000, 0);
+  assert.equal(g.breakerState, 'open', 'the failed probe opened it again (not left half-open, probing)');
+  assert.equal(await code(probe), 'ERR_MILTER_STORE_FAILED');
+  // And the next probe, once the store is back, closes it.
+  healthy = true;
+  clock += 100;
+  assert.equal(await g.addMessage('c', 60_000, 0), 3);
+  assert.equal(g.breakerState, 'closed');
+});
