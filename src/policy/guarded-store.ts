@@ -332,8 +332,8 @@ export class GuardedStore implements PolicyStore {
    * counting each let a single slow round trip carrying five calls open the breaker, leaving the limits
    * unapplied (or, with `on-store-error: tempfail`, deferring mail) for the whole open time. So the breaker
    * opens once the store has failed that many times, each at least a timeout after the last one counted,
-   * without an answer between (by default 5 failures over at least 200 ms). Open or half-open, every failure counts (a failed probe must open it again).
-   * Metrics count every call.
+   * without an answer between (by default 5 failures over at least 200 ms). Open or half-open, every
+   * failure counts (a failed probe must open it again). Metrics count every call.
    */
   readonly #report: Report = (op, started, code) => {
     this.#deadlines.settled();
