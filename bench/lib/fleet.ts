@@ -108,8 +108,6 @@ export interface FleetSample {
 export interface FleetRow {
   candidate: string;
   cell: Cell;
-  messagesPerSecond: number;
-  eomP99: number;
   /** The store calls of its measurements (the bench server's own count). */
   storeCalls?: StoreCalls;
   /** Each repetition's figures. */

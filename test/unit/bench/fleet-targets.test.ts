@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { parseStoreCalls } from '../../../bench/lib/candidates.js';
 import { fleetTargets, type FleetRow } from '../../../bench/lib/fleet.js';
 import type { Cell } from '../../../bench/lib/measure.js';
-import { median, medianInterval } from '../../../bench/lib/stats.js';
+import { medianInterval } from '../../../bench/lib/stats.js';
 
 test('the bench server’s store line: calls and failures summed over the codes', () => {
   assert.deepEqual(parseStoreCalls('store redis://127.0.0.1:6379: 61503 calls, failed: none'), {
@@ -47,8 +47,6 @@ function row(candidate: string, reps: readonly Rep[], calls?: [number, number]):
   return {
     candidate,
     cell,
-    messagesPerSecond: median(samples.map((x) => x.messagesPerSecond)),
-    eomP99: median(samples.map((x) => x.eomP99)),
     samples,
     ...(calls === undefined ? {} : { storeCalls: { total: calls[0], failed: calls[1] } }),
   };

@@ -31,6 +31,29 @@ function handStore(): { store: PolicyStore; answer(i: number, n: number): void; 
 
 const TIMEOUT = 40;
 
+/** `store` saying it still hands answers out for `turns()` more turns (PolicyStore.delivering). */
+function withDelivering(store: PolicyStore, turns: () => number): PolicyStore {
+  return {
+    ...store,
+    get delivering() {
+      return turns();
+    },
+  };
+}
+
+/** A store whose addMessage throws (a dropped connection) unless `healthy()`; then it answers 3. */
+function droppingStore(healthy: () => boolean = () => false): PolicyStore {
+  return {
+    sessionOpened: () => 1,
+    sessionClosed: () => undefined,
+    addMessage: () => {
+      if (!healthy()) throw new Error('connection lost');
+      return 3;
+    },
+    messageCount: () => 0,
+  };
+}
+
 test('GuardedStore: calls answered out of order resolve; the unanswered ones before and after them fail at their deadline', async () => {
   const hand = handStore();
   const g = new GuardedStore(hand.store, { timeoutMs: TIMEOUT, breaker: { failures: 100 } });
@@ -176,12 +199,7 @@ test('GuardedStore: a store that never answers still fails at most one timeout a
 test('GuardedStore: answers the store has but still hands out over several turns (delivering) are not timed out meanwhile', async () => {
   const hand = handStore();
   let left = 0;
-  const store: PolicyStore = {
-    ...hand.store,
-    get delivering() {
-      return left;
-    },
-  };
+  const store = withDelivering(hand.store, () => left);
   const g = new GuardedStore(store, { timeoutMs: TIMEOUT, breaker: { failures: 100 } });
   const calls = Array.from({ length: 40 }, () => g.addMessage('c', 60_000, 0));
   // Just before the deadline all the answers are in, handed out one per event-loop turn, each turn
@@ -205,13 +223,10 @@ test('GuardedStore: a store that never stops handing answers out still fails an 
   const hand = handStore();
   // Always 5 more turns: answers keep arriving, but the check waits only for those there when it began.
   let asked = 0;
-  const store: PolicyStore = {
-    ...hand.store,
-    get delivering() {
-      asked++;
-      return 5;
-    },
-  };
+  const store = withDelivering(hand.store, () => {
+    asked++;
+    return 5;
+  });
   const g = new GuardedStore(store, { timeoutMs: TIMEOUT, breaker: { failures: 100 } });
   assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_TIMEOUT');
   // Each deadline check asks when it begins (5 turns), then once per turn it waits: 6 times, and no more
@@ -243,15 +258,7 @@ test('GuardedStore: the calls of one round trip that times out count once toward
 });
 
 test('GuardedStore: a store failing at once, call after call, counts once per timeout toward the breaker', async () => {
-  const store: PolicyStore = {
-    sessionOpened: () => 1,
-    sessionClosed: () => undefined,
-    addMessage: () => {
-      throw new Error('connection lost');
-    },
-    messageCount: () => 0,
-  };
-  const g = new GuardedStore(store, { timeoutMs: 60_000, breaker: { failures: 2 } });
+  const g = new GuardedStore(droppingStore(), { timeoutMs: 60_000, breaker: { failures: 2 } });
   // Far within one timeout of each other: one failure for the breaker.
   for (let i = 0; i < 10; i++)
     assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_FAILED');
@@ -261,19 +268,13 @@ test('GuardedStore: a store failing at once, call after call, counts once per ti
 test('GuardedStore: a failed probe opens the breaker again, even within a timeout of the failure that opened it', async () => {
   let clock = 0;
   let healthy = false;
-  const store: PolicyStore = {
-    sessionOpened: () => 1,
-    sessionClosed: () => undefined,
-    addMessage: () => {
-      if (!healthy) throw new Error('connection lost');
-      return 3;
+  const g = new GuardedStore(
+    droppingStore(() => healthy),
+    {
+      timeoutMs: TIMEOUT,
+      breaker: { failures: 1, openMs: 100, now: () => clock },
     },
-    messageCount: () => 0,
-  };
-  const g = new GuardedStore(store, {
-    timeoutMs: TIMEOUT,
-    breaker: { failures: 1, openMs: 100, now: () => clock },
-  });
+  );
   // A failure opens the breaker; its open time passes (on the breaker's clock); the probe fails at once.
   assert.equal(await code(g.addMessage('c', 60_000, 0)), 'ERR_MILTER_STORE_FAILED');
   assert.equal(g.breakerState, 'open');
