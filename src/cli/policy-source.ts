@@ -3,6 +3,7 @@
  */
 import type { Logger } from 'pino';
 import type { DaemonMetrics } from '../admin/observer.js';
+import type { LogRateLimiter } from '../logging/rate-limit.js';
 import {
   createShutdownPolicy,
   defaultPolicyConfig,
@@ -44,10 +45,11 @@ export function describePolicy(setting: PolicySetting): string {
  */
 export function buildPolicy(
   config: PolicyConfig,
-  options: { logger: Logger; metrics: DaemonMetrics; store?: PolicyStore },
+  options: { logger: Logger; metrics: DaemonMetrics; logLimiter?: LogRateLimiter; store?: PolicyStore },
 ): ShutdownPolicy {
   const policy = createShutdownPolicy(config, {
     logger: options.logger,
+    ...(options.logLimiter === undefined ? {} : { logLimiter: options.logLimiter }),
     ...(options.store === undefined ? {} : { store: options.store }),
   });
   const m = options.metrics;

@@ -163,6 +163,7 @@ class Daemon {
       const policy = buildPolicy(config, {
         logger: this.logger,
         metrics: this.metrics,
+        logLimiter: this.policy.logLimiter,
         store: this.policy.store,
       });
       // Modules are imported here, on the daemon's thread (changed files afresh); any problem refuses
@@ -275,7 +276,12 @@ export async function serve(options: ServeOptions): Promise<ExitCode> {
   // One limit for every line a peer can cause, milter listeners and admin endpoint alike.
   const logLimiter = new LogRateLimiter({ logger });
   const store = await openPolicyStore(settings, { logger, metrics, tls: loaded.storeTls });
-  const policy = buildPolicy(policyConfig, { logger, metrics, ...(store === undefined ? {} : { store }) });
+  const policy = buildPolicy(policyConfig, {
+    logger,
+    metrics,
+    logLimiter,
+    ...(store === undefined ? {} : { store }),
+  });
   let built: Awaited<ReturnType<typeof buildDaemonPipeline>>;
   try {
     built = await buildDaemonPipeline(

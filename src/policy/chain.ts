@@ -14,9 +14,14 @@
  *   ERR_MILTER_HOOK_TIMEOUT and counts as "no shutdown": a broken policy must never cut mail. (This is
  *   deliberately not the session's failure decision of style rule 6: the safe default here is to do
  *   nothing.) An answer that arrives after the timeout is ignored and logged at debug level.
+ * - The warnings every session can raise at once (a hook failing, a listener throwing, the store failing)
+ *   go through one log rate limit (`logLimiter`): a broken hook or a dead Redis under traffic would
+ *   otherwise write a line per session.
  */
 import type { Logger } from 'pino';
 import { MilterConfigError, MilterFilterError } from '../errors.js';
+import { silentLogger } from '../logging/logger.js';
+import { LogRateLimiter } from '../logging/rate-limit.js';
 import { MAX_REPLY_LINE_LENGTH } from '../protocol/constants.js';
 import { isThenable } from '../session/decision.js';
 import { GuardedStore } from './guarded-store.js';
@@ -66,6 +71,12 @@ export interface ShutdownPolicyOptions {
   onDecision?: (event: PolicyDecisionEvent) => void;
   /** Used when an evaluation is not given a connection logger. Default: none (silent). */
   logger?: Logger;
+  /**
+   * The rate limit of the warnings that every session may log at once (a failing hook, listener or store;
+   * per kind, see LogRateLimiter), e.g. the server's own, so that one budget covers every line peers and
+   * failures can cause. Default: one of the policy's own (LOG_RATE_LIMIT), its summaries to `logger`.
+   */
+  logLimiter?: LogRateLimiter;
 }
 
 /** The winning verdict of an enforcing evaluation. */
@@ -154,6 +165,8 @@ export class ShutdownPolicy {
   readonly store: PolicyStore;
   readonly clientPrefix: ClientPrefix;
   readonly trackBytes: boolean;
+  /** Limits the warnings sessions log through the policy (see ShutdownPolicyOptions.logLimiter). */
+  readonly logLimiter: LogRateLimiter;
   readonly #logger: Logger | undefined;
   #chain: HookEntry[] = [];
   readonly #windows = new Set<number>();
@@ -175,6 +188,7 @@ export class ShutdownPolicy {
     this.hookTimeoutMs = timeout;
     this.dryRun = options.dryRun ?? false;
     this.#logger = options.logger;
+    this.logLimiter = options.logLimiter ?? new LogRateLimiter({ logger: options.logger ?? silentLogger });
     this.replyText = this.#fit(options.replyText, 'replyText') ?? DEFAULT_SHUTDOWN_TEXT;
     this.now = options.now ?? Date.now;
     const store = options.store ?? new MemoryPolicyStore();
@@ -277,7 +291,9 @@ export class ShutdownPolicy {
       try {
         listener(payload);
       } catch (err) {
-        (logger ?? this.#logger)?.warn({ err, event }, 'shutdown policy listener threw');
+        if (this.logLimiter.allow(`policy listener ${event}`)) {
+          (logger ?? this.#logger)?.warn({ err, event }, 'shutdown policy listener threw');
+        }
       }
     }
   }
@@ -390,7 +406,10 @@ export class ShutdownPolicy {
         : `shutdown hook "${entry.name}" failed`;
     const error = new MilterFilterError(code, message, cause === undefined ? undefined : { cause });
     const logger = lazy();
-    logger?.warn({ err: error, hook: entry.name }, 'shutdown policy hook failed; counted as no shutdown');
+    // Per hook (names come from the configuration, not from peers): one broken hook must not hide another.
+    if (this.logLimiter.allow(`policy hook ${code} ${entry.name}`)) {
+      logger?.warn({ err: error, hook: entry.name }, 'shutdown policy hook failed; counted as no shutdown');
+    }
     this.emit('hookError', { connectionId: record.connectionId, hook: entry.name, error }, logger);
   }
 

@@ -462,8 +462,9 @@ export class SessionTracker {
    * One store call; `onValue` receives its answer, `onFailure` runs if it fails. A failing store must never
    * cut mail: the rules' `on-store-error` decides. Returns whether it answered: at once (a boolean) when
    * the store answered synchronously (the memory store), else as one promise. Failures are logged at
-   * warn, except while the circuit breaker is open (then every call fails at once: the breaker's own state
-   * change was the line worth reading, and metrics count the rest).
+   * warn under the policy's log rate limit (per error code: a dead store fails every session's call at
+   * once), except while the circuit breaker is open (then every call fails at once: the breaker's own
+   * state change was the line worth reading, and metrics count the rest).
    */
   #store<T>(
     logger: LazyLogger,
@@ -472,11 +473,10 @@ export class SessionTracker {
     onFailure?: () => void,
   ): boolean | Promise<boolean> {
     const failed = (err: unknown): boolean => {
-      const open = err instanceof MilterStoreError && err.code === 'ERR_MILTER_STORE_UNAVAILABLE';
-      logger()[open ? 'debug' : 'warn'](
-        { err },
-        'shutdown policy store failed; rules apply their on-store-error',
-      );
+      const code = err instanceof MilterStoreError ? err.code : 'ERR_MILTER_STORE_FAILED';
+      const line = 'shutdown policy store failed; rules apply their on-store-error';
+      if (code === 'ERR_MILTER_STORE_UNAVAILABLE') logger().debug({ err }, line);
+      else if (this.policy.logLimiter.allow(`policy store ${code}`)) logger().warn({ err }, line);
       onFailure?.();
       return false;
     };

@@ -7,6 +7,7 @@ import type {
   ShouldShutdownHook,
 } from '../../../src/policy/types.js';
 import { isMilterError } from '../../../src/errors.js';
+import { LogRateLimiter } from '../../../src/logging/rate-limit.js';
 import { memoryLogger } from '../../helpers/logs.js';
 import { record } from './records.js';
 
@@ -256,4 +257,41 @@ test('reply text size: UTF-8 bytes with % doubled, within 980 bytes after "421 4
   assert.equal(replyTextBytes('€'), 3);
   assert.equal(replyTextBytes('😀'), 4, 'a surrogate pair is one 4-byte character');
   assert.equal(replyTextBytes('\udc80'), 3, 'a lone surrogate counts as much as it can become (U+FFFD)');
+});
+
+test('failing hooks and listeners log within the rate limit: per hook, then one summary line each', async () => {
+  const log = memoryLogger();
+  let clock = 0;
+  const logLimiter = new LogRateLimiter({ logger: log.logger, lines: 2, windowMs: 1000, now: () => clock });
+  const p = new ShutdownPolicy({ logLimiter });
+  assert.equal(p.logLimiter, logLimiter);
+  const errors: string[] = [];
+  p.on('hookError', (e) => errors.push(e.hook));
+  p.on('decision', () => {
+    throw new Error('metrics broke');
+  });
+  p.registerLast('a', () => {
+    throw new Error('a broke');
+  });
+  p.registerLast('b', () => Promise.reject(new Error('b broke')));
+  p.registerLast('c', yes('c'));
+  for (let i = 0; i < 5; i++) assert.equal((await p.evaluate(record(), { logger: log.logger }))?.hook, 'c');
+  const failed = log.lines.filter((l) => l.msg === 'shutdown policy hook failed; counted as no shutdown');
+  assert.deepEqual(
+    failed.map((l) => l.hook),
+    ['a', 'b', 'a', 'b'],
+    'two lines per hook: a broken hook does not use up the budget of another',
+  );
+  assert.equal(log.lines.filter((l) => l.msg === 'shutdown policy listener threw').length, 2);
+  assert.equal(errors.length, 10, 'every failure is still an event (metrics count them all)');
+  clock = 1000;
+  logLimiter.flush();
+  assert.deepEqual(
+    log.lines.filter((l) => l.msg === 'suppressed 3 similar lines').map((l) => l.key),
+    [
+      'policy hook ERR_MILTER_HOOK_FAILED a',
+      'policy hook ERR_MILTER_HOOK_FAILED b',
+      'policy listener decision',
+    ],
+  );
 });

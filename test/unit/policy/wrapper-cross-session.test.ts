@@ -7,6 +7,7 @@ import { MemoryPolicyStore, type PolicyStore } from '../../../src/policy/store.j
 import { withShutdownPolicy } from '../../../src/policy/wrapper.js';
 import { parsePolicy } from '../../../src/policy/load.js';
 import type { ClientStats, PolicyFiredEvent } from '../../../src/policy/types.js';
+import { LogRateLimiter } from '../../../src/logging/rate-limit.js';
 import { memoryLogger } from '../../helpers/logs.js';
 import { FakeMta, shutdownText } from './fake-context.js';
 
@@ -136,6 +137,37 @@ test('a failing store never cuts mail', async () => {
   assert.ok(
     mta.log.lines.some((l) => l.msg === 'shutdown policy store failed; rules apply their on-store-error'),
   );
+});
+
+test('a store failing for every session logs within the rate limit, and mail still passes', async () => {
+  const log = memoryLogger();
+  const down = (): Promise<never> => Promise.reject(new Error('redis down'));
+  const policy = createShutdownPolicy(
+    {
+      dryRun: false,
+      rules: [{ name: 'rate', limit: { kind: 'max-messages-per-client', max: 100, windowMs: 1000 } }],
+    },
+    {
+      store: { sessionOpened: down, sessionClosed: down, addMessage: down, messageCount: down },
+      logger: log.logger,
+      logLimiter: new LogRateLimiter({ logger: log.logger, lines: 3, windowMs: 60_000 }),
+    },
+  );
+  const filter = withShutdownPolicy({}, policy);
+  for (let i = 0; i < 4; i++) {
+    const mta = new FakeMta(filter, `conn-${i}`, client('192.0.2.1'), log);
+    await mta.connect();
+    assert.equal(await mta.helo(), 'continue');
+    assert.equal((await mta.message()).final, 'continue');
+    await mta.close();
+  }
+  const failed = log.lines.filter(
+    (l) => l.msg === 'shutdown policy store failed; rules apply their on-store-error',
+  );
+  // 4 sessions, 3 calls each, all failed at once (within one store timeout: one failure for the breaker,
+  // which stays closed): 3 warnings, whatever the number of sessions.
+  assert.equal(failed.length, 3);
+  assert.ok(failed.every((l) => l.level === 40));
 });
 
 test('conditions through the wrapper: authenticated clients exempt, custom text in the 421', async () => {
