@@ -448,7 +448,7 @@ interface Summary {
   errors: number;
   /** The most CPU time the hypervisor stole in one of its repetitions, percent (proc.ts stealPercent). */
   stealPercent: number;
-  /** Fleet cells: the store calls of every repetition, summed (bench/lib/fleet.ts checks them). */
+  /** Fleet cells: the store calls of every repetition, summed (the targets check each sample's). */
   storeCalls?: StoreCalls;
   /** Median p50/p99 per command, ns. */
   commands: Record<string, { p50: number; p99: number }>;
@@ -485,6 +485,7 @@ function summarize(ms: readonly Measurement[]): Summary {
       messagesPerSecond: m.messagesPerSecond,
       eomP99: m.latency.eom?.p99 ?? Number.NaN,
       stealPercent: m.stealPercent,
+      ...(m.storeCalls === undefined ? {} : { storeCalls: m.storeCalls }),
     })),
   };
 }

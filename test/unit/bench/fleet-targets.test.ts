@@ -1,6 +1,6 @@
 /**
  * The fleet cells' target check (issue 15): a Redis row counts only when the bench server answered every
- * store call from Redis. A call that timed out or was refused by the open breaker let its message through
+ * store call of the repetitions it is compared in from Redis. A call that timed out or was refused by the open breaker let its message through
  * uncounted (`on-store-error: allow`), which makes the Redis row look faster than Redis is.
  */
 import assert from 'node:assert/strict';
@@ -33,29 +33,30 @@ const cell: Cell = {
   socket: 'tcp',
 };
 
-/** A sample: msg/s, EOM p99 in ms, steal %. */
-type Rep = readonly [msgs: number, p99Ms: number, steal: number];
+/** A sample: msg/s, EOM p99 in ms, steal %, (Redis rows) store calls that failed. */
+type Rep = readonly [msgs: number, p99Ms: number, steal: number, failed?: number];
 
-/** A summary row of `cell` from its repetitions (numbered from 1) and (Redis rows) calls and failed calls. */
-function row(candidate: string, reps: readonly Rep[], calls?: [number, number]): FleetRow {
-  const samples = reps.map(([msgs, p99Ms, steal], i) => ({
+/**
+ * A summary row of `cell` from its repetitions (numbered from 1); Redis rows: `calls` store calls in each
+ * repetition.
+ */
+function row(candidate: string, reps: readonly Rep[], calls?: number): FleetRow {
+  const samples = reps.map(([msgs, p99Ms, steal, failed = 0], i) => ({
     repetition: i + 1,
     messagesPerSecond: msgs,
     eomP99: p99Ms * 1e6,
     stealPercent: steal,
+    ...(calls === undefined ? {} : { storeCalls: { total: calls, failed } }),
   }));
-  return {
-    candidate,
-    cell,
-    samples,
-    ...(calls === undefined ? {} : { storeCalls: { total: calls[0], failed: calls[1] } }),
-  };
+  return { candidate, cell, samples };
 }
 
 const checksOf = (rows: readonly FleetRow[]): [string, string, boolean][] =>
   fleetTargets(rows).map((c) => [c.target, c.value, c.ok]);
 
 const HOST = '128×1 tcp: host quiet (no steal > 2 % in 3 repetitions and half of them)';
+const ANSWERED = (name: string): string =>
+  `128×1 tcp: ${name} answered every store call of its quiet repetitions (no timeout, breaker closed)`;
 
 /** `n` repetitions with the same figures. */
 const same = (rep: Rep, n = 3): Rep[] => Array.from({ length: n }, () => rep);
@@ -68,16 +69,12 @@ test('fleet targets: a Redis row with failed store calls fails its check, whatev
   ];
   const rows = [
     row('milterd-policy', [[2000, 4, 0.4], ...same([2000, 4, 0], 2)]),
-    row('milterd-redis', same([2500, 3, 0]), [27770, 20199]),
-    row('milterd-redis-unix', unix, [57000, 0]),
+    row('milterd-redis', same([2500, 3, 0, 6733]), 9000),
+    row('milterd-redis-unix', unix, 19000),
   ];
   assert.deepEqual(checksOf(rows), [
     [HOST, '3 of 3 quiet', true],
-    [
-      '128×1 tcp: milterd-redis answered every store call (no timeout, breaker closed)',
-      '20199 of 27770 failed',
-      false,
-    ],
+    [ANSWERED('milterd-redis'), '20199 of 27000 failed', false],
     [
       "128×1 tcp: milterd-redis ≥ 90 % of the memory store's msg/s",
       '125.0 % (3 pairs, range 125.0 % to 125.0 %)',
@@ -88,11 +85,7 @@ test('fleet targets: a Redis row with failed store calls fails its check, whatev
       '-1.0 ms (3 pairs, range -1.0 ms to -1.0 ms)',
       true,
     ],
-    [
-      '128×1 tcp: milterd-redis-unix answered every store call (no timeout, breaker closed)',
-      '0 of 57000 failed',
-      true,
-    ],
+    [ANSWERED('milterd-redis-unix'), '0 of 57000 failed', true],
     [
       "128×1 tcp: milterd-redis-unix ≥ 90 % of the memory store's msg/s",
       '95.0 % (3 pairs, range 90.0 % to 97.5 %)',
@@ -119,7 +112,7 @@ test('fleet targets: Redis is compared with the memory store of its own repetiti
     [1900, 5.2, 0],
     [2000, 6, 0],
   ];
-  const checks = checksOf([row('milterd-policy', memory), row('milterd-redis', redis, [9000, 0])]);
+  const checks = checksOf([row('milterd-policy', memory), row('milterd-redis', redis, 3000)]);
   assert.deepEqual(checks[2], [
     "128×1 tcp: milterd-redis ≥ 90 % of the memory store's msg/s",
     '95.0 % (3 pairs, range 80.0 % to 95.0 %)',
@@ -131,7 +124,7 @@ test('fleet targets: Redis is compared with the memory store of its own repetiti
 test('fleet targets: a repetition where the hypervisor stole CPU time is left out of every pair', () => {
   const reps = (redis: number, stolen: number): Rep[] =>
     Array.from({ length: 8 }, (_, i) => [i === stolen ? redis / 2 : redis, 4, i === stolen ? 21.4 : 0]);
-  const rows = [row('milterd-policy', reps(2000, 8)), row('milterd-redis', reps(1900, 5), [1000, 0])];
+  const rows = [row('milterd-policy', reps(2000, 8)), row('milterd-redis', reps(1900, 5), 1000)];
   const checks = checksOf(rows);
   assert.deepEqual(checks[0], [HOST, '7 of 8 quiet', true]);
   // The slowed repetition (950 msg/s, 47.5 %) is not a pair: 7 pairs at 95 %.
@@ -139,20 +132,50 @@ test('fleet targets: a repetition where the hypervisor stole CPU time is left ou
   assert.equal(checks[2]?.[2], true);
 });
 
+test('fleet targets: store calls that failed in a repetition with steal are shown, not held against the row', () => {
+  // redis-server stopped by the hypervisor for longer than the deadline: 3 calls failed in repetition 2,
+  // which is no pair (its figures are not used); one failure in a quiet repetition fails the row.
+  const memory = same([2000, 4, 0], 4);
+  const redis = (quietFailures: number): Rep[] => [
+    [1900, 4, 0],
+    [1200, 9, 16.4, 3],
+    [1900, 4, 0, quietFailures],
+    [1900, 4, 0],
+  ];
+  const answered = (quietFailures: number): [string, string, boolean] | undefined =>
+    checksOf([row('milterd-policy', memory), row('milterd-redis', redis(quietFailures), 25000)])[1];
+  assert.deepEqual(answered(0), [
+    ANSWERED('milterd-redis'),
+    '0 of 75000 failed; 3 more in repetitions with steal, not pairs',
+    true,
+  ]);
+  assert.deepEqual(answered(1), [
+    ANSWERED('milterd-redis'),
+    '1 of 75000 failed; 3 more in repetitions with steal, not pairs',
+    false,
+  ]);
+  const unreported = row('milterd-redis', redis(0), 25000);
+  const first = unreported.samples[0];
+  assert.ok(first !== undefined);
+  delete first.storeCalls;
+  assert.deepEqual(checksOf([row('milterd-policy', memory), unreported])[1], [
+    ANSWERED('milterd-redis'),
+    'not reported',
+    false,
+  ]);
+});
+
 test('fleet targets: too few quiet repetitions fail the host check', () => {
   const reps = (stolen: readonly number[]): Rep[] =>
     Array.from({ length: 6 }, (_, i) => [2000, 4, stolen.includes(i) ? 3.5 : 0]);
   const host = (stolen: readonly number[]): [string, string, boolean] | undefined =>
-    checksOf([row('milterd-policy', reps([])), row('milterd-redis', reps(stolen), [1000, 0])])[0];
+    checksOf([row('milterd-policy', reps([])), row('milterd-redis', reps(stolen), 1000)])[0];
   assert.deepEqual(host([0, 1, 2]), [HOST, '3 of 6 quiet', true]);
   assert.deepEqual(host([0, 1, 2, 3]), [HOST, '2 of 6 quiet', false]);
 });
 
 test('fleet targets: without a quiet repetition the Redis rows fail, they are not left out', () => {
-  const rows = [
-    row('milterd-policy', same([2000, 4, 9])),
-    row('milterd-redis', same([1950, 4, 0]), [900, 0]),
-  ];
+  const rows = [row('milterd-policy', same([2000, 4, 9])), row('milterd-redis', same([1950, 4, 0]), 300)];
   assert.deepEqual(checksOf(rows).slice(2), [
     ["128×1 tcp: milterd-redis ≥ 90 % of the memory store's msg/s", 'no quiet pair', false],
     ["128×1 tcp: milterd-redis EOM p99 ≤ memory store's + 1 ms", 'no quiet pair', false],
