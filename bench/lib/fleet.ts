@@ -13,7 +13,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { RedisServer } from '../../test/helpers/redis.js';
 import type { CandidateDef, StoreCalls } from './candidates.js';
-import type { Cell } from './measure.js';
+import type { Cell, Measurement } from './measure.js';
 import { STEAL_WARN_PERCENT } from './proc.js';
 import { fmtUs, median, medianInterval } from './stats.js';
 
@@ -230,4 +230,36 @@ export function fleetTargets(rows: readonly FleetRow[]): FleetCheck[] {
     }
   }
   return out;
+}
+
+/** Repetition numbers of run `i` start at `i * RUN_STRIDE`, so that no two runs share one. */
+const RUN_STRIDE = 100_000;
+
+/**
+ * The fleet rows of several bench runs' measurements, per generator, for `fleetTargets` over all of them
+ * (bench/tools/fleet-pool.ts): a run's repetitions stay pairs of their own (renumbered, so that a Redis
+ * measurement is never paired with another run's memory store), every run's pairs count.
+ */
+export function pooledFleetRows(runs: readonly (readonly Measurement[])[]): Map<string, FleetRow[]> {
+  const fleet = new Set<string>([FLEET_BASELINE, ...FLEET_REDIS]);
+  // generator -> candidate and cell -> samples
+  const rows = new Map<string, Map<string, { candidate: string; cell: Cell; samples: FleetSample[] }>>();
+  runs.forEach((measurements, run) => {
+    for (const m of measurements) {
+      if (!fleet.has(m.candidate)) continue;
+      let byRow = rows.get(m.generator);
+      if (byRow === undefined) rows.set(m.generator, (byRow = new Map()));
+      const key = `${m.candidate} ${JSON.stringify(m.cell)}`;
+      let row = byRow.get(key);
+      if (row === undefined) byRow.set(key, (row = { candidate: m.candidate, cell: m.cell, samples: [] }));
+      row.samples.push({
+        repetition: run * RUN_STRIDE + m.repetition,
+        messagesPerSecond: m.messagesPerSecond,
+        eomP99: m.latency.eom?.p99 ?? Number.NaN,
+        stealPercent: m.stealPercent,
+        ...(m.storeCalls === undefined ? {} : { storeCalls: m.storeCalls }),
+      });
+    }
+  });
+  return new Map([...rows].map(([generator, byRow]) => [generator, [...byRow.values()]]));
 }

@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseStoreCalls } from '../../../bench/lib/candidates.js';
-import { fleetTargets, type FleetRow } from '../../../bench/lib/fleet.js';
-import type { Cell } from '../../../bench/lib/measure.js';
+import { fleetTargets, pooledFleetRows, type FleetRow } from '../../../bench/lib/fleet.js';
+import type { Cell, Measurement } from '../../../bench/lib/measure.js';
 import { medianInterval } from '../../../bench/lib/stats.js';
 
 test('the bench server’s store line: calls and failures summed over the codes', () => {
@@ -180,6 +180,63 @@ test('fleet targets: without a quiet repetition the Redis rows fail, they are no
     ["128×1 tcp: milterd-redis ≥ 90 % of the memory store's msg/s", 'no quiet pair', false],
     ["128×1 tcp: milterd-redis EOM p99 ≤ memory store's + 1 ms", 'no quiet pair', false],
   ]);
+});
+
+test('pooled runs: each run pairs within itself, every run’s pairs count, and steal is per repetition', () => {
+  /** One measurement of `cell`: repetition, msg/s, steal %, (Redis) failed store calls of 1000. */
+  const m = (
+    candidate: string,
+    repetition: number,
+    msgs: number,
+    steal = 0,
+    failed?: number,
+  ): Measurement => ({
+    candidate,
+    generator: 'milterload',
+    cell,
+    repetition,
+    seconds: 4,
+    messages: msgs * 4,
+    messagesPerSecond: msgs,
+    errors: 0,
+    warmupErrors: 0,
+    errorSamples: [],
+    latency: { eom: { count: msgs * 4, p50: 1e6, p99: 4e6, p999: 8e6, mean: 1e6, max: 9e6 } },
+    cpuUsPerMessage: 500,
+    cpuCores: 1,
+    peakRssMiB: 120,
+    connectionsOpened: msgs * 4,
+    connectRetries: 0,
+    stealPercent: steal,
+    ...(failed === undefined ? {} : { storeCalls: { total: 1000, failed } }),
+  });
+  // A fast run and a slow one (the host's speed moved between them), each 95 % within itself; pairing
+  // the fast run's Redis with the slow run's memory store would say 190 % or 47.5 %.
+  const fast = [1, 2, 3].flatMap((r) => [m('milterd-policy', r, 2000), m('milterd-redis', r, 1900, 0, 0)]);
+  // The slow run's fourth repetition lost 12 % to steal (and 5 store calls): no pair.
+  const slow = [1, 2, 3, 4].flatMap((r) => [
+    m('milterd-policy', r, 1000),
+    r === 4 ? m('milterd-redis', r, 400, 12, 5) : m('milterd-redis', r, 950, 0, 0),
+  ]);
+  const pooled = pooledFleetRows([fast, slow]);
+  assert.deepEqual([...pooled.keys()], ['milterload']);
+  const rows = pooled.get('milterload') ?? [];
+  assert.deepEqual(
+    rows.map((r) => [r.candidate, r.samples.length]),
+    [
+      ['milterd-policy', 7],
+      ['milterd-redis', 7],
+    ],
+  );
+  assert.deepEqual(
+    fleetTargets(rows).map((c) => c.value),
+    [
+      '6 of 7 quiet',
+      '0 of 6000 failed; 5 more in repetitions with steal, not pairs',
+      '95.0 % (6 pairs, 95 % CI 95.0 % to 95.0 %)',
+      '+0 µs (6 pairs, 95 % CI +0 µs to +0 µs)',
+    ],
+  );
 });
 
 test('the median’s 95 % interval: order statistics of a Binomial(n, 1/2), none below 6 values', () => {
