@@ -1,7 +1,8 @@
 /**
  * `milterd serve --store`: two daemons sharing one real redis-server count one client's sessions
  * together; the store's metrics are exported; a Redis that dies or freezes never holds a session past the
- * deadline, and /readyz follows the store's circuit breaker only with --store-readyz. check-config
+ * deadline (its warnings rate-limited), and /readyz follows the store's circuit breaker only with
+ * --store-readyz. check-config
  * validates the URL and never prints its password. Over rediss:// (a TLS-only redis-server with a private
  * CA): the limit holds with the CA given by flag, config file or NODE_EXTRA_CA_CERTS, mutual TLS needs the
  * client certificate, and a refused certificate is logged with what to configure.
@@ -105,6 +106,20 @@ test('Redis killed, then frozen (SIGSTOP): sessions are answered within the dead
   assert.equal((await httpGet(s.adminPort as number, '/readyz')).status, 200);
 
   await redis.pause();
+  // 30 sessions at once: each one's call fails at the deadline, and the log gets at most 10 warnings a
+  // second (the daemon's log rate limit), then one line saying how many more there were.
+  const burst = await Promise.all(Array.from({ length: 30 }, () => session(s.milter, '192.0.2.62')));
+  assert.deepEqual(new Set(burst.map((one) => one.helo)), new Set(['continue']));
+  await Promise.all(burst.map((one) => one.client.quit()));
+  const summary = await d.waitFor(
+    (l) => l.msg?.startsWith('suppressed ') === true && l.key === 'policy store ERR_MILTER_STORE_TIMEOUT',
+    'the summary of the store warnings',
+  );
+  assert.ok(Number(summary.suppressed) >= 20, `${String(summary.suppressed)} suppressed`);
+  const warned = d.lines.filter(
+    (l) => l.msg === 'shutdown policy store failed; rules apply their on-store-error' && l.level === 40,
+  );
+  assert.ok(warned.length >= 1 && warned.length <= 10, `${warned.length} warnings`);
   // Every session is still served (on-store-error: allow), two at once from one client included.
   const held = [];
   for (let i = 0; i < 6; i++) {
