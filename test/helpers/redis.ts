@@ -3,7 +3,9 @@
  * `redis-server` (scripts/install-test-deps.sh) started in the foreground (its pid is ours) on a free
  * loopback port, optionally also on a Unix socket, in its own directory, without persistence, stopped by
  * pid. The fault tests kill it (-9), pause it (SIGSTOP) and start it again on the same port and socket.
- * A 3-master Cluster is built on loopback with `redis-cli --cluster create`. With `tls` the server listens
+ * A 3-master Cluster is built on loopback with `redis-cli --cluster create`. The `redis-server` and
+ * `redis-cli` on PATH are used, so the suites run against another build too (Valkey 8.0 and Redis 6.2 were
+ * checked that way; before 7.0 the cluster bus is port + 10000, without `--cluster-port`). With `tls` the server listens
  * on a TLS port only (`rediss://`), with a certificate for 127.0.0.1 from a private CA made at run time
  * with `openssl` ({@link makeTestPki}), optionally requiring client certificates (`tls-auth-clients yes`);
  * Clusters can be built on TLS nodes, and a server can run as a Sentinel of another.
@@ -20,12 +22,19 @@ const run = promisify(execFile);
 
 /** A port free on 127.0.0.1 now (the kernel's choice). */
 export async function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+  const port = await listenable(0);
+  if (port === undefined) throw new Error('no free loopback port');
+  return port;
+}
+
+/** Whether `port` can be listened on at 127.0.0.1 now (0: any free port): the port, or undefined. */
+function listenable(port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
     const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
+    srv.once('error', () => resolve(undefined));
+    srv.listen(port, '127.0.0.1', () => {
+      const bound = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(bound));
     });
   });
 }
@@ -365,6 +374,22 @@ export class RedisServer {
   }
 }
 
+/** The major version of the `redis-server` on PATH ("Redis server v=6.2.16 ..." / "Valkey server v=8.0.1 ..."). */
+async function serverMajor(): Promise<number> {
+  const { stdout } = await run('redis-server', ['--version'], { timeout: 10_000 });
+  const m = /v=(\d+)\./.exec(stdout);
+  return m === null ? Number.POSITIVE_INFINITY : Number(m[1]);
+}
+
+/** A free port P with P + 10000 free too (the fixed cluster bus of Redis < 7), both below 65536. */
+async function freeLegacyClusterPort(): Promise<number> {
+  for (let tries = 0; tries < 1000; tries++) {
+    const port = 20000 + Math.floor(Math.random() * 25000);
+    if ((await listenable(port)) !== undefined && (await listenable(port + 10000)) !== undefined) return port;
+  }
+  throw new Error('no free port pair for a Redis < 7 cluster node');
+}
+
 /** A Redis Cluster of `masters` masters (no replicas) on loopback. */
 export class RedisCluster {
   private constructor(readonly servers: RedisServer[]) {}
@@ -373,18 +398,21 @@ export class RedisCluster {
   static async start(masters = 3, options: { tls?: boolean } = {}): Promise<RedisCluster> {
     const servers: RedisServer[] = [];
     try {
+      // Redis before 7.0 has no --cluster-port: the bus is always port + 10000 (which must be free).
+      const legacyBus = await serverMajor().then((m) => m < 7);
       for (let i = 0; i < masters; i++) {
-        const bus = await freeLoopbackPort();
         const pki = servers[0]?.tls?.pki;
+        const port = legacyBus ? await freeLegacyClusterPort() : undefined;
+        const bus = legacyBus ? [] : ['--cluster-port', String(await freeLoopbackPort())];
         servers.push(
           await RedisServer.start({
+            ...(port === undefined ? {} : { port }),
             args: [
               '--cluster-enabled',
               'yes',
               '--cluster-config-file',
               'nodes.conf',
-              '--cluster-port',
-              String(bus),
+              ...bus,
               ...(options.tls === true ? ['--tls-cluster', 'yes', '--tls-replication', 'yes'] : []),
             ],
             ...(options.tls === true ? { tls: pki === undefined ? {} : { pki } } : {}),
