@@ -12,6 +12,7 @@ import { EXIT, EXIT_CODES_HELP, type ExitCode } from './exit-codes.js';
 import { health } from './health.js';
 import { addSettingOptions, SETTING_KEYS } from './options.js';
 import { serve } from './serve.js';
+import { storeCommand } from './store-command.js';
 import { addTestCommand, runTest, type TestCommandOptions } from './test-command.js';
 import { addInspectCommand, runInspect, type InspectCommandOptions } from './inspect.js';
 
@@ -113,6 +114,26 @@ export function buildProgram(io: CliIO, result: { code: ExitCode; milterError: E
       overrides: overridesOf(healthCmd),
       configFile: healthCmd.getOptionValue('config') as string | undefined,
       stdout: io.stdout,
+    });
+  });
+
+  const storeCmd = program
+    .command('store')
+    .description(
+      'show what the shared policy store (Redis) holds for one client, counted as the daemons that these ' +
+        'options, environment and config file describe count it: its live sessions and its messages in ' +
+        "each window of the policy's rules (one JSON object); accepts every serve option",
+    )
+    .argument('<address>', "the client's address as the MTA reports it (IPv4, IPv6, a Unix socket path)")
+    .option('--clear', 'also forget the client: its sessions and messages count from zero on every instance');
+  addSettingOptions(storeCmd).action(async (address: string) => {
+    result.code = await storeCommand({
+      address,
+      clear: storeCmd.getOptionValue('clear') === true,
+      overrides: overridesOf(storeCmd),
+      configFile: storeCmd.getOptionValue('config') as string | undefined,
+      stdout: io.stdout,
+      stderr: io.stderr,
     });
   });
 

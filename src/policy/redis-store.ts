@@ -38,6 +38,7 @@ import { parseStoreUrl, type StoreLocation } from './store-url.js';
  * `CODE KEY-INDEX X Y\n` (fields without white space, see `field`; X or Y may be empty):
  * - `o` lease open/renew (X member, Y TTL ms): the live leases.
  * - `c` lease release (X member): the live leases left.
+ * - `l` the live leases (no fields): reads change nothing but expired leases (`milterd store`).
  * - `a` count a message (X window ms, Y unique member): the messages in the window, this one included.
  * - `n` messages in the window (X window ms): reads create no key.
  * One argument instead of four per operation: the client library builds the command string argument by
@@ -62,7 +63,7 @@ for op, ki, x, y in string.gmatch(ARGV[1], '(%a) (%d+) (%S*) (%S*)\\n') do
   i = i + 1
   local k = KEYS[tonumber(ki)]
   local n = counts[k]
-  if op == 'o' or op == 'c' then
+  if op == 'o' or op == 'c' or op == 'l' then
     if not n then
       redis.call('ZREMRANGEBYSCORE', k, '-inf', msText)
       n = redis.call('ZCARD', k)
@@ -75,7 +76,7 @@ for op, ki, x, y in string.gmatch(ARGV[1], '(%a) (%d+) (%S*) (%S*)\\n') do
       end
       n = n + redis.call('ZADD', k, e, x)
       leaseSets[k] = true
-    else
+    elseif op == 'c' then
       n = n - redis.call('ZREM', k, x)
     end
   else
@@ -108,7 +109,7 @@ function field(s: string): string {
 }
 
 /** Operation codes of the batch script. */
-type OpCode = 'o' | 'c' | 'a' | 'n';
+type OpCode = 'o' | 'c' | 'l' | 'a' | 'n';
 
 /** Most operations in one script call: bounds one script's run time on the server. */
 const BATCH_MAX = 256;
@@ -504,6 +505,19 @@ export class RedisPolicyStore implements PolicyStore {
 
   messageCount(client: string, windowMs: number, _now?: number): Promise<number> {
     return this.#batches.run(this.messageKey(client, windowMs), 'n', String(Math.ceil(windowMs)), '');
+  }
+
+  /** The client's live sessions (leases not expired), without opening one. */
+  sessionCount(client: string): Promise<number> {
+    return this.#batches.run(this.leaseKey(client), 'l', '', '');
+  }
+
+  /**
+   * Forget a client: delete its lease set and its message logs of `windowsMs` (keys of one Cluster slot).
+   * Its sessions and messages then count from zero on every instance. Resolves with how many keys existed.
+   */
+  forget(client: string, windowsMs: readonly number[]): Promise<number> {
+    return this.#client.del(this.leaseKey(client), ...windowsMs.map((w) => this.messageKey(client, w)));
   }
 
   // Lease members must be unique across the fleet; connection ids are unique only in one process.

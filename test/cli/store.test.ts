@@ -12,7 +12,7 @@ import { copyFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { MilterClient } from '../../src/client/index.js';
-import { makeTestPki, RedisServer, type TestPki } from '../helpers/redis.js';
+import { freeLoopbackPort, makeTestPki, RedisServer, type TestPki } from '../helpers/redis.js';
 import { tempDir } from '../helpers/wait.js';
 import { Daemon, httpGet, parsePrometheus, runMilterd, sampleValue } from './helpers.js';
 
@@ -158,6 +158,84 @@ test('Redis killed, then frozen (SIGSTOP): sessions are answered within the dead
   }
   assert.ok(blocked, 'the limit applies again once Redis is back');
   assert.equal((await httpGet(s.adminPort as number, '/readyz')).status, 200);
+});
+
+test("milterd store ADDRESS: a client's live sessions and messages as the daemons count them; --clear forgets them; errors exit 1, 2, 3", async (t) => {
+  const redis = await RedisServer.start();
+  t.after(() => redis.stop());
+  const dir = await tempDir(t);
+  const policy = join(dir, 'policy.yaml');
+  await writeFile(
+    policy,
+    'version: 1\nrules:\n  - name: conc\n    max-concurrent-sessions: 5\n' +
+      '  - name: rate\n    max-messages-per-client: 2\n    window: 1m\n',
+  );
+  const shared = ['--policy', policy, '--store', redis.url];
+  const d = new Daemon(['--listen', 'inet:0@127.0.0.1', ...shared]);
+  t.after(() => d.kill());
+  const s = await d.started();
+  await d.waitFor((l) => l.msg === 'policy store connected', 'store connected');
+  const show = async (...extra: string[]): Promise<Record<string, unknown>> => {
+    const r = await runMilterd(['store', '192.0.2.80', ...shared, ...extra]);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Record<string, unknown>;
+  };
+
+  // One session kept open, two messages in it.
+  const held = await session(s.milter, '192.0.2.80');
+  t.after(() => held.client.quit());
+  assert.equal(held.helo, 'continue');
+  for (let i = 0; i < 2; i++) {
+    await held.client.envfrom('<a@example.org>');
+    await held.client.envrcpt('<b@example.net>');
+    assert.equal((await held.client.eom()).reply.kind, 'continue');
+  }
+  // The EOM's count is not waited for: it reaches Redis within a batch interval.
+  let report = await show();
+  for (let i = 0; i < 50 && (report.messagesInWindow as Record<string, number>)['60000'] !== 2; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    report = await show();
+  }
+  assert.deepEqual(report, {
+    store: redis.url,
+    client: '192.0.2.80',
+    key: '192.0.2.80',
+    concurrentSessions: 1,
+    messagesInWindow: { '60000': 2 },
+  });
+  const refused = await session(s.milter, '192.0.2.80');
+  assert.equal(refused.helo, '421', 'the client reached its rate');
+  await refused.client.quit();
+
+  // --clear: read, then forgotten; a new session passes, and nothing is left to read.
+  assert.deepEqual(await show('--clear'), { ...report, cleared: true });
+  const again = await session(s.milter, '192.0.2.80');
+  assert.equal(again.helo, 'continue', 'the client starts again from zero');
+  await again.client.quit();
+  const after = await show();
+  assert.deepEqual(after.messagesInWindow, { '60000': 0 });
+
+  // IPv6 clients are counted by /64, as the daemon counts them.
+  const v6 = await runMilterd(['store', '2001:db8::7', ...shared]);
+  assert.equal(v6.code, 0, v6.stderr);
+  assert.equal((JSON.parse(v6.stdout) as { key: string }).key, '2001:db8::/64');
+
+  const empty = await runMilterd(['store', '', ...shared]);
+  assert.equal(empty.code, 2);
+  assert.match(empty.stderr, /an empty address is not counted/);
+  const memory = await runMilterd(['store', '192.0.2.80', '--policy', policy]);
+  assert.equal(memory.code, 3);
+  assert.match(memory.stderr, /nothing shared to read/);
+  const dead = await runMilterd([
+    'store',
+    '192.0.2.80',
+    '--policy',
+    policy,
+    '--store',
+    `redis://127.0.0.1:${await freeLoopbackPort()}/0`,
+  ]);
+  assert.equal(dead.code, 1);
+  assert.match(dead.stderr, /not ready within 5000 ms/);
 });
 
 test('check-config: store URL checked, password never printed; a bad URL is a located problem', async (t) => {

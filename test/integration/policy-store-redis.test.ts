@@ -160,6 +160,32 @@ test('Redis: a Unix-socket URL (redis+unix://) works like TCP', async (t) => {
   await store.sessionClosed('192.0.2.9', 'u');
 });
 
+for (const [name, url] of [
+  ['one server', () => single.url],
+  ['Cluster', () => cluster.url],
+] as const) {
+  test(`Redis (${name}): sessionCount reads the live leases without opening one; forget deletes a client's keys`, async (t) => {
+    const store = await open(url(), { prefix: 'read:', leaseTtlMs: 60_000 });
+    t.after(() => store.close());
+    assert.equal(await store.sessionCount('192.0.2.30'), 0);
+    await store.sessionOpened('192.0.2.30', 's1');
+    await store.sessionOpened('192.0.2.30', 's2');
+    await store.addMessage('192.0.2.30', 60_000);
+    await store.sessionOpened('192.0.2.31', 'other');
+    assert.equal(await store.sessionCount('192.0.2.30'), 2);
+    assert.equal(await store.sessionCount('192.0.2.30'), 2, 'reading opens nothing');
+    assert.equal(
+      await store.forget('192.0.2.30', [60_000, 3_600_000]),
+      2,
+      'the lease set and one log existed',
+    );
+    assert.equal(await store.sessionCount('192.0.2.30'), 0);
+    assert.equal(await store.messageCount('192.0.2.30', 60_000), 0);
+    assert.equal(await store.sessionCount('192.0.2.31'), 1, 'other clients are untouched');
+    assert.equal(await store.forget('192.0.2.30', [60_000]), 0);
+  });
+}
+
 test('Redis: two instances with the same connection ids count two sessions (lease members carry an instance id)', async (t) => {
   const [a, b] = [await open(single.url, { prefix: 'two:' }), await open(single.url, { prefix: 'two:' })];
   t.after(() => Promise.all([a.close(), b.close()]));
