@@ -29,7 +29,7 @@ import { MTA_NAMES, STAT_NAMES, type MtaName } from './loadgen/script.js';
 import { postfixAvailable, postfixEndToEnd } from './e2e/postfix-e2e.js';
 import { hostileExtras, type HostileArgs } from './lib/hostile.js';
 import type { DriverName } from './loadgen/types.js';
-import { FleetBench, fleetTargets, type FleetSample } from './lib/fleet.js';
+import { FleetBench, fleetSample, fleetTargets, type FleetSample } from './lib/fleet.js';
 
 interface Args {
   quick: boolean;
@@ -480,13 +480,7 @@ function summarize(ms: readonly Measurement[]): Summary {
     stealPercent: Math.max(...ms.map((m) => m.stealPercent)),
     ...storeCallsOf(ms),
     commands,
-    samples: ms.map((m) => ({
-      repetition: m.repetition,
-      messagesPerSecond: m.messagesPerSecond,
-      eomP99: m.latency.eom?.p99 ?? Number.NaN,
-      stealPercent: m.stealPercent,
-      ...(m.storeCalls === undefined ? {} : { storeCalls: m.storeCalls }),
-    })),
+    samples: ms.map((m) => fleetSample(m)),
   };
 }
 

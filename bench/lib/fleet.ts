@@ -106,6 +106,17 @@ export interface FleetSample {
   storeCalls?: StoreCalls;
 }
 
+/** A measurement as a sample of its row; `repetition` renumbered when runs are pooled. */
+export function fleetSample(m: Measurement, repetition = m.repetition): FleetSample {
+  return {
+    repetition,
+    messagesPerSecond: m.messagesPerSecond,
+    eomP99: m.latency.eom?.p99 ?? Number.NaN,
+    stealPercent: m.stealPercent,
+    ...(m.storeCalls === undefined ? {} : { storeCalls: m.storeCalls }),
+  };
+}
+
 /** What the target check needs of a summary row. */
 export interface FleetRow {
   candidate: string;
@@ -252,13 +263,7 @@ export function pooledFleetRows(runs: readonly (readonly Measurement[])[]): Map<
       const key = `${m.candidate} ${JSON.stringify(m.cell)}`;
       let row = byRow.get(key);
       if (row === undefined) byRow.set(key, (row = { candidate: m.candidate, cell: m.cell, samples: [] }));
-      row.samples.push({
-        repetition: run * RUN_STRIDE + m.repetition,
-        messagesPerSecond: m.messagesPerSecond,
-        eomP99: m.latency.eom?.p99 ?? Number.NaN,
-        stealPercent: m.stealPercent,
-        ...(m.storeCalls === undefined ? {} : { storeCalls: m.storeCalls }),
-      });
+      row.samples.push(fleetSample(m, run * RUN_STRIDE + m.repetition));
     }
   });
   return new Map([...rows].map(([generator, byRow]) => [generator, [...byRow.values()]]));
