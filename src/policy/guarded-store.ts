@@ -16,7 +16,7 @@ import { MemoryPolicyStore, openSession, type PolicyStore, type SessionOpening }
  * Store operations, as metrics label them. `session-open` is a lease opened or renewed; at CONNECT it
  * carries the client's message counts too (one call, `sessionOpenedWithCounts`).
  */
-export type StoreOp = 'session-open' | 'session-close' | 'message-add' | 'message-count';
+export type StoreOp = 'session-open' | 'session-close' | 'message-add' | 'message-remove' | 'message-count';
 
 /** One finished store call, for metrics. */
 export interface StoreCallEvent {
@@ -278,9 +278,20 @@ export class GuardedStore implements PolicyStore {
     return this.#call('session-close', () => this.inner.sessionClosed(client, sessionId, now));
   }
 
-  addMessage(client: string, windowMs: number, now: number): Promise<number> {
+  addMessage(client: string, windowMs: number, now: number, messageId?: string): Promise<number> {
     this.local.addMessage(client, windowMs, now);
-    return this.#call('message-add', () => this.inner.addMessage(client, windowMs, now));
+    return this.#call('message-add', () => this.inner.addMessage(client, windowMs, now, messageId));
+  }
+
+  /** Whether the shared store can take a message back (see SessionTracker: reservations at MAIL). */
+  get removes(): boolean {
+    return this.inner.removeMessage !== undefined;
+  }
+
+  removeMessage(client: string, windowMs: number, messageId: string, addedAt: number): Promise<void> {
+    this.local.removeMessage(client, windowMs, messageId, addedAt);
+    const inner = this.inner;
+    return this.#call('message-remove', () => inner.removeMessage?.(client, windowMs, messageId, addedAt));
   }
 
   messageCount(client: string, windowMs: number, now: number): Promise<number> {

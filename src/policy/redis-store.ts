@@ -40,6 +40,7 @@ import { parseStoreUrl, type StoreLocation } from './store-url.js';
  * - `c` lease release (X member): the live leases left.
  * - `l` the live leases (no fields): reads change nothing but expired leases (`milterd store`).
  * - `a` count a message (X window ms, Y unique member): the messages in the window, this one included.
+ * - `r` take a message back (X window ms, Y its member): the messages in the window left.
  * - `n` messages in the window (X window ms): reads create no key.
  * One argument instead of four per operation: the client library builds the command string argument by
  * argument, which was most of the garbage a batch made (docs/benchmark.md).
@@ -87,6 +88,8 @@ for op, ki, x, y in string.gmatch(ARGV[1], '(%a) (%d+) (%S*) (%S*)\\n') do
     if op == 'a' then
       n = n + redis.call('ZADD', k, usText, y)
       logs[k] = x
+    elseif op == 'r' then
+      n = n - redis.call('ZREM', k, y)
     end
   end
   counts[k] = n
@@ -109,7 +112,7 @@ function field(s: string): string {
 }
 
 /** Operation codes of the batch script. */
-type OpCode = 'o' | 'c' | 'l' | 'a' | 'n';
+type OpCode = 'o' | 'c' | 'l' | 'a' | 'r' | 'n';
 
 /** Most operations in one script call: bounds one script's run time on the server. */
 const BATCH_MAX = 256;
@@ -117,7 +120,7 @@ const BATCH_MAX = 256;
 /**
  * Who waits for which answers of a batch: one line's number, or (`many`) the numbers of `lines` lines.
  * `resumes`: 1 when the answer resumes a session's work (a chain evaluation, maybe a reply), 0 when it
- * resumes nothing (a lease release: the session ended without waiting for it); only the former count
+ * resumes nothing (a lease release, a message taken back: nobody waits for them); only the former count
  * toward ANSWER_SLICE.
  */
 type Waiter = { readonly resumes: 0 | 1; readonly reject: (err: unknown) => void } & (
@@ -180,7 +183,7 @@ class Batches {
     const group = this.groupOf(key);
     const b = this.#batchOf(group);
     this.#add(b, key, op, x, y);
-    const resumes = op === 'c' ? 0 : 1;
+    const resumes = op === 'c' || op === 'r' ? 0 : 1;
     const result = new Promise<number>((resolve, reject) =>
       b.waiters.push({ many: false, resumes, resolve, reject }),
     );
@@ -498,9 +501,20 @@ export class RedisPolicyStore implements PolicyStore {
     return this.#batches.run(this.leaseKey(client), 'c', this.#member(sessionId), '').then(nothing);
   }
 
-  addMessage(client: string, windowMs: number, _now?: number): Promise<number> {
-    const member = `${this.#instance}:${(this.#seq = (this.#seq + 1) % Number.MAX_SAFE_INTEGER)}`;
+  addMessage(client: string, windowMs: number, _now?: number, messageId?: string): Promise<number> {
+    const member =
+      messageId === undefined
+        ? `${this.#instance}:${(this.#seq = (this.#seq + 1) % Number.MAX_SAFE_INTEGER)}`
+        : this.#messageMember(messageId);
     return this.#batches.run(this.messageKey(client, windowMs), 'a', String(Math.ceil(windowMs)), member);
+  }
+
+  /** Take back the message added with `messageId`. */
+  removeMessage(client: string, windowMs: number, messageId: string, _addedAt?: number): Promise<void> {
+    const member = this.#messageMember(messageId);
+    return this.#batches
+      .run(this.messageKey(client, windowMs), 'r', String(Math.ceil(windowMs)), member)
+      .then(nothing);
   }
 
   messageCount(client: string, windowMs: number, _now?: number): Promise<number> {
@@ -523,6 +537,11 @@ export class RedisPolicyStore implements PolicyStore {
   // Lease members must be unique across the fleet; connection ids are unique only in one process.
   #member(sessionId: string): string {
     return `${this.#instance}:${field(sessionId)}`;
+  }
+
+  // A caller's message id: `r:` keeps it apart from the members numbered here (`INSTANCE:SEQ`).
+  #messageMember(messageId: string): string {
+    return `${this.#instance}:r:${field(messageId)}`;
   }
 
   /** Resolves once the connection (or the Cluster's slot map) is ready; rejects after `timeoutMs`. */

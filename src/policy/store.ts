@@ -9,15 +9,16 @@
  *   expires `leaseTtlMs` after its last renewal; the count is the live leases. A live session renews its
  *   lease every third of the TTL (SessionTracker), so the sessions of a milterd killed with -9 stop
  *   counting within one TTL, with no cleanup job. Closing a session releases its lease at once.
- * - **Message rates are a sliding log**: the time of every finished message is kept for one window, and
+ * - **Message rates are a sliding log**: the time of every message is kept for one window, and
  *   the count is the number of messages in the last `windowMs` (a message at time t counts while
- *   now - t < windowMs). Why not GCRA (KumoMTA's choice): GCRA answers "may the next event go?" for a
- *   rate with a burst, and lets a client that bursts N then keep N/window through, up to 2N-1 in one
- *   window; the policy's rule is a count ("finished messages of this client in the window reach N", read
- *   after the fact and shown in `clientStats.messagesInWindow`), and the sliding log gives exactly that
- *   count, never more than N accepted in any window and no doubling across a boundary as fixed windows
- *   had. Its cost is one entry per message in the window; the rule's 421 bounds that to about N per
- *   client (plus what races between instances). A sliding-window *counter* (two buckets, weighted)
+ *   now - t < windowMs). A message is added at its MAIL, which reads the count with it in one atomic step
+ *   (so concurrent senders cannot all take the last free place), and removed if its transaction aborts.
+ *   Why not GCRA (KumoMTA's choice): GCRA answers "may the next event go?" for a rate with a burst, and
+ *   lets a client that bursts N then keep N/window through, up to 2N-1 in one window; the policy's rule is
+ *   a count ("messages of this client in the window reach N", shown in `clientStats.messagesInWindow`),
+ *   and the sliding log gives exactly that count, never more than N accepted in any window and no doubling
+ *   across a boundary as fixed windows had. Its cost is one entry per message in the window; the rule's
+ *   421 bounds that to about N per client. A sliding-window *counter* (two buckets, weighted)
  *   would be smaller but approximate, and the shared tests assert exactness.
  */
 
@@ -51,8 +52,21 @@ export interface PolicyStore {
   ): SessionOpening | Promise<SessionOpening>;
   /** The session ended: release its lease. Idempotent; unknown ids are ignored. */
   sessionClosed(client: string, sessionId: string, now?: number): void | Promise<void>;
-  /** Count one finished message of `client`; returns the messages of the last `windowMs`, this one included. */
-  addMessage(client: string, windowMs: number, now: number): number | Promise<number>;
+  /**
+   * Count one message of `client`; returns the messages of the last `windowMs`, this one included. The
+   * engine counts a message at its MAIL (a reservation: concurrent senders each get their own count, so
+   * no more than the limit pass), under a `messageId` unique in this process, and takes it back with
+   * `removeMessage` if the transaction is aborted. Without `messageId` the message cannot be taken back.
+   */
+  addMessage(client: string, windowMs: number, now: number, messageId?: string): number | Promise<number>;
+  /**
+   * Take back a message counted with `messageId` (its transaction was aborted or refused): one message of
+   * that id, or of that time `addedAt` (the `now` it was added with) in a store that keeps times only.
+   * Nothing if it left the window or is unknown. Optional: with a store without it the engine counts a
+   * message after it finished instead, and senders running at the same moment can pass the limit by the
+   * messages in flight.
+   */
+  removeMessage?(client: string, windowMs: number, messageId: string, addedAt: number): void | Promise<void>;
   /** Messages of `client` in the last `windowMs`, without counting one. */
   messageCount(client: string, windowMs: number, now: number): number | Promise<number>;
   /** Release connections (a shared store). Called once, when the daemon stops. */
@@ -177,7 +191,8 @@ export class MemoryPolicyStore implements PolicyStore {
     return leases.size;
   }
 
-  addMessage(client: string, windowMs: number, now: number): number {
+  // The log keeps times, not ids: `removeMessage` takes back one message of the time it was added at.
+  addMessage(client: string, windowMs: number, now: number, _messageId?: string): number {
     this.#sweep(now);
     const key = `${windowMs}|${client}`;
     const log = this.#logs.get(key) ?? new MessageLog();
@@ -192,6 +207,15 @@ export class MemoryPolicyStore implements PolicyStore {
       this.#logs.delete(oldest.value);
     }
     return log.size;
+  }
+
+  /** One message of time `addedAt` goes (the memory log keeps times, not ids: the same count). */
+  removeMessage(client: string, windowMs: number, _messageId: string, addedAt: number): void {
+    const key = `${windowMs}|${client}`;
+    const log = this.#logs.get(key);
+    if (log === undefined) return;
+    log.remove(addedAt);
+    if (log.size === 0) this.#logs.delete(key);
   }
 
   messageCount(client: string, windowMs: number, now: number): number {
@@ -276,5 +300,15 @@ class MessageLog {
     while (i > this.#head && (t[i - 1] as number) > now) i--;
     if (i === t.length) t.push(now);
     else t.splice(i, 0, now);
+  }
+
+  /** Drop one message of time `at`, if the log has one (a recent one: searched from the end). */
+  remove(at: number): void {
+    const t = this.#times;
+    let i = t.length - 1;
+    while (i >= this.#head && (t[i] as number) > at) i--;
+    if (i < this.#head || t[i] !== at) return;
+    if (i === t.length - 1) t.pop();
+    else t.splice(i, 1);
   }
 }

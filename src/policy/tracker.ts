@@ -20,7 +20,7 @@ import type {
 } from './types.js';
 import { zeroCounters } from './types.js';
 import { GuardedStore } from './guarded-store.js';
-import { openSession } from './store.js';
+import { openSession, type PolicyStore } from './store.js';
 import { MilterStoreError } from '../errors.js';
 import { isThenable } from '../session/decision.js';
 
@@ -83,6 +83,11 @@ function renewalsOf(periodMs: number): Renewals {
 
 const NO_STORE_ERRORS = Object.freeze({ sessions: false, messages: false });
 
+/** The store can take a message back: messages are counted at MAIL (SessionTracker.beforeTransaction). */
+function removes(store: PolicyStore): store is PolicyStore & Required<Pick<PolicyStore, 'removeMessage'>> {
+  return store instanceof GuardedStore ? store.removes : store.removeMessage !== undefined;
+}
+
 const COUNTER: Readonly<Record<OutcomeKind, keyof SessionCounters>> = {
   accepted: 'messagesAccepted',
   discarded: 'messagesDiscarded',
@@ -91,6 +96,16 @@ const COUNTER: Readonly<Record<OutcomeKind, keyof SessionCounters>> = {
   aborted: 'messagesAborted',
 };
 
+/** Where SharedClientStats reads this instance's own counts. */
+interface StatsSource {
+  readonly store: GuardedStore;
+  readonly key: string;
+  readonly now: number;
+  readonly windows: readonly number[];
+  /** 1 at a MAIL whose message is already counted (the rules see the messages before it), else 0. */
+  readonly reserved: 0 | 1;
+}
+
 /**
  * ClientStats of a session on a shared store, whose `local` counts are computed only when read. A class
  * with the getter on its prototype: an object literal with a getter, frozen, cost every evaluation a
@@ -98,13 +113,13 @@ const COUNTER: Readonly<Record<OutcomeKind, keyof SessionCounters>> = {
  */
 class SharedClientStats implements ClientStats {
   #local: ClientStats['local'];
-  readonly #source: { store: GuardedStore; key: string; now: number; windows: readonly number[] };
+  readonly #source: StatsSource;
 
   constructor(
     readonly concurrentSessions: number,
     readonly messagesInWindow: Readonly<Record<number, number>>,
     readonly storeErrors: NonNullable<ClientStats['storeErrors']>,
-    source: { store: GuardedStore; key: string; now: number; windows: readonly number[] },
+    source: StatsSource,
   ) {
     this.#source = source;
     Object.freeze(this);
@@ -112,9 +127,9 @@ class SharedClientStats implements ClientStats {
 
   get local(): NonNullable<ClientStats['local']> {
     if (this.#local !== undefined) return this.#local;
-    const { store, key, now, windows } = this.#source;
+    const { store, key, now, windows, reserved } = this.#source;
     const counts: Record<number, number> = {};
-    for (const w of windows) counts[w] = store.local.messageCount(key, w, now);
+    for (const w of windows) counts[w] = Math.max(0, store.local.messageCount(key, w, now) - reserved);
     return (this.#local = Object.freeze({
       concurrentSessions: store.local.sessionCount(key, now),
       messagesInWindow: Object.freeze(counts),
@@ -149,6 +164,11 @@ export class SessionTracker {
   #sessionsFailed = false;
   #messagesFailed = false;
   #renewal: { renewals: Renewals; renew: () => void } | undefined;
+  /** The open transaction's message, counted at its MAIL (see beforeTransaction). */
+  #reserved: { readonly id: string; readonly at: number } | undefined;
+  #transactions = 0;
+  /** Evaluating at a MAIL whose message is counted (#reserved): the local counts exclude it too. */
+  #atMail = false;
 
   constructor(
     readonly policy: ShutdownPolicy,
@@ -243,7 +263,13 @@ export class SessionTracker {
     this.lastOutcome = { kind, class: CLASS[kind], stage };
     const key = this.#storeKey;
     const logger = lazyLogger(ctx);
-    if (kind !== 'aborted' && key !== undefined) {
+    const reserved = this.#reserved;
+    this.#reserved = undefined;
+    if (key !== undefined && reserved !== undefined) {
+      // Counted at MAIL: an aborted message is taken back, any other stays (the counts then include it).
+      if (kind === 'aborted') this.#release(logger, key, reserved);
+      else if (!this.#messagesFailed) for (const w of this.policy.clientWindows) this.#windows[w]! += 1;
+    } else if (kind !== 'aborted' && key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
       await this.#countMessages(logger, key, (w) => store.addMessage(key, w, now));
@@ -252,20 +278,52 @@ export class SessionTracker {
   }
 
   /**
-   * MAIL of a later transaction: the client's messages may have been counted elsewhere since this
-   * session's last one (another session, another milterd of the fleet), so read the windows again and
-   * consult the chain: a limit reached meanwhile refuses this MAIL instead of letting one more through.
-   * The first transaction uses the counts read at CONNECT.
+   * MAIL: count this transaction's message now, in one atomic step with reading the client's count
+   * (a reservation), and consult the chain with the messages before it: of all the sessions of a client
+   * at their MAIL at once, on any instance of a fleet, only as many as the limit has room for pass; the
+   * others get their 421 here and their message is taken back, as is an aborted transaction's. With a
+   * store that cannot take a message back, the first transaction uses the counts read at CONNECT, a later
+   * one reads them again, and the message is counted when it has finished (senders running at the same
+   * moment can then pass the limit by the messages in flight).
    */
   async beforeTransaction(ctx: BaseContext<unknown>): Promise<void> {
     const key = this.#storeKey;
-    if (key === undefined || this.lastOutcome === undefined || this.armed !== undefined) return;
-    if (this.policy.clientWindows.length === 0) return;
+    if (key === undefined || this.armed !== undefined) return;
+    const windows = this.policy.clientWindows;
+    if (windows.length === 0) return;
     const store = this.policy.store;
     const now = this.policy.now();
     const logger = lazyLogger(ctx);
+    if (removes(store)) {
+      const id = `${this.connectionId}:${++this.#transactions}`;
+      const reserved = { id, at: now };
+      this.#reserved = reserved;
+      const counted = await this.#countMessages(logger, key, (w) => store.addMessage(key, w, now, id));
+      // The rules compare the messages before this one with their limit.
+      if (counted === true) for (const w of windows) this.#windows[w]! -= 1;
+      this.#atMail = true;
+      try {
+        await this.#evaluate(logger, ctx, 'message');
+      } finally {
+        this.#atMail = false;
+      }
+      if (this.armed !== undefined && this.#reserved === reserved) {
+        this.#reserved = undefined;
+        this.#release(logger, key, reserved);
+      }
+      return;
+    }
+    if (this.lastOutcome === undefined) return;
     await this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
     await this.#evaluate(logger, ctx, 'message');
+  }
+
+  /** Take back a message counted at MAIL that was not sent; not waited for (nothing depends on it). */
+  #release(logger: LazyLogger, key: string, reserved: { readonly id: string; readonly at: number }): void {
+    const store = this.policy.store;
+    for (const w of this.policy.clientWindows) {
+      void this.#store(logger, () => store.removeMessage?.(key, w, reserved.id, reserved.at));
+    }
   }
 
   /**
@@ -437,6 +495,7 @@ export class SessionTracker {
       key,
       now: this.policy.now(),
       windows: this.policy.clientWindows,
+      reserved: this.#atMail ? 1 : 0,
     });
   }
 
@@ -455,6 +514,10 @@ export class SessionTracker {
     if (key === undefined) return;
     const store = this.policy.store;
     const lazy = typeof logger === 'function' ? logger : () => logger;
+    // A transaction still open (the MTA went away in it): its message was not sent.
+    const reserved = this.#reserved;
+    this.#reserved = undefined;
+    if (reserved !== undefined) this.#release(lazy, key, reserved);
     void this.#store(lazy, () => store.sessionClosed(key, this.connectionId, this.policy.now()));
   }
 

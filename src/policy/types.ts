@@ -72,7 +72,11 @@ export function zeroCounters(): SessionCounters {
 export interface ClientStats {
   /** Sessions of this client open when this session started, this one included. 0 if unknown. */
   readonly concurrentSessions: number;
-  /** Finished messages (not aborted) of this client in the last window, keyed by window length (ms). */
+  /**
+   * Messages of this client in the last window, keyed by window length (ms): counted from their MAIL
+   * (other sessions' messages in flight included), aborted ones taken back. At a MAIL, the messages
+   * before this one.
+   */
   readonly messagesInWindow: Readonly<Record<number, number>>;
   /**
    * The shared store failed (error, deadline or open circuit breaker) for the latest session count

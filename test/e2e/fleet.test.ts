@@ -189,6 +189,45 @@ await describe(
       assert.equal(other.kind, 'accepted', explain(other));
     });
 
+    test('max-messages-per-client 10, 15 senders at their MAIL at the same moment on all three MTAs: exactly 10 pass and are delivered, 5 get 421', async () => {
+      const f = env();
+      const from = '127.0.2.3';
+      // 15 SMTP sessions of one client, 5 per MTA, each through EHLO (each instance read the count 0 at
+      // CONNECT), then every MAIL at once: a count taken after each message would let all 15 through.
+      const clients: SmtpClient[] = [];
+      try {
+        for (let k = 0; k < 15; k++) {
+          const c = await f.connect(k % 3, from);
+          clients.push(c);
+          const ehlo = await c.command('EHLO burst.fleet.test');
+          assert.equal(ehlo.code, 250, ehlo.text);
+        }
+        const mails = await Promise.all(clients.map((c) => c.command('MAIL FROM:<sender@fleet.example>')));
+        const passed = clients.filter((_, k) => mails[k]?.code === 250);
+        assert.equal(passed.length, 10, mails.map((m, k) => `${MTA_NAMES[k % 3]}: ${m.text}`).join('\n'));
+        for (const [k, m] of mails.entries()) {
+          if (m.code === 250) continue;
+          assert.equal(m.code, 421, `${MTA_NAMES[k % 3]}: ${m.text}`);
+          assert.equal(
+            await clients[k]?.waitHangup(15_000),
+            true,
+            'the MTA closes the session after the 421',
+          );
+        }
+        const ids = passed.map((_, j) => `burst-${j}`);
+        const replies = await Promise.all(passed.map((c, j) => f.finish(c, ids[j] as string)));
+        for (const r of replies) assert.equal(r.code, 250, r.text);
+        for (const c of passed) await c.command('QUIT').catch(() => undefined);
+        await f.settle();
+        assert.deepEqual(f.delivered('burst-').sort(), [...ids].sort());
+        // The window is full: the next session of the client is refused, wherever it goes.
+        const next = await f.message(1, from, 'burst-next');
+        assert.equal(next.kind, '421', explain(next));
+      } finally {
+        for (const c of clients) c.close();
+      }
+    });
+
     test('redis-server killed, paused (SIGSTOP) and restarted: every message accepted and delivered, no MTA desync, limits resume', async (t) => {
       const f = env();
       const redis = f.redisServer;

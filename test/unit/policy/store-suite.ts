@@ -101,6 +101,37 @@ export function storeSuite(name: string, factory: StoreFactory): void {
     );
   });
 
+  test(`${name}: a message counted under an id (at MAIL) is taken back by it; concurrent ones each get their own count`, async (t) => {
+    const s = await factory({ leaseTtlMs: 60_000 });
+    t.after(() => s.close());
+    const { store } = s;
+    assert.ok(store.removeMessage, 'the store can take a message back');
+    const c = fresh();
+    const t0 = Date.now();
+    assert.equal(await store.addMessage(c, 60_000, t0, 'conn-1:1'), 1);
+    // Eight senders at their MAIL at once with room for 4 more (limit 5): counts 2..9, one each, so
+    // exactly 4 see fewer than 5 before them.
+    const at = Date.now();
+    const ids = Array.from({ length: 8 }, (_, i) => `conn-${i + 2}:1`);
+    const counts = await Promise.all(ids.map((id) => store.addMessage(c, 60_000, at, id)));
+    assert.deepEqual(
+      [...counts].sort((a, b) => a - b),
+      [2, 3, 4, 5, 6, 7, 8, 9],
+    );
+    assert.equal(counts.filter((n) => n - 1 < 5).length, 4);
+    // The refused ones are taken back (all at once, as their sessions end): 5 remain.
+    await Promise.all(
+      ids.filter((_, i) => (counts[i] as number) > 5).map((id) => store.removeMessage?.(c, 60_000, id, at)),
+    );
+    assert.equal(await store.messageCount(c, 60_000, Date.now()), 5);
+    // An id never counted (at a time without messages), or another window's log, changes nothing.
+    await store.removeMessage(c, 60_000, 'conn-99:1', (await s.clock()) + 60_000);
+    await store.removeMessage(c, 30_000, 'conn-1:1', t0);
+    assert.equal(await store.messageCount(c, 60_000, Date.now()), 5);
+    assert.equal(await store.removeMessage(c, 60_000, 'conn-1:1', t0), undefined);
+    assert.equal(await store.messageCount(c, 60_000, Date.now()), 4);
+  });
+
   test(`${name}: a session opening counts its lease and reads every window asked for, in one operation`, async (t) => {
     const s = await factory({ leaseTtlMs: 60_000 });
     t.after(() => s.close());

@@ -483,3 +483,49 @@ test("Postfix's ABORT after a completed message does not wait for the message's 
   assert.equal(trace.endedAt, 'envfrom');
   await mta.close();
 });
+
+test('max-messages-per-client, sessions at MAIL at the same moment on a shared store: exactly the limit pass; refused and aborted messages are taken back', async () => {
+  const inner = new MemoryPolicyStore();
+  // Answers by promise (guarded like Redis), and can take a message back: messages count at MAIL.
+  const shared = sharedStore(inner, {
+    addMessage: (c, w, n, id) => Promise.resolve(inner.addMessage(c, w, n, id)),
+    removeMessage: (c, w, id, at) => Promise.resolve(inner.removeMessage(c, w, id, at)),
+  });
+  const rules: PolicyRule[] = [
+    { name: 'rate', limit: { kind: 'max-messages-per-client', max: 3, windowMs: 60_000 } },
+  ];
+  const policy = createShutdownPolicy({ dryRun: false, rules }, { store: shared });
+  const filter = withShutdownPolicy({}, policy);
+  const key = '198.51.100.70';
+  const count = (): number => inner.messageCount(key, 60_000, Date.now());
+  // One message first, aborted after its recipients: taken back, it leaves no count.
+  const first = new FakeMta(filter, 'first', client(key));
+  await first.connect();
+  assert.equal((await first.message({ abortAfterRcpt: true })).endedAt, 'abort');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(count(), 0, 'the aborted message was taken back');
+  // Six sessions whose MAILs all reach the store before any answer (each read the count 0 at CONNECT):
+  // counted after their message, all six would pass.
+  const mtas = Array.from({ length: 6 }, (_, i) => new FakeMta(filter, `m${i}`, client(key)));
+  for (const m of mtas) await m.connect();
+  const traces = await Promise.all(mtas.map((m) => m.message()));
+  const finals = traces.map((t) => t.final);
+  assert.equal(finals.filter((f) => f === 'continue').length, 3, finals.join(' '));
+  assert.equal(finals.filter((f) => f === '421').length, 3, finals.join(' '));
+  for (const t of traces) if (t.final === '421') assert.equal(t.endedAt, 'envfrom');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(count(), 3, 'the three refused at MAIL were taken back');
+  // A session that ends inside its transaction (the MTA went away): its message was not sent.
+  for (const m of [first, ...mtas]) await m.close();
+  const late = new FakeMta(filter, 'late', client('198.51.100.71'));
+  await late.connect();
+  await late.filter.envfrom?.(late.ctx, '<a@example.org>', []);
+  assert.equal(inner.messageCount('198.51.100.71', 60_000, Date.now()), 1, 'counted at MAIL');
+  await late.close();
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(
+    inner.messageCount('198.51.100.71', 60_000, Date.now()),
+    0,
+    'closed mid-transaction: taken back',
+  );
+});
