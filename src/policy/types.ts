@@ -25,7 +25,10 @@ export interface MessageOutcome {
   readonly stage: OutcomeStage;
 }
 
-/** Why the chain is being consulted. */
+/**
+ * Why the chain is being consulted: CONNECT; `message` after every outcome, and at each MAIL when a rule
+ * counts messages per client (the message is counted there); a rejected recipient.
+ */
 export type PolicyEvent = 'connect' | 'message' | 'recipient';
 
 /** Per-session counters. All start at 0 at SMFIC_CONNECT. */
