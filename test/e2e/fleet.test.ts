@@ -288,21 +288,26 @@ await describe(
           `${phase}: on-store-error local: ${local.map(explain).join('\n')}`,
         );
       };
-      // After a fault: once the breaker lets a probe through, `probe` is counted again and gets its 421
-      // (bounded wait: the breaker's open time); then a fresh client gets exactly its 2 messages, and a
-      // fresh client of the concurrency rule its 421 on the third session.
+      // After a fault: once an instance's breaker lets a probe through, the client `net` is counted there
+      // again and gets its 421 (bounded wait: the breaker's open time). Each instance in turn: a breaker
+      // opens and closes on its own instance's calls, so one instance counting again says nothing of the
+      // others (one still open lets a message through uncounted, as `on-store-error: allow` says). Then a
+      // fresh client gets exactly its 2 messages, and a fresh client of the concurrency rule its 421 on the
+      // third session.
       const limitsResume = async (phase: string, net: number): Promise<void> => {
-        await waitFor(
-          `${phase}: the fault-rate limit to apply again`,
-          async () => {
-            const id = `fault-${phase}-probe-${seq++}`;
-            const o = await f.message(seq % 3, `127.0.3.${net}`, id);
-            if (o.kind === 'accepted') accepted.push(id);
-            else if (o.kind !== '421') unexpected.push(`${phase} probe: ${explain(o)}`);
-            return o.kind === '421' ? true : undefined;
-          },
-          { timeoutMs: 120_000, intervalMs: 250 },
-        );
+        for (const i of [0, 1, 2]) {
+          await waitFor(
+            `${phase}: the fault-rate limit to apply again on ${MTA_NAMES[i]}`,
+            async () => {
+              const id = `fault-${phase}-probe-${seq++}`;
+              const o = await f.message(i, `127.0.3.${net}`, id);
+              if (o.kind === 'accepted') accepted.push(id);
+              else if (o.kind !== '421') unexpected.push(`${phase} probe: ${explain(o)}`);
+              return o.kind === '421' ? true : undefined;
+            },
+            { timeoutMs: 120_000, intervalMs: 250 },
+          );
+        }
         const exact: MessageOutcome[] = [];
         for (let k = 0; k < 3; k++) {
           const id = `fault-${phase}-exact-${k}`;
