@@ -102,8 +102,17 @@ interface StatsSource {
   readonly key: string;
   readonly now: number;
   readonly windows: readonly number[];
-  /** 1 at a MAIL whose message is already counted (the rules see the messages before it), else 0. */
+  /**
+   * 1 while the open transaction's message is counted but has no outcome yet (from its MAIL on): the rules
+   * see the messages before it, in the local counts too; else 0.
+   */
   readonly reserved: 0 | 1;
+}
+
+/** A message counted at its MAIL, until its transaction's outcome (see beforeTransaction). */
+interface Reservation {
+  readonly id: string;
+  readonly at: number;
 }
 
 /**
@@ -165,10 +174,8 @@ export class SessionTracker {
   #messagesFailed = false;
   #renewal: { renewals: Renewals; renew: () => void } | undefined;
   /** The open transaction's message, counted at its MAIL (see beforeTransaction). */
-  #reserved: { readonly id: string; readonly at: number } | undefined;
+  #reserved: Reservation | undefined;
   #transactions = 0;
-  /** Evaluating at a MAIL whose message is counted (#reserved): the local counts exclude it too. */
-  #atMail = false;
 
   constructor(
     readonly policy: ShutdownPolicy,
@@ -263,12 +270,13 @@ export class SessionTracker {
     this.lastOutcome = { kind, class: CLASS[kind], stage };
     const key = this.#storeKey;
     const logger = lazyLogger(ctx);
-    const reserved = this.#reserved;
-    this.#reserved = undefined;
-    if (key !== undefined && reserved !== undefined) {
+    if (key !== undefined && this.#reserved !== undefined) {
       // Counted at MAIL: an aborted message is taken back, any other stays (the counts then include it).
-      if (kind === 'aborted') this.#release(logger, key, reserved);
-      else if (!this.#messagesFailed) for (const w of this.policy.clientWindows) this.#windows[w]! += 1;
+      if (kind === 'aborted') this.#release(logger, key);
+      else {
+        this.#reserved = undefined;
+        if (!this.#messagesFailed) for (const w of this.policy.clientWindows) this.#windows[w]! += 1;
+      }
     } else if (kind !== 'aborted' && key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
@@ -301,16 +309,8 @@ export class SessionTracker {
       const counted = await this.#countMessages(logger, key, (w) => store.addMessage(key, w, now, id));
       // The rules compare the messages before this one with their limit.
       if (counted === true) for (const w of windows) this.#windows[w]! -= 1;
-      this.#atMail = true;
-      try {
-        await this.#evaluate(logger, ctx, 'message');
-      } finally {
-        this.#atMail = false;
-      }
-      if (this.armed !== undefined && this.#reserved === reserved) {
-        this.#reserved = undefined;
-        this.#release(logger, key, reserved);
-      }
+      await this.#evaluate(logger, ctx, 'message');
+      if (this.armed !== undefined && this.#reserved === reserved) this.#release(logger, key);
       return;
     }
     if (this.lastOutcome === undefined) return;
@@ -318,8 +318,11 @@ export class SessionTracker {
     await this.#evaluate(logger, ctx, 'message');
   }
 
-  /** Take back a message counted at MAIL that was not sent; not waited for (nothing depends on it). */
-  #release(logger: LazyLogger, key: string, reserved: { readonly id: string; readonly at: number }): void {
+  /** Take back the message counted at MAIL, if any: it was not sent. Not waited for (nothing depends on it). */
+  #release(logger: LazyLogger, key: string): void {
+    const reserved = this.#reserved;
+    if (reserved === undefined) return;
+    this.#reserved = undefined;
     const store = this.policy.store;
     for (const w of this.policy.clientWindows) {
       void this.#store(logger, () => store.removeMessage?.(key, w, reserved.id, reserved.at));
@@ -495,7 +498,7 @@ export class SessionTracker {
       key,
       now: this.policy.now(),
       windows: this.policy.clientWindows,
-      reserved: this.#atMail ? 1 : 0,
+      reserved: this.#reserved === undefined ? 0 : 1,
     });
   }
 
@@ -515,9 +518,7 @@ export class SessionTracker {
     const store = this.policy.store;
     const lazy = typeof logger === 'function' ? logger : () => logger;
     // A transaction still open (the MTA went away in it): its message was not sent.
-    const reserved = this.#reserved;
-    this.#reserved = undefined;
-    if (reserved !== undefined) this.#release(lazy, key, reserved);
+    this.#release(lazy, key);
     void this.#store(lazy, () => store.sessionClosed(key, this.connectionId, this.policy.now()));
   }
 

@@ -529,3 +529,34 @@ test('max-messages-per-client, sessions at MAIL at the same moment on a shared s
     'closed mid-transaction: taken back',
   );
 });
+
+test('messages counted at MAIL: from MAIL to the outcome the rules see the messages before this one, in the shared and in the local counts alike', async () => {
+  const inner = new MemoryPolicyStore();
+  const shared = sharedStore(inner, {
+    addMessage: (c, w, n, id) => Promise.resolve(inner.addMessage(c, w, n, id)),
+    removeMessage: (c, w, id, at) => Promise.resolve(inner.removeMessage(c, w, id, at)),
+  });
+  const rules: PolicyRule[] = [
+    { name: 'rate', limit: { kind: 'max-messages-per-client', max: 100, windowMs: 60_000 } },
+  ];
+  const policy = createShutdownPolicy({ dryRun: false, rules }, { store: shared });
+  const seen: string[] = [];
+  policy.registerLast('spy', (record) => {
+    const { messagesInWindow, local } = record.clientStats;
+    seen.push(`${record.event} ${messagesInWindow[60_000]} ${local?.messagesInWindow[60_000]}`);
+    return false;
+  });
+  const unknownUser = Decision.reject({ code: 550, xcode: '5.1.1', text: 'No such user' });
+  const filter = withShutdownPolicy(
+    { envrcpt: (_ctx, rcpt) => (rcpt.startsWith('<bad') ? unknownUser : undefined) },
+    policy,
+  );
+  const mta = new FakeMta(filter, 'a', client('198.51.100.72'));
+  await mta.connect();
+  const trace = await mta.message({ rcpts: ['<bad@example.net>', '<ok@example.net>'] });
+  assert.equal(trace.final, 'continue');
+  await mta.close();
+  // CONNECT; MAIL (this message counted, the rules see 0); the rejected recipient, still 0 in both; the
+  // outcome, 1 in both.
+  assert.deepEqual(seen, ['connect 0 0', 'message 0 0', 'recipient 0 0', 'message 1 1']);
+});
