@@ -32,6 +32,22 @@ function sharedStore(inner: MemoryPolicyStore, replace: Partial<PolicyStore> = {
   };
 }
 
+/**
+ * A policy with one rule, `max` messages per client a minute, on a shared store over a memory store that
+ * answers by promise (guarded like Redis) and can take a message back: messages count at MAIL.
+ */
+function reservingPolicy(max: number): { inner: MemoryPolicyStore; policy: ShutdownPolicy } {
+  const inner = new MemoryPolicyStore();
+  const store = sharedStore(inner, {
+    addMessage: (c, w, n, id) => Promise.resolve(inner.addMessage(c, w, n, id)),
+    removeMessage: (c, w, id, at) => Promise.resolve(inner.removeMessage(c, w, id, at)),
+  });
+  const rules: PolicyRule[] = [
+    { name: 'rate', limit: { kind: 'max-messages-per-client', max, windowMs: 60_000 } },
+  ];
+  return { inner, policy: createShutdownPolicy({ dryRun: false, rules }, { store }) };
+}
+
 test('max-concurrent-sessions: the extra session gets 421 at HELO; closing frees the slot; no leftovers', async () => {
   const store = new MemoryPolicyStore();
   const policy = createShutdownPolicy(
@@ -485,16 +501,7 @@ test("Postfix's ABORT after a completed message does not wait for the message's 
 });
 
 test('max-messages-per-client, sessions at MAIL at the same moment on a shared store: exactly the limit pass; refused and aborted messages are taken back', async () => {
-  const inner = new MemoryPolicyStore();
-  // Answers by promise (guarded like Redis), and can take a message back: messages count at MAIL.
-  const shared = sharedStore(inner, {
-    addMessage: (c, w, n, id) => Promise.resolve(inner.addMessage(c, w, n, id)),
-    removeMessage: (c, w, id, at) => Promise.resolve(inner.removeMessage(c, w, id, at)),
-  });
-  const rules: PolicyRule[] = [
-    { name: 'rate', limit: { kind: 'max-messages-per-client', max: 3, windowMs: 60_000 } },
-  ];
-  const policy = createShutdownPolicy({ dryRun: false, rules }, { store: shared });
+  const { inner, policy } = reservingPolicy(3);
   const filter = withShutdownPolicy({}, policy);
   const key = '198.51.100.70';
   const count = (): number => inner.messageCount(key, 60_000, Date.now());
@@ -531,15 +538,7 @@ test('max-messages-per-client, sessions at MAIL at the same moment on a shared s
 });
 
 test('messages counted at MAIL: from MAIL to the outcome the rules see the messages before this one, in the shared and in the local counts alike', async () => {
-  const inner = new MemoryPolicyStore();
-  const shared = sharedStore(inner, {
-    addMessage: (c, w, n, id) => Promise.resolve(inner.addMessage(c, w, n, id)),
-    removeMessage: (c, w, id, at) => Promise.resolve(inner.removeMessage(c, w, id, at)),
-  });
-  const rules: PolicyRule[] = [
-    { name: 'rate', limit: { kind: 'max-messages-per-client', max: 100, windowMs: 60_000 } },
-  ];
-  const policy = createShutdownPolicy({ dryRun: false, rules }, { store: shared });
+  const { policy } = reservingPolicy(100);
   const seen: string[] = [];
   policy.registerLast('spy', (record) => {
     const { messagesInWindow, local } = record.clientStats;
