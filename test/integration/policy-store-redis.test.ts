@@ -325,6 +325,39 @@ test('Redis: in one script call each key is counted once and later lines keep th
   assert.equal(await store.client.zcard(store.messageKey(client, 60_000)), 3);
 });
 
+test('Redis: a message log is pruned at most 1,000 expired entries a call (a bounded share of the server), counted exactly meanwhile; a message taken back after it expired lowers no count', async (t) => {
+  const store = await open(single.url, { prefix: 'prune:', batchIntervalMs: 0 });
+  t.after(() => store.close());
+  const client = '192.0.2.35';
+  const window = 60_000;
+  const key = store.messageKey(client, window);
+  // A busy client's log that sat idle: 3,500 entries past the window, and m1 (counted at a MAIL whose
+  // transaction outlived the window) the newest of them.
+  assert.equal(await store.addMessage(client, window, Date.now(), 'm1'), 1);
+  const [m1] = (await store.client.zrange(key, 0, 0)) as [string];
+  const nowUs = Math.floor((await serverClock(store)) * 1000);
+  await store.client.zadd(key, 'XX', String(nowUs - 61_000_000), m1);
+  for (let i = 0; i < 3500; i += 500) {
+    const args: string[] = [];
+    for (let j = i; j < i + 500; j++) args.push(String(nowUs - 120_000_000 - j), `old:${j}`);
+    await store.client.zadd(key, ...args);
+  }
+  assert.equal(await store.messageCount(client, window, Date.now()), 0);
+  assert.equal(await store.client.zcard(key), 2501, 'the 1,000 oldest removed');
+  assert.equal(await store.addMessage(client, window, Date.now(), 'm2'), 1);
+  assert.equal(await store.client.zcard(key), 1502);
+  // m1 is still there, past the window: taking it back removes it and leaves the count alone (a count
+  // read after it in the same call still has m2).
+  const [, count] = await Promise.all([
+    store.removeMessage(client, window, 'm1', Date.now()),
+    store.messageCount(client, window, Date.now()),
+  ]);
+  assert.equal(count, 1);
+  assert.equal(await store.client.zscore(key, m1), null);
+  assert.equal(await store.messageCount(client, window, Date.now()), 1);
+  assert.deepEqual(await store.client.zrange(key, 0, -1), [`${m1.slice(0, m1.indexOf(':'))}:r:m2`]);
+});
+
 test('Redis: batchIntervalMs 0 sends the operations of one event-loop turn together', async (t) => {
   const store = await open(single.url, { prefix: 'turn:', batchIntervalMs: 0 });
   t.after(() => store.close());
