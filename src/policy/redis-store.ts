@@ -68,7 +68,7 @@ local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local usText = string.format('%.0f', us)
 local msText = string.format('%.0f', ms)
-local counts, cutoffs, expiries, leaseSets, logs, out = {}, {}, {}, {}, {}, {}
+local counts, expiries, leaseSets, logs, out = {}, {}, {}, {}, {}
 local i = 0
 for op, ki, x, y in string.gmatch(ARGV[1], '(%a) (%d+) (%S*) (%S*)\\n') do
   i = i + 1
@@ -91,10 +91,8 @@ for op, ki, x, y in string.gmatch(ARGV[1], '(%a) (%d+) (%S*) (%S*)\\n') do
       n = n - redis.call('ZREM', k, x)
     end
   else
-    local cutoff = cutoffs[k]
+    local cutoff = us - tonumber(x) * 1000
     if not n then
-      cutoff = us - tonumber(x) * 1000
-      cutoffs[k] = cutoff
       n = redis.call('ZCOUNT', k, '(' .. string.format('%.0f', cutoff), '+inf')
       local expired = redis.call('ZCARD', k) - n
       if expired > 0 then redis.call('ZREMRANGEBYRANK', k, 0, math.min(expired, ${PRUNE_MAX}) - 1) end
