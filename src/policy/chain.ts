@@ -19,6 +19,7 @@
  *   otherwise write a line per session.
  */
 import type { Logger } from 'pino';
+import type { MaybePromise } from '../filter.js';
 import { MilterConfigError, MilterFilterError } from '../errors.js';
 import { silentLogger } from '../logging/logger.js';
 import { LogRateLimiter } from '../logging/rate-limit.js';
@@ -35,6 +36,12 @@ import type {
   PolicyEventMap,
   ShouldShutdownHook,
 } from './types.js';
+
+/** How `evaluate` logs and what its decision events say of when a verdict fires. */
+export interface EvaluateOptions {
+  logger?: Logger | (() => Logger);
+  firesAt?: PolicyDecisionEvent['firesAt'];
+}
 
 /** Reply text used when neither the verdict nor the hook names one. */
 export const DEFAULT_SHUTDOWN_TEXT = 'Too much activity in this session, closing connection';
@@ -99,6 +106,8 @@ interface HookEntry {
 type Listener<K extends keyof PolicyEventMap> = (event: PolicyEventMap[K]) => void;
 
 const TIMEOUT = Symbol('timeout');
+/** A hook's answer that lets the chain go on to the next hook. */
+const NEXT_HOOK = Symbol('next hook');
 
 /** What the session puts before the text of a shutdown reply (`Decision.shutdown(text, '4.7.0')`). */
 const SHUTDOWN_PREFIX = '421 4.7.0 ';
@@ -305,63 +314,110 @@ export class ShutdownPolicy {
    */
   async evaluate(
     record: DeliveryRecord,
-    options: { logger?: Logger | (() => Logger); firesAt?: PolicyDecisionEvent['firesAt'] } = {},
+    options: EvaluateOptions = {},
   ): Promise<EnforcedShutdown | undefined> {
+    return this.evaluateNow(record, options);
+  }
+
+  /**
+   * `evaluate`, answered at once when every hook answers at once (the compiled rules do): the policy's
+   * stage handlers then answer the session without a promise. A promise from the first hook that returns
+   * one. Never throws, never rejects. @internal
+   */
+  evaluateNow(
+    record: DeliveryRecord,
+    options: EvaluateOptions = {},
+  ): MaybePromise<EnforcedShutdown | undefined> {
     const given = options.logger;
     const lazy = (): Logger | undefined => (typeof given === 'function' ? given() : (given ?? this.#logger));
-    for (const entry of this.#chain) {
-      const result = await this.#run(entry, record, lazy);
-      const verdict = toVerdict(result);
-      if (verdict === undefined) continue;
-      const logger = lazy();
-      const reason = sanitizeText(verdict.reason) ?? entry.name;
-      const own = sanitize(verdict.text);
-      if (own.cut && !entry.cutLogged) {
-        // A text the session would refuse would turn the 421 into a plain tempfail: cut it, say so once.
-        entry.cutLogged = true;
-        logger?.warn(
-          { hook: entry.name, maxBytes: MAX_SHUTDOWN_TEXT_BYTES },
-          'shutdown hook reply text longer than one reply line: cut to fit (logged once per hook)',
-        );
+    // The chain as it is now: a hook may register or remove hooks (which replaces #chain) meanwhile.
+    return this.#evaluateFrom(this.#chain, 0, record, lazy, options.firesAt ?? 'next-command');
+  }
+
+  #evaluateFrom(
+    hooks: readonly HookEntry[],
+    first: number,
+    record: DeliveryRecord,
+    lazy: () => Logger | undefined,
+    firesAt: PolicyDecisionEvent['firesAt'],
+  ): MaybePromise<EnforcedShutdown | undefined> {
+    for (let i = first; i < hooks.length; i++) {
+      const entry = hooks[i] as HookEntry;
+      const result = this.#run(entry, record, lazy);
+      if (result instanceof Promise) {
+        return result.then((r) => {
+          const end = this.#verdict(entry, r, record, lazy, firesAt);
+          return end === NEXT_HOOK ? this.#evaluateFrom(hooks, i + 1, record, lazy, firesAt) : end;
+        });
       }
-      const text = own.text ?? entry.text ?? this.replyText;
-      const dryRun = this.dryRun || entry.dryRun;
-      const event: PolicyDecisionEvent = {
-        connectionId: record.connectionId,
-        hook: entry.name,
-        reason,
-        mode: dryRun ? 'dry-run' : 'enforce',
-        event: record.event,
-        firesAt: options.firesAt ?? 'next-command',
-        text,
-        clientAddress: record.client?.address,
-        ageMs: record.ageMs,
-        counters: record.counters,
-      };
-      logger?.info(
-        { policy: event },
-        dryRun ? 'shutdown policy decision (dry-run)' : 'shutdown policy decision',
-      );
-      this.emit('decision', event, logger);
-      if (!dryRun) return { hook: entry.name, reason, text };
-      if (this.dryRun) return undefined;
+      const end = this.#verdict(entry, result, record, lazy, firesAt);
+      if (end !== NEXT_HOOK) return end;
     }
     return undefined;
   }
 
-  async #run(
+  /** One hook's answer: the chain's result (a shutdown, or undefined under the global dry-run), or NEXT_HOOK. */
+  #verdict(
     entry: HookEntry,
+    result: HookResult,
     record: DeliveryRecord,
-    logger: () => Logger | undefined,
-  ): Promise<HookResult> {
-    let pending: HookResult | Promise<HookResult>;
+    lazy: () => Logger | undefined,
+    firesAt: PolicyDecisionEvent['firesAt'],
+  ): EnforcedShutdown | undefined | typeof NEXT_HOOK {
+    const verdict = toVerdict(result);
+    if (verdict === undefined) return NEXT_HOOK;
+    const logger = lazy();
+    const reason = sanitizeText(verdict.reason) ?? entry.name;
+    const own = sanitize(verdict.text);
+    if (own.cut && !entry.cutLogged) {
+      // A text the session would refuse would turn the 421 into a plain tempfail: cut it, say so once.
+      entry.cutLogged = true;
+      logger?.warn(
+        { hook: entry.name, maxBytes: MAX_SHUTDOWN_TEXT_BYTES },
+        'shutdown hook reply text longer than one reply line: cut to fit (logged once per hook)',
+      );
+    }
+    const text = own.text ?? entry.text ?? this.replyText;
+    const dryRun = this.dryRun || entry.dryRun;
+    const event: PolicyDecisionEvent = {
+      connectionId: record.connectionId,
+      hook: entry.name,
+      reason,
+      mode: dryRun ? 'dry-run' : 'enforce',
+      event: record.event,
+      firesAt,
+      text,
+      clientAddress: record.client?.address,
+      ageMs: record.ageMs,
+      counters: record.counters,
+    };
+    logger?.info(
+      { policy: event },
+      dryRun ? 'shutdown policy decision (dry-run)' : 'shutdown policy decision',
+    );
+    this.emit('decision', event, logger);
+    if (!dryRun) return { hook: entry.name, reason, text };
+    return this.dryRun ? undefined : NEXT_HOOK;
+  }
+
+  /** One hook, at once when it answers at once; an asynchronous answer is raced against its budget. */
+  #run(entry: HookEntry, record: DeliveryRecord, logger: () => Logger | undefined): MaybePromise<HookResult> {
+    let pending: HookResult | PromiseLike<HookResult>;
     try {
       pending = entry.hook(record);
     } catch (err) {
       this.#hookFailed(entry, record, logger, 'ERR_MILTER_HOOK_FAILED', err);
       return undefined;
     }
-    if (!isThenable(pending)) return pending;
+    return isThenable(pending) ? this.#await(entry, record, logger, pending) : pending;
+  }
+
+  async #await(
+    entry: HookEntry,
+    record: DeliveryRecord,
+    logger: () => Logger | undefined,
+    pending: PromiseLike<HookResult>,
+  ): Promise<HookResult> {
     const budget = entry.timeoutMs ?? this.hookTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
     const timeout =

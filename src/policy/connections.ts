@@ -2,7 +2,8 @@
  * The shutdown policy's record of each milter connection: its {@link SessionTracker} (the policy's view of
  * the SMTP session) and what the user's filter follows (where libmilter would call the user's callbacks).
  */
-import type { BaseContext, Filter } from '../filter.js';
+import type { BaseContext, Filter, MaybePromise } from '../filter.js';
+import { chain } from '../session/decision.js';
 import type { ShutdownPolicy } from './chain.js';
 import { staticWants, type StageWants, type WantStage } from './negotiation.js';
 import { SessionTracker } from './tracker.js';
@@ -56,21 +57,23 @@ export class PolicyConnections<P> {
   }
 
   /** SMFIC_CONNECT: a fresh record (closing one left by a session that never got its close). */
-  async start(ctx: BaseContext<unknown>): Promise<PolicyConnection> {
+  start(ctx: BaseContext<unknown>): MaybePromise<PolicyConnection> {
     // A CONNECT without close for the previous session would leave it counted in the store.
-    await this.#byId.get(ctx.id)?.tracker.close(() => ctx.logger);
-    const c = this.#create(ctx);
-    this.#negotiated.delete(ctx.id);
-    this.#byId.set(ctx.id, c);
-    return c;
+    const closed = this.#byId.get(ctx.id)?.tracker.close(() => ctx.logger);
+    return chain(closed, () => {
+      const c = this.#create(ctx);
+      this.#negotiated.delete(ctx.id);
+      this.#byId.set(ctx.id, c);
+      return c;
+    });
   }
 
   /** close: forget the connection and leave the store. */
-  async end(ctx: BaseContext<unknown>): Promise<void> {
+  end(ctx: BaseContext<unknown>): MaybePromise<void> {
     const c = this.#byId.get(ctx.id);
     this.#byId.delete(ctx.id);
     this.#negotiated.delete(ctx.id);
-    if (c !== undefined) await c.tracker.close(() => ctx.logger);
+    return c?.tracker.close(() => ctx.logger);
   }
 
   /** The user's negotiate callback asked for `wants` on this connection. */

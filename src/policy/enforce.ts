@@ -5,7 +5,7 @@
  * and an armed shutdown goes out as `421 4.7.0`.
  */
 import type { BodyDecision, Decision, MaybePromise, StageContext } from '../filter.js';
-import { decisionKind } from '../session/decision.js';
+import { chain, decisionKind, isThenable } from '../session/decision.js';
 import { Decision as D } from '../filter.js';
 import type { FailureDecision } from '../session/types.js';
 import type { ShutdownPolicy } from './chain.js';
@@ -38,30 +38,60 @@ export class Enforcement {
    * session's failure decision makes of it (`onFailure` instead, when given), then rethrown for the
    * session to answer.
    */
-  async callUser<R extends BodyDecision = Decision>(
+  // At once when the user's callback answers at once (no promise, no microtask): the stage handlers then
+  // answer the session at once too. A throw or a rejection is always answered with a rejected promise.
+  callUser<R extends BodyDecision = Decision>(
     c: PolicyConnection,
     ctx: StageContext<unknown>,
     stage: WantStage,
     inMessage: boolean,
     call: () => MaybePromise<R | void | undefined>,
-    onFailure?: () => Promise<void>,
-  ): Promise<UserCall<R>> {
+    onFailure?: () => MaybePromise<unknown>,
+  ): MaybePromise<UserCall<R>> {
     if (!c.follows(stage, inMessage)) return NOT_CALLED;
-    let decision: R | void | undefined;
+    let decision: MaybePromise<R | void | undefined>;
     try {
-      decision = await call();
+      decision = call();
     } catch (err) {
-      // The session maps the throw to its failure decision; count what the client will be told. The
-      // shutdown can only be armed here: the session, not us, writes this reply.
-      if (this.failure === 'reject' || this.failure === 'tempfail') {
-        if (onFailure) await onFailure();
-        else if (inMessage && c.tracker.inTransaction) {
-          await c.tracker.outcome(ctx, OUTCOME[this.failure], stage as OutcomeStage);
-        }
-      }
-      throw err;
+      return this.#failed(c, ctx, stage, inMessage, err, onFailure);
     }
-    return { called: true, decision: c.wants[stage].reply ? (decision ?? undefined) : undefined };
+    if (isThenable(decision)) {
+      return Promise.resolve(decision).then(
+        (d) => this.#called(c, stage, d),
+        (err: unknown) => this.#failed(c, ctx, stage, inMessage, err, onFailure),
+      );
+    }
+    return this.#called(c, stage, decision);
+  }
+
+  #called<R extends BodyDecision>(
+    c: PolicyConnection,
+    stage: WantStage,
+    d: R | void | undefined,
+  ): UserCall<R> {
+    return { called: true, decision: c.wants[stage].reply ? (d ?? undefined) : undefined };
+  }
+
+  /**
+   * The user's callback threw or rejected: the session maps that to its failure decision; count what the
+   * client will be told, then rethrow. The shutdown can only be armed here: the session, not us, writes
+   * this reply.
+   */
+  async #failed(
+    c: PolicyConnection,
+    ctx: StageContext<unknown>,
+    stage: WantStage,
+    inMessage: boolean,
+    err: unknown,
+    onFailure: (() => MaybePromise<unknown>) | undefined,
+  ): Promise<never> {
+    if (this.failure === 'reject' || this.failure === 'tempfail') {
+      if (onFailure) await onFailure();
+      else if (inMessage && c.tracker.inTransaction) {
+        await c.tracker.outcome(ctx, OUTCOME[this.failure], stage as OutcomeStage);
+      }
+    }
+    throw err;
   }
 
   /** Deliver the armed shutdown at `stage`: log it, tell the policy's listeners, answer 421. */
@@ -81,19 +111,19 @@ export class Enforcement {
   }
 
   /** The user's decision at a message stage (MAIL, DATA, header, EOH, body): count outcomes, hide ACCEPT. */
-  async messageDecision<R extends BodyDecision = Decision>(
+  messageDecision<R extends BodyDecision = Decision>(
     c: PolicyConnection,
     ctx: StageContext<unknown>,
     stage: OutcomeStage,
     d: R | undefined,
-  ): Promise<R | Decision | undefined> {
+  ): MaybePromise<R | Decision | undefined> {
     const kind = decisionKind(d);
     if (kind === 'accept') {
       c.userDoneMessage = true;
       return D.continue;
     }
-    if (kind === 'reject' || kind === 'tempfail' || kind === 'discard') {
-      if (c.tracker.inTransaction) await c.tracker.outcome(ctx, OUTCOME[kind], stage);
+    if ((kind === 'reject' || kind === 'tempfail' || kind === 'discard') && c.tracker.inTransaction) {
+      return chain(c.tracker.outcome(ctx, OUTCOME[kind], stage), () => d);
     }
     return d;
   }

@@ -9,7 +9,7 @@ export {
   replyTextBytes,
   sanitizeText,
 } from './chain.js';
-export type { ShutdownPolicyOptions, EnforcedShutdown } from './chain.js';
+export type { ShutdownPolicyOptions, EnforcedShutdown, EvaluateOptions } from './chain.js';
 export { withShutdownPolicy } from './wrapper.js';
 export type { WithShutdownPolicyOptions } from './wrapper.js';
 export { MemoryPolicyStore } from './store.js';

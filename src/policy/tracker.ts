@@ -3,7 +3,7 @@
  * bookkeeping, chain evaluation and the armed shutdown. Used by the filter wrapper; no protocol here.
  */
 import type { Logger } from 'pino';
-import type { BaseContext, ConnectionInfo } from '../filter.js';
+import type { BaseContext, ConnectionInfo, MaybePromise } from '../filter.js';
 import type { EnforcedShutdown, ShutdownPolicy } from './chain.js';
 import type {
   ClientInfo,
@@ -22,7 +22,7 @@ import { zeroCounters } from './types.js';
 import { GuardedStore } from './guarded-store.js';
 import { openSession, type PolicyStore } from './store.js';
 import { MilterStoreError } from '../errors.js';
-import { isThenable } from '../session/decision.js';
+import { chain, isThenable } from '../session/decision.js';
 
 const CLASS: Readonly<Record<OutcomeKind, OutcomeClass>> = {
   accepted: 'accepted',
@@ -189,7 +189,7 @@ export class SessionTracker {
    * and sends its next command, and the next command that can deliver a shutdown awaits it first. Set by
    * `connectLater` and `outcomeLater`.
    */
-  pending: Promise<void> | undefined;
+  pending: Promise<unknown> | undefined;
 
   /**
    * SMFIC_CONNECT, without holding its reply: a verdict reached at CONNECT fires at the next command
@@ -211,22 +211,36 @@ export class SessionTracker {
     this.#later(ctx, (macros) => this.outcome(ctx, kind, stage, macros));
   }
 
-  #later(ctx: BaseContext<unknown>, work: (macros: Record<string, string>) => Promise<void>): void {
+  #later(ctx: BaseContext<unknown>, work: (macros: Record<string, string>) => MaybePromise<unknown>): void {
     // The chain reads the macros of this command, which the session replaces as the next one comes.
     const macros = this.#macros(ctx);
     const before = this.pending;
-    const p = (before === undefined ? work(macros) : before.then(() => work(macros))).finally(() => {
+    let started: Promise<unknown>;
+    if (before !== undefined) started = before.then(() => work(macros));
+    else {
+      // Work done at once (an in-process store, rules that answer at once) leaves nothing pending: the
+      // next command is then answered without waiting for a promise.
+      let done: unknown;
+      try {
+        done = work(macros);
+      } catch (err) {
+        done = Promise.reject(err);
+      }
+      if (!(done instanceof Promise)) return;
+      started = done;
+    }
+    const p: Promise<unknown> = started.finally(() => {
       if (this.pending === p) this.pending = undefined;
     });
     this.pending = p;
   }
 
   /** SMFIC_CONNECT: record the client, open its lease in the store, consult the chain (cross-session limits). */
-  async connect(
+  connect(
     ctx: BaseContext<unknown>,
     info: ConnectionInfo,
     macros?: Record<string, string>,
-  ): Promise<void> {
+  ): MaybePromise<EnforcedShutdown | undefined> {
     this.client = { address: info.address, hostname: info.hostname, port: info.port, family: info.family };
     // Grouped by network (clientPrefix), so that rotating addresses within a /64 does not escape a limit.
     const key = this.policy.clientKey(info.address);
@@ -251,19 +265,24 @@ export class SessionTracker {
           if (windows.length > 0) this.#countsFailed(windows);
         },
       );
-      if (typeof opened === 'object') await opened;
+      if (typeof opened === 'object') {
+        return opened.then(() => {
+          this.#startRenewal(logger, key);
+          return this.#evaluate(logger, ctx, 'connect', undefined, 'next-command', macros);
+        });
+      }
       this.#startRenewal(logger, key);
     }
-    await this.#evaluate(logger, ctx, 'connect', undefined, 'next-command', macros);
+    return this.#evaluate(logger, ctx, 'connect', undefined, 'next-command', macros);
   }
 
   /** The transaction ended with `kind` at `stage`: count it, tell the store, consult the chain. */
-  async outcome(
+  outcome(
     ctx: BaseContext<unknown>,
     kind: OutcomeKind,
     stage: OutcomeStage,
     macros?: Record<string, string>,
-  ): Promise<void> {
+  ): MaybePromise<EnforcedShutdown | undefined> {
     this.inTransaction = false;
     this.discarded = false;
     this.counters[COUNTER[kind]] += 1;
@@ -280,9 +299,12 @@ export class SessionTracker {
     } else if (kind !== 'aborted' && key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
-      await this.#countMessages(logger, key, (w) => store.addMessage(key, w, now));
+      const counted = this.#countMessages(logger, key, (w) => store.addMessage(key, w, now));
+      if (counted instanceof Promise) {
+        return counted.then(() => this.#evaluate(logger, ctx, 'message', undefined, 'next-command', macros));
+      }
     }
-    await this.#evaluate(logger, ctx, 'message', undefined, 'next-command', macros);
+    return this.#evaluate(logger, ctx, 'message', undefined, 'next-command', macros);
   }
 
   /**
@@ -294,11 +316,11 @@ export class SessionTracker {
    * one reads them again, and the message is counted when it has finished (senders running at the same
    * moment can then pass the limit by the messages in flight).
    */
-  async beforeTransaction(ctx: BaseContext<unknown>): Promise<void> {
+  beforeTransaction(ctx: BaseContext<unknown>): MaybePromise<unknown> {
     const key = this.#storeKey;
-    if (key === undefined || this.armed !== undefined) return;
+    if (key === undefined || this.armed !== undefined) return undefined;
     const windows = this.policy.clientWindows;
-    if (windows.length === 0) return;
+    if (windows.length === 0) return undefined;
     const store = this.policy.store;
     const now = this.policy.now();
     const logger = lazyLogger(ctx);
@@ -306,16 +328,23 @@ export class SessionTracker {
       const id = `${this.connectionId}:${++this.#transactions}`;
       const reserved = { id, at: now };
       this.#reserved = reserved;
-      const counted = await this.#countMessages(logger, key, (w) => store.addMessage(key, w, now, id));
-      // The rules compare the messages before this one with their limit.
-      if (counted === true) for (const w of windows) this.#windows[w]! -= 1;
-      await this.#evaluate(logger, ctx, 'message');
-      if (this.armed !== undefined && this.#reserved === reserved) this.#release(logger, key);
-      return;
+      const evaluate = (counted: boolean | undefined): MaybePromise<unknown> => {
+        // The rules compare the messages before this one with their limit.
+        if (counted === true) for (const w of windows) this.#windows[w]! -= 1;
+        return chain(this.#evaluate(logger, ctx, 'message'), () => {
+          if (this.armed !== undefined && this.#reserved === reserved) this.#release(logger, key);
+        });
+      };
+      return chain(
+        this.#countMessages(logger, key, (w) => store.addMessage(key, w, now, id)),
+        evaluate,
+      );
     }
-    if (this.lastOutcome === undefined) return;
-    await this.#countMessages(logger, key, (w) => store.messageCount(key, w, now));
-    await this.#evaluate(logger, ctx, 'message');
+    if (this.lastOutcome === undefined) return undefined;
+    return chain(
+      this.#countMessages(logger, key, (w) => store.messageCount(key, w, now)),
+      () => this.#evaluate(logger, ctx, 'message'),
+    );
   }
 
   /** Take back the message counted at MAIL, if any: it was not sent. Not waited for (nothing depends on it). */
@@ -403,44 +432,44 @@ export class SessionTracker {
    * it) an enforced verdict is returned to be that reply; otherwise (rejected by the MTA itself, whose
    * reply wins, or by a throwing callback, answered by the session) the shutdown is only armed.
    */
-  async recipientRejected(
+  recipientRejected(
     ctx: BaseContext<unknown>,
     recipient: RecipientInfo,
     ourReply: boolean,
-  ): Promise<EnforcedShutdown | undefined> {
+  ): MaybePromise<EnforcedShutdown | undefined> {
     this.counters.recipientsRejected += 1;
-    const firesAt = ourReply ? 'this-reply' : 'next-command';
-    const verdict = await this.evaluate(ctx, 'recipient', recipient, firesAt);
-    return ourReply ? verdict : undefined;
+    if (!ourReply) return chain(this.evaluate(ctx, 'recipient', recipient, 'next-command'), () => undefined);
+    return this.evaluate(ctx, 'recipient', recipient, 'this-reply');
   }
 
   /** Consult the chain (unless already armed) and arm an enforced verdict. */
-  async evaluate(
+  evaluate(
     ctx: BaseContext<unknown>,
     event: PolicyEvent,
     recipient?: RecipientInfo,
     firesAt: PolicyDecisionEvent['firesAt'] = 'next-command',
-  ): Promise<EnforcedShutdown | undefined> {
+  ): MaybePromise<EnforcedShutdown | undefined> {
     return this.#evaluate(lazyLogger(ctx), ctx, event, recipient, firesAt);
   }
 
-  async #evaluate(
+  #evaluate(
     logger: LazyLogger,
     ctx: BaseContext<unknown>,
     event: PolicyEvent,
     recipient?: RecipientInfo,
     firesAt: PolicyDecisionEvent['firesAt'] = 'next-command',
     macros?: Record<string, string>,
-  ): Promise<EnforcedShutdown | undefined> {
+  ): MaybePromise<EnforcedShutdown | undefined> {
     // Once armed the session is ending; more verdicts would only repeat the same log line.
     if (this.armed !== undefined) return undefined;
-    const verdict = await this.policy.evaluate(this.snapshot(ctx, event, recipient, macros), {
-      logger,
-      firesAt,
-    });
+    const record = this.snapshot(ctx, event, recipient, macros);
+    return chain(this.policy.evaluateNow(record, { logger, firesAt }), this.#arm);
+  }
+
+  readonly #arm = (verdict: EnforcedShutdown | undefined): EnforcedShutdown | undefined => {
     if (verdict !== undefined) this.armed = verdict;
     return verdict;
-  }
+  };
 
   /** A frozen DeliveryRecord of the session now. */
   snapshot(
@@ -507,11 +536,15 @@ export class SessionTracker {
    * nothing depends on its answer (a failure is still logged), and the session's end (the user's close
    * callback) need not wait for a store round trip. A shared store sends what it holds when it closes.
    */
-  async close(logger: Logger | LazyLogger): Promise<void> {
+  close(logger: Logger | LazyLogger): MaybePromise<void> {
     if (this.#renewal !== undefined) this.#renewal.renewals.delete(this.#renewal.renew);
     this.#renewal = undefined;
     // The last outcome's verdict and log line come before the session's end.
-    if (this.pending) await this.pending;
+    if (this.pending) return this.pending.then(() => this.#leave(logger));
+    this.#leave(logger);
+  }
+
+  #leave(logger: Logger | LazyLogger): void {
     const key = this.#storeKey;
     this.#storeKey = undefined;
     if (key === undefined) return;

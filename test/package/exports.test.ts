@@ -149,6 +149,7 @@ const SURFACE: Record<string, string[]> = {
     'DEFAULT_SHUTDOWN_TEXT',
     'DeliveryRecord',
     'EnforcedShutdown',
+    'EvaluateOptions',
     'GuardedStore',
     'GuardedStoreOptions',
     'HookOptions',
