@@ -219,9 +219,7 @@ export class PolicyStages<P> {
   }
 
   close(ctx: CloseContext<P>): MaybePromise<void> {
-    const ended = this.connections.end(ctx);
-    if (ended instanceof Promise) return ended.then(() => this.user.close?.(ctx));
-    return this.user.close?.(ctx);
+    return chain(this.connections.end(ctx), () => this.user.close?.(ctx));
   }
 }
 

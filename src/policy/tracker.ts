@@ -245,35 +245,32 @@ export class SessionTracker {
     // Grouped by network (clientPrefix), so that rotating addresses within a /64 does not escape a limit.
     const key = this.policy.clientKey(info.address);
     const logger = lazyLogger(ctx);
-    if (key !== undefined) {
-      const store = this.policy.store;
-      const now = this.policy.now();
-      this.#storeKey = key;
-      const windows = this.policy.clientWindows;
-      // One store call: the lease and the counts (on Redis, one answer for both).
-      const opened = this.#store(
-        logger,
-        () => openSession(store, key, this.connectionId, windows, now),
-        (o) => {
-          this.#concurrent = o.sessions;
-          this.#sessionsFailed = false;
-          this.#countsRead(windows, o.messages);
-        },
-        () => {
-          this.#concurrent = 0;
-          this.#sessionsFailed = true;
-          if (windows.length > 0) this.#countsFailed(windows);
-        },
-      );
-      if (typeof opened === 'object') {
-        return opened.then(() => {
-          this.#startRenewal(logger, key);
-          return this.#evaluate(logger, ctx, 'connect', undefined, 'next-command', macros);
-        });
-      }
+    const evaluate = (): MaybePromise<EnforcedShutdown | undefined> =>
+      this.#evaluate(logger, ctx, 'connect', undefined, 'next-command', macros);
+    if (key === undefined) return evaluate();
+    const store = this.policy.store;
+    const now = this.policy.now();
+    this.#storeKey = key;
+    const windows = this.policy.clientWindows;
+    // One store call: the lease and the counts (on Redis, one answer for both).
+    const opened = this.#store(
+      logger,
+      () => openSession(store, key, this.connectionId, windows, now),
+      (o) => {
+        this.#concurrent = o.sessions;
+        this.#sessionsFailed = false;
+        this.#countsRead(windows, o.messages);
+      },
+      () => {
+        this.#concurrent = 0;
+        this.#sessionsFailed = true;
+        if (windows.length > 0) this.#countsFailed(windows);
+      },
+    );
+    return chain(opened, () => {
       this.#startRenewal(logger, key);
-    }
-    return this.#evaluate(logger, ctx, 'connect', undefined, 'next-command', macros);
+      return evaluate();
+    });
   }
 
   /** The transaction ended with `kind` at `stage`: count it, tell the store, consult the chain. */
@@ -289,6 +286,7 @@ export class SessionTracker {
     this.lastOutcome = { kind, class: CLASS[kind], stage };
     const key = this.#storeKey;
     const logger = lazyLogger(ctx);
+    let counted: MaybePromise<boolean | undefined>;
     if (key !== undefined && this.#reserved !== undefined) {
       // Counted at MAIL: an aborted message is taken back, any other stays (the counts then include it).
       if (kind === 'aborted') this.#release(logger, key);
@@ -299,12 +297,9 @@ export class SessionTracker {
     } else if (kind !== 'aborted' && key !== undefined) {
       const store = this.policy.store;
       const now = this.policy.now();
-      const counted = this.#countMessages(logger, key, (w) => store.addMessage(key, w, now));
-      if (counted instanceof Promise) {
-        return counted.then(() => this.#evaluate(logger, ctx, 'message', undefined, 'next-command', macros));
-      }
+      counted = this.#countMessages(logger, key, (w) => store.addMessage(key, w, now));
     }
-    return this.#evaluate(logger, ctx, 'message', undefined, 'next-command', macros);
+    return chain(counted, () => this.#evaluate(logger, ctx, 'message', undefined, 'next-command', macros));
   }
 
   /**
