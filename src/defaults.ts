@@ -85,8 +85,9 @@ export const DEFAULTS = {
    * arrive in between go together in the next call, and an idle instance sends at once. With one command
    * per operation each round trip cost a milterd on loopback 100-250 µs of CPU, more than the operations in
    * it, and each call still costs both ends more than its operations: at 10 ms a busy instance makes at most
-   * 100 a second, which measured 3 % more messages a second than 5 ms (docs/benchmark.md). Only HELO and MAIL
-   * wait for the store, and the MTA's own round trip to its client hides most of the wait.
+   * 100 a second, which measured 3 % more messages a second than 5 ms (docs/benchmark.md). Only HELO (and a
+   * session's second and later MAIL) waits for the store, and the MTA's own round trip to its client hides
+   * most of the wait.
    */
   storeBatchIntervalMs: 10,
   /** Policy store: the longest `storeBatchIntervalMs` accepted (far below the call deadline). */

@@ -268,9 +268,12 @@ export class GuardedStore implements PolicyStore {
     sessionId: string,
     windowsMs: readonly number[],
     now: number = Date.now(),
+    reserve?: string,
   ): Promise<SessionOpening> {
-    this.local.sessionOpened(client, sessionId, now);
-    return this.#call('session-open', () => openSession(this.inner, client, sessionId, windowsMs, now));
+    this.local.sessionOpenedWithCounts(client, sessionId, windowsMs, now, reserve);
+    return this.#call('session-open', () =>
+      openSession(this.inner, client, sessionId, windowsMs, now, reserve),
+    );
   }
 
   sessionClosed(client: string, sessionId: string, now: number = Date.now()): Promise<void> {

@@ -427,7 +427,7 @@ export class RedisPolicyStore implements PolicyStore {
   // one process: every member starts with a random id of this instance.
   readonly #instance = randomBytes(9).toString('base64url');
   #seq = 0;
-  // client -> its keys: three calls per session each built them again (a SHA-256 each with
+  // client -> its keys: every call of a session built them again (a SHA-256 each with
   // hashAddresses). Bounded; emptied when full (a pure function of the client: nothing goes stale).
   readonly #keyCache = new Map<string, ClientKeys>();
   // The lease TTL as the script reads it.
@@ -501,15 +501,27 @@ export class RedisPolicyStore implements PolicyStore {
     return this.#batches.run(this.leaseKey(client), 'o', this.#member(sessionId), this.#ttlField);
   }
 
-  /** The lease and the counts of `windowsMs`: lines of one batch, answered together (one settle). */
+  /**
+   * The lease and the counts of `windowsMs` (with `reserve`, a message added in each): lines of one batch,
+   * answered together (one settle).
+   */
   sessionOpenedWithCounts(
     client: string,
     sessionId: string,
     windowsMs: readonly number[],
     _now?: number,
+    reserve?: string,
   ): Promise<SessionOpening> {
     const lines: Line[] = [[this.leaseKey(client), 'o', this.#member(sessionId), this.#ttlField]];
-    for (const w of windowsMs) lines.push([this.messageKey(client, w), 'n', String(Math.ceil(w)), '']);
+    const member = reserve === undefined ? '' : this.#messageMember(reserve);
+    for (const w of windowsMs) {
+      lines.push([
+        this.messageKey(client, w),
+        reserve === undefined ? 'n' : 'a',
+        String(Math.ceil(w)),
+        member,
+      ]);
+    }
     return this.#batches.runAll(lines).then(opening);
   }
 

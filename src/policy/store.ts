@@ -41,14 +41,17 @@ export interface PolicyStore {
   sessionOpened(client: string, sessionId: string, now?: number): number | Promise<number>;
   /**
    * A session started: `sessionOpened`, and `messageCount` of each of `windowsMs`, as ONE operation (what
-   * CONNECT needs; on Redis one line more in the same batch and one answer for both). Optional: for a store
-   * without it the engine makes the separate calls (see {@link openSession}).
+   * CONNECT needs; on Redis one line more in the same batch and one answer for both). With `reserve`,
+   * `addMessage` under that id instead of `messageCount`: the session's first message is counted with its
+   * lease (the counts then include it), and taken back with `removeMessage` if the session sends none.
+   * Optional: for a store without it the engine makes the separate calls (see {@link openSession}).
    */
   sessionOpenedWithCounts?(
     client: string,
     sessionId: string,
     windowsMs: readonly number[],
     now?: number,
+    reserve?: string,
   ): SessionOpening | Promise<SessionOpening>;
   /** The session ended: release its lease. Idempotent; unknown ids are ignored. */
   sessionClosed(client: string, sessionId: string, now?: number): void | Promise<void>;
@@ -98,12 +101,15 @@ export function openSession(
   sessionId: string,
   windowsMs: readonly number[],
   now: number,
+  reserve?: string,
 ): SessionOpening | Promise<SessionOpening> {
   if (store.sessionOpenedWithCounts !== undefined) {
-    return store.sessionOpenedWithCounts(client, sessionId, windowsMs, now);
+    return store.sessionOpenedWithCounts(client, sessionId, windowsMs, now, reserve);
   }
   const sessions = store.sessionOpened(client, sessionId, now);
-  const messages = windowsMs.map((w) => store.messageCount(client, w, now));
+  const messages = windowsMs.map((w) =>
+    reserve === undefined ? store.messageCount(client, w, now) : store.addMessage(client, w, now, reserve),
+  );
   if (typeof sessions === 'number' && messages.every((m) => typeof m === 'number')) {
     return { sessions, messages: messages as number[] };
   }
@@ -169,9 +175,13 @@ export class MemoryPolicyStore implements PolicyStore {
     sessionId: string,
     windowsMs: readonly number[],
     now: number = Date.now(),
+    reserve?: string,
   ): SessionOpening {
     const sessions = this.sessionOpened(client, sessionId, now);
-    return { sessions, messages: windowsMs.map((w) => this.messageCount(client, w, now)) };
+    const messages = windowsMs.map((w) =>
+      reserve === undefined ? this.messageCount(client, w, now) : this.addMessage(client, w, now, reserve),
+    );
+    return { sessions, messages };
   }
 
   sessionClosed(client: string, sessionId: string, now: number = Date.now()): void {

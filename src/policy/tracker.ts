@@ -173,8 +173,13 @@ export class SessionTracker {
   #sessionsFailed = false;
   #messagesFailed = false;
   #renewal: { renewals: Renewals; renew: () => void } | undefined;
-  /** The open transaction's message, counted at its MAIL (see beforeTransaction). */
+  /**
+   * A message counted ahead of its outcome: the open transaction's, or the session's first, counted at
+   * CONNECT before any MAIL (then also `#held`). See connect and beforeTransaction.
+   */
   #reserved: Reservation | undefined;
+  /** The reservation made at CONNECT for the first transaction, until a MAIL takes it. */
+  #held: Reservation | undefined;
   #transactions = 0;
 
   constructor(
@@ -252,25 +257,49 @@ export class SessionTracker {
     const now = this.policy.now();
     this.#storeKey = key;
     const windows = this.policy.clientWindows;
+    // The first message is counted now, with the lease (see #hold).
+    const held = windows.length > 0 && removes(store) ? this.#hold(now) : undefined;
     // One store call: the lease and the counts (on Redis, one answer for both).
     const opened = this.#store(
       logger,
-      () => openSession(store, key, this.connectionId, windows, now),
+      () => openSession(store, key, this.connectionId, windows, now, held?.id),
       (o) => {
         this.#concurrent = o.sessions;
         this.#sessionsFailed = false;
         this.#countsRead(windows, o.messages);
+        // The rules compare the messages before this session's with their limit.
+        if (held !== undefined) for (const w of windows) this.#windows[w]! -= 1;
       },
       () => {
         this.#concurrent = 0;
         this.#sessionsFailed = true;
         if (windows.length > 0) this.#countsFailed(windows);
+        // Counted or not, unknown: taken back; the first MAIL then counts its message itself.
+        this.#release(logger, key);
       },
     );
     return chain(opened, () => {
       this.#startRenewal(logger, key);
-      return evaluate();
+      return chain(evaluate(), (verdict) => {
+        // The session is ending: its place goes back at once.
+        if (this.armed !== undefined) this.#release(logger, key);
+        return verdict;
+      });
     });
+  }
+
+  /**
+   * Count the session's first message at CONNECT, in the call that opens its lease, instead of at its MAIL:
+   * one store call a session fewer (most sessions carry one message: Postfix opens a milter connection per
+   * SMTP session), and a MAIL that needs no store answer. Exact all the same: the place is taken in one
+   * atomic step with reading the count, so no more than the limit pass; a session that sends no message
+   * gives its place back (an aborted transaction, a verdict, the session's end). The price: while a session
+   * has not sent its first MAIL, its client has one place fewer for its other sessions.
+   */
+  #hold(now: number): Reservation {
+    const held = { id: `${this.connectionId}:${++this.#transactions}`, at: now };
+    this.#reserved = this.#held = held;
+    return held;
   }
 
   /** The transaction ended with `kind` at `stage`: count it, tell the store, consult the chain. */
@@ -306,33 +335,40 @@ export class SessionTracker {
    * MAIL: count this transaction's message now, in one atomic step with reading the client's count
    * (a reservation), and consult the chain with the messages before it: of all the sessions of a client
    * at their MAIL at once, on any instance of a fleet, only as many as the limit has room for pass; the
-   * others get their 421 here and their message is taken back, as is an aborted transaction's. With a
+   * others get their 421 here and their message is taken back, as is an aborted transaction's. The
+   * session's first message was counted at CONNECT already (see #hold): its MAIL makes no store call. With a
    * store that cannot take a message back, the first transaction uses the counts read at CONNECT, a later
    * one reads them again, and the message is counted when it has finished (senders running at the same
    * moment can then pass the limit by the messages in flight).
    */
   beforeTransaction(ctx: BaseContext<unknown>): MaybePromise<unknown> {
     const key = this.#storeKey;
-    if (key === undefined || this.armed !== undefined) return undefined;
+    if (key === undefined) return undefined;
+    const held = this.#held;
+    this.#held = undefined;
+    const logger = lazyLogger(ctx);
+    if (this.armed !== undefined) {
+      // The session is ending: a place held since CONNECT goes back.
+      if (held !== undefined && this.#reserved === held) this.#release(logger, key);
+      return undefined;
+    }
     const windows = this.policy.clientWindows;
     if (windows.length === 0) return undefined;
     const store = this.policy.store;
     const now = this.policy.now();
-    const logger = lazyLogger(ctx);
+    // Counted at CONNECT: no store call; the rules see the counts read then.
+    if (held !== undefined && this.#reserved === held) return this.#evaluateReserved(logger, ctx, key, held);
     if (removes(store)) {
       const id = `${this.connectionId}:${++this.#transactions}`;
       const reserved = { id, at: now };
       this.#reserved = reserved;
-      const evaluate = (counted: boolean | undefined): MaybePromise<unknown> => {
-        // The rules compare the messages before this one with their limit.
-        if (counted === true) for (const w of windows) this.#windows[w]! -= 1;
-        return chain(this.#evaluate(logger, ctx, 'message'), () => {
-          if (this.armed !== undefined && this.#reserved === reserved) this.#release(logger, key);
-        });
-      };
       return chain(
         this.#countMessages(logger, key, (w) => store.addMessage(key, w, now, id)),
-        evaluate,
+        (counted) => {
+          // The rules compare the messages before this one with their limit.
+          if (counted === true) for (const w of windows) this.#windows[w]! -= 1;
+          return this.#evaluateReserved(logger, ctx, key, reserved);
+        },
       );
     }
     if (this.lastOutcome === undefined) return undefined;
@@ -342,7 +378,22 @@ export class SessionTracker {
     );
   }
 
-  /** Take back the message counted at MAIL, if any: it was not sent. Not waited for (nothing depends on it). */
+  /** The chain at MAIL, with `reserved` counted: a verdict gives its place back. */
+  #evaluateReserved(
+    logger: LazyLogger,
+    ctx: BaseContext<unknown>,
+    key: string,
+    reserved: Reservation,
+  ): MaybePromise<unknown> {
+    return chain(this.#evaluate(logger, ctx, 'message'), () => {
+      if (this.armed !== undefined && this.#reserved === reserved) this.#release(logger, key);
+    });
+  }
+
+  /**
+   * Take back the message counted ahead (at MAIL or CONNECT), if any: it was not sent. Not waited for
+   * (nothing depends on it).
+   */
   #release(logger: LazyLogger, key: string): void {
     const reserved = this.#reserved;
     if (reserved === undefined) return;

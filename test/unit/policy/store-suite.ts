@@ -167,6 +167,28 @@ export function storeSuite(name: string, factory: StoreFactory): void {
     assert.equal(await leases(store, c), 0);
   });
 
+  test(`${name}: opening a session with a reservation counts one message in each window, answered with it, and it can be taken back`, async (t) => {
+    const s = await factory({ leaseTtlMs: 60_000 });
+    t.after(() => s.close());
+    const { store } = s;
+    assert.ok(store.sessionOpenedWithCounts && store.removeMessage, 'the store can reserve and take back');
+    const c = fresh();
+    const at = Date.now();
+    await store.addMessage(c, 60_000, at);
+    const [a, b] = await Promise.all([
+      store.sessionOpenedWithCounts(c, 'a', [60_000, 30_000], at, 'a:1'),
+      store.sessionOpenedWithCounts(c, 'b', [60_000, 30_000], at, 'b:1'),
+    ]);
+    assert.deepEqual([a.sessions, [...a.messages]], [1, [2, 1]]);
+    assert.deepEqual([b.sessions, [...b.messages]], [2, [3, 2]], 'one after the other, each its own place');
+    for (const w of [60_000, 30_000]) await store.removeMessage(c, w, 'b:1', at);
+    assert.equal(await store.messageCount(c, 60_000, Date.now()), 2);
+    assert.equal(await store.messageCount(c, 30_000, Date.now()), 1);
+    for (const id of ['a', 'b']) await store.sessionClosed(c, id, Date.now());
+    assert.equal(await leases(store, c), 0);
+    assert.equal(await store.messageCount(c, 60_000, Date.now()), 2, 'a reservation kept stays counted');
+  });
+
   test(`${name}: the window slides: messages leave it one window after they were counted, not at a boundary`, async (t) => {
     const s = await factory({ leaseTtlMs: 60_000 });
     t.after(() => s.close());

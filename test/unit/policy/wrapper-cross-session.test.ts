@@ -511,8 +511,8 @@ test('max-messages-per-client, sessions at MAIL at the same moment on a shared s
   assert.equal((await first.message({ abortAfterRcpt: true })).endedAt, 'abort');
   await new Promise((resolve) => setImmediate(resolve));
   assert.equal(count(), 0, 'the aborted message was taken back');
-  // Six sessions whose MAILs all reach the store before any answer (each read the count 0 at CONNECT):
-  // counted after their message, all six would pass.
+  // Six sessions opened at once, whose MAILs all come before any message ends: counted after their
+  // message, all six would pass. Each CONNECT takes its first message's place with reading the count.
   const mtas = Array.from({ length: 6 }, (_, i) => new FakeMta(filter, `m${i}`, client(key)));
   for (const m of mtas) await m.connect();
   const traces = await Promise.all(mtas.map((m) => m.message()));
@@ -521,13 +521,13 @@ test('max-messages-per-client, sessions at MAIL at the same moment on a shared s
   assert.equal(finals.filter((f) => f === '421').length, 3, finals.join(' '));
   for (const t of traces) if (t.final === '421') assert.equal(t.endedAt, 'envfrom');
   await new Promise((resolve) => setImmediate(resolve));
-  assert.equal(count(), 3, 'the three refused at MAIL were taken back');
+  assert.equal(count(), 3, 'the three refused were taken back');
   // A session that ends inside its transaction (the MTA went away): its message was not sent.
   for (const m of [first, ...mtas]) await m.close();
   const late = new FakeMta(filter, 'late', client('198.51.100.71'));
   await late.connect();
   await late.filter.envfrom?.(late.ctx, '<a@example.org>', []);
-  assert.equal(inner.messageCount('198.51.100.71', 60_000, Date.now()), 1, 'counted at MAIL');
+  assert.equal(inner.messageCount('198.51.100.71', 60_000, Date.now()), 1, 'counted (at CONNECT)');
   await late.close();
   await new Promise((resolve) => setImmediate(resolve));
   assert.equal(
@@ -558,4 +558,67 @@ test('messages counted at MAIL: from MAIL to the outcome the rules see the messa
   // CONNECT; MAIL (this message counted, the rules see 0); the rejected recipient, still 0 in both; the
   // outcome, 1 in both.
   assert.deepEqual(seen, ['connect 0 0', 'message 0 0', 'recipient 0 0', 'message 1 1']);
+});
+
+test('the first message is counted at CONNECT: a session that has not sent it holds its place; a later MAIL, a verdict and the end give places back', async () => {
+  const { inner, policy } = reservingPolicy(2);
+  const filter = withShutdownPolicy({}, policy);
+  const key = '198.51.100.73';
+  const count = (): number => inner.messageCount(key, 60_000, Date.now());
+  const settle = (): Promise<unknown> => new Promise((resolve) => setImmediate(resolve));
+  const idle = new FakeMta(filter, 'idle', client(key));
+  await idle.connect();
+  assert.equal(count(), 1, 'a session just opened holds a place');
+  const busy = new FakeMta(filter, 'busy', client(key));
+  await busy.connect();
+  assert.equal((await busy.message()).final, 'continue', 'its own place');
+  const second = await busy.message();
+  assert.equal(second.final, '421', 'a later message is counted at its MAIL: the idle session holds a place');
+  assert.equal(second.endedAt, 'envfrom');
+  await settle();
+  assert.equal(count(), 2, 'the refused one taken back');
+  await idle.close();
+  await busy.close();
+  await settle();
+  assert.equal(count(), 1, 'a session that sent nothing gives its place back at its end');
+  const next = new FakeMta(filter, 'next', client(key));
+  await next.connect();
+  assert.equal((await next.message()).final, 'continue');
+  const refused = new FakeMta(filter, 'refused', client(key));
+  await refused.connect();
+  await settle();
+  assert.equal(count(), 2, 'refused at CONNECT: its place went back at once');
+  assert.equal(await refused.helo(), '421');
+  for (const m of [next, refused]) await m.close();
+});
+
+test('a CONNECT whose store call fails holds no place: it is taken back, and the first MAIL counts its message itself', async () => {
+  const inner = new MemoryPolicyStore();
+  const calls: string[] = [];
+  let failAdd = true;
+  const store = sharedStore(inner, {
+    addMessage: (c, w, n, id) => {
+      calls.push('add');
+      if (failAdd) return Promise.reject(new Error('store down'));
+      return Promise.resolve(inner.addMessage(c, w, n, id));
+    },
+    removeMessage: (c, w, id, at) => {
+      calls.push('remove');
+      return Promise.resolve(inner.removeMessage(c, w, id, at));
+    },
+  });
+  const rules: PolicyRule[] = [
+    { name: 'rate', limit: { kind: 'max-messages-per-client', max: 5, windowMs: 60_000 } },
+  ];
+  const { logger } = memoryLogger();
+  const policy = createShutdownPolicy({ dryRun: false, rules }, { store, logger });
+  const mta = new FakeMta(withShutdownPolicy({}, policy), 'a', client('198.51.100.74'));
+  await mta.connect();
+  assert.equal(await mta.helo(), 'continue', 'a failing store never cuts mail');
+  assert.deepEqual(calls, ['add', 'remove'], 'the place asked for at CONNECT is taken back');
+  failAdd = false;
+  assert.equal((await mta.message()).final, 'continue');
+  assert.deepEqual(calls, ['add', 'remove', 'add'], 'the MAIL counted its message');
+  assert.equal(inner.messageCount('198.51.100.74', 60_000, Date.now()), 1);
+  await mta.close();
 });
