@@ -270,7 +270,9 @@ export class GuardedStore implements PolicyStore {
     now: number = Date.now(),
     reserve?: string,
   ): Promise<SessionOpening> {
-    this.local.sessionOpenedWithCounts(client, sessionId, windowsMs, now, reserve);
+    // The shadow's counts are read only after a failure (SharedClientStats): it records, it does not count.
+    this.local.sessionOpened(client, sessionId, now);
+    if (reserve !== undefined) for (const w of windowsMs) this.local.addMessage(client, w, now, reserve);
     return this.#call('session-open', () =>
       openSession(this.inner, client, sessionId, windowsMs, now, reserve),
     );

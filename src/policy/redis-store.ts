@@ -513,15 +513,9 @@ export class RedisPolicyStore implements PolicyStore {
     reserve?: string,
   ): Promise<SessionOpening> {
     const lines: Line[] = [[this.leaseKey(client), 'o', this.#member(sessionId), this.#ttlField]];
+    const op: OpCode = reserve === undefined ? 'n' : 'a';
     const member = reserve === undefined ? '' : this.#messageMember(reserve);
-    for (const w of windowsMs) {
-      lines.push([
-        this.messageKey(client, w),
-        reserve === undefined ? 'n' : 'a',
-        String(Math.ceil(w)),
-        member,
-      ]);
-    }
+    for (const w of windowsMs) lines.push([this.messageKey(client, w), op, String(Math.ceil(w)), member]);
     return this.#batches.runAll(lines).then(opening);
   }
 

@@ -281,8 +281,7 @@ export class SessionTracker {
     return chain(opened, () => {
       this.#startRenewal(logger, key);
       return chain(evaluate(), (verdict) => {
-        // The session is ending: its place goes back at once.
-        if (this.armed !== undefined) this.#release(logger, key);
+        this.#releaseIfArmed(logger, key, held);
         return verdict;
       });
     });
@@ -297,9 +296,12 @@ export class SessionTracker {
    * has not sent its first MAIL, its client has one place fewer for its other sessions.
    */
   #hold(now: number): Reservation {
-    const held = { id: `${this.connectionId}:${++this.#transactions}`, at: now };
-    this.#reserved = this.#held = held;
-    return held;
+    return (this.#held = this.#reserve(now));
+  }
+
+  /** Count a message ahead of its outcome under a new id of this session (see #reserved). */
+  #reserve(now: number): Reservation {
+    return (this.#reserved = { id: `${this.connectionId}:${++this.#transactions}`, at: now });
   }
 
   /** The transaction ended with `kind` at `stage`: count it, tell the store, consult the chain. */
@@ -348,8 +350,7 @@ export class SessionTracker {
     this.#held = undefined;
     const logger = lazyLogger(ctx);
     if (this.armed !== undefined) {
-      // The session is ending: a place held since CONNECT goes back.
-      if (held !== undefined && this.#reserved === held) this.#release(logger, key);
+      this.#releaseIfArmed(logger, key, held);
       return undefined;
     }
     const windows = this.policy.clientWindows;
@@ -359,11 +360,9 @@ export class SessionTracker {
     // Counted at CONNECT: no store call; the rules see the counts read then.
     if (held !== undefined && this.#reserved === held) return this.#evaluateReserved(logger, ctx, key, held);
     if (removes(store)) {
-      const id = `${this.connectionId}:${++this.#transactions}`;
-      const reserved = { id, at: now };
-      this.#reserved = reserved;
+      const reserved = this.#reserve(now);
       return chain(
-        this.#countMessages(logger, key, (w) => store.addMessage(key, w, now, id)),
+        this.#countMessages(logger, key, (w) => store.addMessage(key, w, now, reserved.id)),
         (counted) => {
           // The rules compare the messages before this one with their limit.
           if (counted === true) for (const w of windows) this.#windows[w]! -= 1;
@@ -385,9 +384,14 @@ export class SessionTracker {
     key: string,
     reserved: Reservation,
   ): MaybePromise<unknown> {
-    return chain(this.#evaluate(logger, ctx, 'message'), () => {
-      if (this.armed !== undefined && this.#reserved === reserved) this.#release(logger, key);
-    });
+    return chain(this.#evaluate(logger, ctx, 'message'), () => this.#releaseIfArmed(logger, key, reserved));
+  }
+
+  /** The session is ending (a verdict is armed): `reserved`, if still counted ahead, goes back at once. */
+  #releaseIfArmed(logger: LazyLogger, key: string, reserved: Reservation | undefined): void {
+    if (this.armed !== undefined && reserved !== undefined && this.#reserved === reserved) {
+      this.#release(logger, key);
+    }
   }
 
   /**
