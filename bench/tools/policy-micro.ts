@@ -1,0 +1,238 @@
+/**
+ * The policy's store path without milter sockets: many concurrent one-message connections (the exact
+ * Postfix 3.7 byte stream of bench/loadgen/script.ts) through the session and the fleet policy of the
+ * benchmark (FLEET_POLICY_YAML), each command in its own event-loop turn as on a socket, on one store:
+ *
+ *   node dist/bench/tools/policy-micro.js [--store memory|fake|URL] [--connections 128] [--seconds 5]
+ *       [--batch-interval MS] [--warmup 1500] [--heap]
+ *
+ * - `memory`: the in-process store (the baseline).
+ * - `fake`: RedisPolicyStore behind GuardedStore, as the daemon has it, on a client that answers each batch
+ *   one turn later without a socket: the store path's own JavaScript.
+ * - a Redis URL (`redis://127.0.0.1:6379/0`): the same on a real server, with the client library and its
+ *   socket; also prints redis-server's CPU per message (INFO cpu, so run nothing else against it).
+ *
+ * Prints this process's CPU per message (user + system, from process.cpuUsage: time the hypervisor took is
+ * not in it, which makes it steadier than msg/s on a VM with steal). `--heap` adds the bytes allocated per
+ * message by function, the scavenged ones included (V8's sampling heap profiler), heaviest first.
+ */
+import { Session } from 'node:inspector';
+import pino from 'pino';
+import { LogRateLimiter } from '../../src/logging/rate-limit.js';
+import { GuardedStore } from '../../src/policy/guarded-store.js';
+import { parsePolicy } from '../../src/policy/load.js';
+import { createRedisPolicyStore, RedisPolicyStore } from '../../src/policy/redis-store.js';
+import type { PolicyStore } from '../../src/policy/store.js';
+import { createShutdownPolicy } from '../../src/policy/rules.js';
+import { withShutdownPolicy } from '../../src/policy/wrapper.js';
+import { SMFIC_MACRO } from '../../src/protocol/constants.js';
+import { decodeCommand } from '../../src/protocol/decode.js';
+import { encodeResponse, encodeResponses } from '../../src/protocol/encode.js';
+import { FrameDecoder } from '../../src/protocol/frame.js';
+import { PackedMacros } from '../../src/protocol/packed-macros.js';
+import { createSession } from '../../src/session/session.js';
+import type { HandleResult } from '../../src/session/types.js';
+import type { Filter } from '../../src/filter.js';
+import { FLEET_POLICY_YAML } from '../lib/fleet.js';
+import { buildPlan, connectionWrites, OPTNEG_BYTES } from '../loadgen/script.js';
+import { benchFilter } from '../servers/bench-filters.js';
+
+const SHAPE = { recipients: 1, headers: 10, bodySize: 4096 };
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
+}
+
+const logger = pino({ level: 'silent' });
+const limiter = new LogRateLimiter({ logger });
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** A client for RedisPolicyStore that answers every batch script one turn later: one per line. */
+function fakeClient(): ConstructorParameters<typeof RedisPolicyStore>[0] {
+  const client: Record<string, unknown> = {
+    defineCommand(name: string): void {
+      client[name] = (_numKeys: number, ...keysThenOps: string[]): Promise<number[]> => {
+        const ops = keysThenOps[keysThenOps.length - 1] as string;
+        let lines = 0;
+        for (let i = 0; i < ops.length; i++) if (ops.charCodeAt(i) === 10) lines++;
+        return nextTurn().then(() => new Array<number>(lines).fill(1));
+      };
+    },
+  };
+  return client as unknown as ConstructorParameters<typeof RedisPolicyStore>[0];
+}
+
+interface Store {
+  store: PolicyStore | undefined;
+  /** Store calls so far (GuardedStore's, as metrics count them). */
+  calls: () => number;
+  /** redis-server's CPU so far (µs), when the store is a real Redis. */
+  serverCpu?: () => Promise<number>;
+  close(): Promise<void>;
+}
+
+async function openStore(spec: string, batchIntervalMs: number | undefined): Promise<Store> {
+  const options = batchIntervalMs === undefined ? {} : { batchIntervalMs };
+  if (spec === 'memory') return { store: undefined, calls: () => 0, close: async () => undefined };
+  const redis =
+    spec === 'fake'
+      ? new RedisPolicyStore(fakeClient(), options)
+      : await createRedisPolicyStore({ url: spec, ...options });
+  let n = 0;
+  const guarded = new GuardedStore(redis, { onCall: () => void n++ });
+  const calls = (): number => n;
+  if (spec === 'fake') return { store: guarded, calls, close: async () => undefined };
+  const serverCpu = async (): Promise<number> => {
+    const info = String(await redis.client.info('cpu'));
+    const seconds = (name: string): number => Number(new RegExp(`${name}:([0-9.]+)`).exec(info)?.[1] ?? NaN);
+    return (seconds('used_cpu_sys') + seconds('used_cpu_user')) * 1e6;
+  };
+  return { store: guarded, calls, serverCpu, close: () => guarded.close() };
+}
+
+let sessions = 0;
+
+function newSession(filter: Filter): ReturnType<typeof createSession> {
+  const id = `c${sessions++}`;
+  return createSession(
+    { id, filter, logger, callbackTimeoutMs: 30_000, logLimiter: limiter },
+    { sendNow() {} },
+  );
+}
+
+/** The protocol the filter negotiates (the plan depends on it, as the load generators' plans do). */
+function negotiated(filter: Filter): number {
+  const decoder = new FrameDecoder();
+  decoder.push(OPTNEG_BYTES);
+  const frame = decoder.next();
+  if (frame === undefined) throw new Error('no OPTNEG frame');
+  const r = newSession(filter).handle(decodeCommand(frame));
+  if (r instanceof Promise) throw new Error('negotiation went async');
+  const reply = r.responses[0];
+  if (reply?.kind !== 'optneg') throw new Error('no OPTNEG reply');
+  return reply.protocol;
+}
+
+/** One connection: each write of the MTA in its own turn, as reads from a socket come. */
+async function connection(filter: Filter, writes: readonly Buffer[]): Promise<void> {
+  const session = newSession(filter);
+  const decoder = new FrameDecoder();
+  for (const w of writes) {
+    decoder.push(w);
+    for (let frame = decoder.next(); frame !== undefined; frame = decoder.next()) {
+      const command =
+        frame.command === SMFIC_MACRO ? PackedMacros.fromPayload(frame.payload) : decodeCommand(frame);
+      let r: HandleResult | Promise<HandleResult> = session.handle(command);
+      if (r instanceof Promise) r = await r;
+      if (r.responses.length === 1) encodeResponse(r.responses[0]!);
+      else if (r.responses.length > 1) encodeResponses(r.responses);
+    }
+    await nextTurn();
+  }
+  await session.terminate('eof');
+}
+
+type Post = (method: string, params?: object) => Promise<unknown>;
+
+interface SamplingNode {
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  selfSize: number;
+  children: SamplingNode[];
+}
+
+/** Bytes allocated per message by function (scavenged objects included), heaviest first. */
+function allocationTable(head: SamplingNode, messages: number, top: number): string {
+  const bytes = new Map<string, number>();
+  const walk = (n: SamplingNode): void => {
+    const f = n.callFrame;
+    const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop() ?? ''}:${f.lineNumber + 1}`;
+    bytes.set(key, (bytes.get(key) ?? 0) + n.selfSize);
+    for (const c of n.children) walk(c);
+  };
+  walk(head);
+  const total = [...bytes.values()].reduce((a, b) => a + b, 0);
+  const rows = [...bytes].sort((a, b) => b[1] - a[1]).slice(0, top);
+  return [
+    `allocated: ${(total / messages / 1024).toFixed(1)} KiB per message`,
+    ...rows.map(([key, n]) => `${(n / messages).toFixed(0).padStart(7)} B  ${key}`),
+  ].join('\n');
+}
+
+async function main(): Promise<void> {
+  const spec = arg('--store', 'memory');
+  const connections = Number(arg('--connections', '128'));
+  const seconds = Number(arg('--seconds', '5'));
+  const interval = process.argv.includes('--batch-interval')
+    ? Number(arg('--batch-interval', '10'))
+    : undefined;
+  const heap = process.argv.includes('--heap');
+  const warmupMs = Number(arg('--warmup', '1500'));
+  const opened = await openStore(spec, interval);
+  const policy = createShutdownPolicy(
+    parsePolicy(FLEET_POLICY_YAML),
+    opened.store ? { store: opened.store } : {},
+  );
+  const filter = withShutdownPolicy(benchFilter, policy) as Filter;
+  const writes = connectionWrites(buildPlan(SHAPE, negotiated(filter), false, 'postfix'), 1);
+
+  let messages = 0;
+  let stop = false;
+  const worker = async (): Promise<void> => {
+    while (!stop) {
+      await connection(filter, writes);
+      messages++;
+    }
+  };
+  const workers = Array.from({ length: connections }, worker);
+  await new Promise((resolve) => setTimeout(resolve, warmupMs));
+
+  let post: Post | undefined;
+  if (heap) {
+    const inspector = new Session();
+    inspector.connect();
+    post = (method, params = {}) =>
+      new Promise((resolve, reject) =>
+        inspector.post(method, params, (err, value) => (err ? reject(err) : resolve(value))),
+      );
+    await post('HeapProfiler.enable');
+    await post('HeapProfiler.startSampling', {
+      samplingInterval: 1024,
+      includeObjectsCollectedByMajorGC: true,
+      includeObjectsCollectedByMinorGC: true,
+    });
+  }
+  const server0 = await opened.serverCpu?.();
+  const m0 = messages;
+  const calls0 = opened.calls();
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  const cpu = process.cpuUsage(cpu0);
+  const elapsed = (performance.now() - t0) / 1000;
+  const counted = messages - m0;
+  const calls = opened.calls() - calls0;
+  const server1 = await opened.serverCpu?.();
+  const profile =
+    post === undefined
+      ? undefined
+      : ((await post('HeapProfiler.stopSampling')) as { profile: { head: SamplingNode } });
+  stop = true;
+  await Promise.all(workers);
+  await opened.close();
+
+  const perMessage = (cpu.user + cpu.system) / counted;
+  const storeCalls =
+    opened.store === undefined ? '' : `, ${(calls / counted).toFixed(2)} store calls per message`;
+  const server =
+    server0 === undefined || server1 === undefined
+      ? ''
+      : `, redis-server ${((server1 - server0) / counted).toFixed(1)} µs per message`;
+  console.log(
+    `${spec}: ${perMessage.toFixed(1)} µs CPU per message (${counted} messages, ${(counted / elapsed).toFixed(0)}/s, ${connections} connections)${storeCalls}${server}`,
+  );
+  if (profile !== undefined) console.log(allocationTable(profile.profile.head, counted, 30));
+  process.exit(0);
+}
+
+void main();
