@@ -17,35 +17,19 @@
  * message by function, the scavenged ones included (V8's sampling heap profiler), heaviest first.
  */
 import { Session } from 'node:inspector';
-import pino from 'pino';
-import { LogRateLimiter } from '../../src/logging/rate-limit.js';
 import { GuardedStore } from '../../src/policy/guarded-store.js';
 import { parsePolicy } from '../../src/policy/load.js';
 import { createRedisPolicyStore, RedisPolicyStore } from '../../src/policy/redis-store.js';
 import type { PolicyStore } from '../../src/policy/store.js';
 import { createShutdownPolicy } from '../../src/policy/rules.js';
 import { withShutdownPolicy } from '../../src/policy/wrapper.js';
-import { SMFIC_MACRO } from '../../src/protocol/constants.js';
-import { decodeCommand } from '../../src/protocol/decode.js';
-import { encodeResponse, encodeResponses } from '../../src/protocol/encode.js';
 import { FrameDecoder } from '../../src/protocol/frame.js';
-import { PackedMacros } from '../../src/protocol/packed-macros.js';
-import { createSession } from '../../src/session/session.js';
-import type { HandleResult } from '../../src/session/types.js';
 import type { Filter } from '../../src/filter.js';
 import { FLEET_POLICY_YAML } from '../lib/fleet.js';
-import { buildPlan, connectionWrites, OPTNEG_BYTES } from '../loadgen/script.js';
+import { arg, handleWrite, microSession, MICRO_SHAPE, negotiatedProtocol } from '../lib/micro.js';
+import { buildPlan, connectionWrites } from '../loadgen/script.js';
 import { benchFilter } from '../servers/bench-filters.js';
 
-const SHAPE = { recipients: 1, headers: 10, bodySize: 4096 };
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
-}
-
-const logger = pino({ level: 'silent' });
-const limiter = new LogRateLimiter({ logger });
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** A client for RedisPolicyStore that answers every batch script one turn later: one per line. */
@@ -93,41 +77,12 @@ async function openStore(spec: string, batchIntervalMs: number | undefined): Pro
 
 let sessions = 0;
 
-function newSession(filter: Filter): ReturnType<typeof createSession> {
-  const id = `c${sessions++}`;
-  return createSession(
-    { id, filter, logger, callbackTimeoutMs: 30_000, logLimiter: limiter },
-    { sendNow() {} },
-  );
-}
-
-/** The protocol the filter negotiates (the plan depends on it, as the load generators' plans do). */
-function negotiated(filter: Filter): number {
-  const decoder = new FrameDecoder();
-  decoder.push(OPTNEG_BYTES);
-  const frame = decoder.next();
-  if (frame === undefined) throw new Error('no OPTNEG frame');
-  const r = newSession(filter).handle(decodeCommand(frame));
-  if (r instanceof Promise) throw new Error('negotiation went async');
-  const reply = r.responses[0];
-  if (reply?.kind !== 'optneg') throw new Error('no OPTNEG reply');
-  return reply.protocol;
-}
-
 /** One connection: each write of the MTA in its own turn, as reads from a socket come. */
 async function connection(filter: Filter, writes: readonly Buffer[]): Promise<void> {
-  const session = newSession(filter);
+  const session = microSession(`c${sessions++}`, filter);
   const decoder = new FrameDecoder();
   for (const w of writes) {
-    decoder.push(w);
-    for (let frame = decoder.next(); frame !== undefined; frame = decoder.next()) {
-      const command =
-        frame.command === SMFIC_MACRO ? PackedMacros.fromPayload(frame.payload) : decodeCommand(frame);
-      let r: HandleResult | Promise<HandleResult> = session.handle(command);
-      if (r instanceof Promise) r = await r;
-      if (r.responses.length === 1) encodeResponse(r.responses[0]!);
-      else if (r.responses.length > 1) encodeResponses(r.responses);
-    }
+    await handleWrite(session, decoder, w);
     await nextTurn();
   }
   await session.terminate('eof');
@@ -174,7 +129,7 @@ async function main(): Promise<void> {
     opened.store ? { store: opened.store } : {},
   );
   const filter = withShutdownPolicy(benchFilter, policy) as Filter;
-  const writes = connectionWrites(buildPlan(SHAPE, negotiated(filter), false, 'postfix'), 1);
+  const writes = connectionWrites(buildPlan(MICRO_SHAPE, negotiatedProtocol(filter), false, 'postfix'), 1);
 
   let messages = 0;
   let stop = false;
