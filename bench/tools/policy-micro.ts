@@ -16,7 +16,9 @@
  * not in it, which makes it steadier than msg/s on a VM with steal). `--heap` adds the bytes allocated per
  * message by function, the scavenged ones included (V8's sampling heap profiler), heaviest first.
  */
-import { Session } from 'node:inspector';
+import type { HeapProfiler } from 'node:inspector';
+import { Session } from 'node:inspector/promises';
+import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises';
 import { GuardedStore } from '../../src/policy/guarded-store.js';
 import { parsePolicy } from '../../src/policy/load.js';
 import { createRedisPolicyStore, RedisPolicyStore } from '../../src/policy/redis-store.js';
@@ -29,8 +31,6 @@ import { FLEET_POLICY_YAML } from '../lib/fleet.js';
 import { arg, handleWrite, microSession, MICRO_SHAPE, negotiatedProtocol } from '../lib/micro.js';
 import { buildPlan, connectionWrites } from '../loadgen/script.js';
 import { benchFilter } from '../servers/bench-filters.js';
-
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** A client for RedisPolicyStore that answers every batch script one turn later: one per line. */
 function fakeClient(): ConstructorParameters<typeof RedisPolicyStore>[0] {
@@ -88,18 +88,10 @@ async function connection(filter: Filter, writes: readonly Buffer[]): Promise<vo
   await session.terminate('eof');
 }
 
-type Post = (method: string, params?: object) => Promise<unknown>;
-
-interface SamplingNode {
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  selfSize: number;
-  children: SamplingNode[];
-}
-
 /** Bytes allocated per message by function (scavenged objects included), heaviest first. */
-function allocationTable(head: SamplingNode, messages: number, top: number): string {
+function allocationTable(head: HeapProfiler.SamplingHeapProfileNode, messages: number, top: number): string {
   const bytes = new Map<string, number>();
-  const walk = (n: SamplingNode): void => {
+  const walk = (n: HeapProfiler.SamplingHeapProfileNode): void => {
     const f = n.callFrame;
     const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop() ?? ''}:${f.lineNumber + 1}`;
     bytes.set(key, (bytes.get(key) ?? 0) + n.selfSize);
@@ -140,18 +132,13 @@ async function main(): Promise<void> {
     }
   };
   const workers = Array.from({ length: connections }, worker);
-  await new Promise((resolve) => setTimeout(resolve, warmupMs));
+  await sleep(warmupMs);
 
-  let post: Post | undefined;
-  if (heap) {
-    const inspector = new Session();
+  const inspector = heap ? new Session() : undefined;
+  if (inspector !== undefined) {
     inspector.connect();
-    post = (method, params = {}) =>
-      new Promise((resolve, reject) =>
-        inspector.post(method, params, (err, value) => (err ? reject(err) : resolve(value))),
-      );
-    await post('HeapProfiler.enable');
-    await post('HeapProfiler.startSampling', {
+    await inspector.post('HeapProfiler.enable');
+    await inspector.post('HeapProfiler.startSampling', {
       samplingInterval: 1024,
       includeObjectsCollectedByMajorGC: true,
       includeObjectsCollectedByMinorGC: true,
@@ -162,16 +149,13 @@ async function main(): Promise<void> {
   const calls0 = opened.calls();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  await sleep(seconds * 1000);
   const cpu = process.cpuUsage(cpu0);
   const elapsed = (performance.now() - t0) / 1000;
   const counted = messages - m0;
   const calls = opened.calls() - calls0;
   const server1 = await opened.serverCpu?.();
-  const profile =
-    post === undefined
-      ? undefined
-      : ((await post('HeapProfiler.stopSampling')) as { profile: { head: SamplingNode } });
+  const profile = inspector === undefined ? undefined : await inspector.post('HeapProfiler.stopSampling');
   stop = true;
   await Promise.all(workers);
   await opened.close();
